@@ -1,0 +1,198 @@
+//! The contract between Sluice's kernel programs and its daemon: every map name, key, value,
+//! limit and shared enum is defined here once, `#[repr(C)]` without hidden padding.
+#![no_std]
+
+/// Names of the maps in the eBPF object. The daemon pins each under
+/// `<bpffs>/sluice/<instance>/<name>`; BPF object names are limited to 15 bytes.
+pub mod map_names {
+    /// Per-CPU packet and byte counters indexed by [`crate::PacketReason`].
+    pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
+    /// Every map the daemon pins, in a stable order.
+    pub const ALL: &[&str] = &[REASON_COUNTERS];
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// XDP ingress entry point.
+    pub const XDP_INGRESS: &str = "sluice_xdp";
+    /// TC (clsact ingress) entry point, for interfaces where XDP cannot attach.
+    pub const TC_INGRESS: &str = "sluice_tc";
+}
+
+/// What the datapath did with a packet, decided by the first check that classified it.
+/// Used by the kernel as a per-CPU counter index and by the daemon as a metric label.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PacketReason {
+    /// Shorter than an Ethernet header (or a VLAN tag it announces).
+    TruncatedEthernet = 0,
+    /// Neither IPv4 nor IPv6 (ARP, LLDP, more than two VLAN tags, ...).
+    NonIp = 1,
+    /// IP header shorter than its minimum, or than its own length fields claim.
+    TruncatedIp = 2,
+    /// IP header fields that no valid packet carries (version, IHL, total length).
+    MalformedIp = 3,
+    /// IPv4 header with options: not parsed on the fast path, left to the stack.
+    Ipv4Options = 4,
+    /// IPv6 extension headers other than a fragment header: left to the stack.
+    Ipv6ExtensionHeaders = 5,
+    /// IPv4 or IPv6 fragment: ports are not in every fragment, left to the stack.
+    IpFragment = 6,
+    /// TCP or UDP header shorter than its minimum, or than its data offset claims.
+    TruncatedL4 = 7,
+    /// TCP header with a data offset below 5 words.
+    MalformedTcp = 8,
+    /// A well-formed TCP segment.
+    Tcp = 9,
+    /// A well-formed UDP datagram.
+    Udp = 10,
+    /// ICMP or ICMPv6.
+    Icmp = 11,
+    /// Any other IP protocol (SCTP, GRE, ESP, ...).
+    OtherL4 = 12,
+}
+
+/// Number of [`PacketReason`] values; the size of the per-CPU counter array.
+pub const REASON_COUNT: u32 = 13;
+
+/// Verdict classes a [`PacketReason`] maps to, exported as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handed to the kernel network stack unchanged.
+    Pass,
+    /// Dropped by the datapath.
+    Drop,
+}
+
+impl Verdict {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Drop => "drop",
+        }
+    }
+}
+
+impl PacketReason {
+    /// Every reason, in counter-index order.
+    pub const ALL: [PacketReason; REASON_COUNT as usize] = [
+        PacketReason::TruncatedEthernet,
+        PacketReason::NonIp,
+        PacketReason::TruncatedIp,
+        PacketReason::MalformedIp,
+        PacketReason::Ipv4Options,
+        PacketReason::Ipv6ExtensionHeaders,
+        PacketReason::IpFragment,
+        PacketReason::TruncatedL4,
+        PacketReason::MalformedTcp,
+        PacketReason::Tcp,
+        PacketReason::Udp,
+        PacketReason::Icmp,
+        PacketReason::OtherL4,
+    ];
+
+    /// The metric label for this reason.
+    pub const fn label(self) -> &'static str {
+        match self {
+            PacketReason::TruncatedEthernet => "truncated_ethernet",
+            PacketReason::NonIp => "non_ip",
+            PacketReason::TruncatedIp => "truncated_ip",
+            PacketReason::MalformedIp => "malformed_ip",
+            PacketReason::Ipv4Options => "ipv4_options",
+            PacketReason::Ipv6ExtensionHeaders => "ipv6_extension_headers",
+            PacketReason::IpFragment => "ip_fragment",
+            PacketReason::TruncatedL4 => "truncated_l4",
+            PacketReason::MalformedTcp => "malformed_tcp",
+            PacketReason::Tcp => "tcp",
+            PacketReason::Udp => "udp",
+            PacketReason::Icmp => "icmp",
+            PacketReason::OtherL4 => "other_l4",
+        }
+    }
+
+    /// What the datapath does with packets of this reason. Malformed packets are passed so
+    /// that the kernel stack, which owns the error accounting (`netstat -s`), drops them; the
+    /// datapath only forwards what it fully understood.
+    pub const fn verdict(self) -> Verdict {
+        Verdict::Pass
+    }
+
+    /// The counter index of this reason.
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Per-CPU packet and byte counters, the value of [`map_names::REASON_COUNTERS`].
+/// Bytes are whole frames as the datapath sees them (Ethernet header included).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: Counters is #[repr(C)], has no padding (asserted above) and every bit pattern is valid.
+unsafe impl aya::Pod for Counters {}
+
+/// Protocol constants shared by the parsers and the tests' packet builders.
+pub mod proto {
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    pub const ETH_P_8021AD: u16 = 0x88a8;
+    pub const ETH_HDR_LEN: usize = 14;
+    pub const VLAN_HDR_LEN: usize = 4;
+    /// VLAN tags the parser walks through (802.1ad outer + 802.1Q inner).
+    pub const MAX_VLAN_TAGS: usize = 2;
+    pub const IPV4_HDR_LEN: usize = 20;
+    pub const IPV6_HDR_LEN: usize = 40;
+    pub const TCP_HDR_LEN: usize = 20;
+    pub const UDP_HDR_LEN: usize = 8;
+    pub const IPPROTO_ICMP: u8 = 1;
+    pub const IPPROTO_TCP: u8 = 6;
+    pub const IPPROTO_UDP: u8 = 17;
+    pub const IPPROTO_IPV6_FRAGMENT: u8 = 44;
+    pub const IPPROTO_ICMPV6: u8 = 58;
+    /// IPv6 extension headers the parser recognises (hop-by-hop, routing, fragment,
+    /// destination options, authentication, mobility, HIP, shim6).
+    pub const IPV6_EXTENSION_HEADERS: [u8; 8] = [0, 43, 44, 60, 51, 135, 139, 140];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_dense_and_in_index_order() {
+        for (i, reason) in PacketReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index() as usize, i, "{reason:?} out of order");
+        }
+    }
+
+    #[test]
+    fn labels_are_unique_snake_case() {
+        for (i, a) in PacketReason::ALL.iter().enumerate() {
+            assert!(
+                a.label()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
+            for b in &PacketReason::ALL[i + 1..] {
+                assert_ne!(a.label(), b.label());
+            }
+        }
+    }
+
+    #[test]
+    fn map_names_fit_bpf_object_names() {
+        for name in map_names::ALL {
+            assert!(
+                name.len() < 16,
+                "{name} is longer than BPF_OBJ_NAME_LEN - 1"
+            );
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Header parsing: small stages that each validate one layer against the bytes present and
+//! either hand the next offset on or stop with the `PacketReason` that classifies the packet.
+use gateway_common::{
+    PacketReason,
+    proto::{
+        ETH_HDR_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_IPV6_FRAGMENT, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, IPV6_EXTENSION_HEADERS,
+        IPV6_HDR_LEN, MAX_VLAN_TAGS, TCP_HDR_LEN, UDP_HDR_LEN, VLAN_HDR_LEN,
+    },
+};
+
+use crate::{
+    context::{Packet, read_at},
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, VlanHdr},
+};
+
+/// Where the network layer starts and what it is.
+struct L2 {
+    l3_off: usize,
+    ether_type: u16,
+}
+
+/// Where the transport layer starts, which protocol it is and how many bytes the IP header
+/// says it has.
+struct L3 {
+    l4_off: usize,
+    protocol: u8,
+    l4_len: usize,
+}
+
+/// Classifies a frame by the first layer that stops it, or by its transport protocol.
+#[inline(always)]
+pub fn classify<P: Packet>(packet: &P) -> PacketReason {
+    match try_classify(packet) {
+        Ok(reason) | Err(reason) => reason,
+    }
+}
+
+#[inline(always)]
+fn try_classify<P: Packet>(packet: &P) -> Result<PacketReason, PacketReason> {
+    let l2 = parse_ethernet(packet)?;
+    let l3 = match l2.ether_type {
+        ETH_P_IP => parse_ipv4(packet, l2.l3_off)?,
+        ETH_P_IPV6 => parse_ipv6(packet, l2.l3_off)?,
+        _ => return Err(PacketReason::NonIp),
+    };
+    match l3.protocol {
+        IPPROTO_TCP => parse_tcp(packet, &l3),
+        IPPROTO_UDP => parse_udp(packet, &l3),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => Ok(PacketReason::Icmp),
+        _ => Ok(PacketReason::OtherL4),
+    }
+}
+
+/// Ethernet plus up to [`MAX_VLAN_TAGS`] 802.1Q/802.1ad tags.
+#[inline(always)]
+fn parse_ethernet<P: Packet>(packet: &P) -> Result<L2, PacketReason> {
+    let eth: EthHdr = read_at(packet, 0).ok_or(PacketReason::TruncatedEthernet)?;
+    let mut ether_type = u16::from_be_bytes(eth.ether_type);
+    let mut l3_off = ETH_HDR_LEN;
+    // Unrolled by the compiler: the bound is a constant.
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        let tag: VlanHdr = read_at(packet, l3_off).ok_or(PacketReason::TruncatedEthernet)?;
+        ether_type = u16::from_be_bytes(tag.ether_type);
+        l3_off += VLAN_HDR_LEN;
+    }
+    Ok(L2 { l3_off, ether_type })
+}
+
+/// Bytes of the frame from `off` to its end.
+#[inline(always)]
+fn bytes_from<P: Packet>(packet: &P, off: usize) -> usize {
+    (packet.frame_len() as usize).saturating_sub(off)
+}
+
+#[inline(always)]
+fn parse_ipv4<P: Packet>(packet: &P, off: usize) -> Result<L3, PacketReason> {
+    let ip: Ipv4Hdr = read_at(packet, off).ok_or(PacketReason::TruncatedIp)?;
+    if ip.version_ihl >> 4 != 4 {
+        return Err(PacketReason::MalformedIp);
+    }
+    let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    if header_len < IPV4_HDR_LEN || total_len < header_len {
+        return Err(PacketReason::MalformedIp);
+    }
+    // Frames may carry Ethernet padding after the datagram, never fewer bytes than it.
+    if total_len > bytes_from(packet, off) {
+        return Err(PacketReason::TruncatedIp);
+    }
+    if u16::from_be_bytes(ip.frag_off) & Ipv4Hdr::FRAGMENT_MASK != 0 {
+        return Err(PacketReason::IpFragment);
+    }
+    if header_len != IPV4_HDR_LEN {
+        return Err(PacketReason::Ipv4Options);
+    }
+    Ok(L3 {
+        l4_off: off + IPV4_HDR_LEN,
+        protocol: ip.protocol,
+        l4_len: total_len - IPV4_HDR_LEN,
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6<P: Packet>(packet: &P, off: usize) -> Result<L3, PacketReason> {
+    let ip: Ipv6Hdr = read_at(packet, off).ok_or(PacketReason::TruncatedIp)?;
+    if ip.version_class_flow[0] >> 4 != 6 {
+        return Err(PacketReason::MalformedIp);
+    }
+    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    if IPV6_HDR_LEN + payload_len > bytes_from(packet, off) {
+        return Err(PacketReason::TruncatedIp);
+    }
+    if ip.next_header == IPPROTO_IPV6_FRAGMENT {
+        return Err(PacketReason::IpFragment);
+    }
+    if IPV6_EXTENSION_HEADERS.contains(&ip.next_header) {
+        return Err(PacketReason::Ipv6ExtensionHeaders);
+    }
+    Ok(L3 {
+        l4_off: off + IPV6_HDR_LEN,
+        protocol: ip.next_header,
+        l4_len: payload_len,
+    })
+}
+
+#[inline(always)]
+fn parse_tcp<P: Packet>(packet: &P, l3: &L3) -> Result<PacketReason, PacketReason> {
+    if l3.l4_len < TCP_HDR_LEN {
+        return Err(PacketReason::TruncatedL4);
+    }
+    let tcp: TcpHdr = read_at(packet, l3.l4_off).ok_or(PacketReason::TruncatedL4)?;
+    let header_len = usize::from(tcp.doff_reserved >> 4) * 4;
+    if header_len < TCP_HDR_LEN {
+        return Err(PacketReason::MalformedTcp);
+    }
+    if header_len > l3.l4_len {
+        return Err(PacketReason::TruncatedL4);
+    }
+    Ok(PacketReason::Tcp)
+}
+
+#[inline(always)]
+fn parse_udp<P: Packet>(packet: &P, l3: &L3) -> Result<PacketReason, PacketReason> {
+    if l3.l4_len < UDP_HDR_LEN {
+        return Err(PacketReason::TruncatedL4);
+    }
+    let udp: UdpHdr = read_at(packet, l3.l4_off).ok_or(PacketReason::TruncatedL4)?;
+    let udp_len = usize::from(u16::from_be_bytes(udp.len));
+    if udp_len < UDP_HDR_LEN || udp_len > l3.l4_len {
+        return Err(PacketReason::TruncatedL4);
+    }
+    Ok(PacketReason::Udp)
+}

@@ -1,0 +1,233 @@
+//! The admin server, after Envoy's: `/ready`, `/healthz`, `/stats/prometheus`,
+//! `/config_dump`, `/version`. Bound to loopback by default.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    config::ConfigSet,
+    datapath::{DatapathStatus, kernel::CounterReader},
+};
+
+/// Server lifecycle, reported by `/ready` as Envoy does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerState {
+    /// Starting: the datapath is not attached or listeners are not bound yet.
+    Initializing,
+    /// Serving.
+    Live,
+    /// Shutting down.
+    Draining,
+}
+
+/// The running datapath as the admin server sees it.
+#[derive(Debug, Clone)]
+pub struct DatapathView {
+    pub status: DatapathStatus,
+    pub counters: Option<CounterReader>,
+}
+
+/// What the daemon publishes to the admin server; written rarely, read per request.
+#[derive(Debug)]
+pub struct SharedState {
+    server_state: RwLock<ServerState>,
+    datapath: RwLock<Option<DatapathView>>,
+    config: RwLock<Option<ConfigSet>>,
+}
+
+impl SharedState {
+    pub fn new() -> Arc<SharedState> {
+        Arc::new(SharedState {
+            server_state: RwLock::new(ServerState::Initializing),
+            datapath: RwLock::new(None),
+            config: RwLock::new(None),
+        })
+    }
+
+    pub fn set_state(&self, state: ServerState) {
+        *write(&self.server_state) = state;
+    }
+
+    pub fn state(&self) -> ServerState {
+        *read(&self.server_state)
+    }
+
+    pub fn set_datapath(&self, view: DatapathView) {
+        *write(&self.datapath) = Some(view);
+    }
+
+    pub fn datapath(&self) -> Option<DatapathView> {
+        read(&self.datapath).clone()
+    }
+
+    pub fn set_config(&self, config: ConfigSet) {
+        *write(&self.config) = Some(config);
+    }
+
+    fn config_dump(&self) -> serde_json::Value {
+        let config = read(&self.config);
+        let datapath = read(&self.datapath);
+        serde_json::json!({
+            "state": self.state(),
+            "datapath": datapath.as_ref().map(|d| &d.status),
+            "config": &*config,
+        })
+    }
+}
+
+// A panic while holding one of these locks cannot leave the plain values inside torn, so a
+// poisoned lock is still safe to use.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A bound admin server; `shutdown` stops it.
+pub struct AdminServer {
+    pub local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `addr` (so a taken port fails startup at once) and serves in the background.
+    pub async fn start(addr: SocketAddr, state: Arc<SharedState>) -> anyhow::Result<AdminServer> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin server to {addr} (see --admin-addr)"))?;
+        let local_addr = listener.local_addr()?;
+        let registry = Arc::new(crate::metrics::registry(state.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, state, registry, stopped));
+        tracing::info!(%local_addr, "admin server listening");
+        Ok(AdminServer {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<SharedState>,
+    registry: Arc<Registry>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let (state, registry) = (state.clone(), registry.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = handle(&req, &state, &registry);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn handle(
+    req: &Request<Incoming>,
+    state: &SharedState,
+    registry: &Registry,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "admin endpoints are read-only: use GET\n",
+        );
+    }
+    match req.uri().path() {
+        "/ready" => match state.state() {
+            ServerState::Live => text(StatusCode::OK, "LIVE\n"),
+            ServerState::Initializing => text(StatusCode::SERVICE_UNAVAILABLE, "INITIALIZING\n"),
+            ServerState::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n"),
+        },
+        "/healthz" => text(StatusCode::OK, "OK\n"),
+        "/stats/prometheus" => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, registry) {
+                Ok(()) => respond(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                ),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("encoding metrics: {e}\n"),
+                ),
+            }
+        }
+        "/config_dump" => json(&state.config_dump()),
+        "/version" => json(&serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "ebpf_object": crate::ebpf_object::embedded(),
+        })),
+        "/" => text(
+            StatusCode::OK,
+            "sluice admin\n  /ready\n  /healthz\n  /stats/prometheus\n  /config_dump\n  /version\n",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; GET / lists the endpoints\n",
+        ),
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    respond(status, "text/plain; charset=utf-8", body.to_owned())
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => respond(StatusCode::OK, "application/json", body + "\n"),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("encoding JSON: {e}\n"),
+        ),
+    }
+}

@@ -1,0 +1,123 @@
+//! Command-line interface of the `sluice` binary.
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::datapath::{DatapathMode, XdpModeChoice};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "eBPF/XDP-accelerated L4 gateway with a userspace L7 fallback"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: load and attach the datapath, serve the config, run the admin server.
+    Run(RunArgs),
+    /// Validate config files and directories without running anything.
+    Validate(ValidateArgs),
+    /// Print version and build information.
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Config files or directories (`*.yaml`, `*.yml`, searched recursively).
+    #[arg(short = 'f', long = "config", value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+
+    /// Interface to attach the datapath to; repeat for several.
+    #[arg(short, long = "interface", value_name = "IFNAME")]
+    pub interfaces: Vec<String>,
+
+    /// Datapath: `auto` tries XDP, then TC per interface, and runs in userspace when BPF is
+    /// unavailable; the other values insist on one.
+    #[arg(long, value_enum, default_value_t = DatapathMode::Auto)]
+    pub datapath: DatapathMode,
+
+    /// XDP attach mode: `auto` tries native, then generic (skb) mode per interface.
+    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
+    pub xdp_mode: XdpModeChoice,
+
+    /// Address of the admin server (/ready, /healthz, /stats/prometheus, /config_dump).
+    #[arg(long, default_value = "127.0.0.1:19000")]
+    pub admin_addr: SocketAddr,
+
+    /// bpffs mount point; mounted by sluice when nothing is mounted there. Maps are pinned
+    /// under `<bpffs>/sluice/<instance>/`.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+
+    /// Instance name: keeps the pins of several gateways on one node apart.
+    #[arg(long, default_value = "default", value_parser = parse_instance)]
+    pub instance: String,
+
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Config files or directories (`*.yaml`, `*.yml`, searched recursively).
+    #[arg(short = 'f', long = "config", value_name = "PATH", required = true)]
+    pub config: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Instance names become a directory name under bpffs.
+fn parse_instance(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid instance name: use 1-64 characters of [A-Za-z0-9_-]"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_are_path_safe() {
+        assert!(parse_instance("edge-1").is_ok());
+        for bad in ["", "../x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(parse_instance(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn run_defaults_match_the_documented_ports() {
+        let cli = Cli::try_parse_from(["sluice", "run"]).unwrap_or_else(|e| panic!("{e}"));
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.admin_addr.to_string(), "127.0.0.1:19000");
+        assert_eq!(args.datapath, DatapathMode::Auto);
+        assert_eq!(args.bpffs, PathBuf::from("/sys/fs/bpf"));
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

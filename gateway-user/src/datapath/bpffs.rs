@@ -1,0 +1,75 @@
+//! The BPF filesystem that pins live on: found or mounted, and cleaned up after.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use nix::{
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sys::statfs::statfs,
+};
+
+/// `BPF_FS_MAGIC` from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A bpffs mount point, and whether this process mounted it.
+#[derive(Debug)]
+pub struct Bpffs {
+    pub root: PathBuf,
+    mounted_here: bool,
+}
+
+impl Bpffs {
+    /// Uses the bpffs at `root`, mounting one there when it is not a bpffs (as on hosts
+    /// without systemd's mount, or inside `ip netns exec`, which remounts /sys).
+    pub fn ensure(root: &Path) -> anyhow::Result<Bpffs> {
+        fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        if is_bpffs(root)? {
+            return Ok(Bpffs {
+                root: root.to_owned(),
+                mounted_here: false,
+            });
+        }
+        mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| {
+            format!(
+                "mounting a bpffs on {} (needs CAP_SYS_ADMIN; or mount it first)",
+                root.display()
+            )
+        })?;
+        tracing::info!(path = %root.display(), "mounted a bpffs");
+        Ok(Bpffs {
+            root: root.to_owned(),
+            mounted_here: true,
+        })
+    }
+
+    /// Unmounts the bpffs if this process mounted it and nothing else is pinned in it.
+    pub fn release(self) {
+        if !self.mounted_here {
+            return;
+        }
+        let empty = fs::read_dir(&self.root)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            tracing::info!(path = %self.root.display(), "leaving the bpffs mounted: other pins live in it");
+            return;
+        }
+        if let Err(e) = umount2(&self.root, MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %self.root.display(), error = %e, "could not unmount the bpffs");
+        }
+    }
+}
+
+fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
+    let stat = statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+    Ok(i64::from(stat.filesystem_type().0 as u32) == BPF_FS_MAGIC)
+}

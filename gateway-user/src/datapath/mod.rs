@@ -1,0 +1,282 @@
+//! The datapath: which one runs (kernel XDP/TC or userspace), how it is chosen, and what it
+//! reports. Choosing is pure and unit-tested; the kernel side lives in [`kernel`].
+pub mod bpffs;
+pub mod kernel;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::ValueEnum;
+use gateway_common::{Counters, PacketReason};
+use serde::Serialize;
+
+use crate::ebpf_object;
+
+/// `--datapath`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathMode {
+    /// XDP, then TC per interface; userspace when BPF cannot be loaded.
+    Auto,
+    /// XDP only.
+    Xdp,
+    /// TC (clsact ingress) only.
+    Tc,
+    /// No BPF: every listener is served by the userspace proxy.
+    Userspace,
+}
+
+/// `--xdp-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeChoice {
+    /// Native (driver) mode, falling back to generic mode per interface.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// How the kernel program is attached to one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Attachment {
+    #[serde(rename = "xdp-native")]
+    XdpNative,
+    #[serde(rename = "xdp-generic")]
+    XdpGeneric,
+    #[serde(rename = "tc")]
+    Tc,
+}
+
+impl Attachment {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Attachment::XdpNative => "xdp-native",
+            Attachment::XdpGeneric => "xdp-generic",
+            Attachment::Tc => "tc",
+        }
+    }
+}
+
+/// The attachments to try on each interface, in order, for a datapath and XDP mode choice.
+/// Empty for userspace mode.
+pub fn attach_order(mode: DatapathMode, xdp_mode: XdpModeChoice) -> Vec<Attachment> {
+    let xdp = match xdp_mode {
+        XdpModeChoice::Auto => vec![Attachment::XdpNative, Attachment::XdpGeneric],
+        XdpModeChoice::Native => vec![Attachment::XdpNative],
+        XdpModeChoice::Generic => vec![Attachment::XdpGeneric],
+    };
+    match mode {
+        DatapathMode::Auto => [xdp, vec![Attachment::Tc]].concat(),
+        DatapathMode::Xdp => xdp,
+        DatapathMode::Tc => vec![Attachment::Tc],
+        DatapathMode::Userspace => Vec::new(),
+    }
+}
+
+/// What the daemon asked of the datapath.
+#[derive(Debug, Clone)]
+pub struct DatapathOptions {
+    pub mode: DatapathMode,
+    pub xdp_mode: XdpModeChoice,
+    pub interfaces: Vec<String>,
+    pub bpffs: PathBuf,
+    pub instance: String,
+}
+
+/// One interface and how the kernel program sits on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InterfaceStatus {
+    pub interface: String,
+    pub ifindex: u32,
+    pub attachment: Attachment,
+}
+
+/// What runs, for logs, `/config_dump` and metrics.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum DatapathStatus {
+    Kernel {
+        interfaces: Vec<InterfaceStatus>,
+        pin_dir: PathBuf,
+    },
+    Userspace {
+        reason: String,
+    },
+}
+
+impl DatapathStatus {
+    pub fn mode_label(&self) -> &'static str {
+        match self {
+            DatapathStatus::Kernel { .. } => "kernel",
+            DatapathStatus::Userspace { .. } => "userspace",
+        }
+    }
+}
+
+/// A running datapath.
+pub enum Datapath {
+    Kernel(kernel::KernelDatapath),
+    Userspace { reason: String },
+}
+
+impl Datapath {
+    /// Starts the datapath `options` ask for. `auto` falls back to userspace when the kernel
+    /// programs cannot be loaded at all; an interface that cannot be attached is an error in
+    /// every mode, since serving without it would silently bypass the gateway.
+    pub fn start(options: &DatapathOptions) -> anyhow::Result<Datapath> {
+        let userspace = |reason: String| {
+            tracing::warn!(%reason, "running the userspace datapath");
+            Ok(Datapath::Userspace { reason })
+        };
+        if options.mode == DatapathMode::Userspace {
+            return Ok(Datapath::Userspace {
+                reason: "--datapath userspace".into(),
+            });
+        }
+        let auto = options.mode == DatapathMode::Auto;
+        if !ebpf_object::embedded() {
+            let why = "this sluice binary was built without its eBPF object (build it with `cargo xtask build`)";
+            if auto {
+                return userspace(why.into());
+            }
+            bail!("--datapath {:?}: {why}", options.mode);
+        }
+        if options.interfaces.is_empty() {
+            if auto {
+                return userspace("no --interface given".into());
+            }
+            bail!(
+                "--datapath {:?} needs at least one --interface",
+                options.mode
+            );
+        }
+        let loaded = match kernel::KernelDatapath::load(&options.bpffs, &options.instance) {
+            Ok(loaded) => loaded,
+            Err(e) if auto => return userspace(format!("{e:#}")),
+            Err(e) => return Err(e),
+        };
+        let order = attach_order(options.mode, options.xdp_mode);
+        loaded
+            .attach(&options.interfaces, &order)
+            .map(Datapath::Kernel)
+            .context("attaching the datapath")
+    }
+
+    pub fn status(&self) -> DatapathStatus {
+        match self {
+            Datapath::Kernel(kernel) => kernel.status(),
+            Datapath::Userspace { reason } => DatapathStatus::Userspace {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// A handle the metrics endpoint reads packet counters through; none in userspace mode.
+    pub fn counter_reader(&self) -> Option<kernel::CounterReader> {
+        match self {
+            Datapath::Kernel(kernel) => Some(kernel.counter_reader()),
+            Datapath::Userspace { .. } => None,
+        }
+    }
+
+    /// Detaches programs and removes pins, mounts and directories this run created.
+    pub fn shutdown(self) {
+        if let Datapath::Kernel(kernel) = self {
+            kernel.shutdown();
+        }
+    }
+}
+
+/// Packet counters summed over CPUs, in reason order.
+pub type ReasonCounters = Vec<(PacketReason, Counters)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Attachment::*;
+
+    #[test]
+    fn attach_order_follows_the_flags() {
+        let cases = [
+            (
+                DatapathMode::Auto,
+                XdpModeChoice::Auto,
+                vec![XdpNative, XdpGeneric, Tc],
+            ),
+            (
+                DatapathMode::Auto,
+                XdpModeChoice::Native,
+                vec![XdpNative, Tc],
+            ),
+            (
+                DatapathMode::Auto,
+                XdpModeChoice::Generic,
+                vec![XdpGeneric, Tc],
+            ),
+            (
+                DatapathMode::Xdp,
+                XdpModeChoice::Auto,
+                vec![XdpNative, XdpGeneric],
+            ),
+            (DatapathMode::Xdp, XdpModeChoice::Native, vec![XdpNative]),
+            (DatapathMode::Xdp, XdpModeChoice::Generic, vec![XdpGeneric]),
+            (DatapathMode::Tc, XdpModeChoice::Auto, vec![Tc]),
+            (DatapathMode::Userspace, XdpModeChoice::Auto, vec![]),
+        ];
+        for (mode, xdp_mode, want) in cases {
+            assert_eq!(attach_order(mode, xdp_mode), want, "{mode:?} {xdp_mode:?}");
+        }
+    }
+
+    fn options(mode: DatapathMode, interfaces: &[&str]) -> DatapathOptions {
+        DatapathOptions {
+            mode,
+            xdp_mode: XdpModeChoice::Auto,
+            interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+            bpffs: PathBuf::from("/nonexistent"),
+            instance: "test".into(),
+        }
+    }
+
+    #[test]
+    fn userspace_mode_never_touches_bpf() {
+        let datapath = Datapath::start(&options(DatapathMode::Userspace, &["eth0"]))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(matches!(
+            datapath.status(),
+            DatapathStatus::Userspace { .. }
+        ));
+        assert!(datapath.counter_reader().is_none());
+    }
+
+    #[test]
+    fn auto_without_interfaces_runs_in_userspace_and_says_why() {
+        let datapath =
+            Datapath::start(&options(DatapathMode::Auto, &[])).unwrap_or_else(|e| panic!("{e:#}"));
+        match datapath.status() {
+            DatapathStatus::Userspace { reason } => {
+                assert!(
+                    reason.contains("no --interface") || reason.contains("without its eBPF object"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn explicit_kernel_modes_need_an_interface_or_an_object() {
+        for mode in [DatapathMode::Xdp, DatapathMode::Tc] {
+            let err = Datapath::start(&options(mode, &[]))
+                .err()
+                .map(|e| format!("{e:#}"));
+            let err = err.unwrap_or_else(|| panic!("{mode:?} started without interfaces"));
+            assert!(
+                err.contains("--interface") || err.contains("eBPF object"),
+                "{err}"
+            );
+        }
+    }
+}

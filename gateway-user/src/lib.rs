@@ -1,0 +1,70 @@
+//! The `sluice` daemon as a library: the binary is a thin `main`, and tests drive the same
+//! code.
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod datapath;
+pub mod ebpf_object;
+pub mod logging;
+pub mod metrics;
+pub mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            let object = if ebpf_object::embedded() {
+                "embedded"
+            } else {
+                "absent (userspace only)"
+            };
+            println!(
+                "sluice {} (eBPF object: {object})",
+                env!("CARGO_PKG_VERSION")
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Validate(args) => match config::load(&args.config) {
+            Ok(set) => {
+                println!(
+                    "{} objects in {} files: valid",
+                    set.objects.len(),
+                    set.sources.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{} error(s)", errors.0.len());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            logging::init(args.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the async runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Prometheus metrics. Datapath counters are read from the per-CPU maps at scrape time, so a
+//! scrape always shows what the kernel counted, with no copy to keep in sync.
+use std::sync::Arc;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info},
+    registry::Registry,
+};
+
+use crate::admin::SharedState;
+
+/// Builds the registry served on `/stats/prometheus`.
+pub fn registry(state: Arc<SharedState>) -> Registry {
+    let mut registry = Registry::with_prefix("sluice");
+    registry.register(
+        "build",
+        "Sluice build information",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    registry.register_collector(Box::new(StateCollector { state }));
+    registry
+}
+
+#[derive(Debug)]
+struct StateCollector {
+    state: Arc<SharedState>,
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(datapath) = self.state.datapath() else {
+            return Ok(());
+        };
+        let mode = ConstGauge::new(1i64);
+        let mut family = encoder.encode_descriptor(
+            "datapath",
+            "The running datapath (kernel or userspace)",
+            None,
+            mode.metric_type(),
+        )?;
+        mode.encode(family.encode_family(&[("mode", datapath.status.mode_label())])?)?;
+
+        if let crate::datapath::DatapathStatus::Kernel { interfaces, .. } = &datapath.status {
+            let mut family = encoder.encode_descriptor(
+                "datapath_interface",
+                "Interfaces the kernel datapath is attached to, and how",
+                None,
+                mode.metric_type(),
+            )?;
+            for i in interfaces {
+                let labels = [
+                    ("interface", i.interface.as_str()),
+                    ("attachment", i.attachment.label()),
+                ];
+                ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let Some(reader) = &datapath.counters else {
+            return Ok(());
+        };
+        let counters = match reader.read() {
+            Ok(counters) => counters,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read datapath counters");
+                return Ok(());
+            }
+        };
+        let metrics: [(&str, &str, fn(&gateway_common::Counters) -> u64); 2] = [
+            (
+                "datapath_packets",
+                "Packets seen by the kernel datapath, by reason and verdict",
+                |c| c.packets,
+            ),
+            (
+                "datapath_bytes",
+                "Bytes (whole frames) seen by the kernel datapath, by reason and verdict",
+                |c| c.bytes,
+            ),
+        ];
+        for (name, help, value) in metrics {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (reason, c) in &counters {
+                let labels = [
+                    ("reason", reason.label()),
+                    ("verdict", reason.verdict().label()),
+                ];
+                ConstCounter::new(value(c)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}

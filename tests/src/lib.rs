@@ -1,0 +1,10 @@
+//! Test harnesses shared by Sluice's integration tests and `cargo xtask demo`: root gating,
+//! network namespaces with RAII teardown, a topology builder, a `sluice` process runner, an
+//! admin client, and packet builders for datapath fixtures.
+pub mod admin;
+pub mod netns;
+pub mod packets;
+pub mod prog_test;
+pub mod root;
+pub mod sluice;
+pub mod topology;

@@ -1,0 +1,150 @@
+//! Runs the `sluice` binary inside a namespace, waits on its `/ready`, and stops it (SIGTERM,
+//! then SIGKILL) when dropped, so a failing test never leaves a daemon behind.
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::{admin, netns::NetNs};
+
+pub const ADMIN_ADDR: &str = "127.0.0.1:19000";
+
+pub struct Sluice {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    ns: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sluice {
+    /// Starts `sluice run <args…> --admin-addr 127.0.0.1:19000` inside `ns` and waits until
+    /// `/ready` answers 200, or panics with the daemon's log.
+    pub fn start(ns: &NetNs, args: &[&str]) -> Sluice {
+        let mut sluice = Sluice::spawn(ns, args);
+        sluice.wait_ready(Duration::from_secs(30));
+        sluice
+    }
+
+    /// Starts the daemon without waiting for readiness.
+    pub fn spawn(ns: &NetNs, args: &[&str]) -> Sluice {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let log = dir.path().join("sluice.log");
+        let log_file = File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let stderr = log_file.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let child = ns
+            .command(&crate::root::sluice_bin().to_string_lossy())
+            .arg("run")
+            .args(args)
+            .args(["--admin-addr", ADMIN_ADDR])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning sluice: {e}"));
+        Sluice {
+            child: Some(child),
+            admin: ADMIN_ADDR.parse().unwrap_or_else(|e| panic!("{e}")),
+            ns: ns.name.clone(),
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn ns(&self) -> NetNs {
+        NetNs::borrowed(&self.ns)
+    }
+
+    /// Polls `/ready` (the daemon's readiness signal) until 200, the process exits, or the
+    /// timeout passes.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let ns = self.ns();
+        loop {
+            if let Ok((200, _)) = admin::get(&ns, self.admin, "/ready") {
+                return;
+            }
+            if let Some(status) = self.exited() {
+                panic!(
+                    "sluice exited ({status}) before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice not ready after {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The exit status, if the daemon has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok()?
+    }
+
+    /// GET on the admin server, from inside the gateway namespace.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        admin::get(&self.ns(), self.admin, path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
+    }
+
+    /// Reads one sample of the Prometheus output, e.g.
+    /// `metric(r#"sluice_datapath_packets_total{reason="tcp",verdict="pass"}"#)`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (status, body) = self.admin_get("/stats/prometheus");
+        assert_eq!(status, 200, "{body}");
+        admin::sample(&body, series)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and the log.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let status = self.terminate();
+        (status, self.log())
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        let Some(mut child) = self.child.take() else {
+            panic!("sluice already stopped");
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    return child
+                        .wait()
+                        .unwrap_or_else(|e| panic!("waiting for sluice: {e}"));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+    }
+}
