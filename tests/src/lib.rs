@@ -2,9 +2,12 @@
 //! network namespaces with RAII teardown, a topology builder, a `sluice` process runner, an
 //! admin client, and packet builders for datapath fixtures.
 pub mod admin;
+pub mod bpffs;
+pub mod echo;
 pub mod netns;
 pub mod packets;
 pub mod prog_test;
 pub mod root;
 pub mod sluice;
+pub mod tap;
 pub mod topology;

@@ -57,7 +57,12 @@ impl Datapath {
                 program::<SchedClassifier>(&mut self.ebpf, program_names::TC_INGRESS).test_run(opts)
             }
         }
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {hook:?}: {e:?}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "BPF_PROG_TEST_RUN on {hook:?} with {} bytes: {e:?}",
+                input.len()
+            )
+        });
         output.truncate(result.data_size_out as usize);
         RunResult {
             return_value: result.return_value,

@@ -29,22 +29,36 @@ impl Sluice {
     /// Starts `sluice run <args…> --admin-addr 127.0.0.1:19000` inside `ns` and waits until
     /// `/ready` answers 200, or panics with the daemon's log.
     pub fn start(ns: &NetNs, args: &[&str]) -> Sluice {
-        let mut sluice = Sluice::spawn(ns, args);
+        Sluice::start_with(ns, &[], ADMIN_ADDR, args)
+    }
+
+    /// Like [`Sluice::start`], with the admin server on `admin` and the binary run through
+    /// `wrapper` (e.g. `setpriv …` to drop privileges).
+    pub fn start_with(ns: &NetNs, wrapper: &[&str], admin: &str, args: &[&str]) -> Sluice {
+        let mut sluice = Sluice::spawn(ns, wrapper, admin, args);
         sluice.wait_ready(Duration::from_secs(30));
         sluice
     }
 
     /// Starts the daemon without waiting for readiness.
-    pub fn spawn(ns: &NetNs, args: &[&str]) -> Sluice {
+    pub fn spawn(ns: &NetNs, wrapper: &[&str], admin: &str, args: &[&str]) -> Sluice {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let log = dir.path().join("sluice.log");
         let log_file = File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let stderr = log_file.try_clone().unwrap_or_else(|e| panic!("{e}"));
-        let child = ns
-            .command(&crate::root::sluice_bin().to_string_lossy())
+        let bin = crate::root::sluice_bin();
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = ns.command(program);
+                command.args(rest).arg(&bin);
+                command
+            }
+            None => ns.command(&bin.to_string_lossy()),
+        };
+        let child = command
             .arg("run")
             .args(args)
-            .args(["--admin-addr", ADMIN_ADDR])
+            .args(["--admin-addr", admin])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file)
@@ -53,7 +67,9 @@ impl Sluice {
             .unwrap_or_else(|e| panic!("spawning sluice: {e}"));
         Sluice {
             child: Some(child),
-            admin: ADMIN_ADDR.parse().unwrap_or_else(|e| panic!("{e}")),
+            admin: admin
+                .parse()
+                .unwrap_or_else(|e| panic!("admin address {admin}: {e}")),
             ns: ns.name.clone(),
             log,
             _dir: dir,

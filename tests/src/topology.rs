@@ -254,8 +254,8 @@ impl Topology {
 
     fn link(&self, a: &NetNs, a_if: &str, a_mac: &str, b: &NetNs, b_if: &str, b_mac: &str) {
         crate::netns::run(std::process::Command::new("ip").args([
-            "link", "add", a_if, "netns", &a.name, "address", a_mac, "type", "veth", "peer",
-            "name", b_if, "netns", &b.name, "address", b_mac,
+            "link", "add", "name", a_if, "netns", &a.name, "address", a_mac, "type", "veth",
+            "peer", "name", b_if, "netns", &b.name, "address", b_mac,
         ]));
         a.ip(&["link", "set", a_if, "up"]);
         b.ip(&["link", "set", b_if, "up"]);

@@ -1,0 +1,322 @@
+//! End-to-end: real TCP between a client and a backend namespace crosses the gateway
+//! namespace, where `sluice run` has its ingress program on the client-facing interface. The
+//! daemon's counters must account for every frame the client sent, exactly, and the pinned
+//! maps must be readable with bpftool and gone after shutdown.
+use std::{
+    net::SocketAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use gateway_common::{PacketReason, map_names};
+use tests::{
+    bpffs::TempBpffs,
+    echo,
+    netns::unique_prefix,
+    root,
+    sluice::Sluice,
+    tap::TxTap,
+    topology::{self, CLIENT_IF, GATEWAY_CLIENT_IF, Topology},
+};
+
+const CONNECTIONS: usize = 4;
+const BYTES_PER_CONNECTION: usize = 64 * 1024;
+
+fn series(kind: &str, reason: PacketReason) -> String {
+    format!(
+        "sluice_datapath_{kind}_total{{reason=\"{}\",verdict=\"{}\"}}",
+        reason.label(),
+        reason.verdict().label()
+    )
+}
+
+/// Packets and bytes of every reason, as `/stats/prometheus` reports them.
+fn reason_counters(sluice: &Sluice) -> Vec<(u64, u64)> {
+    let (status, body) = sluice.admin_get("/stats/prometheus");
+    assert_eq!(status, 200, "{body}");
+    PacketReason::ALL
+        .iter()
+        .map(|&r| {
+            let get = |kind| {
+                tests::admin::sample(&body, &series(kind, r))
+                    .unwrap_or_else(|| panic!("{} missing from:\n{body}", series(kind, r)))
+                    as u64
+            };
+            (get("packets"), get("bytes"))
+        })
+        .collect()
+}
+
+/// Sums one reason's per-CPU values from `bpftool -j map dump pinned`, reading the
+/// BTF-formatted field names; panics if bpftool does not print them.
+fn bpftool_counters(pin: &std::path::Path, reason: PacketReason) -> (u64, u64) {
+    let out = tests::netns::run(
+        Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(pin),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let entries: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bpftool JSON: {e}\n{text}"));
+    let entries = entries
+        .as_array()
+        .unwrap_or_else(|| panic!("bpftool output is not a list:\n{text}"));
+    let entry = entries
+        .iter()
+        .map(|e| e.get("formatted").unwrap_or(e))
+        .find(|e| e["key"] == serde_json::json!(reason.index()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no BTF-formatted entry for key {} in:\n{text}",
+                reason.index()
+            )
+        });
+    let values = entry["values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no per-CPU values:\n{text}"));
+    values.iter().fold((0, 0), |(p, b), v| {
+        let field = |name: &str| {
+            v["value"][name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("field {name:?} not decoded by bpftool:\n{text}"))
+        };
+        (p + field("packets"), b + field("bytes"))
+    })
+}
+
+/// Runs real TCP echo traffic through the gateway with the datapath attached as `args` ask,
+/// and checks the counters against an AF_PACKET tap on the client's interface.
+fn counts_real_tcp_exactly(test: &str, args: &[&str], attachment: &str) {
+    if !root::can_run(test) {
+        return;
+    }
+    // No IPv6 and no ARP on the links: every frame the client sends is the test's TCP.
+    let topology = Topology::builder().ipv4_only().static_neighbours().build();
+    let bpffs = TempBpffs::new();
+    let instance = unique_prefix();
+    let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
+    let mut all_args = vec![
+        "--interface",
+        GATEWAY_CLIENT_IF,
+        "--bpffs",
+        &bpffs_arg,
+        "--instance",
+        &instance,
+    ];
+    all_args.extend_from_slice(args);
+    let sluice = Sluice::start(&topology.gateway, &all_args);
+
+    let attached = format!(
+        "sluice_datapath_interface{{interface=\"{GATEWAY_CLIENT_IF}\",attachment=\"{attachment}\"}}"
+    );
+    assert_eq!(
+        sluice.metric(&attached),
+        Some(1.0),
+        "{attached}\n{}",
+        sluice.log()
+    );
+
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), 7000);
+    let server = echo::serve(&topology.backend, backend, CONNECTIONS);
+    let before = reason_counters(&sluice);
+    let tap = TxTap::start(&topology.client, CLIENT_IF);
+
+    for _ in 0..CONNECTIONS {
+        echo::roundtrip(&topology.client, backend, BYTES_PER_CONNECTION);
+    }
+    let echoed = server
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert_eq!(echoed, (CONNECTIONS * BYTES_PER_CONNECTION) as u64);
+
+    // The client's last ACKs may still be on their way: wait (on the counters themselves)
+    // until the datapath has counted as many frames as the client's tap saw leave.
+    let tcp = PacketReason::Tcp.index() as usize;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let sent = tap.counts();
+        let after = reason_counters(&sluice);
+        if after[tcp].0 - before[tcp].0 >= sent.0 || Instant::now() > deadline {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (tx_packets, tx_bytes) = tap.finish();
+    for reason in PacketReason::ALL {
+        let i = reason.index() as usize;
+        let (packets, bytes) = (after[i].0 - before[i].0, after[i].1 - before[i].1);
+        if reason == PacketReason::Tcp {
+            assert_eq!(
+                packets,
+                tx_packets,
+                "tcp packets vs the frames the client sent\n{}",
+                sluice.log()
+            );
+            assert_eq!(
+                bytes, tx_bytes,
+                "tcp bytes vs the bytes the client sent ({tx_packets} frames)"
+            );
+        } else {
+            assert_eq!(
+                (packets, bytes),
+                (0, 0),
+                "{} moved without such traffic",
+                reason.label()
+            );
+        }
+    }
+    // Handshake, data and teardown of every connection, and at least the payload in bytes.
+    assert!(
+        tx_packets >= (CONNECTIONS * 4) as u64,
+        "only {tx_packets} packets"
+    );
+    assert!(
+        tx_bytes >= (CONNECTIONS * BYTES_PER_CONNECTION) as u64,
+        "only {tx_bytes} bytes"
+    );
+
+    // bpftool reads the same numbers from the pinned map, with BTF field names.
+    let pin = bpffs.pin_dir(&instance).join(map_names::REASON_COUNTERS);
+    assert_eq!(
+        bpftool_counters(&pin, PacketReason::Tcp),
+        after[tcp],
+        "bpftool vs /stats/prometheus"
+    );
+
+    let (status, log) = sluice.stop();
+    assert!(status.success(), "sluice exited with {status}:\n{log}");
+    assert!(log.contains("detached the datapath"), "{log}");
+    assert!(
+        !bpffs.pin_dir(&instance).exists(),
+        "pins left behind:\n{log}"
+    );
+    let link = topology.gateway.ip(&["link", "show", GATEWAY_CLIENT_IF]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "XDP program left attached"
+    );
+}
+
+#[test]
+fn xdp_native_counts_real_tcp_exactly() {
+    counts_real_tcp_exactly(
+        "xdp_native_counts_real_tcp_exactly",
+        &["--datapath", "xdp", "--xdp-mode", "native"],
+        "xdp-native",
+    );
+}
+
+#[test]
+fn xdp_generic_counts_real_tcp_exactly() {
+    counts_real_tcp_exactly(
+        "xdp_generic_counts_real_tcp_exactly",
+        &["--datapath", "xdp", "--xdp-mode", "generic"],
+        "xdp-generic",
+    );
+}
+
+#[test]
+fn tc_counts_real_tcp_exactly() {
+    counts_real_tcp_exactly("tc_counts_real_tcp_exactly", &["--datapath", "tc"], "tc");
+}
+
+#[test]
+fn auto_falls_back_to_tc_when_xdp_is_taken() {
+    if !root::can_run("auto_falls_back_to_tc_when_xdp_is_taken") {
+        return;
+    }
+    let topology = Topology::builder().ipv4_only().build();
+    let bpffs = TempBpffs::new();
+    let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
+    let (first, second) = (unique_prefix(), unique_prefix());
+    let common = ["--interface", GATEWAY_CLIENT_IF, "--bpffs", &bpffs_arg];
+    let holder = Sluice::start(
+        &topology.gateway,
+        &[&common[..], &["--instance", &first, "--datapath", "xdp"]].concat(),
+    );
+    let fallback = Sluice::start_with(
+        &topology.gateway,
+        &[],
+        "127.0.0.1:19001",
+        &[&common[..], &["--instance", &second, "--datapath", "auto"]].concat(),
+    );
+    let tc =
+        format!("sluice_datapath_interface{{interface=\"{GATEWAY_CLIENT_IF}\",attachment=\"tc\"}}");
+    assert_eq!(fallback.metric(&tc), Some(1.0), "{}", fallback.log());
+    let log = fallback.log();
+    assert!(log.contains("falling back to xdp-generic"), "{log}");
+    assert!(log.contains("falling back to tc"), "{log}");
+    drop(fallback);
+    drop(holder);
+}
+
+#[test]
+fn userspace_mode_runs_without_bpf_and_says_so() {
+    if !root::can_run("userspace_mode_runs_without_bpf_and_says_so") {
+        return;
+    }
+    let topology = Topology::builder().ipv4_only().build();
+    let sluice = Sluice::start(
+        &topology.gateway,
+        &["--datapath", "userspace", "--interface", GATEWAY_CLIENT_IF],
+    );
+    assert_eq!(
+        sluice.metric("sluice_datapath{mode=\"userspace\"}"),
+        Some(1.0)
+    );
+    let (_, metrics) = sluice.admin_get("/stats/prometheus");
+    assert!(
+        !metrics.contains("sluice_datapath_packets_total"),
+        "{metrics}"
+    );
+    let (status, dump) = sluice.admin_get("/config_dump");
+    assert_eq!(status, 200);
+    let dump: serde_json::Value =
+        serde_json::from_str(&dump).unwrap_or_else(|e| panic!("{e}: {dump}"));
+    assert_eq!(dump["datapath"]["mode"], "userspace", "{dump}");
+    assert_eq!(dump["datapath"]["reason"], "--datapath userspace", "{dump}");
+    let link = topology.gateway.ip(&["link", "show", GATEWAY_CLIENT_IF]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "userspace mode attached XDP"
+    );
+    let (status, log) = sluice.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("mode=\"userspace\"") || log.contains("mode=userspace"),
+        "{log}"
+    );
+}
+
+#[test]
+fn auto_without_privileges_falls_back_to_userspace() {
+    if !root::can_run("auto_without_privileges_falls_back_to_userspace") {
+        return;
+    }
+    let topology = Topology::builder().ipv4_only().build();
+    let bpffs = TempBpffs::new();
+    let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
+    let unprivileged = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ];
+    let sluice = Sluice::start_with(
+        &topology.gateway,
+        &unprivileged,
+        tests::sluice::ADMIN_ADDR,
+        &["--interface", GATEWAY_CLIENT_IF, "--bpffs", &bpffs_arg],
+    );
+    assert_eq!(
+        sluice.metric("sluice_datapath{mode=\"userspace\"}"),
+        Some(1.0),
+        "{}",
+        sluice.log()
+    );
+    let log = sluice.log();
+    assert!(log.contains("running the userspace datapath"), "{log}");
+    let (_, dump) = sluice.admin_get("/config_dump");
+    assert!(dump.contains("\"mode\": \"userspace\""), "{dump}");
+}
