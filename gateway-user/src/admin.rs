@@ -231,3 +231,95 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::DatapathStatus;
+
+    fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        let url = format!("http://{addr}{path}");
+        let response = match ureq::get(&url).call() {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(e) => panic!("GET {url}: {e}"),
+        };
+        let status = response.status();
+        let content_type = response.content_type().to_owned();
+        let body = response.into_string().unwrap_or_else(|e| panic!("{e}"));
+        (status, content_type, body)
+    }
+
+    async fn get_async(addr: SocketAddr, path: &'static str) -> (u16, String, String) {
+        tokio::task::spawn_blocking(move || get(addr, path))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn endpoints_follow_the_server_lifecycle() {
+        let state = SharedState::new();
+        let admin = AdminServer::start(
+            "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+            state.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let addr = admin.local_addr;
+
+        assert_eq!(
+            get_async(addr, "/ready").await.0,
+            503,
+            "ready before the datapath is up"
+        );
+        assert_eq!(get_async(addr, "/healthz").await.0, 200);
+
+        state.set_datapath(DatapathView {
+            status: DatapathStatus::Userspace {
+                reason: "test".into(),
+            },
+            counters: None,
+        });
+        state.set_state(ServerState::Live);
+        let (status, _, body) = get_async(addr, "/ready").await;
+        assert_eq!((status, body.as_str()), (200, "LIVE\n"));
+
+        let (status, content_type, metrics) = get_async(addr, "/stats/prometheus").await;
+        assert_eq!(status, 200);
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        assert!(
+            metrics.contains("sluice_datapath{mode=\"userspace\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("sluice_build_info{version="), "{metrics}");
+        assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+
+        let (status, _, dump) = get_async(addr, "/config_dump").await;
+        assert_eq!(status, 200);
+        let dump: serde_json::Value = serde_json::from_str(&dump).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dump["state"], "LIVE");
+        assert_eq!(dump["datapath"]["mode"], "userspace");
+        assert_eq!(dump["datapath"]["reason"], "test");
+
+        let (_, _, version) = get_async(addr, "/version").await;
+        assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+        assert_eq!(get_async(addr, "/nope").await.0, 404);
+
+        state.set_state(ServerState::Draining);
+        let (status, _, body) = get_async(addr, "/ready").await;
+        assert_eq!((status, body.as_str()), (503, "DRAINING\n"));
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_fails_with_the_flag_to_change() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = held.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let err = AdminServer::start(addr, SharedState::new()).await.err();
+        let err = format!("{:#}", err.unwrap_or_else(|| panic!("bound a taken port")));
+        assert!(err.contains("--admin-addr"), "{err}");
+    }
+}
