@@ -175,11 +175,8 @@ mod tests {
     #[test]
     fn labels_are_unique_snake_case() {
         for (i, a) in PacketReason::ALL.iter().enumerate() {
-            assert!(
-                a.label()
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_')
-            );
+            let snake = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+            assert!(a.label().bytes().all(snake), "{}", a.label());
             for b in &PacketReason::ALL[i + 1..] {
                 assert_ne!(a.label(), b.label());
             }

@@ -37,11 +37,10 @@ pub fn sluice_tc(ctx: TcContext) -> i32 {
     let reason = ingress(&TcPacket::new(&ctx));
     #[cfg(feature = "packet-log")]
     aya_log_ebpf::debug!(&ctx, "tc: reason {}", reason.index());
-    let action = match reason.verdict() {
+    match reason.verdict() {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
-    };
-    action as i32
+    }
 }
 
 #[inline(always)]

@@ -23,6 +23,9 @@ pub fn registry(state: Arc<SharedState>) -> Registry {
     registry
 }
 
+/// Selects one field of the per-reason counters.
+type CounterField = fn(&gateway_common::Counters) -> u64;
+
 #[derive(Debug)]
 struct StateCollector {
     state: Arc<SharedState>,
@@ -68,7 +71,7 @@ impl Collector for StateCollector {
                 return Ok(());
             }
         };
-        let metrics: [(&str, &str, fn(&gateway_common::Counters) -> u64); 2] = [
+        let metrics: [(&str, &str, CounterField); 2] = [
             (
                 "datapath_packets",
                 "Packets seen by the kernel datapath, by reason and verdict",

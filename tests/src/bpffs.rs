@@ -47,10 +47,10 @@ impl Default for TempBpffs {
 
 impl Drop for TempBpffs {
     fn drop(&mut self) {
-        if let Some(dir) = self.dir.take() {
-            if let Err(e) = umount2(dir.path(), MntFlags::MNT_DETACH) {
-                eprintln!("warning: could not unmount {}: {e}", dir.path().display());
-            }
+        if let Some(dir) = self.dir.take()
+            && let Err(e) = umount2(dir.path(), MntFlags::MNT_DETACH)
+        {
+            eprintln!("warning: could not unmount {}: {e}", dir.path().display());
         }
     }
 }

@@ -43,9 +43,10 @@ pub fn cargo_bin_dir() -> PathBuf {
 
 /// PATH with `$CARGO_HOME/bin` in front, for commands that need bpf-linker.
 pub fn path_with_cargo_bin() -> std::ffi::OsString {
-    let mut paths = vec![cargo_bin_dir()];
+    let bin = cargo_bin_dir();
+    let mut paths = vec![bin.clone()];
     if let Some(path) = std::env::var_os("PATH") {
-        paths.extend(std::env::split_paths(&path));
+        paths.extend(std::env::split_paths(&path).filter(|p| *p != bin));
     }
     std::env::join_paths(paths).unwrap_or_default()
 }

@@ -117,7 +117,7 @@ impl DatapathStatus {
 
 /// A running datapath.
 pub enum Datapath {
-    Kernel(kernel::KernelDatapath),
+    Kernel(Box<kernel::KernelDatapath>),
     Userspace { reason: String },
 }
 
@@ -160,7 +160,7 @@ impl Datapath {
         let order = attach_order(options.mode, options.xdp_mode);
         loaded
             .attach(&options.interfaces, &order)
-            .map(Datapath::Kernel)
+            .map(|kernel| Datapath::Kernel(Box::new(kernel)))
             .context("attaching the datapath")
     }
 
