@@ -320,3 +320,59 @@ fn auto_without_privileges_falls_back_to_userspace() {
     let (_, dump) = sluice.admin_get("/config_dump");
     assert!(dump.contains("\"mode\": \"userspace\""), "{dump}");
 }
+
+#[test]
+fn a_missing_interface_fails_startup_and_leaves_nothing_behind() {
+    if !root::can_run("a_missing_interface_fails_startup_and_leaves_nothing_behind") {
+        return;
+    }
+    let topology = Topology::builder().ipv4_only().build();
+    let bpffs = TempBpffs::new();
+    let instance = unique_prefix();
+    let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
+    // gw-c exists, nosuch0 does not: the first attach must be undone too.
+    let args = [
+        "--datapath",
+        "xdp",
+        "--interface",
+        GATEWAY_CLIENT_IF,
+        "--interface",
+        "nosuch0",
+        "--bpffs",
+        &bpffs_arg,
+        "--instance",
+        &instance,
+    ];
+    let mut sluice = Sluice::spawn(&topology.gateway, &[], tests::sluice::ADMIN_ADDR, &args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = sluice.exited() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice kept running:\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = sluice.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("interface \"nosuch0\" not found in this network namespace"),
+        "{log}"
+    );
+    assert!(
+        log.contains("detached the datapath interface=gw-c"),
+        "{log}"
+    );
+    assert!(
+        !bpffs.pin_dir(&instance).exists(),
+        "pins left behind:\n{log}"
+    );
+    let link = topology.gateway.ip(&["link", "show", GATEWAY_CLIENT_IF]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "XDP left attached"
+    );
+}

@@ -26,6 +26,7 @@ pub struct Loaded {
     bpffs: Bpffs,
     pin_dir: PathBuf,
     pins: Vec<PathBuf>,
+    counters: CounterReader,
 }
 
 /// A link this run created, kept to detach it on shutdown.
@@ -38,7 +39,6 @@ pub struct KernelDatapath {
     loaded: Loaded,
     interfaces: Vec<InterfaceStatus>,
     links: Vec<(String, Link)>,
-    counters: CounterReader,
     log_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -79,8 +79,11 @@ impl KernelDatapath {
     pub fn load(bpffs_root: &Path, instance: &str) -> anyhow::Result<Loaded> {
         let bpffs = Bpffs::ensure(bpffs_root)?;
         let pin_dir = bpffs.root.join("sluice").join(instance);
-        fs::create_dir_all(&pin_dir)
-            .with_context(|| format!("creating the pin directory {}", pin_dir.display()))?;
+        if let Err(e) = fs::create_dir_all(&pin_dir) {
+            bpffs.release();
+            return Err(e)
+                .with_context(|| format!("creating the pin directory {}", pin_dir.display()));
+        }
         let pins: Vec<PathBuf> = map_names::ALL
             .iter()
             .map(|name| pin_dir.join(name))
@@ -93,24 +96,31 @@ impl KernelDatapath {
             "loading the eBPF object (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON; \
              run with --datapath userspace to serve without BPF)",
         );
-        let mut ebpf = match loaded {
-            Ok(ebpf) => ebpf,
-            Err(e) => {
-                let _ = fs::remove_dir(&pin_dir);
-                bpffs.release();
-                return Err(e);
+        // Once loaded, the maps are pinned: every error path must remove the pins again.
+        let prepared = loaded.and_then(|mut ebpf| {
+            for name in [program_names::XDP_INGRESS, program_names::TC_INGRESS] {
+                load_program(&mut ebpf, name)?;
             }
-        };
-        for name in [program_names::XDP_INGRESS, program_names::TC_INGRESS] {
-            load_program(&mut ebpf, name)?;
+            let counters = take_counters(&mut ebpf)?;
+            Ok((ebpf, counters))
+        });
+        match prepared {
+            Ok((ebpf, counters)) => {
+                tracing::info!(pin_dir = %pin_dir.display(), "loaded the eBPF programs and pinned their maps");
+                Ok(Loaded {
+                    ebpf,
+                    bpffs,
+                    pin_dir,
+                    pins,
+                    counters,
+                })
+            }
+            Err(e) => {
+                remove_pins(&pins, &pin_dir);
+                bpffs.release();
+                Err(e)
+            }
         }
-        tracing::info!(pin_dir = %pin_dir.display(), "loaded the eBPF programs and pinned their maps");
-        Ok(Loaded {
-            ebpf,
-            bpffs,
-            pin_dir,
-            pins,
-        })
     }
 
     pub fn status(&self) -> DatapathStatus {
@@ -121,7 +131,7 @@ impl KernelDatapath {
     }
 
     pub fn counter_reader(&self) -> CounterReader {
-        self.counters.clone()
+        self.loaded.counters.clone()
     }
 
     pub fn shutdown(mut self) {
@@ -138,26 +148,7 @@ impl KernelDatapath {
                 Err(e) => tracing::warn!(%interface, error = %format!("{e:#}"), "detach failed"),
             }
         }
-        let Loaded {
-            ebpf,
-            bpffs,
-            pin_dir,
-            pins,
-        } = self.loaded;
-        drop(self.counters);
-        drop(ebpf);
-        for pin in &pins {
-            if let Err(e) = fs::remove_file(pin) {
-                tracing::warn!(pin = %pin.display(), error = %e, "could not remove pin");
-            }
-        }
-        // Only empty directories are removed: another instance may live beside this one.
-        let _ = fs::remove_dir(&pin_dir);
-        if let Some(parent) = pin_dir.parent() {
-            let _ = fs::remove_dir(parent);
-        }
-        bpffs.release();
-        tracing::info!(pin_dir = %pin_dir.display(), "removed the pinned maps");
+        self.loaded.discard();
     }
 }
 
@@ -165,54 +156,82 @@ impl Loaded {
     /// Attaches the ingress program to every interface, trying `order` per interface; each
     /// fallback is logged with the reason the previous attachment failed.
     pub fn attach(
-        mut self,
+        self,
         interfaces: &[String],
         order: &[Attachment],
     ) -> anyhow::Result<KernelDatapath> {
-        let mut statuses = Vec::new();
-        let mut links = Vec::new();
-        let result = (|| -> anyhow::Result<()> {
-            for interface in interfaces {
-                let ifindex = nix::net::if_::if_nametoindex(interface.as_str()).map_err(|e| {
-                    anyhow!("interface {interface:?} not found in this network namespace: {e}")
-                })?;
-                let (attachment, link) = attach_first(&mut self.ebpf, interface, ifindex, order)?;
-                tracing::info!(%interface, ifindex, attachment = attachment.label(), "attached the datapath");
-                statuses.push(InterfaceStatus {
-                    interface: interface.clone(),
-                    ifindex,
-                    attachment,
-                });
-                links.push((interface.clone(), link));
-            }
-            Ok(())
-        })();
-        let counters = self.take_counters();
-        let log_task = forward_logs(&mut self.ebpf);
-        let datapath = KernelDatapath {
+        let mut datapath = KernelDatapath {
             loaded: self,
-            interfaces: statuses,
-            links,
-            counters: counters?,
-            log_task,
+            interfaces: Vec::new(),
+            links: Vec::new(),
+            log_task: None,
         };
-        match result {
-            Ok(()) => Ok(datapath),
-            Err(e) => {
+        for interface in interfaces {
+            if let Err(e) = datapath.attach_interface(interface, order) {
                 datapath.shutdown();
-                Err(e)
+                return Err(e);
             }
         }
+        datapath.log_task = forward_logs(&mut datapath.loaded.ebpf);
+        Ok(datapath)
     }
 
-    fn take_counters(&mut self) -> anyhow::Result<CounterReader> {
-        let map = self
-            .ebpf
-            .take_map(map_names::REASON_COUNTERS)
-            .ok_or_else(|| anyhow!("the eBPF object has no {} map", map_names::REASON_COUNTERS))?;
-        let map = PerCpuArray::try_from(map).context("REASON_COUNTERS has an unexpected type")?;
-        Ok(CounterReader { map: Arc::new(map) })
+    /// Closes the programs and maps, removes the pins and directories this run created, and
+    /// unmounts the bpffs if this run mounted it.
+    fn discard(self) {
+        let Loaded {
+            ebpf,
+            bpffs,
+            pin_dir,
+            pins,
+            counters,
+        } = self;
+        drop(counters);
+        drop(ebpf);
+        remove_pins(&pins, &pin_dir);
+        bpffs.release();
+        tracing::info!(pin_dir = %pin_dir.display(), "removed the pinned maps");
     }
+}
+
+impl KernelDatapath {
+    fn attach_interface(&mut self, interface: &str, order: &[Attachment]) -> anyhow::Result<()> {
+        let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|e| {
+            anyhow!("interface {interface:?} not found in this network namespace: {e}")
+        })?;
+        let (attachment, link) = attach_first(&mut self.loaded.ebpf, interface, ifindex, order)?;
+        tracing::info!(%interface, ifindex, attachment = attachment.label(), "attached the datapath");
+        self.interfaces.push(InterfaceStatus {
+            interface: interface.to_owned(),
+            ifindex,
+            attachment,
+        });
+        self.links.push((interface.to_owned(), link));
+        Ok(())
+    }
+}
+
+fn remove_pins(pins: &[PathBuf], pin_dir: &Path) {
+    for pin in pins {
+        if let Err(e) = fs::remove_file(pin)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(pin = %pin.display(), error = %e, "could not remove pin");
+        }
+    }
+    // Only empty directories are removed: another instance may live beside this one.
+    let _ = fs::remove_dir(pin_dir);
+    if let Some(parent) = pin_dir.parent() {
+        let _ = fs::remove_dir(parent);
+    }
+}
+
+fn take_counters(ebpf: &mut Ebpf) -> anyhow::Result<CounterReader> {
+    let map = ebpf
+        .take_map(map_names::REASON_COUNTERS)
+        .ok_or_else(|| anyhow!("the eBPF object has no {} map", map_names::REASON_COUNTERS))?;
+    let map = PerCpuArray::try_from(map).context("REASON_COUNTERS has an unexpected type")?;
+    Ok(CounterReader { map: Arc::new(map) })
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
