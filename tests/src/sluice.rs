@@ -1,6 +1,7 @@
 //! Runs the `sluice` binary inside a namespace, waits on its `/ready`, and stops it (SIGTERM,
 //! then SIGKILL) when dropped, so a failing test never leaves a daemon behind.
 use std::{
+    ffi::OsStr,
     fs::File,
     net::SocketAddr,
     path::PathBuf,
@@ -28,20 +29,25 @@ pub struct Sluice {
 impl Sluice {
     /// Starts `sluice run <args…> --admin-addr 127.0.0.1:19000` inside `ns` and waits until
     /// `/ready` answers 200, or panics with the daemon's log.
-    pub fn start(ns: &NetNs, args: &[&str]) -> Sluice {
+    pub fn start<S: AsRef<OsStr>>(ns: &NetNs, args: &[S]) -> Sluice {
         Sluice::start_with(ns, &[], ADMIN_ADDR, args)
     }
 
     /// Like [`Sluice::start`], with the admin server on `admin` and the binary run through
     /// `wrapper` (e.g. `setpriv …` to drop privileges).
-    pub fn start_with(ns: &NetNs, wrapper: &[&str], admin: &str, args: &[&str]) -> Sluice {
+    pub fn start_with<S: AsRef<OsStr>>(
+        ns: &NetNs,
+        wrapper: &[&str],
+        admin: &str,
+        args: &[S],
+    ) -> Sluice {
         let mut sluice = Sluice::spawn(ns, wrapper, admin, args);
         sluice.wait_ready(Duration::from_secs(30));
         sluice
     }
 
     /// Starts the daemon without waiting for readiness.
-    pub fn spawn(ns: &NetNs, wrapper: &[&str], admin: &str, args: &[&str]) -> Sluice {
+    pub fn spawn<S: AsRef<OsStr>>(ns: &NetNs, wrapper: &[&str], admin: &str, args: &[S]) -> Sluice {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let log = dir.path().join("sluice.log");
         let log_file = File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));

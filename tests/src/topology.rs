@@ -5,7 +5,7 @@
 //! client (198.51.100.2, 2001:db8:1::2) c-gw == gw-c (198.51.100.1, 2001:db8:1::1)
 //!   gateway, forwarding    gw-b (203.0.113.1, 2001:db8:2::1) == b-gw backend (203.0.113.2.., 2001:db8:2::2..)
 //! ```
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::netns::{NetNs, unique_prefix};
 
@@ -260,24 +260,4 @@ impl Topology {
         a.ip(&["link", "set", a_if, "up"]);
         b.ip(&["link", "set", b_if, "up"]);
     }
-
-    /// An address of backend `i` in the family of `like`.
-    pub fn backend_addr(&self, i: usize, like: IpAddr) -> IpAddr {
-        match like {
-            IpAddr::V4(_) => backend_v4(i).into(),
-            IpAddr::V6(_) => backend_v6(i).into(),
-        }
-    }
-}
-
-/// Reads an interface statistic (`/sys/class/net/<if>/statistics/<name>`) inside `ns`.
-pub fn interface_stat(ns: &NetNs, interface: &str, name: &str) -> u64 {
-    let out = ns.exec(
-        "cat",
-        &[&format!("/sys/class/net/{interface}/statistics/{name}")],
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{interface} {name}: {e}"))
 }

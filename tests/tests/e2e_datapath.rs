@@ -16,11 +16,63 @@ use tests::{
     root,
     sluice::Sluice,
     tap::TxTap,
-    topology::{self, CLIENT_IF, GATEWAY_CLIENT_IF, Topology},
+    topology::{self, CLIENT_IF, GATEWAY_CLIENT_IF, Topology, TopologyBuilder},
 };
 
 const CONNECTIONS: usize = 4;
 const BYTES_PER_CONNECTION: usize = 64 * 1024;
+
+/// A gateway network with a private bpffs and a unique instance name. Declare the `Sluice`
+/// after it, so the daemon stops before the namespaces and the bpffs go away.
+struct Setup {
+    topology: Topology,
+    bpffs: TempBpffs,
+    instance: String,
+}
+
+impl Setup {
+    fn new(topology: TopologyBuilder) -> Setup {
+        Setup {
+            topology: topology.build(),
+            bpffs: TempBpffs::new(),
+            instance: unique_prefix(),
+        }
+    }
+
+    /// `sluice run` arguments: this setup's bpffs and instance, then `extra`.
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        self.args_for(&self.instance, extra)
+    }
+
+    /// Like [`Setup::args`] for a second daemon with its own instance.
+    fn args_for(&self, instance: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--bpffs".to_owned(),
+            self.bpffs.path().to_string_lossy().into_owned(),
+            "--instance".to_owned(),
+            instance.to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// After sluice exited: no pins, no pin directory, no XDP program on the interface.
+    fn assert_cleaned_up(&self, log: &str) {
+        assert!(
+            !self.bpffs.pin_dir(&self.instance).exists(),
+            "pins left behind:\n{log}"
+        );
+        let link = self
+            .topology
+            .gateway
+            .ip(&["link", "show", GATEWAY_CLIENT_IF]);
+        let link = String::from_utf8_lossy(&link.stdout);
+        assert!(
+            !link.contains("prog/xdp"),
+            "XDP program left attached: {link}"
+        );
+    }
+}
 
 fn series(kind: &str, reason: PacketReason) -> String {
     format!(
@@ -91,20 +143,12 @@ fn counts_real_tcp_exactly(test: &str, args: &[&str], attachment: &str) {
         return;
     }
     // No IPv6 and no ARP on the links: every frame the client sends is the test's TCP.
-    let topology = Topology::builder().ipv4_only().static_neighbours().build();
-    let bpffs = TempBpffs::new();
-    let instance = unique_prefix();
-    let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
-    let mut all_args = vec![
-        "--interface",
-        GATEWAY_CLIENT_IF,
-        "--bpffs",
-        &bpffs_arg,
-        "--instance",
-        &instance,
-    ];
-    all_args.extend_from_slice(args);
-    let sluice = Sluice::start(&topology.gateway, &all_args);
+    let setup = Setup::new(Topology::builder().ipv4_only().static_neighbours());
+    let topology = &setup.topology;
+    let sluice = Sluice::start(
+        &topology.gateway,
+        &setup.args(&[&["--interface", GATEWAY_CLIENT_IF], args].concat()),
+    );
 
     let attached = format!(
         "sluice_datapath_interface{{interface=\"{GATEWAY_CLIENT_IF}\",attachment=\"{attachment}\"}}"
@@ -176,7 +220,10 @@ fn counts_real_tcp_exactly(test: &str, args: &[&str], attachment: &str) {
     );
 
     // bpftool reads the same numbers from the pinned map, with BTF field names.
-    let pin = bpffs.pin_dir(&instance).join(map_names::REASON_COUNTERS);
+    let pin = setup
+        .bpffs
+        .pin_dir(&setup.instance)
+        .join(map_names::REASON_COUNTERS);
     assert_eq!(
         bpftool_counters(&pin, PacketReason::Tcp),
         after[tcp],
@@ -186,15 +233,7 @@ fn counts_real_tcp_exactly(test: &str, args: &[&str], attachment: &str) {
     let (status, log) = sluice.stop();
     assert!(status.success(), "sluice exited with {status}:\n{log}");
     assert!(log.contains("detached the datapath"), "{log}");
-    assert!(
-        !bpffs.pin_dir(&instance).exists(),
-        "pins left behind:\n{log}"
-    );
-    let link = topology.gateway.ip(&["link", "show", GATEWAY_CLIENT_IF]);
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
-        "XDP program left attached"
-    );
+    setup.assert_cleaned_up(&log);
 }
 
 #[test]
@@ -225,20 +264,21 @@ fn auto_falls_back_to_tc_when_xdp_is_taken() {
     if !root::can_run("auto_falls_back_to_tc_when_xdp_is_taken") {
         return;
     }
-    let topology = Topology::builder().ipv4_only().build();
-    let bpffs = TempBpffs::new();
-    let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
-    let (first, second) = (unique_prefix(), unique_prefix());
-    let common = ["--interface", GATEWAY_CLIENT_IF, "--bpffs", &bpffs_arg];
+    let setup = Setup::new(Topology::builder().ipv4_only());
+    let gateway = &setup.topology.gateway;
     let holder = Sluice::start(
-        &topology.gateway,
-        &[&common[..], &["--instance", &first, "--datapath", "xdp"]].concat(),
+        gateway,
+        &setup.args(&["--interface", GATEWAY_CLIENT_IF, "--datapath", "xdp"]),
     );
+    let second = unique_prefix();
     let fallback = Sluice::start_with(
-        &topology.gateway,
+        gateway,
         &[],
         "127.0.0.1:19001",
-        &[&common[..], &["--instance", &second, "--datapath", "auto"]].concat(),
+        &setup.args_for(
+            &second,
+            &["--interface", GATEWAY_CLIENT_IF, "--datapath", "auto"],
+        ),
     );
     let tc =
         format!("sluice_datapath_interface{{interface=\"{GATEWAY_CLIENT_IF}\",attachment=\"tc\"}}");
@@ -246,8 +286,20 @@ fn auto_falls_back_to_tc_when_xdp_is_taken() {
     let log = fallback.log();
     assert!(log.contains("falling back to xdp-generic"), "{log}");
     assert!(log.contains("falling back to tc"), "{log}");
-    drop(fallback);
-    drop(holder);
+
+    let (status, log) = fallback.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("detached the datapath interface=gw-c"),
+        "{log}"
+    );
+    assert!(
+        !setup.bpffs.pin_dir(&second).exists(),
+        "pins left behind:\n{log}"
+    );
+    let (status, log) = holder.stop();
+    assert!(status.success(), "{log}");
+    setup.assert_cleaned_up(&log);
 }
 
 #[test]
@@ -293,9 +345,7 @@ fn auto_without_privileges_falls_back_to_userspace() {
     if !root::can_run("auto_without_privileges_falls_back_to_userspace") {
         return;
     }
-    let topology = Topology::builder().ipv4_only().build();
-    let bpffs = TempBpffs::new();
-    let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
+    let setup = Setup::new(Topology::builder().ipv4_only());
     let unprivileged = [
         "setpriv",
         "--reuid=65534",
@@ -304,10 +354,10 @@ fn auto_without_privileges_falls_back_to_userspace() {
         "--inh-caps=-all",
     ];
     let sluice = Sluice::start_with(
-        &topology.gateway,
+        &setup.topology.gateway,
         &unprivileged,
         tests::sluice::ADMIN_ADDR,
-        &["--interface", GATEWAY_CLIENT_IF, "--bpffs", &bpffs_arg],
+        &setup.args(&["--interface", GATEWAY_CLIENT_IF]),
     );
     assert_eq!(
         sluice.metric("sluice_datapath{mode=\"userspace\"}"),
@@ -326,24 +376,22 @@ fn a_missing_interface_fails_startup_and_leaves_nothing_behind() {
     if !root::can_run("a_missing_interface_fails_startup_and_leaves_nothing_behind") {
         return;
     }
-    let topology = Topology::builder().ipv4_only().build();
-    let bpffs = TempBpffs::new();
-    let instance = unique_prefix();
-    let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
+    let setup = Setup::new(Topology::builder().ipv4_only());
     // gw-c exists, nosuch0 does not: the first attach must be undone too.
-    let args = [
+    let args = setup.args(&[
         "--datapath",
         "xdp",
         "--interface",
         GATEWAY_CLIENT_IF,
         "--interface",
         "nosuch0",
-        "--bpffs",
-        &bpffs_arg,
-        "--instance",
-        &instance,
-    ];
-    let mut sluice = Sluice::spawn(&topology.gateway, &[], tests::sluice::ADMIN_ADDR, &args);
+    ]);
+    let mut sluice = Sluice::spawn(
+        &setup.topology.gateway,
+        &[],
+        tests::sluice::ADMIN_ADDR,
+        &args,
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = sluice.exited() {
@@ -366,13 +414,5 @@ fn a_missing_interface_fails_startup_and_leaves_nothing_behind() {
         log.contains("detached the datapath interface=gw-c"),
         "{log}"
     );
-    assert!(
-        !bpffs.pin_dir(&instance).exists(),
-        "pins left behind:\n{log}"
-    );
-    let link = topology.gateway.ip(&["link", "show", GATEWAY_CLIENT_IF]);
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
-        "XDP left attached"
-    );
+    setup.assert_cleaned_up(&log);
 }
