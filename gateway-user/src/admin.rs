@@ -16,8 +16,8 @@ use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    config::ConfigSet,
     datapath::{DatapathStatus, kernel::CounterReader},
+    snapshot::{ConfigStatus, Rejected, Snapshot},
 };
 
 /// Server lifecycle, reported by `/ready` as Envoy does.
@@ -44,7 +44,7 @@ pub struct DatapathView {
 pub struct SharedState {
     server_state: RwLock<ServerState>,
     datapath: RwLock<Option<DatapathView>>,
-    config: RwLock<Option<ConfigSet>>,
+    config: RwLock<ConfigStatus>,
 }
 
 impl SharedState {
@@ -52,7 +52,7 @@ impl SharedState {
         Arc::new(SharedState {
             server_state: RwLock::new(ServerState::Initializing),
             datapath: RwLock::new(None),
-            config: RwLock::new(None),
+            config: RwLock::new(ConfigStatus::default()),
         })
     }
 
@@ -72,8 +72,24 @@ impl SharedState {
         read(&self.datapath).clone()
     }
 
-    pub fn set_config(&self, config: ConfigSet) {
-        *write(&self.config) = Some(config);
+    /// Publishes a newly applied config.
+    pub fn apply_config(&self, snapshot: Arc<Snapshot>) {
+        let mut status = write(&self.config);
+        if status.current.is_some() {
+            status.reloads_succeeded += 1;
+        }
+        status.current = Some(snapshot);
+    }
+
+    /// Records a config that was rejected; the current one keeps serving.
+    pub fn reject_config(&self, rejected: Rejected) {
+        let mut status = write(&self.config);
+        status.reloads_rejected += 1;
+        status.last_rejected = Some(rejected);
+    }
+
+    pub fn config(&self) -> ConfigStatus {
+        read(&self.config).clone()
     }
 
     fn config_dump(&self) -> serde_json::Value {
@@ -82,7 +98,12 @@ impl SharedState {
         serde_json::json!({
             "state": self.state(),
             "datapath": datapath.as_ref().map(|d| &d.status),
-            "config": &*config,
+            "config": &config.current,
+            "last_rejected": &config.last_rejected,
+            "reloads": {
+                "succeeded": config.reloads_succeeded,
+                "rejected": config.reloads_rejected,
+            },
         })
     }
 }

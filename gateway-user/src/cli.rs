@@ -20,8 +20,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway: load and attach the datapath, serve the config, run the admin server.
     Run(RunArgs),
-    /// Validate config files and directories without running anything.
+    /// Validate config: every object on its own (like `istioctl validate`) and the set as a
+    /// whole (like `istioctl analyze`). Exit status 1 on any error.
     Validate(ValidateArgs),
+    /// Print the Plan the config compiles to: listeners, routes, backends, and where each
+    /// runs (kernel, kernel splice, userspace) and why.
+    Plan(PlanArgs),
     /// Print version and build information.
     Version,
 }
@@ -68,6 +72,31 @@ pub struct ValidateArgs {
     /// Config files or directories (`*.yaml`, `*.yml`, searched recursively).
     #[arg(short = 'f', long = "config", value_name = "PATH", required = true)]
     pub config: Vec<PathBuf>,
+
+    /// Fail on warnings too.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Config files or directories (`*.yaml`, `*.yml`, searched recursively).
+    #[arg(short = 'f', long = "config", value_name = "PATH", required = true)]
+    pub config: Vec<PathBuf>,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,12 +2,17 @@
 //! code.
 pub mod admin;
 pub mod cli;
+pub mod commands;
+pub mod compile;
 pub mod config;
 pub mod datapath;
+pub mod dns;
 pub mod ebpf_object;
 pub mod logging;
 pub mod metrics;
+pub mod plan;
 pub mod run;
+pub mod snapshot;
 
 use std::process::ExitCode;
 
@@ -31,21 +36,8 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Validate(args) => match config::load(&args.config) {
-            Ok(set) => {
-                println!(
-                    "{} objects in {} files: valid",
-                    set.objects.len(),
-                    set.sources.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                eprintln!("{errors}");
-                eprintln!("{} error(s)", errors.0.len());
-                ExitCode::FAILURE
-            }
-        },
+        Command::Validate(args) => commands::validate(&args),
+        Command::Plan(args) => commands::plan(&args),
         Command::Run(args) => {
             logging::init(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()

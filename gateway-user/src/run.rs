@@ -3,23 +3,21 @@
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
+use std::{path::PathBuf, sync::Arc};
+
 use crate::{
     admin::{AdminServer, DatapathView, ServerState, SharedState},
     cli::RunArgs,
-    config,
+    compile,
     datapath::{Datapath, DatapathOptions},
+    dns,
+    snapshot::{self, Snapshot},
 };
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = config::load(&args.config).context("loading the config")?;
-    tracing::info!(
-        objects = config.objects.len(),
-        files = config.sources.len(),
-        "config loaded"
-    );
-
+    let snapshot = load_config(&args.config, 1).await?;
     let state = SharedState::new();
-    state.set_config(config);
+    state.apply_config(Arc::new(snapshot));
     // Bound before the datapath so a taken admin port fails before anything is attached.
     let admin = AdminServer::start(args.admin_addr, state.clone()).await?;
     // Installed before attaching, so a signal during startup still runs the cleanup below.
@@ -59,4 +57,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     admin.shutdown().await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Builds generation `generation` of the config, resolving its DNS names first, and logs
+/// what it found. Errors (the config is not applied) come back as one message listing all.
+pub async fn load_config(paths: &[PathBuf], generation: u64) -> anyhow::Result<Snapshot> {
+    let checked = crate::config::check(paths);
+    let answers = dns::resolve(&compile::dns_names(&checked.objects)).await;
+    let snapshot = snapshot::build(paths, &answers, generation).map_err(|rejected| {
+        let count = rejected
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == crate::config::Severity::Error)
+            .count();
+        anyhow::anyhow!("the config has {count} error(s):\n{}", rejected.errors())
+    })?;
+    for diagnostic in &snapshot.diagnostics {
+        tracing::warn!(code = diagnostic.code, "{diagnostic}");
+    }
+    tracing::info!(
+        generation,
+        objects = snapshot.objects.len(),
+        files = snapshot.sources.len(),
+        listeners = snapshot.plan.listeners.len(),
+        left_out = snapshot.plan.left_out.len(),
+        "config applied"
+    );
+    Ok(snapshot)
 }

@@ -1,0 +1,1000 @@
+//! Compile: validated Istio objects plus resolved DNS names -> a Plan. Pure (no I/O), so it
+//! is tested table by table. Problems between objects are warnings with stable codes; what
+//! they affect is left out of the Plan and listed, never resolved silently.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use crate::{
+    config::{
+        Diagnostic, Object, Severity, Spec,
+        diagnostic::codes,
+        model::{
+            Destination, DestinationRuleSpec, GatewaySpec, HttpRoute as ModelHttpRoute, Server,
+            ServiceEntrySpec, VirtualServiceSpec,
+        },
+        names::{self, host_matches, hosts_overlap},
+    },
+    plan::{
+        Backend, CertificateSource, Endpoint, HttpAction, HttpRoute, L4Route, LeftOut, Listener,
+        ListenerKind, Place, Placement, Plan, Retries, RouteOrigin, ServerOrigin, SniRoute,
+        TlsTermination, VirtualHost,
+    },
+};
+
+/// Addresses that DNS names resolved to. `looked_up` is false when nothing was resolved (as
+/// in `sluice validate`), so unresolved names are not reported.
+#[derive(Debug, Clone, Default)]
+pub struct DnsAnswers {
+    pub looked_up: bool,
+    pub addresses: BTreeMap<String, Vec<IpAddr>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    pub plan: Plan,
+    /// Warnings and infos, in the order found.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The Istio default when a DestinationRule sets no load balancer.
+pub const DEFAULT_LOAD_BALANCER: &str = "LEAST_REQUEST";
+
+/// Compiles `objects` (already free of per-object errors, in declaration order).
+pub fn compile(objects: &[Object], dns: &DnsAnswers) -> Compiled {
+    let mut compiler = Compiler {
+        objects,
+        dns,
+        out: Compiled::default(),
+        listeners: Vec::new(),
+    };
+    compiler.check_virtual_services();
+    compiler.collect_servers();
+    compiler.bind_routes();
+    let mut listeners: Vec<Listener> = compiler.listeners.into_iter().map(|l| l.listener).collect();
+    listeners.sort_by_key(|l| (l.port, l.bind));
+    let mut out = compiler.out;
+    out.plan.listeners = listeners;
+    out
+}
+
+/// Every DNS name the config asks the daemon to resolve (ServiceEntries with DNS resolution).
+pub fn dns_names(objects: &[Object]) -> Vec<String> {
+    let mut names = Vec::new();
+    for object in objects {
+        let Spec::ServiceEntry(se) = &object.spec else {
+            continue;
+        };
+        if !matches!(
+            se.resolution
+                .as_deref()
+                .map(str::to_ascii_uppercase)
+                .as_deref(),
+            Some("DNS" | "DNS_ROUND_ROBIN")
+        ) {
+            continue;
+        }
+        if se.endpoints.is_empty() {
+            names.extend(se.hosts.iter().filter(|h| !h.contains('*')).cloned());
+        } else {
+            names.extend(
+                se.endpoints
+                    .iter()
+                    .filter(|e| e.address.parse::<IpAddr>().is_err())
+                    .map(|e| e.address.clone()),
+            );
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// How a server's traffic is handled, decided by protocol and TLS mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Http,
+    Https,
+    Sni { auto: bool },
+    L4,
+}
+
+struct PendingListener<'a> {
+    listener: Listener,
+    class: Class,
+    /// The servers merged into this listener, with their Gateway.
+    servers: Vec<(&'a Object, &'a GatewaySpec, usize)>,
+}
+
+struct Compiler<'a> {
+    objects: &'a [Object],
+    dns: &'a DnsAnswers,
+    out: Compiled,
+    listeners: Vec<PendingListener<'a>>,
+}
+
+fn placement(place: Place, why: &str) -> Placement {
+    Placement {
+        place,
+        why: why.to_owned(),
+    }
+}
+
+const L4_WHY: &str = "opaque TCP: the kernel forwards every packet (XDP/TC full NAT)";
+const SNI_WHY: &str =
+    "TLS passthrough: userspace reads the SNI once, then the kernel splices the stream";
+const HTTP_WHY: &str = "HTTP routing needs the userspace proxy";
+const HTTPS_WHY: &str =
+    "TLS termination and HTTP routing happen in the userspace proxy (no kernel TLS here)";
+
+impl<'a> Compiler<'a> {
+    fn warn(&mut self, object: &Object, code: &'static str, path: &str, message: String) {
+        self.out
+            .diagnostics
+            .push(object.diagnostic(Severity::Warning, code, path, message));
+    }
+
+    /// A warning whose subject is left out of the Plan.
+    fn leave_out(&mut self, object: &Object, code: &'static str, path: &str, reason: String) {
+        self.out.plan.left_out.push(LeftOut {
+            object: object.reference(),
+            path: path.to_owned(),
+            code,
+            reason: reason.clone(),
+        });
+        self.warn(object, code, path, reason);
+    }
+
+    fn virtual_services(
+        &self,
+    ) -> impl Iterator<Item = (&'a Object, &'a VirtualServiceSpec)> + use<'a> {
+        self.objects.iter().filter_map(|o| match &o.spec {
+            Spec::VirtualService(vs) => Some((o, vs)),
+            _ => None,
+        })
+    }
+
+    fn gateway(&self, namespace: &str, name: &str) -> Option<&'a Object> {
+        self.objects.iter().find(|o| {
+            matches!(o.spec, Spec::Gateway(_)) && o.namespace() == namespace && o.name() == name
+        })
+    }
+
+    /// References to Gateways that do not exist, and rules meant only for sidecars.
+    fn check_virtual_services(&mut self) {
+        for (vs, spec) in self.virtual_services() {
+            if spec.gateways.is_empty() || spec.gateways.iter().all(|g| g == "mesh") {
+                let message =
+                    "applies to sidecars only (gateways: mesh); Sluice does not act on it"
+                        .to_owned();
+                self.out.diagnostics.push(vs.diagnostic(
+                    Severity::Info,
+                    codes::MESH_ONLY,
+                    "spec.gateways",
+                    message,
+                ));
+                continue;
+            }
+            for (i, reference) in spec.gateways.iter().enumerate() {
+                if reference == "mesh" {
+                    continue;
+                }
+                let (ns, name) = gateway_ref(reference, vs.namespace());
+                if self.gateway(ns, name).is_none() {
+                    let reason = format!(
+                        "Referenced Gateway not found: \"{ns}/{name}\"; its rules are left out until it exists"
+                    );
+                    self.leave_out(
+                        vs,
+                        codes::REFERENCE_NOT_FOUND,
+                        &format!("spec.gateways[{i}]"),
+                        reason,
+                    );
+                }
+            }
+            self.check_hosts_in_gateways(vs, spec);
+        }
+    }
+
+    /// IST0132: VirtualService hosts that no server of a bound Gateway exposes.
+    fn check_hosts_in_gateways(&mut self, vs: &Object, spec: &VirtualServiceSpec) {
+        for reference in spec.gateways.iter().filter(|g| *g != "mesh") {
+            let (ns, name) = gateway_ref(reference, vs.namespace());
+            let Some(gateway) = self.gateway(ns, name) else {
+                continue;
+            };
+            let Spec::Gateway(gw) = &gateway.spec else {
+                continue;
+            };
+            let missing: Vec<&str> = spec
+                .hosts
+                .iter()
+                .filter(|host| {
+                    !gw.servers
+                        .iter()
+                        .any(|s| server_admits(gateway, s, vs.namespace(), host))
+                })
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                let message = format!(
+                    "one or more host {missing:?} defined in VirtualService {}/{} not found in Gateway {ns}/{name}",
+                    vs.namespace(),
+                    vs.name()
+                );
+                self.warn(vs, codes::HOST_NOT_IN_GATEWAY, "spec.hosts", message);
+            }
+        }
+    }
+
+    /// Groups Gateway servers into listeners by (bind, port); conflicts leave the later
+    /// server out.
+    fn collect_servers(&mut self) {
+        for gateway in self.objects {
+            let Spec::Gateway(spec) = &gateway.spec else {
+                continue;
+            };
+            for (i, server) in spec.servers.iter().enumerate() {
+                self.add_server(gateway, spec, i, server);
+            }
+        }
+    }
+
+    fn add_server(
+        &mut self,
+        gateway: &'a Object,
+        spec: &'a GatewaySpec,
+        i: usize,
+        server: &'a Server,
+    ) {
+        let at = format!("spec.servers[{i}]");
+        let Some(port) = &server.port else { return };
+        let (Ok(number), Some(protocol)) = (
+            u16::try_from(port.number),
+            names::one_of(&port.protocol, names::SERVER_PROTOCOLS),
+        ) else {
+            return;
+        };
+        let mode = server.tls.as_ref().map(|t| {
+            t.mode
+                .as_deref()
+                .unwrap_or("PASSTHROUGH")
+                .to_ascii_uppercase()
+        });
+        let class = match (protocol, mode.as_deref()) {
+            ("HTTPS", Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")) => Class::Https,
+            ("HTTPS" | "TLS", Some("AUTO_PASSTHROUGH")) => Class::Sni { auto: true },
+            ("HTTPS" | "TLS", _) => Class::Sni { auto: false },
+            ("TCP" | "MONGO" | "REDIS" | "MYSQL", _) => Class::L4,
+            _ => Class::Http,
+        };
+        let bind = server
+            .bind
+            .as_deref()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let origin = ServerOrigin {
+            gateway: gateway.reference(),
+            server: i,
+            hosts: server.hosts.clone(),
+        };
+        if let Some(existing) = self
+            .listeners
+            .iter()
+            .position(|l| l.listener.bind == bind && l.listener.port == number)
+        {
+            let (first, first_class) = {
+                let l = &self.listeners[existing];
+                (l.listener.servers[0].clone(), l.class)
+            };
+            if first_class != class {
+                let reason = format!(
+                    "port {number} is already served as {} by {} spec.servers[{}]; conflicting servers on one port are left out (the first declared wins)",
+                    self.listeners[existing].listener.protocol, first.gateway, first.server
+                );
+                return self.leave_out(
+                    gateway,
+                    codes::CONFLICTING_PROTOCOLS,
+                    &format!("{at}.port"),
+                    reason,
+                );
+            }
+            let clash =
+                self.listeners[existing]
+                    .servers
+                    .iter()
+                    .find_map(|(other_gw, other_spec, j)| {
+                        let other = &other_spec.servers[*j];
+                        let overlap = server.hosts.iter().find(|h| {
+                            other.hosts.iter().any(|o| {
+                                hosts_overlap(
+                                    names::split_namespace(h).1,
+                                    names::split_namespace(o).1,
+                                )
+                            })
+                        });
+                        overlap.map(|h| (other_gw.reference(), *j, h.clone()))
+                    });
+            if class == Class::L4 || clash.is_some() {
+                let (other, j, host) =
+                    clash.unwrap_or((first.gateway.clone(), first.server, "*".into()));
+                let reason = format!(
+                    "Conflict with gateways {other} spec.servers[{j}] (port {number}, hosts [{host}]); the first declared wins"
+                );
+                return self.leave_out(gateway, codes::CONFLICTING_GATEWAYS, &at, reason);
+            }
+            let pending = &mut self.listeners[existing];
+            pending.listener.servers.push(origin);
+            pending.servers.push((gateway, spec, i));
+            if let (ListenerKind::Https { certificates, .. }, Some(tls)) =
+                (&mut pending.listener.kind, termination(server))
+            {
+                certificates.push(tls);
+            }
+            return;
+        }
+        let (runs, kind) = match class {
+            Class::L4 => (
+                placement(Place::Kernel, L4_WHY),
+                ListenerKind::L4Forward { route: None },
+            ),
+            Class::Sni { .. } => (
+                placement(Place::KernelSplice, SNI_WHY),
+                ListenerKind::SniRoute { routes: Vec::new() },
+            ),
+            Class::Http => (
+                placement(Place::Userspace, HTTP_WHY),
+                ListenerKind::Http {
+                    virtual_hosts: Vec::new(),
+                },
+            ),
+            Class::Https => (
+                placement(Place::Userspace, HTTPS_WHY),
+                ListenerKind::Https {
+                    certificates: termination(server).into_iter().collect(),
+                    virtual_hosts: Vec::new(),
+                },
+            ),
+        };
+        let listener = Listener {
+            bind,
+            port: number,
+            protocol: protocol.to_owned(),
+            servers: vec![origin],
+            runs,
+            kind,
+        };
+        self.listeners.push(PendingListener {
+            listener,
+            class,
+            servers: vec![(gateway, spec, i)],
+        });
+    }
+
+    fn bind_routes(&mut self) {
+        for index in 0..self.listeners.len() {
+            let servers = self.listeners[index].servers.clone();
+            let class = self.listeners[index].class;
+            for (gateway, _, i) in servers {
+                let Spec::Gateway(spec) = &gateway.spec else {
+                    continue;
+                };
+                let server = &spec.servers[i];
+                match class {
+                    Class::Http | Class::Https => self.bind_http(index, gateway, server),
+                    Class::Sni { auto } => {
+                        self.bind_tls(index, gateway, server);
+                        if auto {
+                            self.bind_auto_passthrough(index, server);
+                        }
+                    }
+                    Class::L4 => self.bind_tcp(index, gateway, i, server),
+                }
+            }
+        }
+    }
+
+    /// VirtualServices bound to `gateway` whose hosts meet `server`'s: (vs, spec, hosts
+    /// narrowed to what the server exposes).
+    fn bound(
+        &self,
+        gateway: &Object,
+        server: &Server,
+    ) -> Vec<(&'a Object, &'a VirtualServiceSpec, Vec<String>)> {
+        self.virtual_services()
+            .filter(|(vs, spec)| {
+                spec.gateways.iter().any(|g| {
+                    let (ns, name) = gateway_ref(g, vs.namespace());
+                    g != "mesh" && ns == gateway.namespace() && name == gateway.name()
+                })
+            })
+            .filter_map(|(vs, spec)| {
+                let hosts = narrowed_hosts(gateway, server, vs.namespace(), &spec.hosts);
+                (!hosts.is_empty()).then_some((vs, spec, hosts))
+            })
+            .collect()
+    }
+
+    fn bind_http(&mut self, index: usize, gateway: &Object, server: &Server) {
+        let port = self.listeners[index].listener.port;
+        let https_redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect);
+        for (vs, spec, domains) in self.bound(gateway, server) {
+            let mut routes = Vec::new();
+            for (j, rule) in spec.http.iter().enumerate() {
+                if !rule_binds(
+                    rule_gateways(rule.matches.iter().map(|m| &m.gateways)),
+                    gateway,
+                    vs,
+                ) {
+                    continue;
+                }
+                let matches: Vec<_> = rule
+                    .matches
+                    .iter()
+                    .filter(|m| m.port.is_none_or(|p| p == u32::from(port)))
+                    .cloned()
+                    .collect();
+                if !rule.matches.is_empty() && matches.is_empty() {
+                    continue; // every match names another port
+                }
+                if let Some(route) = self.http_route(vs, &format!("spec.http[{j}]"), rule, matches)
+                {
+                    routes.push(route);
+                }
+            }
+            let (ListenerKind::Http { virtual_hosts } | ListenerKind::Https { virtual_hosts, .. }) =
+                &mut self.listeners[index].listener.kind
+            else {
+                continue;
+            };
+            virtual_hosts.push(VirtualHost {
+                domains,
+                https_redirect,
+                routes,
+            });
+        }
+    }
+
+    fn http_route(
+        &mut self,
+        vs: &Object,
+        at: &str,
+        rule: &ModelHttpRoute,
+        matches: Vec<crate::config::model::HttpMatchRequest>,
+    ) -> Option<HttpRoute> {
+        let action = if let Some(redirect) = &rule.redirect {
+            HttpAction::Redirect(redirect.clone())
+        } else if let Some(response) = &rule.direct_response {
+            let body = response
+                .body
+                .as_ref()
+                .and_then(|b| b.string.clone().or_else(|| b.bytes.clone()));
+            HttpAction::DirectResponse {
+                status: u16::try_from(response.status).unwrap_or(500),
+                body,
+            }
+        } else {
+            let destinations = rule
+                .route
+                .iter()
+                .map(|r| (r.destination.as_ref(), r.weight));
+            HttpAction::Route {
+                backends: self.backends(vs, at, destinations)?,
+            }
+        };
+        let millis = |d: &str| names::parse_duration(d).map(|d| d.as_millis() as u64);
+        Some(HttpRoute {
+            origin: RouteOrigin {
+                object: vs.reference(),
+                path: at.to_owned(),
+            },
+            name: rule.name.clone(),
+            runs: placement(Place::Userspace, HTTP_WHY),
+            matches,
+            action,
+            rewrite: rule.rewrite.clone(),
+            timeout_ms: rule.timeout.as_deref().and_then(millis),
+            retries: rule.retries.as_ref().map(|r| Retries {
+                attempts: u32::try_from(r.attempts).unwrap_or(0),
+                per_try_timeout_ms: r.per_try_timeout.as_deref().and_then(millis),
+                retry_on: r.retry_on.clone(),
+            }),
+            request_headers: rule.headers.as_ref().and_then(|h| h.request.clone()),
+            response_headers: rule.headers.as_ref().and_then(|h| h.response.clone()),
+        })
+    }
+
+    fn bind_tls(&mut self, index: usize, gateway: &Object, server: &Server) {
+        let port = self.listeners[index].listener.port;
+        for (vs, spec, _) in self.bound(gateway, server) {
+            for (j, rule) in spec.tls.iter().enumerate() {
+                let matches: Vec<_> = rule
+                    .matches
+                    .iter()
+                    .filter(|m| m.port.is_none_or(|p| p == u32::from(port)))
+                    .filter(|m| m.gateways.is_empty() || rule_binds(vec![&m.gateways], gateway, vs))
+                    .collect();
+                let sni_hosts: Vec<String> = matches
+                    .iter()
+                    .flat_map(|m| m.sni_hosts.iter())
+                    .filter_map(|sni| narrow(sni, gateway, server, vs.namespace()))
+                    .collect();
+                if sni_hosts.is_empty() {
+                    continue;
+                }
+                let at = format!("spec.tls[{j}]");
+                let Some(backends) = self.backends(
+                    vs,
+                    &at,
+                    rule.route
+                        .iter()
+                        .map(|r| (r.destination.as_ref(), r.weight)),
+                ) else {
+                    continue;
+                };
+                let route = SniRoute {
+                    sni_hosts,
+                    origin: RouteOrigin {
+                        object: vs.reference(),
+                        path: at,
+                    },
+                    runs: placement(Place::KernelSplice, SNI_WHY),
+                    backends,
+                };
+                if let ListenerKind::SniRoute { routes } = &mut self.listeners[index].listener.kind
+                {
+                    routes.push(route);
+                }
+            }
+        }
+    }
+
+    /// AUTO_PASSTHROUGH: one route per `outbound_.<port>_.<subset>_.<host>` SNI name, for every
+    /// ServiceEntry host the server exposes.
+    fn bind_auto_passthrough(&mut self, index: usize, server: &Server) {
+        for se_object in self.objects {
+            let Spec::ServiceEntry(se) = &se_object.spec else {
+                continue;
+            };
+            for host in se.hosts.iter().filter(|h| {
+                server
+                    .hosts
+                    .iter()
+                    .any(|s| host_matches(names::split_namespace(s).1, h))
+            }) {
+                let mut subsets: Vec<Option<String>> = vec![None];
+                if let Some((_, dr)) = self.destination_rule(host, se_object.namespace()) {
+                    subsets.extend(dr.subsets.iter().map(|s| Some(s.name.clone())));
+                }
+                for port in &se.ports {
+                    for subset in &subsets {
+                        let destination = Destination {
+                            host: host.clone(),
+                            subset: subset.clone(),
+                            port: Some(crate::config::model::PortSelector {
+                                number: port.number,
+                            }),
+                        };
+                        let at = "spec.hosts";
+                        let Some(backends) = self.backends(
+                            se_object,
+                            at,
+                            std::iter::once((Some(&destination), None)),
+                        ) else {
+                            continue;
+                        };
+                        let sni = format!(
+                            "outbound_.{}_.{}_.{host}",
+                            port.number,
+                            subset.as_deref().unwrap_or("")
+                        );
+                        let route = SniRoute {
+                            sni_hosts: vec![sni],
+                            origin: RouteOrigin {
+                                object: se_object.reference(),
+                                path: at.to_owned(),
+                            },
+                            runs: placement(Place::KernelSplice, SNI_WHY),
+                            backends,
+                        };
+                        if let ListenerKind::SniRoute { routes } =
+                            &mut self.listeners[index].listener.kind
+                        {
+                            routes.push(route);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn bind_tcp(&mut self, index: usize, gateway: &Object, i: usize, server: &Server) {
+        let port = self.listeners[index].listener.port;
+        for (vs, spec, _) in self.bound(gateway, server) {
+            for (j, rule) in spec.tcp.iter().enumerate() {
+                let applies = rule.matches.is_empty()
+                    || rule.matches.iter().any(|m| {
+                        m.port.is_none_or(|p| p == u32::from(port))
+                            && (m.gateways.is_empty() || rule_binds(vec![&m.gateways], gateway, vs))
+                    });
+                if !applies {
+                    continue;
+                }
+                let at = format!("spec.tcp[{j}]");
+                if let ListenerKind::L4Forward {
+                    route: Some(existing),
+                } = &self.listeners[index].listener.kind
+                {
+                    let reason = format!(
+                        "port {port} already forwards to the route of {} {}; one TCP route per port (the first declared wins)",
+                        existing.origin.object, existing.origin.path
+                    );
+                    self.leave_out(vs, codes::CONFLICTING_GATEWAYS, &at, reason);
+                    continue;
+                }
+                let Some(backends) = self.backends(
+                    vs,
+                    &at,
+                    rule.route
+                        .iter()
+                        .map(|r| (r.destination.as_ref(), r.weight)),
+                ) else {
+                    continue;
+                };
+                let route = L4Route {
+                    origin: RouteOrigin {
+                        object: vs.reference(),
+                        path: at,
+                    },
+                    runs: placement(Place::Kernel, L4_WHY),
+                    backends,
+                };
+                self.listeners[index].listener.kind =
+                    ListenerKind::L4Forward { route: Some(route) };
+            }
+        }
+        if matches!(
+            self.listeners[index].listener.kind,
+            ListenerKind::L4Forward { route: None }
+        ) {
+            let reason = format!(
+                "no VirtualService tcp route binds to port {port}; connections to it will be refused"
+            );
+            self.warn(
+                gateway,
+                codes::LEFT_OUT,
+                &format!("spec.servers[{i}]"),
+                reason,
+            );
+        }
+    }
+
+    /// The backends of a route's destinations; `None` (with a warning, the rule left out)
+    /// when any destination cannot be served.
+    fn backends<'d>(
+        &mut self,
+        object: &Object,
+        at: &str,
+        destinations: impl Iterator<Item = (Option<&'d Destination>, Option<i64>)>,
+    ) -> Option<Vec<Backend>> {
+        let destinations: Vec<_> = destinations.collect();
+        let single = destinations.len() == 1;
+        let mut backends = Vec::new();
+        for (k, (destination, weight)) in destinations.into_iter().enumerate() {
+            let destination = destination?;
+            let weight = match weight {
+                Some(w) => u32::try_from(w).unwrap_or(0),
+                None if single => 100,
+                None => 0,
+            };
+            let path = format!("{at}.route[{k}].destination");
+            match self.backend(object, destination, weight) {
+                Ok(backend) => backends.push(backend),
+                Err((code, reason)) => {
+                    self.leave_out(object, code, &path, reason);
+                    return None;
+                }
+            }
+        }
+        Some(backends)
+    }
+
+    fn backend(
+        &mut self,
+        object: &Object,
+        destination: &Destination,
+        weight: u32,
+    ) -> Result<Backend, (&'static str, String)> {
+        let port = destination
+            .port
+            .as_ref()
+            .and_then(|p| u16::try_from(p.number).ok());
+        if let Ok(ip) = destination.host.parse::<IpAddr>() {
+            let port = port.ok_or((
+                codes::LEFT_OUT,
+                format!(
+                    "destination {} is an IP address and needs port.number",
+                    destination.host
+                ),
+            ))?;
+            return Ok(Backend {
+                host: destination.host.clone(),
+                subset: destination.subset.clone(),
+                port,
+                weight,
+                load_balancer: DEFAULT_LOAD_BALANCER.into(),
+                endpoints: vec![Endpoint {
+                    address: SocketAddr::new(ip, port),
+                    weight: 1,
+                }],
+            });
+        }
+        let (se_object, se, host) = self
+            .service(&destination.host, object.namespace())
+            .ok_or_else(|| (codes::REFERENCE_NOT_FOUND, format!("Referenced host not found: {:?} (no ServiceEntry declares it, and it is not an IP address)", destination.host)))?;
+        let service_port = match port {
+            Some(number) => se
+                .ports
+                .iter()
+                .find(|p| p.number == u32::from(number))
+                .ok_or_else(|| {
+                    (
+                        codes::REFERENCE_NOT_FOUND,
+                        format!(
+                            "host {host:?} has no port {number} (ServiceEntry {})",
+                            se_object.reference()
+                        ),
+                    )
+                })?,
+            None if se.ports.len() == 1 => &se.ports[0],
+            None => {
+                let ports: Vec<u32> = se.ports.iter().map(|p| p.number).collect();
+                return Err((
+                    "IST0112",
+                    format!(
+                        "host {host:?} exposes ports {ports:?}; the destination must name port.number"
+                    ),
+                ));
+            }
+        };
+        let resolution = se
+            .resolution
+            .as_deref()
+            .unwrap_or("NONE")
+            .to_ascii_uppercase();
+        if resolution == "NONE" {
+            return Err((
+                codes::LEFT_OUT,
+                format!(
+                    "host {host:?} has resolution NONE: a gateway needs endpoints to route to (use STATIC or DNS)"
+                ),
+            ));
+        }
+        let (load_balancer, labels) = match &destination.subset {
+            None => (
+                self.destination_rule(&host, object.namespace())
+                    .and_then(|(_, dr)| lb_of(dr.traffic_policy.as_ref())),
+                None,
+            ),
+            Some(subset) => {
+                let (_, dr) = self
+                    .destination_rule(&host, object.namespace())
+                    .ok_or_else(|| (codes::REFERENCE_NOT_FOUND, format!("Referenced subset not found: {subset:?} (no DestinationRule for host {host:?})")))?;
+                let found = dr.subsets.iter().find(|s| &s.name == subset).ok_or_else(|| {
+                    (codes::REFERENCE_NOT_FOUND, format!("Referenced subset not found: {subset:?} in the DestinationRule for host {host:?}"))
+                })?;
+                let lb = lb_of(found.traffic_policy.as_ref())
+                    .or_else(|| lb_of(dr.traffic_policy.as_ref()));
+                (lb, Some(&found.labels))
+            }
+        };
+        let mut endpoints = Vec::new();
+        let target = service_port
+            .target_port
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(u16::try_from(service_port.number).unwrap_or(0));
+        if se.endpoints.is_empty() {
+            endpoints.extend(self.resolve(object, &host).into_iter().map(|ip| Endpoint {
+                address: SocketAddr::new(ip, target),
+                weight: 1,
+            }));
+        }
+        for endpoint in &se.endpoints {
+            if labels
+                .is_some_and(|want| want.iter().any(|(k, v)| endpoint.labels.get(k) != Some(v)))
+            {
+                continue;
+            }
+            let port = endpoint
+                .ports
+                .get(&service_port.name)
+                .and_then(|p| u16::try_from(*p).ok())
+                .unwrap_or(target);
+            let weight = endpoint.weight.unwrap_or(1);
+            let ips = match endpoint.address.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => self.resolve(object, &endpoint.address),
+            };
+            endpoints.extend(ips.into_iter().map(|ip| Endpoint {
+                address: SocketAddr::new(ip, port),
+                weight,
+            }));
+        }
+        Ok(Backend {
+            host,
+            subset: destination.subset.clone(),
+            port: u16::try_from(service_port.number).unwrap_or(0),
+            weight,
+            load_balancer: load_balancer.unwrap_or(DEFAULT_LOAD_BALANCER).to_owned(),
+            endpoints,
+        })
+    }
+
+    fn resolve(&mut self, object: &Object, name: &str) -> Vec<IpAddr> {
+        match self.dns.addresses.get(name) {
+            Some(ips) if !ips.is_empty() => ips.clone(),
+            _ => {
+                if self.dns.looked_up {
+                    let message = format!(
+                        "DNS name {name:?} did not resolve; its backend has no endpoints until it does"
+                    );
+                    self.warn(object, codes::UNRESOLVED, "spec", message);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The ServiceEntry declaring `host` (short names are taken relative to `namespace`, as
+    /// Kubernetes service names are), and the host as declared.
+    fn service(
+        &self,
+        host: &str,
+        namespace: &str,
+    ) -> Option<(&'a Object, &'a ServiceEntrySpec, String)> {
+        let candidates = expand_host(host, namespace);
+        self.objects.iter().find_map(|o| match &o.spec {
+            Spec::ServiceEntry(se) => se
+                .hosts
+                .iter()
+                .find(|h| !h.contains('*') && candidates.iter().any(|c| c.eq_ignore_ascii_case(h)))
+                .map(|h| (o, se, h.clone())),
+            _ => None,
+        })
+    }
+
+    fn destination_rule(
+        &self,
+        host: &str,
+        namespace: &str,
+    ) -> Option<(&'a Object, &'a DestinationRuleSpec)> {
+        self.objects.iter().find_map(|o| match &o.spec {
+            Spec::DestinationRule(dr) => {
+                let dr_hosts = expand_host(&dr.host, o.namespace());
+                let hosts = expand_host(host, namespace);
+                dr_hosts
+                    .iter()
+                    .any(|d| hosts.iter().any(|h| host_matches(d, h)))
+                    .then_some((o, dr))
+            }
+            _ => None,
+        })
+    }
+}
+
+fn lb_of(policy: Option<&crate::config::model::TrafficPolicy>) -> Option<&'static str> {
+    let simple = policy?.load_balancer.as_ref()?.simple.as_deref()?;
+    names::one_of(simple, names::LOAD_BALANCERS).filter(|lb| *lb != "UNSPECIFIED")
+}
+
+/// `host` and, for Kubernetes short names, its fully qualified forms.
+fn expand_host(host: &str, namespace: &str) -> Vec<String> {
+    let mut hosts = vec![host.to_owned()];
+    match host.matches('.').count() {
+        0 => hosts.push(format!("{host}.{namespace}.svc.cluster.local")),
+        1 => hosts.push(format!("{host}.svc.cluster.local")),
+        _ => {}
+    }
+    hosts
+}
+
+/// `name` or `namespace/name`, the namespace defaulting to the referring object's.
+fn gateway_ref<'r>(reference: &'r str, namespace: &'r str) -> (&'r str, &'r str) {
+    reference.split_once('/').unwrap_or((namespace, reference))
+}
+
+/// The gateways a rule's matches name (empty when they name none).
+fn rule_gateways<'r>(matches: impl Iterator<Item = &'r Vec<String>>) -> Vec<&'r Vec<String>> {
+    matches.filter(|g| !g.is_empty()).collect()
+}
+
+/// Whether a rule whose matches name `gateways` (none: the VirtualService's own) applies
+/// on `gateway`.
+fn rule_binds(gateways: Vec<&Vec<String>>, gateway: &Object, vs: &Object) -> bool {
+    gateways.is_empty()
+        || gateways.iter().flat_map(|g| g.iter()).any(|g| {
+            let (ns, name) = gateway_ref(g, vs.namespace());
+            ns == gateway.namespace() && name == gateway.name()
+        })
+}
+
+/// Whether `server` of `gateway` exposes `host` to VirtualServices in `namespace`.
+fn server_admits(gateway: &Object, server: &Server, namespace: &str, host: &str) -> bool {
+    server.hosts.iter().any(|h| {
+        let (ns, name) = names::split_namespace(h);
+        namespace_admits(ns, gateway.namespace(), namespace) && hosts_overlap(name, host)
+    })
+}
+
+fn namespace_admits(server_ns: Option<&str>, gateway_ns: &str, vs_ns: &str) -> bool {
+    match server_ns {
+        None | Some("*") => true,
+        Some(".") => gateway_ns == vs_ns,
+        Some(ns) => ns == vs_ns,
+    }
+}
+
+/// The narrower of `host` and the server host it overlaps, if any.
+fn narrow(host: &str, gateway: &Object, server: &Server, namespace: &str) -> Option<String> {
+    server.hosts.iter().find_map(|h| {
+        let (ns, name) = names::split_namespace(h);
+        if !namespace_admits(ns, gateway.namespace(), namespace) {
+            None
+        } else if host_matches(name, host) {
+            Some(host.to_owned())
+        } else if host_matches(host, name) {
+            Some(name.to_owned())
+        } else {
+            None
+        }
+    })
+}
+
+/// A VirtualService's hosts narrowed to what `server` exposes, deduplicated, in order.
+fn narrowed_hosts(
+    gateway: &Object,
+    server: &Server,
+    namespace: &str,
+    hosts: &[String],
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for host in hosts {
+        if let Some(h) = narrow(host, gateway, server, namespace)
+            && !out.contains(&h)
+        {
+            out.push(h);
+        }
+    }
+    out
+}
+
+fn termination(server: &Server) -> Option<TlsTermination> {
+    let tls = server.tls.as_ref()?;
+    let certificate = match (
+        &tls.credential_name,
+        &tls.server_certificate,
+        &tls.private_key,
+    ) {
+        (Some(name), _, _) => CertificateSource::Credential { name: name.clone() },
+        (None, Some(cert), Some(key)) => CertificateSource::Files {
+            certificate: cert.clone(),
+            private_key: key.clone(),
+        },
+        _ => return None,
+    };
+    let version = |v: Option<&str>, default: &str| match v.map(str::to_ascii_uppercase).as_deref() {
+        Some("TLSV1_3") => "1.3".to_owned(),
+        Some("TLSV1_2") => "1.2".to_owned(),
+        _ => default.to_owned(),
+    };
+    Some(TlsTermination {
+        hosts: server.hosts.clone(),
+        mode: tls.mode.clone().unwrap_or_default().to_ascii_uppercase(),
+        certificate,
+        ca_certificates: tls.ca_certificates.clone(),
+        min_version: version(tls.min_protocol_version.as_deref(), "1.2"),
+        max_version: version(tls.max_protocol_version.as_deref(), "1.3"),
+        cipher_suites: tls.cipher_suites.clone(),
+    })
+}

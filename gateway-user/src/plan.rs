@@ -1,0 +1,219 @@
+//! The Plan: what the gateway serves, one listener per (bind address, port), compiled from
+//! the config by `compile`. Plain data: the datapath and the proxies are built from it, and
+//! `sluice plan` / `/config_dump` print it.
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use crate::config::{
+    ObjectRef,
+    model::{HeaderOperations, HttpMatchRequest, HttpRedirect},
+};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    /// Sorted by port, then bind address.
+    pub listeners: Vec<Listener>,
+    /// Servers and routes that the config declares but the Plan does not serve, and why.
+    pub left_out: Vec<LeftOut>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listener {
+    pub bind: IpAddr,
+    pub port: u16,
+    /// The servers' protocol, canonical upper case (`HTTP`, `HTTPS`, `TLS`, `TCP`, `MONGO`…).
+    pub protocol: String,
+    /// The Gateway servers this listener serves, first declared first.
+    pub servers: Vec<ServerOrigin>,
+    pub runs: Placement,
+    #[serde(flatten)]
+    pub kind: ListenerKind,
+}
+
+impl Listener {
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.port)
+    }
+}
+
+/// Where traffic is handled, and why there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    #[serde(rename = "where")]
+    pub place: Place,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Place {
+    /// XDP/TC forwards every packet (full NAT, connection tracking).
+    Kernel,
+    /// Userspace decides once per connection, then the kernel splices the bytes (sockmap).
+    KernelSplice,
+    /// The userspace proxy handles every byte.
+    Userspace,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerOrigin {
+    pub gateway: ObjectRef,
+    /// Index in `spec.servers`.
+    pub server: usize,
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type")]
+pub enum ListenerKind {
+    /// Opaque TCP: one route, forwarded in the kernel.
+    L4Forward { route: Option<L4Route> },
+    /// TLS passthrough: the route is chosen by the ClientHello's SNI.
+    SniRoute { routes: Vec<SniRoute> },
+    /// Plain HTTP (HTTP/1.1, h2c, gRPC).
+    Http { virtual_hosts: Vec<VirtualHost> },
+    /// HTTPS terminated by the proxy, then routed as HTTP.
+    Https {
+        certificates: Vec<TlsTermination>,
+        virtual_hosts: Vec<VirtualHost>,
+    },
+}
+
+/// Which config rule a route came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteOrigin {
+    /// The VirtualService (or, for AUTO_PASSTHROUGH, the ServiceEntry) the route comes from.
+    pub object: ObjectRef,
+    /// Field path of the rule, e.g. `spec.tcp[0]`.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct L4Route {
+    pub origin: RouteOrigin,
+    pub runs: Placement,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SniRoute {
+    /// SNI names (exact or `*.` wildcard) this route serves.
+    pub sni_hosts: Vec<String>,
+    pub origin: RouteOrigin,
+    pub runs: Placement,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VirtualHost {
+    /// Host names (exact or wildcard) matched against the request's authority.
+    pub domains: Vec<String>,
+    /// Answer every request with a 301 to https (the server's `tls.httpsRedirect`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+    /// In order: the first route whose match applies wins.
+    pub routes: Vec<HttpRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpRoute {
+    pub origin: RouteOrigin,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub runs: Placement,
+    /// Any of these matches (empty: every request).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<HttpMatchRequest>,
+    pub action: HttpAction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<crate::config::model::HttpRewrite>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderOperations>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderOperations>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HttpAction {
+    Route {
+        backends: Vec<Backend>,
+    },
+    Redirect(HttpRedirect),
+    DirectResponse {
+        status: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retries {
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<String>,
+}
+
+/// One weighted destination of a route: a service port and the endpoints behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    /// The service port the route names.
+    pub port: u16,
+    /// Share of the route's traffic (the weights of a route need not add up to 100).
+    pub weight: u32,
+    /// `ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM`… from the DestinationRule.
+    pub load_balancer: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsTermination {
+    /// The SNI names this certificate serves (the server's hosts).
+    pub hosts: Vec<String>,
+    /// `SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL`.
+    pub mode: String,
+    pub certificate: CertificateSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// Lowest and highest TLS version, `1.2` or `1.3`.
+    pub min_version: String,
+    pub max_version: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateSource {
+    Files {
+        certificate: String,
+        private_key: String,
+    },
+    /// A named credential (`credentialName`), looked up by the daemon.
+    Credential { name: String },
+}
+
+/// A server or route the Plan does not serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeftOut {
+    pub object: ObjectRef,
+    pub path: String,
+    pub code: &'static str,
+    pub reason: String,
+}

@@ -1,0 +1,79 @@
+//! A running config: what was loaded, what it compiled to, and the history of reloads. The
+//! daemon builds a new snapshot off to the side and swaps it in whole.
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
+
+use serde::Serialize;
+
+use crate::{
+    compile::{self, DnsAnswers},
+    config::{self, Diagnostic, Object, Severity},
+    plan::Plan,
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Counts applied configs from 1; a rejected reload does not advance it.
+    pub generation: u64,
+    /// RFC 3339, when this config was applied.
+    pub applied_at: String,
+    pub sources: Vec<PathBuf>,
+    pub objects: Vec<Object>,
+    pub plan: Plan,
+    /// Warnings and infos of this config (an applied config has no errors).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// A config that was not applied, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    pub attempted_at: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Rejected {
+    /// Every error, one per line.
+    pub fn errors(&self) -> String {
+        let errors: Vec<String> = self
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect();
+        errors.join("\n")
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Loads, validates and compiles `paths`. A set with any error is rejected whole.
+pub fn build(paths: &[PathBuf], dns: &DnsAnswers, generation: u64) -> Result<Snapshot, Rejected> {
+    let checked = config::check(paths);
+    if checked.count(Severity::Error) > 0 {
+        return Err(Rejected {
+            attempted_at: now_rfc3339(),
+            diagnostics: checked.diagnostics,
+        });
+    }
+    let compiled = compile::compile(&checked.objects, dns);
+    let mut diagnostics = checked.diagnostics;
+    diagnostics.extend(compiled.diagnostics);
+    Ok(Snapshot {
+        generation,
+        applied_at: now_rfc3339(),
+        sources: checked.sources,
+        objects: checked.objects,
+        plan: compiled.plan,
+        diagnostics,
+    })
+}
+
+/// The config the daemon serves and the outcome of the last reload attempt.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigStatus {
+    pub current: Option<Arc<Snapshot>>,
+    pub last_rejected: Option<Rejected>,
+    pub reloads_succeeded: u64,
+    pub reloads_rejected: u64,
+}
