@@ -65,6 +65,11 @@ pub struct RunArgs {
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// How often DNS names of ServiceEntries are resolved again; a change produces a new
+    /// config generation. Config files are watched, and SIGHUP reloads at once.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub dns_refresh: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -9,38 +9,34 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Resolves every name with the system resolver, concurrently. Names that fail are absent
 /// from the answers (compile reports them).
 pub async fn resolve(names: &[String]) -> DnsAnswers {
-    let lookups = names.iter().map(|name| async move {
-        let found =
-            tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name.as_str(), 0))).await;
-        let mut ips: Vec<IpAddr> = match found {
-            Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
-            Ok(Err(e)) => {
-                tracing::warn!(%name, error = %e, "DNS lookup failed");
-                Vec::new()
-            }
-            Err(_) => {
-                tracing::warn!(%name, timeout = ?LOOKUP_TIMEOUT, "DNS lookup timed out");
-                Vec::new()
-            }
-        };
-        ips.sort();
-        ips.dedup();
-        (name.clone(), ips)
-    });
-    let addresses: BTreeMap<String, Vec<IpAddr>> =
-        futures_join_all(lookups).await.into_iter().collect();
-    DnsAnswers {
-        looked_up: true,
-        addresses,
+    let mut lookups = tokio::task::JoinSet::new();
+    for name in names.iter().cloned() {
+        lookups.spawn(async move {
+            let lookup = tokio::net::lookup_host(format!("{name}:0"));
+            let found = tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await;
+            let mut ips: Vec<IpAddr> = match found {
+                Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+                Ok(Err(e)) => {
+                    tracing::warn!(%name, error = %e, "DNS lookup failed");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!(%name, timeout = ?LOOKUP_TIMEOUT, "DNS lookup timed out");
+                    Vec::new()
+                }
+            };
+            ips.sort();
+            ips.dedup();
+            (name, ips)
+        });
     }
-}
-
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for future in futures {
-        set.push(future.await);
+    let mut addresses = BTreeMap::new();
+    while let Some(done) = lookups.join_next().await {
+        if let Ok((name, ips)) = done
+            && !ips.is_empty()
+        {
+            addresses.insert(name, ips);
+        }
     }
-    set
+    DnsAnswers { looked_up: true, addresses }
 }

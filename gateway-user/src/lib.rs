@@ -11,6 +11,7 @@ pub mod ebpf_object;
 pub mod logging;
 pub mod metrics;
 pub mod plan;
+pub mod reload;
 pub mod run;
 pub mod snapshot;
 

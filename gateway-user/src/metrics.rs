@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::admin::SharedState;
+use crate::{admin::SharedState, config::Severity, plan::Place, snapshot::ConfigStatus};
 
 /// Builds the registry served on `/stats/prometheus`.
 pub fn registry(state: Arc<SharedState>) -> Registry {
@@ -33,6 +33,7 @@ struct StateCollector {
 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_config(&self.state.config(), &mut encoder)?;
         let Some(datapath) = self.state.datapath() else {
             return Ok(());
         };
@@ -100,4 +101,66 @@ impl Collector for StateCollector {
         }
         Ok(())
     }
+}
+
+fn gauge_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(&[(&str, &str)], i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            ConstGauge::new(*value).encode(family)?;
+            return Ok(());
+        }
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// The running config: generation, reload outcomes, diagnostics, what was left out, and
+/// where the listeners run.
+fn encode_config(status: &ConfigStatus, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let Some(current) = &status.current else {
+        return Ok(());
+    };
+    let generation = i64::try_from(current.generation).unwrap_or(i64::MAX);
+    gauge_family(encoder, "config_generation", "Generation of the applied config (1 at startup)", &[(&[], generation)])?;
+    let counter = ConstCounter::new(0u64);
+    let mut reloads = encoder.encode_descriptor(
+        "config_reloads",
+        "Config reloads by result (rejected: the running config kept serving)",
+        None,
+        counter.metric_type(),
+    )?;
+    ConstCounter::new(status.reloads_succeeded).encode(reloads.encode_family(&[("result", "success")])?)?;
+    ConstCounter::new(status.reloads_rejected).encode(reloads.encode_family(&[("result", "rejected")])?)?;
+    let count = |severity: Severity| {
+        current.diagnostics.iter().filter(|d| d.severity == severity).count() as i64
+    };
+    gauge_family(
+        encoder,
+        "config_diagnostics",
+        "Diagnostics of the applied config by severity",
+        &[(&[("severity", "warning")], count(Severity::Warning)), (&[("severity", "info")], count(Severity::Info))],
+    )?;
+    gauge_family(
+        encoder,
+        "config_left_out",
+        "Servers and routes of the config that the Plan leaves out (see /config_dump)",
+        &[(&[], current.plan.left_out.len() as i64)],
+    )?;
+    let placed = |place: Place| current.plan.listeners.iter().filter(|l| l.runs.place == place).count() as i64;
+    gauge_family(
+        encoder,
+        "plan_listeners",
+        "Listeners of the Plan by where their traffic is handled",
+        &[
+            (&[("runs", "kernel")], placed(Place::Kernel)),
+            (&[("runs", "kernel-splice")], placed(Place::KernelSplice)),
+            (&[("runs", "userspace")], placed(Place::Userspace)),
+        ],
+    )
 }

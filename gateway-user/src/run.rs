@@ -8,15 +8,17 @@ use std::{path::PathBuf, sync::Arc};
 use crate::{
     admin::{AdminServer, DatapathView, ServerState, SharedState},
     cli::RunArgs,
-    compile,
+    compile::{self, DnsAnswers},
     datapath::{Datapath, DatapathOptions},
     dns,
+    reload::Reloader,
     snapshot::{self, Snapshot},
 };
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let snapshot = load_config(&args.config, 1).await?;
+    let (snapshot, answers) = load_config(&args.config, 1).await?;
     let state = SharedState::new();
+    let reloader = Reloader::new(args.config.clone(), state.clone(), &snapshot, answers);
     state.apply_config(Arc::new(snapshot));
     // Bound before the datapath so a taken admin port fails before anything is attached.
     let admin = AdminServer::start(args.admin_addr, state.clone()).await?;
@@ -46,6 +48,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     state.set_state(ServerState::Live);
     tracing::info!("sluice is ready");
+    let (stop_reloads, stopped) = tokio::sync::watch::channel(false);
+    let reloads = tokio::spawn(reloader.run(args.dns_refresh, stopped));
 
     let signal_name = tokio::select! {
         _ = sigint.recv() => "SIGINT",
@@ -53,6 +57,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!(signal = signal_name, "shutting down");
     state.set_state(ServerState::Draining);
+    let _ = stop_reloads.send(true);
+    match reloads.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("config reloads had stopped: {e:#}"),
+        Err(e) => tracing::error!("the config reload task failed: {e}"),
+    }
     datapath.shutdown();
     admin.shutdown().await;
     tracing::info!("shutdown complete");
@@ -61,7 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Builds generation `generation` of the config, resolving its DNS names first, and logs
 /// what it found. Errors (the config is not applied) come back as one message listing all.
-pub async fn load_config(paths: &[PathBuf], generation: u64) -> anyhow::Result<Snapshot> {
+pub async fn load_config(paths: &[PathBuf], generation: u64) -> anyhow::Result<(Snapshot, DnsAnswers)> {
     let checked = crate::config::check(paths);
     let answers = dns::resolve(&compile::dns_names(&checked.objects)).await;
     let snapshot = snapshot::build(paths, &answers, generation).map_err(|rejected| {
@@ -83,5 +93,5 @@ pub async fn load_config(paths: &[PathBuf], generation: u64) -> anyhow::Result<S
         left_out = snapshot.plan.left_out.len(),
         "config applied"
     );
-    Ok(snapshot)
+    Ok((snapshot, answers))
 }

@@ -33,7 +33,17 @@ impl Checked {
 /// Loads `paths` and validates every object on its own. Only objects without any error are
 /// kept; every diagnostic is.
 pub fn check(paths: &[PathBuf]) -> Checked {
-    let loaded = load(paths);
+    check_loaded(load(paths))
+}
+
+/// [`check`] for one document text, as if read from `file`.
+pub fn check_text(file: &str, text: &str) -> Checked {
+    let mut loaded = Loaded { sources: vec![PathBuf::from(file)], ..Loaded::default() };
+    load::parse_file(std::path::Path::new(file), text, &mut loaded);
+    check_loaded(loaded)
+}
+
+fn check_loaded(loaded: Loaded) -> Checked {
     let mut checked = Checked {
         sources: loaded.sources,
         objects: Vec::new(),

@@ -1,0 +1,137 @@
+//! Hot reload: watches the config paths and SIGHUP, re-resolves DNS names on an interval,
+//! and for each trigger builds a new snapshot off to the side. A valid one is swapped in
+//! whole (the generation advances); an invalid one is recorded and the running config keeps
+//! serving.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use notify::{RecursiveMode, Watcher as _};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    admin::SharedState,
+    compile::{self, DnsAnswers},
+    config, dns,
+    snapshot::{self, Snapshot},
+};
+
+/// File events arriving closer together than this are one change (editors write in steps).
+const SETTLE: Duration = Duration::from_millis(150);
+
+pub struct Reloader {
+    paths: Vec<PathBuf>,
+    state: Arc<SharedState>,
+    generation: u64,
+    dns: DnsAnswers,
+}
+
+/// Why a reload ran.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    Files,
+    Signal,
+    Dns,
+}
+
+impl Reloader {
+    pub fn new(paths: Vec<PathBuf>, state: Arc<SharedState>, current: &Snapshot, dns: DnsAnswers) -> Reloader {
+        Reloader { paths, state, generation: current.generation, dns }
+    }
+
+    /// Runs until `stop` changes. Watcher setup failures are returned at once.
+    pub async fn run(mut self, dns_refresh: Duration, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let (tx, mut changes) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && !matches!(event.kind, notify::EventKind::Access(_))
+            {
+                let _ = tx.send(event.paths);
+            }
+        })
+        .context("creating the config file watcher")?;
+        for dir in watch_roots(&self.paths) {
+            // Files are watched through their directory: editors and `kubectl`-style tools
+            // replace a file by renaming a new one over it, which ends a watch on the file.
+            watcher
+                .watch(&dir, RecursiveMode::Recursive)
+                .with_context(|| format!("watching {} for config changes", dir.display()))?;
+        }
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut refresh = tokio::time::interval(dns_refresh);
+        refresh.tick().await; // the first tick is immediate; the config was just resolved
+        loop {
+            let trigger = tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                _ = hangup.recv() => Trigger::Signal,
+                _ = refresh.tick() => Trigger::Dns,
+                Some(paths) = changes.recv() => {
+                    if !paths.iter().any(|p| self.is_config_path(p)) {
+                        continue;
+                    }
+                    // Let a burst of writes settle, then reload once.
+                    while let Ok(Some(_)) = tokio::time::timeout(SETTLE, changes.recv()).await {}
+                    Trigger::Files
+                }
+            };
+            self.reload(trigger).await;
+        }
+    }
+
+    fn is_config_path(&self, path: &Path) -> bool {
+        let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+        self.paths.iter().any(|p| path == p || (yaml && path.starts_with(p)))
+    }
+
+    async fn reload(&mut self, trigger: Trigger) {
+        let checked = config::check(&self.paths);
+        let names = compile::dns_names(&checked.objects);
+        let answers = dns::resolve(&names).await;
+        if matches!(trigger, Trigger::Dns) && answers.addresses == self.dns.addresses {
+            return; // nothing moved
+        }
+        match snapshot::build(&self.paths, &answers, self.generation + 1) {
+            Ok(snapshot) => {
+                self.generation = snapshot.generation;
+                self.dns = answers;
+                for diagnostic in &snapshot.diagnostics {
+                    tracing::warn!(code = diagnostic.code, "{diagnostic}");
+                }
+                tracing::info!(
+                    ?trigger,
+                    generation = snapshot.generation,
+                    listeners = snapshot.plan.listeners.len(),
+                    left_out = snapshot.plan.left_out.len(),
+                    "config reloaded"
+                );
+                self.state.apply_config(Arc::new(snapshot));
+            }
+            Err(rejected) => {
+                tracing::error!(
+                    ?trigger,
+                    generation = self.generation,
+                    "config rejected; generation {} keeps serving:\n{}",
+                    self.generation,
+                    rejected.errors()
+                );
+                self.state.reject_config(rejected);
+            }
+        }
+    }
+}
+
+/// The directories to watch: each directory path itself, and the parent of each file.
+fn watch_roots(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let roots: BTreeSet<PathBuf> = paths
+        .iter()
+        .map(|p| if p.is_dir() { p.clone() } else { p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf) })
+        .collect();
+    roots.into_iter().collect()
+}
