@@ -38,5 +38,8 @@ pub async fn resolve(names: &[String]) -> DnsAnswers {
             addresses.insert(name, ips);
         }
     }
-    DnsAnswers { looked_up: true, addresses }
+    DnsAnswers {
+        looked_up: true,
+        addresses,
+    }
 }

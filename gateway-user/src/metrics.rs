@@ -109,7 +109,8 @@ fn gauge_family(
     help: &str,
     samples: &[(&[(&str, &str)], i64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    let mut family =
+        encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
     for (labels, value) in samples {
         if labels.is_empty() {
             ConstGauge::new(*value).encode(family)?;
@@ -122,12 +123,20 @@ fn gauge_family(
 
 /// The running config: generation, reload outcomes, diagnostics, what was left out, and
 /// where the listeners run.
-fn encode_config(status: &ConfigStatus, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+fn encode_config(
+    status: &ConfigStatus,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
     let Some(current) = &status.current else {
         return Ok(());
     };
     let generation = i64::try_from(current.generation).unwrap_or(i64::MAX);
-    gauge_family(encoder, "config_generation", "Generation of the applied config (1 at startup)", &[(&[], generation)])?;
+    gauge_family(
+        encoder,
+        "config_generation",
+        "Generation of the applied config (1 at startup)",
+        &[(&[], generation)],
+    )?;
     let counter = ConstCounter::new(0u64);
     let mut reloads = encoder.encode_descriptor(
         "config_reloads",
@@ -135,16 +144,25 @@ fn encode_config(status: &ConfigStatus, encoder: &mut DescriptorEncoder) -> Resu
         None,
         counter.metric_type(),
     )?;
-    ConstCounter::new(status.reloads_succeeded).encode(reloads.encode_family(&[("result", "success")])?)?;
-    ConstCounter::new(status.reloads_rejected).encode(reloads.encode_family(&[("result", "rejected")])?)?;
+    ConstCounter::new(status.reloads_succeeded)
+        .encode(reloads.encode_family(&[("result", "success")])?)?;
+    ConstCounter::new(status.reloads_rejected)
+        .encode(reloads.encode_family(&[("result", "rejected")])?)?;
     let count = |severity: Severity| {
-        current.diagnostics.iter().filter(|d| d.severity == severity).count() as i64
+        current
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == severity)
+            .count() as i64
     };
     gauge_family(
         encoder,
         "config_diagnostics",
         "Diagnostics of the applied config by severity",
-        &[(&[("severity", "warning")], count(Severity::Warning)), (&[("severity", "info")], count(Severity::Info))],
+        &[
+            (&[("severity", "warning")], count(Severity::Warning)),
+            (&[("severity", "info")], count(Severity::Info)),
+        ],
     )?;
     gauge_family(
         encoder,
@@ -152,7 +170,14 @@ fn encode_config(status: &ConfigStatus, encoder: &mut DescriptorEncoder) -> Resu
         "Servers and routes of the config that the Plan leaves out (see /config_dump)",
         &[(&[], current.plan.left_out.len() as i64)],
     )?;
-    let placed = |place: Place| current.plan.listeners.iter().filter(|l| l.runs.place == place).count() as i64;
+    let placed = |place: Place| {
+        current
+            .plan
+            .listeners
+            .iter()
+            .filter(|l| l.runs.place == place)
+            .count() as i64
+    };
     gauge_family(
         encoder,
         "plan_listeners",

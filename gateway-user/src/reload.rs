@@ -42,21 +42,36 @@ enum Trigger {
 }
 
 impl Reloader {
-    pub fn new(paths: Vec<PathBuf>, state: Arc<SharedState>, current: &Snapshot, dns: DnsAnswers) -> Reloader {
-        Reloader { paths, state, generation: current.generation, dns }
+    pub fn new(
+        paths: Vec<PathBuf>,
+        state: Arc<SharedState>,
+        current: &Snapshot,
+        dns: DnsAnswers,
+    ) -> Reloader {
+        Reloader {
+            paths,
+            state,
+            generation: current.generation,
+            dns,
+        }
     }
 
     /// Runs until `stop` changes. Watcher setup failures are returned at once.
-    pub async fn run(mut self, dns_refresh: Duration, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        dns_refresh: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let (tx, mut changes) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event
-                && !matches!(event.kind, notify::EventKind::Access(_))
-            {
-                let _ = tx.send(event.paths);
-            }
-        })
-        .context("creating the config file watcher")?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event
+                    && !matches!(event.kind, notify::EventKind::Access(_))
+                {
+                    let _ = tx.send(event.paths);
+                }
+            })
+            .context("creating the config file watcher")?;
         for dir in watch_roots(&self.paths) {
             // Files are watched through their directory: editors and `kubectl`-style tools
             // replace a file by renaming a new one over it, which ends a watch on the file.
@@ -86,8 +101,13 @@ impl Reloader {
     }
 
     fn is_config_path(&self, path: &Path) -> bool {
-        let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
-        self.paths.iter().any(|p| path == p || (yaml && path.starts_with(p)))
+        let yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        self.paths
+            .iter()
+            .any(|p| path == p || (yaml && path.starts_with(p)))
     }
 
     async fn reload(&mut self, trigger: Trigger) {
@@ -131,7 +151,15 @@ impl Reloader {
 fn watch_roots(paths: &[PathBuf]) -> Vec<PathBuf> {
     let roots: BTreeSet<PathBuf> = paths
         .iter()
-        .map(|p| if p.is_dir() { p.clone() } else { p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf) })
+        .map(|p| {
+            if p.is_dir() {
+                p.clone()
+            } else {
+                p.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+            }
+        })
         .collect();
     roots.into_iter().collect()
 }

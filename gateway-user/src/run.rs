@@ -71,7 +71,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Builds generation `generation` of the config, resolving its DNS names first, and logs
 /// what it found. Errors (the config is not applied) come back as one message listing all.
-pub async fn load_config(paths: &[PathBuf], generation: u64) -> anyhow::Result<(Snapshot, DnsAnswers)> {
+pub async fn load_config(
+    paths: &[PathBuf],
+    generation: u64,
+) -> anyhow::Result<(Snapshot, DnsAnswers)> {
     let checked = crate::config::check(paths);
     let answers = dns::resolve(&compile::dns_names(&checked.objects)).await;
     let snapshot = snapshot::build(paths, &answers, generation).map_err(|rejected| {

@@ -38,7 +38,10 @@ pub fn check(paths: &[PathBuf]) -> Checked {
 
 /// [`check`] for one document text, as if read from `file`.
 pub fn check_text(file: &str, text: &str) -> Checked {
-    let mut loaded = Loaded { sources: vec![PathBuf::from(file)], ..Loaded::default() };
+    let mut loaded = Loaded {
+        sources: vec![PathBuf::from(file)],
+        ..Loaded::default()
+    };
     load::parse_file(std::path::Path::new(file), text, &mut loaded);
     check_loaded(loaded)
 }

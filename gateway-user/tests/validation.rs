@@ -1,0 +1,217 @@
+//! Validation as a table: each row is a config and the exact set of error field paths it
+//! must produce (with a fragment of each message), after Istio's documented rules. Valid rows
+//! must produce no error.
+use gateway_user::config::{Severity, check_text};
+
+/// One Gateway with the given servers (flow or block YAML, indented for `servers:`).
+fn gateway(servers: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: ns}}\nspec:\n  servers:\n{servers}"
+    )
+}
+
+fn server(port: &str, hosts: &str, extra: &str) -> String {
+    format!("  - port: {port}\n    hosts: {hosts}\n{extra}")
+}
+
+const HTTP80: &str = "{number: 80, name: http, protocol: HTTP}";
+const HTTPS443: &str = "{number: 443, name: https, protocol: HTTPS}";
+
+fn virtual_service(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: ns}}\nspec:\n{spec}"
+    )
+}
+
+fn service_entry(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {{name: se, namespace: ns}}\nspec:\n{spec}"
+    )
+}
+
+fn destination_rule(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {{name: dr, namespace: ns}}\nspec:\n{spec}"
+    )
+}
+
+const VS_HEAD: &str = "  hosts: [a.example.com]\n  gateways: [gw]\n";
+
+fn route(rule: &str) -> String {
+    virtual_service(&format!("{VS_HEAD}  http:\n  - {rule}\n"))
+}
+
+/// (description, YAML, expected errors as (field path, message fragment)).
+fn rows() -> Vec<(&'static str, String, Vec<(&'static str, &'static str)>)> {
+    let tls = |body: &str| format!("    tls: {body}\n");
+    let cert = "serverCertificate: /c.pem, privateKey: /k.pem";
+    vec![
+        // Gateways
+        ("valid HTTP server", gateway(&server(HTTP80, "[a.example.com]", "")), vec![]),
+        ("protocol is case-insensitive", gateway(&server("{number: 80, name: http, protocol: http}", "[a.example.com]", "")), vec![]),
+        ("namespaced and wildcard hosts", gateway(&server(HTTP80, "['ns1/*.example.com', './a.example.com', '*/b.example.com', '*']", "")), vec![]),
+        ("TLS mode defaults to PASSTHROUGH", gateway(&server(HTTPS443, "[a.example.com]", &tls("{}"))), vec![]),
+        ("SIMPLE with certificate files", gateway(&server(HTTPS443, "[a.example.com]", &tls(&format!("{{mode: SIMPLE, {cert}}}")))), vec![]),
+        ("MUTUAL with a credential", gateway(&server(HTTPS443, "[a.example.com]", &tls("{mode: MUTUAL, credentialName: c}"))), vec![]),
+        ("no servers", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {servers: []}\n".into(), vec![("spec.servers", "at least one server")]),
+        ("server without hosts", gateway(&server(HTTP80, "[]", "")), vec![("spec.servers[0].hosts", "at least one host")]),
+        ("partial wildcard", gateway(&server(HTTP80, "['*foo.example.com']", "")), vec![("spec.servers[0].hosts[0]", "partial wildcards")]),
+        ("wildcard not left-most", gateway(&server(HTTP80, "['foo.*.com']", "")), vec![("spec.servers[0].hosts[0]", "left-most label")]),
+        ("short name", gateway(&server(HTTP80, "[reviews]", "")), vec![("spec.servers[0].hosts[0]", "short name")]),
+        ("bad host namespace", gateway(&server(HTTP80, "['Bad_NS/a.example.com']", "")), vec![("spec.servers[0].hosts[0]", "namespace")]),
+        ("port 0", gateway(&server("{number: 0, name: http, protocol: HTTP}", "[a.example.com]", "")), vec![("spec.servers[0].port.number", "out of range")]),
+        ("port 70000", gateway(&server("{number: 70000, name: http, protocol: HTTP}", "[a.example.com]", "")), vec![("spec.servers[0].port.number", "out of range")]),
+        ("port not a number", gateway(&server("{number: eighty, name: http, protocol: HTTP}", "[a.example.com]", "")), vec![("spec.servers[0].port.number", "expected a non-negative integer")]),
+        ("unknown protocol", gateway(&server("{number: 80, name: http, protocol: HTTPX}", "[a.example.com]", "")), vec![("spec.servers[0].port.protocol", "unknown protocol \"HTTPX\"; expected one of HTTP")]),
+        ("missing protocol", gateway(&server("{number: 80, name: http}", "[a.example.com]", "")), vec![("spec.servers[0].port.protocol", "protocol must be set")]),
+        ("missing port name", gateway(&server("{number: 80, protocol: HTTP}", "[a.example.com]", "")), vec![("spec.servers[0].port.name", "port name must be set")]),
+        ("missing port", gateway("  - hosts: [a.example.com]\n"), vec![("spec.servers[0].port", "must have a port")]),
+        ("duplicate port names", gateway(&(server(HTTP80, "[a.example.com]", "") + &server("{number: 81, name: http, protocol: HTTP}", "[b.example.com]", ""))), vec![("spec.servers[1].port.name", "must be unique")]),
+        ("bind is not an IP", gateway(&server(HTTP80, "[a.example.com]", "    bind: localhost\n")), vec![("spec.servers[0].bind", "not an IP address")]),
+        ("HTTPS without tls", gateway(&server(HTTPS443, "[a.example.com]", "")), vec![("spec.servers[0].tls", "must have TLS settings")]),
+        ("SIMPLE without a certificate", gateway(&server(HTTPS443, "[a.example.com]", &tls("{mode: SIMPLE}"))), vec![("spec.servers[0].tls.serverCertificate", "server certificate"), ("spec.servers[0].tls.privateKey", "private key")]),
+        ("SIMPLE with two certificate sources", gateway(&server(HTTPS443, "[a.example.com]", &tls(&format!("{{mode: SIMPLE, credentialName: c, {cert}}}")))), vec![("spec.servers[0].tls", "not both")]),
+        ("MUTUAL without a CA", gateway(&server(HTTPS443, "[a.example.com]", &tls(&format!("{{mode: MUTUAL, {cert}}}")))), vec![("spec.servers[0].tls.caCertificates", "requires caCertificates")]),
+        ("ISTIO_MUTUAL with a certificate", gateway(&server(HTTPS443, "[a.example.com]", &tls(&format!("{{mode: ISTIO_MUTUAL, {cert}}}")))), vec![("spec.servers[0].tls", "ISTIO_MUTUAL TLS cannot have")]),
+        ("unknown TLS mode", gateway(&server(HTTPS443, "[a.example.com]", &tls("{mode: STRICT}"))), vec![("spec.servers[0].tls.mode", "unknown TLS mode \"STRICT\"")]),
+        ("TLS 1.0 minimum", gateway(&server(HTTPS443, "[a.example.com]", &tls(&format!("{{mode: SIMPLE, {cert}, minProtocolVersion: TLSV1_0}}")))), vec![("spec.servers[0].tls.minProtocolVersion", "rustls implements TLS 1.2 and 1.3 only")]),
+        ("min above max", gateway(&server(HTTPS443, "[a.example.com]", &tls(&format!("{{mode: SIMPLE, {cert}, minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2}}")))), vec![("spec.servers[0].tls.minProtocolVersion", "above maxProtocolVersion")]),
+        ("CBC cipher suite", gateway(&server(HTTPS443, "[a.example.com]", &tls(&format!("{{mode: SIMPLE, {cert}, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, AES128-SHA]}}")))), vec![("spec.servers[0].tls.cipherSuites[1]", "no CBC, 3DES or static-RSA")]),
+        ("TLS settings on plain HTTP", gateway(&server(HTTP80, "[a.example.com]", &tls(&format!("{{mode: SIMPLE, {cert}}}")))), vec![("spec.servers[0].tls", "need protocol HTTPS or TLS")]),
+        ("httpsRedirect on plain HTTP", gateway(&server(HTTP80, "[a.example.com]", &tls("{httpsRedirect: true}"))), vec![]),
+        ("unknown field suggests the right one", gateway("  - port: {number: 80, name: http, protocol: HTTP}\n    hostz: [a.example.com]\n"), vec![("spec.servers[0].hostz", "did you mean `hosts`?"), ("spec.servers[0].hosts", "at least one host")]),
+        ("field not supported yet", gateway(&server(HTTP80, "[a.example.com]", "    defaultEndpoint: 127.0.0.1:8080\n")), vec![("spec.servers[0].defaultEndpoint", "is not supported yet")]),
+        // VirtualServices
+        ("valid HTTP route", route("route: [{destination: {host: b.example.com}}]"), vec![]),
+        ("no hosts", virtual_service("  gateways: [gw]\n  http: [{route: [{destination: {host: b}}]}]\n"), vec![("spec.hosts", "at least one host")]),
+        ("no rules", virtual_service(VS_HEAD), vec![("spec", "http, tcp or tls must be provided")]),
+        ("route and redirect", route("{route: [{destination: {host: b}}], redirect: {uri: /x}}"), vec![("spec.http[0]", "it has several")]),
+        ("no action", route("{match: [{uri: {prefix: /}}]}"), vec![("spec.http[0]", "it has none")]),
+        ("redirect with rewrite", route("{redirect: {uri: /x}, rewrite: {uri: /y}}"), vec![("spec.http[0].rewrite", "both redirect and rewrite")]),
+        ("empty redirect", route("{redirect: {}}"), vec![("spec.http[0].redirect", "must specify")]),
+        ("redirect code 200", route("{redirect: {uri: /x, redirectCode: 200}}"), vec![("spec.http[0].redirect.redirectCode", "must be 3xx")]),
+        ("direct response status 700", route("{directResponse: {status: 700}}"), vec![("spec.http[0].directResponse.status", "out of range")]),
+        ("string match with two kinds", route("{match: [{uri: {prefix: /a, exact: /b}}], route: [{destination: {host: b}}]}"), vec![("spec.http[0].match[0].uri", "exactly one of exact, prefix or regex")]),
+        ("invalid regex", route("{match: [{headers: {x-a: {regex: '('}}}], route: [{destination: {host: b}}]}"), vec![("spec.http[0].match[0].headers.x-a.regex", "invalid regex")]),
+        ("negative weight", route("{route: [{destination: {host: b}, weight: -1}]}"), vec![("spec.http[0].route[0].weight", "negative")]),
+        ("weights add up to 0", route("{route: [{destination: {host: b}, weight: 0}, {destination: {host: c}, weight: 0}]}"), vec![("spec.http[0].route", "add up to 0")]),
+        ("destination without host", route("{route: [{destination: {subset: v1}}]}"), vec![("spec.http[0].route[0].destination.host", "host is required")]),
+        ("invalid timeout", route("{route: [{destination: {host: b}}], timeout: 5}"), vec![("spec.http[0].timeout", "invalid duration")]),
+        ("unknown retry policy", route("{route: [{destination: {host: b}}], retries: {attempts: 2, retryOn: '5xx,sometimes'}}"), vec![("spec.http[0].retries.retryOn", "unknown retry policy \"sometimes\"")]),
+        ("mirror is not supported yet", route("{route: [{destination: {host: b}}], mirror: {host: c}}"), vec![("spec.http[0].mirror", "is not supported yet")]),
+        ("invalid gateway reference", virtual_service("  hosts: [a.example.com]\n  gateways: [a/b/c]\n  http: [{route: [{destination: {host: b}}]}]\n"), vec![("spec.gateways[0]", "invalid gateway reference")]),
+        ("TLS route without SNI hosts", virtual_service(&format!("{VS_HEAD}  tls: [{{match: [{{port: 443}}], route: [{{destination: {{host: b}}}}]}}]\n")), vec![("spec.tls[0].match[0].sniHosts", "at least one SNI host")]),
+        ("SNI host outside the VirtualService hosts", virtual_service(&format!("{VS_HEAD}  tls: [{{match: [{{sniHosts: [z.example.com]}}], route: [{{destination: {{host: b}}}}]}}]\n")), vec![("spec.tls[0].match[0].sniHosts[0]", "not a subset")]),
+        ("TLS route without a match", virtual_service(&format!("{VS_HEAD}  tls: [{{route: [{{destination: {{host: b}}}}]}}]\n")), vec![("spec.tls[0].match", "at least one match")]),
+        ("TCP route without destinations", virtual_service(&format!("{VS_HEAD}  tcp: [{{match: [{{port: 27017}}]}}]\n")), vec![("spec.tcp[0].route", "at least one destination")]),
+        // ServiceEntries
+        ("valid STATIC entry", service_entry("  hosts: [db.example.com]\n  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: STATIC\n  endpoints: [{address: 203.0.113.5, labels: {v: '1'}}]\n"), vec![]),
+        ("STATIC without endpoints", service_entry("  hosts: [db.example.com]\n  ports: [{number: 5432, name: pg}]\n  resolution: STATIC\n"), vec![("spec.endpoints", "needs endpoints")]),
+        ("STATIC with a DNS name", service_entry("  hosts: [db.example.com]\n  ports: [{number: 5432, name: pg}]\n  resolution: STATIC\n  endpoints: [{address: db1.example.com}]\n"), vec![("spec.endpoints[0].address", "needs IP addresses")]),
+        ("no ports", service_entry("  hosts: [db.example.com]\n  resolution: DNS\n"), vec![("spec.ports", "at least one port")]),
+        ("wildcard with DNS", service_entry("  hosts: ['*.example.com']\n  ports: [{number: 443, name: tls}]\n  resolution: DNS\n"), vec![("spec.hosts[0]", "resolution NONE")]),
+        ("unknown resolution", service_entry("  hosts: [db.example.com]\n  ports: [{number: 1, name: a}]\n  resolution: MAGIC\n"), vec![("spec.resolution", "unknown resolution")]),
+        ("endpoint port for an unknown port name", service_entry("  hosts: [db.example.com]\n  ports: [{number: 1, name: a}]\n  resolution: STATIC\n  endpoints: [{address: 203.0.113.5, ports: {b: 2}}]\n"), vec![("spec.endpoints[0].ports.b", "no service port is named")]),
+        // DestinationRules
+        ("valid subsets", destination_rule("  host: reviews\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n  subsets: [{name: v1, labels: {version: v1}}]\n"), vec![]),
+        ("missing host", destination_rule("  subsets: [{name: v1}]\n"), vec![("spec.host", "host is required")]),
+        ("duplicate subsets", destination_rule("  host: reviews\n  subsets: [{name: v1}, {name: v1}]\n"), vec![("spec.subsets[1].name", "already defined")]),
+        ("unknown load balancer", destination_rule("  host: reviews\n  trafficPolicy: {loadBalancer: {simple: FASTEST}}\n"), vec![("spec.trafficPolicy.loadBalancer.simple", "unknown load balancer")]),
+        ("connection pools are not supported yet", destination_rule("  host: reviews\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}\n"), vec![("spec.trafficPolicy.connectionPool", "is not supported yet")]),
+        // Envelopes
+        ("missing apiVersion", "kind: Gateway\nmetadata: {name: a}\nspec: {}\n".into(), vec![("apiVersion", "`apiVersion` is required")]),
+        ("kind not read by Sluice", "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n".into(), vec![("kind", "kind \"Service\" is not supported")]),
+        ("API version Istio does not serve", "apiVersion: networking.istio.io/v2\nkind: Gateway\nmetadata: {name: a}\nspec: {}\n".into(), vec![("apiVersion", "not served")]),
+        ("missing name", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {}\nspec: {servers: []}\n".into(), vec![("metadata.name", "`metadata.name` is required")]),
+        ("missing spec", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: a}\n".into(), vec![("spec", "`spec` is required")]),
+        ("defined twice", format!("{}---\n{}", gateway(&server(HTTP80, "[a.example.com]", "")), gateway(&server(HTTP80, "[a.example.com]", ""))), vec![("metadata.name", "defined twice")]),
+        ("kubectl List of objects", format!("apiVersion: v1\nkind: List\nitems:\n- {}\n", route("route: [{destination: {host: b}}]").replace('\n', "\n  ").trim_end()), vec![]),
+    ]
+}
+
+#[test]
+fn validation_table() {
+    let mut failures = Vec::new();
+    for (description, text, expected) in rows() {
+        let checked = check_text("test.yaml", &text);
+        let mut got: Vec<(String, String)> = checked
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| (d.path.clone(), d.to_string()))
+            .collect();
+        got.sort();
+        let mut want: Vec<&str> = expected.iter().map(|(path, _)| *path).collect();
+        want.sort();
+        let got_paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        if got_paths != want {
+            failures.push(format!(
+                "{description}: expected errors at {want:?}, got {got:#?}"
+            ));
+            continue;
+        }
+        for (path, fragment) in &expected {
+            if !got
+                .iter()
+                .any(|(p, text)| p == path && text.contains(fragment))
+            {
+                failures.push(format!(
+                    "{description}: the error at {path} lacks {fragment:?}: {got:#?}"
+                ));
+            }
+        }
+        if expected.is_empty() && checked.objects.is_empty() {
+            failures.push(format!("{description}: valid but no object was kept"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn errors_name_file_line_column_and_path() {
+    let text = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: edge\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [a.example.com]\n  - port:\n      number: 8080\n      name: other\n      protocol: HTTPX\n    hosts: [b.example.com]\n";
+    let checked = check_text("gateway.yaml", text);
+    let errors: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "gateway.yaml:12:7: error: spec.servers[1].port.protocol: unknown protocol \"HTTPX\"; expected one of HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TCP, TLS, MONGO, REDIS, MYSQL [IST0106 Gateway default/edge]"
+        ]
+    );
+}
+
+#[test]
+fn every_error_of_an_object_is_reported_at_once() {
+    let text = route(
+        "{match: [{uri: {prefix: /a, exact: /b}}], route: [{destination: {host: b}, weight: -1}], mirror: {host: c}, timeout: soon}",
+    );
+    let checked = check_text("vs.yaml", &text);
+    let mut paths: Vec<&str> = checked
+        .diagnostics
+        .iter()
+        .map(|d| d.path.as_str())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "spec.http[0].match[0].uri",
+            "spec.http[0].mirror",
+            "spec.http[0].route[0].weight",
+            "spec.http[0].timeout"
+        ]
+    );
+    assert!(
+        checked.objects.is_empty(),
+        "an object with errors is not kept"
+    );
+}
