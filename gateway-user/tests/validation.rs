@@ -41,8 +41,11 @@ fn route(rule: &str) -> String {
     virtual_service(&format!("{VS_HEAD}  http:\n  - {rule}\n"))
 }
 
-/// (description, YAML, expected errors as (field path, message fragment)).
-fn rows() -> Vec<(&'static str, String, Vec<(&'static str, &'static str)>)> {
+/// Expected errors as (field path, message fragment).
+type Expected = Vec<(&'static str, &'static str)>;
+
+/// (description, YAML, expected errors).
+fn rows() -> Vec<(&'static str, String, Expected)> {
     let tls = |body: &str| format!("    tls: {body}\n");
     let cert = "serverCertificate: /c.pem, privateKey: /k.pem";
     vec![

@@ -113,10 +113,9 @@ pub fn wildcard_host_problem(host: &str) -> Option<String> {
         ));
     }
     let rest = rest.strip_suffix('.').unwrap_or(rest);
-    match rest.split('.').find(|label| !is_dns_label(label)) {
-        Some(label) => Some(format!("host {host:?}: {label:?} is not a valid DNS label")),
-        None => None,
-    }
+    rest.split('.')
+        .find(|label| !is_dns_label(label))
+        .map(|label| format!("host {host:?}: {label:?} is not a valid DNS label"))
 }
 
 /// Whether `host` (a concrete or wildcard name) is matched by `pattern` (a Gateway or
