@@ -129,6 +129,46 @@ impl Sluice {
         admin::sample(&body, series)
     }
 
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: Signal) {
+        let child = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("sluice already stopped"));
+        kill(Pid::from_raw(child.id() as i32), signal)
+            .unwrap_or_else(|e| panic!("kill {signal}: {e}"));
+    }
+
+    /// GET `/config_dump` as JSON.
+    pub fn config_dump(&self) -> serde_json::Value {
+        let (status, body) = self.admin_get("/config_dump");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/config_dump is not JSON: {e}\n{body}"))
+    }
+
+    /// Polls `/config_dump` until `done` holds for it, for at most `timeout`; returns it.
+    pub fn wait_config(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let dump = self.config_dump();
+            if done(&dump) {
+                return dump;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{dump:#}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
