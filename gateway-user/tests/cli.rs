@@ -87,3 +87,99 @@ fn version_says_whether_the_kernel_programs_are_embedded() {
         "{stdout}"
     );
 }
+
+fn example(name: &str) -> String {
+    format!("{}/../config/examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn warnings_pass_unless_strict() {
+    let vs = example("bookinfo.yaml");
+    let (code, stdout, stderr) = sluice(&["validate", "-f", &vs]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: spec.gateways[0]: Referenced Gateway not found"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout.trim(),
+        "3 objects in 1 files: 0 errors, 1 warnings: valid"
+    );
+    let (code, stdout, _) = sluice(&["validate", "--strict", "-f", &vs]);
+    assert_eq!(code, 1);
+    assert!(stdout.trim().ends_with("invalid"), "{stdout}");
+}
+
+#[test]
+fn validate_speaks_json_for_machines() {
+    let (code, stdout, _) = sluice(&[
+        "validate",
+        "--output",
+        "json",
+        "-f",
+        &example("bookinfo.yaml"),
+    ]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(report["valid"], true);
+    assert_eq!(
+        (report["errors"].as_u64(), report["warnings"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let d = &report["diagnostics"][0];
+    assert_eq!(
+        (
+            d["severity"].as_str(),
+            d["code"].as_str(),
+            d["path"].as_str()
+        ),
+        (Some("warning"), Some("IST0101"), Some("spec.gateways[0]"))
+    );
+    assert_eq!(
+        (d["mark"]["line"].as_u64(), d["mark"]["column"].as_u64()),
+        (Some(14), Some(5))
+    );
+}
+
+#[test]
+fn plan_shows_where_each_listener_runs() {
+    let (code, stdout, stderr) = sluice(&["plan", "-f", &example("passthrough.yaml")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("listener 0.0.0.0:443 HTTPS  [kernel-splice: TLS passthrough"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sni [\"nginx.example.com\"] <- VirtualService edge/nginx spec.tls[0]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("-> my-nginx.edge.svc.cluster.local:443 weight 100 LEAST_REQUEST endpoints [\"203.0.113.42:443\"]"), "{stdout}");
+    let (code, json, _) = sluice(&[
+        "plan",
+        "--output",
+        "json",
+        "-f",
+        &example("passthrough.yaml"),
+    ]);
+    assert_eq!(code, 0);
+    let plan: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(plan["listeners"][0]["type"], "SniRoute");
+    assert_eq!(plan["listeners"][0]["runs"]["where"], "kernel-splice");
+}
+
+#[test]
+fn plan_refuses_a_config_with_errors() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {servers: []}\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (code, stdout, stderr) = sluice(&["plan", "-f", &bad.to_string_lossy()]);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("gateway must have at least one server"),
+        "{stderr}"
+    );
+}
