@@ -30,7 +30,10 @@ pub struct Reloader {
     paths: Vec<PathBuf>,
     state: Arc<SharedState>,
     generation: u64,
+    resolver: dns::Resolver,
     dns: DnsAnswers,
+    /// When DNS answers are next due: the shortest TTL (capped by `--dns-refresh`).
+    dns_due: Duration,
 }
 
 /// Why a reload ran.
@@ -46,13 +49,16 @@ impl Reloader {
         paths: Vec<PathBuf>,
         state: Arc<SharedState>,
         current: &Snapshot,
-        dns: DnsAnswers,
+        resolver: dns::Resolver,
+        resolved: dns::Resolved,
     ) -> Reloader {
         Reloader {
             paths,
             state,
             generation: current.generation,
-            dns,
+            resolver,
+            dns: resolved.answers,
+            dns_due: resolved.expires_in.unwrap_or(Duration::MAX),
         }
     }
 
@@ -80,13 +86,12 @@ impl Reloader {
                 .with_context(|| format!("watching {} for config changes", dir.display()))?;
         }
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        let mut refresh = tokio::time::interval(dns_refresh);
-        refresh.tick().await; // the first tick is immediate; the config was just resolved
         loop {
+            let refresh = tokio::time::sleep(self.dns_due.min(dns_refresh));
             let trigger = tokio::select! {
                 _ = stop.changed() => return Ok(()),
                 _ = hangup.recv() => Trigger::Signal,
-                _ = refresh.tick() => Trigger::Dns,
+                _ = refresh => Trigger::Dns,
                 Some(paths) = changes.recv() => {
                     if !paths.iter().any(|p| self.is_config_path(p)) {
                         continue;
@@ -113,7 +118,9 @@ impl Reloader {
     async fn reload(&mut self, trigger: Trigger) {
         let checked = config::check(&self.paths);
         let names = compile::dns_names(&checked.objects);
-        let answers = dns::resolve(&names).await;
+        let resolved = self.resolver.resolve(&names).await;
+        self.dns_due = resolved.expires_in.unwrap_or(Duration::MAX);
+        let answers = resolved.answers;
         if matches!(trigger, Trigger::Dns) && answers.addresses == self.dns.addresses {
             return; // nothing moved
         }

@@ -8,7 +8,7 @@ use std::{path::PathBuf, sync::Arc};
 use crate::{
     admin::{AdminServer, DatapathView, ServerState, SharedState},
     cli::RunArgs,
-    compile::{self, DnsAnswers},
+    compile,
     datapath::{Datapath, DatapathOptions},
     dns,
     reload::Reloader,
@@ -16,9 +16,16 @@ use crate::{
 };
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (snapshot, answers) = load_config(&args.config, 1).await?;
+    let resolver = dns::Resolver::from_system();
+    let (snapshot, resolved) = load_config(&args.config, 1, &resolver).await?;
     let state = SharedState::new();
-    let reloader = Reloader::new(args.config.clone(), state.clone(), &snapshot, answers);
+    let reloader = Reloader::new(
+        args.config.clone(),
+        state.clone(),
+        &snapshot,
+        resolver,
+        resolved,
+    );
     state.apply_config(Arc::new(snapshot));
     // Bound before the datapath so a taken admin port fails before anything is attached.
     let admin = AdminServer::start(args.admin_addr, state.clone()).await?;
@@ -74,10 +81,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 pub async fn load_config(
     paths: &[PathBuf],
     generation: u64,
-) -> anyhow::Result<(Snapshot, DnsAnswers)> {
+    resolver: &dns::Resolver,
+) -> anyhow::Result<(Snapshot, dns::Resolved)> {
     let checked = crate::config::check(paths);
-    let answers = dns::resolve(&compile::dns_names(&checked.objects)).await;
-    let snapshot = snapshot::build(paths, &answers, generation).map_err(|rejected| {
+    let resolved = resolver
+        .resolve(&compile::dns_names(&checked.objects))
+        .await;
+    let snapshot = snapshot::build(paths, &resolved.answers, generation).map_err(|rejected| {
         let count = rejected
             .diagnostics
             .iter()
@@ -96,5 +106,5 @@ pub async fn load_config(
         left_out = snapshot.plan.left_out.len(),
         "config applied"
     );
-    Ok((snapshot, answers))
+    Ok((snapshot, resolved))
 }

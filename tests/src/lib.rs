@@ -3,6 +3,7 @@
 //! admin client, and packet builders for datapath fixtures.
 pub mod admin;
 pub mod bpffs;
+pub mod dns;
 pub mod echo;
 pub mod netns;
 pub mod packets;
