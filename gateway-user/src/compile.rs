@@ -11,8 +11,8 @@ use crate::{
         Diagnostic, Object, Severity, Spec,
         diagnostic::codes,
         model::{
-            Destination, DestinationRuleSpec, GatewaySpec, HttpRoute as ModelHttpRoute, Server,
-            ServiceEntrySpec, VirtualServiceSpec,
+            Destination, DestinationRuleSpec, GatewaySpec, HttpRoute as ModelHttpRoute,
+            PortSelector, RouteDestination, Server, ServiceEntrySpec, VirtualServiceSpec, Weighted,
         },
         names::{self, host_matches, hosts_overlap},
     },
@@ -475,12 +475,8 @@ impl<'a> Compiler<'a> {
                 body,
             }
         } else {
-            let destinations = rule
-                .route
-                .iter()
-                .map(|r| (r.destination.as_ref(), r.weight));
             HttpAction::Route {
-                backends: self.backends(vs, at, destinations)?,
+                backends: self.backends(vs, at, &rule.route)?,
             }
         };
         let millis = |d: &str| names::parse_duration(d).map(|d| d.as_millis() as u64);
@@ -524,13 +520,7 @@ impl<'a> Compiler<'a> {
                     continue;
                 }
                 let at = format!("spec.tls[{j}]");
-                let Some(backends) = self.backends(
-                    vs,
-                    &at,
-                    rule.route
-                        .iter()
-                        .map(|r| (r.destination.as_ref(), r.weight)),
-                ) else {
+                let Some(backends) = self.backends(vs, &at, &rule.route) else {
                     continue;
                 };
                 let route = SniRoute {
@@ -569,19 +559,20 @@ impl<'a> Compiler<'a> {
                 }
                 for port in &se.ports {
                     for subset in &subsets {
-                        let destination = Destination {
-                            host: host.clone(),
-                            subset: subset.clone(),
-                            port: Some(crate::config::model::PortSelector {
-                                number: port.number,
+                        let destination = RouteDestination {
+                            destination: Some(Destination {
+                                host: host.clone(),
+                                subset: subset.clone(),
+                                port: Some(PortSelector {
+                                    number: port.number,
+                                }),
                             }),
+                            weight: None,
                         };
                         let at = "spec.hosts";
-                        let Some(backends) = self.backends(
-                            se_object,
-                            at,
-                            std::iter::once((Some(&destination), None)),
-                        ) else {
+                        let Some(backends) =
+                            self.backends(se_object, at, std::slice::from_ref(&destination))
+                        else {
                             continue;
                         };
                         let sni = format!(
@@ -633,13 +624,7 @@ impl<'a> Compiler<'a> {
                     self.leave_out(vs, codes::CONFLICTING_GATEWAYS, &at, reason);
                     continue;
                 }
-                let Some(backends) = self.backends(
-                    vs,
-                    &at,
-                    rule.route
-                        .iter()
-                        .map(|r| (r.destination.as_ref(), r.weight)),
-                ) else {
+                let Some(backends) = self.backends(vs, &at, &rule.route) else {
                     continue;
                 };
                 let route = L4Route {
@@ -672,17 +657,16 @@ impl<'a> Compiler<'a> {
 
     /// The backends of a route's destinations; `None` (with a warning, the rule left out)
     /// when any destination cannot be served.
-    fn backends<'d>(
+    fn backends<W: Weighted>(
         &mut self,
         object: &Object,
         at: &str,
-        destinations: impl Iterator<Item = (Option<&'d Destination>, Option<i64>)>,
+        routes: &[W],
     ) -> Option<Vec<Backend>> {
-        let destinations: Vec<_> = destinations.collect();
-        let single = destinations.len() == 1;
+        let single = routes.len() == 1;
         let mut backends = Vec::new();
-        for (k, (destination, weight)) in destinations.into_iter().enumerate() {
-            let destination = destination?;
+        for (k, route) in routes.iter().enumerate() {
+            let (destination, weight) = (route.destination()?, route.weight());
             let weight = match weight {
                 Some(w) => u32::try_from(w).unwrap_or(0),
                 None if single => 100,

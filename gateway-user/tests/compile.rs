@@ -8,7 +8,7 @@ use std::{
 
 use gateway_user::{
     compile::{DnsAnswers, compile},
-    config::{ObjectRef, Severity, check, check_text},
+    config::{Diagnostic, ObjectRef, Severity, check, check_text},
     plan::{
         Backend, CertificateSource, Endpoint, HttpAction, Listener, ListenerKind, Place, Plan,
         RouteOrigin, TlsTermination,
@@ -68,22 +68,18 @@ fn compiled(files: &[PathBuf], dns: &DnsAnswers) -> (Plan, Vec<String>) {
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
     let out = compile(&checked.objects, dns);
-    let diagnostics = out
-        .diagnostics
-        .iter()
-        .map(|d| {
-            format!(
-                "{} {} {}",
-                d.code,
-                d.object
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                d.path
-            )
-        })
-        .collect();
+    let diagnostics = out.diagnostics.iter().map(summary).collect();
     (out.plan, diagnostics)
+}
+
+/// `CODE Kind namespace/name path`: what a warning is about, without its wording.
+fn summary(d: &Diagnostic) -> String {
+    let object = d
+        .object
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    format!("{} {object} {}", d.code, d.path)
 }
 
 fn listener(plan: &Plan, port: u16) -> &Listener {
@@ -536,21 +532,7 @@ fn cross_object_warnings_leave_out_what_they_affect() {
             checked.diagnostics
         );
         let out = compile(&checked.objects, &DnsAnswers::default());
-        let got: Vec<String> = out
-            .diagnostics
-            .iter()
-            .map(|d| {
-                format!(
-                    "{} {} {}",
-                    d.code,
-                    d.object
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                    d.path
-                )
-            })
-            .collect();
+        let got: Vec<String> = out.diagnostics.iter().map(summary).collect();
         assert_eq!(got, expected, "{description}");
         assert_eq!(
             out.plan.left_out.len(),

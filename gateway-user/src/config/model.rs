@@ -340,6 +340,30 @@ pub struct RouteDestination {
     pub weight: Option<i64>,
 }
 
+/// A route's weighted destination: HTTP, TLS and TCP routes all have them.
+pub trait Weighted {
+    fn destination(&self) -> Option<&Destination>;
+    fn weight(&self) -> Option<i64>;
+}
+
+impl Weighted for HttpRouteDestination {
+    fn destination(&self) -> Option<&Destination> {
+        self.destination.as_ref()
+    }
+    fn weight(&self) -> Option<i64> {
+        self.weight
+    }
+}
+
+impl Weighted for RouteDestination {
+    fn destination(&self) -> Option<&Destination> {
+        self.destination.as_ref()
+    }
+    fn weight(&self) -> Option<i64> {
+        self.weight
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // ServiceEntry
 

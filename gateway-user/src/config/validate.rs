@@ -6,8 +6,8 @@ use super::{
     diagnostic::{Diagnostic, Severity, codes},
     load::{Object, Spec},
     model::{
-        Destination, DestinationRuleSpec, GatewaySpec, HttpRoute, Server, ServerTlsSettings,
-        ServiceEntrySpec, StringMatch, TrafficPolicy, VirtualServiceSpec,
+        DestinationRuleSpec, GatewaySpec, HttpRoute, Server, ServerTlsSettings, ServiceEntrySpec,
+        StringMatch, TrafficPolicy, VirtualServiceSpec, Weighted,
     },
     names::{self, one_of},
 };
@@ -340,40 +340,26 @@ fn virtual_service(c: &mut Check<'_>, spec: &VirtualServiceSpec) {
                     );
                 }
             }
-            if let Some(port) = m.port {
-                c.port(&format!("{at}.port"), port);
-            }
-            for (k, g) in m.gateways.iter().enumerate() {
-                gateway_reference(c, &format!("{at}.gateways[{k}]"), g);
-            }
+            l4_match(c, &at, m.port, &m.gateways);
         }
-        destinations(
-            c,
-            &at,
-            route
-                .route
-                .iter()
-                .map(|r| (r.destination.as_ref(), r.weight)),
-        );
+        destinations(c, &at, &route.route);
     }
     for (i, route) in spec.tcp.iter().enumerate() {
         let at = format!("spec.tcp[{i}]");
         for (j, m) in route.matches.iter().enumerate() {
-            if let Some(port) = m.port {
-                c.port(&format!("{at}.match[{j}].port"), port);
-            }
-            for (k, g) in m.gateways.iter().enumerate() {
-                gateway_reference(c, &format!("{at}.match[{j}].gateways[{k}]"), g);
-            }
+            l4_match(c, &format!("{at}.match[{j}]"), m.port, &m.gateways);
         }
-        destinations(
-            c,
-            &at,
-            route
-                .route
-                .iter()
-                .map(|r| (r.destination.as_ref(), r.weight)),
-        );
+        destinations(c, &at, &route.route);
+    }
+}
+
+/// The `port` and `gateways` of a TLS or TCP match.
+fn l4_match(c: &mut Check<'_>, at: &str, port: Option<u32>, gateways: &[String]) {
+    if let Some(port) = port {
+        c.port(&format!("{at}.port"), port);
+    }
+    for (k, g) in gateways.iter().enumerate() {
+        gateway_reference(c, &format!("{at}.gateways[{k}]"), g);
     }
 }
 
@@ -448,14 +434,7 @@ fn http_route(c: &mut Check<'_>, at: &str, route: &HttpRoute) {
         }
     }
     if !route.route.is_empty() {
-        destinations(
-            c,
-            at,
-            route
-                .route
-                .iter()
-                .map(|r| (r.destination.as_ref(), r.weight)),
-        );
+        destinations(c, at, &route.route);
     }
     if let Some(redirect) = &route.redirect {
         let path = format!("{at}.redirect");
@@ -574,12 +553,11 @@ fn duration(c: &mut Check<'_>, path: &str, text: &str) {
     }
 }
 
-fn destinations<'a>(
-    c: &mut Check<'_>,
-    at: &str,
-    routes: impl Iterator<Item = (Option<&'a Destination>, Option<i64>)>,
-) {
-    let routes: Vec<_> = routes.collect();
+fn destinations<W: Weighted>(c: &mut Check<'_>, at: &str, routes: &[W]) {
+    let routes: Vec<_> = routes
+        .iter()
+        .map(|r| (r.destination(), r.weight()))
+        .collect();
     if routes.is_empty() {
         c.error(
             &format!("{at}.route"),
