@@ -193,3 +193,58 @@ mod tests {
         }
     }
 }
+
+/// Backend selection shared by the kernel and userspace datapaths, so both pick the same
+/// backend for the same flow.
+pub mod select {
+    /// Entries of one backend set's Maglev table: a prime, large against the number of
+    /// backends so weights are honoured to well under 1 %.
+    pub const MAGLEV_TABLE_SIZE: u32 = 16_381;
+
+    /// The hash of a flow's 5-tuple. Addresses are 16 bytes (IPv4 as IPv4-mapped IPv6),
+    /// passed as four native-endian words. Fixed-length and loop-free so the verifier sees a
+    /// straight line.
+    #[inline(always)]
+    pub fn flow_hash(
+        src: [u32; 4],
+        dst: [u32; 4],
+        src_port: u16,
+        dst_port: u16,
+        protocol: u8,
+    ) -> u32 {
+        let mut h = 0x9747_b28c_u32 ^ u32::from(protocol);
+        h = mix(h, src[0]);
+        h = mix(h, src[1]);
+        h = mix(h, src[2]);
+        h = mix(h, src[3]);
+        h = mix(h, dst[0]);
+        h = mix(h, dst[1]);
+        h = mix(h, dst[2]);
+        h = mix(h, dst[3]);
+        h = mix(h, (u32::from(src_port) << 16) | u32::from(dst_port));
+        finish(h)
+    }
+
+    /// One round of MurmurHash3's 32-bit body.
+    #[inline(always)]
+    const fn mix(h: u32, k: u32) -> u32 {
+        let k = k
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
+        (h ^ k)
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64)
+    }
+
+    /// MurmurHash3's finaliser: every input bit affects every output bit.
+    #[inline(always)]
+    const fn finish(mut h: u32) -> u32 {
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+}

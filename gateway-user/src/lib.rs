@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod dns;
 pub mod ebpf_object;
 pub mod logging;
+pub mod maglev;
 pub mod metrics;
 pub mod plan;
 pub mod reload;
