@@ -45,6 +45,19 @@ pub struct SharedState {
     server_state: RwLock<ServerState>,
     datapath: RwLock<Option<DatapathView>>,
     config: RwLock<ConfigStatus>,
+    /// The applied config, for the parts of the daemon that serve it.
+    applied: watch::Sender<Option<Arc<Snapshot>>>,
+    pub l4: Arc<crate::l4proxy::L4Metrics>,
+    serving: RwLock<Serving>,
+}
+
+/// What actually serves the Plan's listeners now (the Plan says where they should run).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Serving {
+    /// L4 listeners bound by the userspace forwarder.
+    pub l4_userspace: Vec<SocketAddr>,
+    /// Why L4 traffic is forwarded in userspace.
+    pub l4_why: String,
 }
 
 impl SharedState {
@@ -53,6 +66,9 @@ impl SharedState {
             server_state: RwLock::new(ServerState::Initializing),
             datapath: RwLock::new(None),
             config: RwLock::new(ConfigStatus::default()),
+            applied: watch::channel(None).0,
+            l4: Arc::default(),
+            serving: RwLock::new(Serving::default()),
         })
     }
 
@@ -78,7 +94,17 @@ impl SharedState {
         if status.current.is_some() {
             status.reloads_succeeded += 1;
         }
-        status.current = Some(snapshot);
+        status.current = Some(snapshot.clone());
+        self.applied.send_replace(Some(snapshot));
+    }
+
+    pub fn set_serving(&self, serving: Serving) {
+        *write(&self.serving) = serving;
+    }
+
+    /// Follows every applied config.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.applied.subscribe()
     }
 
     /// Records a config that was rejected; the current one keeps serving.
@@ -98,6 +124,7 @@ impl SharedState {
         serde_json::json!({
             "state": self.state(),
             "datapath": datapath.as_ref().map(|d| &d.status),
+            "serving": &*read(&self.serving),
             "config": &config.current,
             "last_rejected": &config.last_rejected,
             "reloads": {

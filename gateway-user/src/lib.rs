@@ -1,6 +1,7 @@
 //! The `sluice` daemon as a library: the binary is a thin `main`, and tests drive the same
 //! code.
 pub mod admin;
+pub mod backends;
 pub mod cli;
 pub mod commands;
 pub mod compile;
@@ -8,6 +9,7 @@ pub mod config;
 pub mod datapath;
 pub mod dns;
 pub mod ebpf_object;
+pub mod l4proxy;
 pub mod logging;
 pub mod maglev;
 pub mod metrics;

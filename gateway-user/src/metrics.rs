@@ -19,6 +19,7 @@ pub fn registry(state: Arc<SharedState>) -> Registry {
         "Sluice build information",
         Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
     );
+    state.l4.register(&mut registry);
     registry.register_collector(Box::new(StateCollector { state }));
     registry
 }

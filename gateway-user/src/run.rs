@@ -6,11 +6,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use std::{path::PathBuf, sync::Arc};
 
 use crate::{
-    admin::{AdminServer, DatapathView, ServerState, SharedState},
+    admin::{AdminServer, DatapathView, ServerState, Serving, SharedState},
     cli::RunArgs,
     compile,
     datapath::{Datapath, DatapathOptions},
     dns,
+    l4proxy::L4Proxy,
     reload::Reloader,
     snapshot::{self, Snapshot},
 };
@@ -53,6 +54,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         status,
         counters: datapath.counter_reader(),
     });
+    // Listeners are bound before /ready turns 200.
+    let mut l4 = L4Proxy::new(state.l4.clone());
+    if let Some(current) = state.config().current {
+        let failures = l4.apply(&current.plan).await;
+        if let Some((address, error)) = failures.into_iter().next() {
+            datapath.shutdown();
+            admin.shutdown().await;
+            return Err(error.context(format!("serving the listener {address}")));
+        }
+    }
+    state.set_serving(serving_status(&l4));
+    // Subscribed before the reloader starts, so no applied config is missed.
+    let applied = state.subscribe();
+    let serving = tokio::spawn(follow_plans(l4, state.clone(), applied));
     state.set_state(ServerState::Live);
     tracing::info!("sluice is ready");
     let (stop_reloads, stopped) = tokio::sync::watch::channel(false);
@@ -64,6 +79,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!(signal = signal_name, "shutting down");
     state.set_state(ServerState::Draining);
+    serving.abort();
     let _ = stop_reloads.send(true);
     match reloads.await {
         Ok(Ok(())) => {}
@@ -107,4 +123,28 @@ pub async fn load_config(
         "config applied"
     );
     Ok((snapshot, resolved))
+}
+
+/// Serves every Plan the reloader applies.
+async fn follow_plans(
+    mut l4: L4Proxy,
+    state: Arc<SharedState>,
+    mut applied: tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>,
+) {
+    while applied.changed().await.is_ok() {
+        let Some(snapshot) = applied.borrow_and_update().clone() else {
+            continue;
+        };
+        for (address, error) in l4.apply(&snapshot.plan).await {
+            tracing::error!(%address, generation = snapshot.generation, "listener not served: {error:#}");
+        }
+        state.set_serving(serving_status(&l4));
+    }
+}
+
+fn serving_status(l4: &L4Proxy) -> Serving {
+    Serving {
+        l4_userspace: l4.addresses(),
+        l4_why: "the XDP/TC NAT fast path is not implemented yet: L4 listeners are forwarded by the userspace proxy in every datapath mode".into(),
+    }
 }

@@ -9,6 +9,7 @@ pub mod netns;
 pub mod packets;
 pub mod prog_test;
 pub mod root;
+pub mod servers;
 pub mod sluice;
 pub mod tap;
 pub mod topology;

@@ -1,0 +1,158 @@
+//! A route's backends as the datapaths use them: the endpoints flattened with their
+//! effective weights, and the Maglev table that picks one per flow.
+use std::net::{IpAddr, SocketAddr};
+
+use gateway_common::select::{MAGLEV_TABLE_SIZE, flow_hash};
+
+use crate::{maglev, plan::Backend};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSet {
+    /// Every endpoint of every destination, in Plan order.
+    pub endpoints: Vec<SocketAddr>,
+    /// Maglev table: indexes into `endpoints`; empty when nothing can be picked.
+    pub table: Vec<u32>,
+}
+
+/// Weight resolution within a destination: its endpoints' weights are scaled so each
+/// destination's total is proportional to the route weight.
+const SCALE: u64 = 1_000;
+
+impl BackendSet {
+    pub fn new(backends: &[Backend]) -> BackendSet {
+        let mut endpoints = Vec::new();
+        let mut entries = Vec::new();
+        for backend in backends {
+            let total: u64 = backend.endpoints.iter().map(|e| u64::from(e.weight)).sum();
+            for endpoint in &backend.endpoints {
+                let share =
+                    u64::from(backend.weight) * SCALE * u64::from(endpoint.weight) / total.max(1);
+                endpoints.push(endpoint.address);
+                entries.push(maglev::Entry {
+                    key: format!("{}/{}", backend.host, endpoint.address),
+                    weight: u32::try_from(share).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        let table = maglev::table(&entries, MAGLEV_TABLE_SIZE);
+        BackendSet { endpoints, table }
+    }
+
+    /// The endpoint for a flow from `client` to `listener`, as the kernel would choose it.
+    pub fn pick(&self, client: SocketAddr, listener: SocketAddr) -> Option<SocketAddr> {
+        if self.table.is_empty() {
+            return None;
+        }
+        let hash = flow_hash(
+            words(client.ip()),
+            words(listener.ip()),
+            client.port(),
+            listener.port(),
+            6,
+        );
+        let slot = self.table.get((hash % MAGLEV_TABLE_SIZE) as usize)?;
+        self.endpoints.get(*slot as usize).copied()
+    }
+}
+
+/// An address as the kernel reads it from a packet: 16 bytes (IPv4 mapped into IPv6) taken
+/// as four native-endian words.
+pub fn words(ip: IpAddr) -> [u32; 4] {
+    let octets = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.octets(), |v4| v4.to_ipv6_mapped().octets()),
+    };
+    let word =
+        |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Endpoint;
+
+    fn backend(weight: u32, endpoints: &[(&str, u32)]) -> Backend {
+        Backend {
+            host: "h".into(),
+            subset: None,
+            port: 1,
+            weight,
+            load_balancer: "LEAST_REQUEST".into(),
+            endpoints: endpoints
+                .iter()
+                .map(|(a, w)| Endpoint {
+                    address: a.parse().unwrap_or_else(|e| panic!("{e}")),
+                    weight: *w,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn route_and_endpoint_weights_combine() {
+        let set = BackendSet::new(&[
+            backend(80, &[("203.0.113.2:80", 1), ("203.0.113.3:80", 3)]),
+            backend(20, &[("203.0.113.4:80", 1)]),
+        ]);
+        let mut counts = [0usize; 3];
+        for slot in &set.table {
+            counts[*slot as usize] += 1;
+        }
+        let share = |i: usize| counts[i] as f64 / set.table.len() as f64;
+        for (i, want) in [0.2, 0.6, 0.2].iter().enumerate() {
+            assert!(
+                (share(i) - want).abs() < 0.01,
+                "{i}: {} vs {want}",
+                share(i)
+            );
+        }
+    }
+
+    #[test]
+    fn picks_are_stable_per_flow_and_spread_across_flows() {
+        let set = BackendSet::new(&[backend(
+            100,
+            &[("203.0.113.2:80", 1), ("203.0.113.3:80", 1)],
+        )]);
+        let listener: SocketAddr = "198.51.100.1:7000"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let client = |port| {
+            SocketAddr::new(
+                "198.51.100.2".parse().unwrap_or_else(|e| panic!("{e}")),
+                port,
+            )
+        };
+        assert_eq!(
+            set.pick(client(40000), listener),
+            set.pick(client(40000), listener)
+        );
+        let first = (40000..41000)
+            .filter(|p| set.pick(client(*p), listener) == Some(set.endpoints[0]))
+            .count();
+        assert!(
+            (400..600).contains(&first),
+            "{first} of 1000 flows on the first endpoint"
+        );
+        assert_eq!(BackendSet::new(&[]).pick(client(1), listener), None);
+    }
+
+    #[test]
+    fn ipv4_words_match_the_kernel_layout() {
+        let w = words("198.51.100.2".parse().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(w[0..2], [0, 0]);
+        assert_eq!(w[2].to_ne_bytes(), [0, 0, 0xff, 0xff]);
+        assert_eq!(w[3].to_ne_bytes(), [198, 51, 100, 2]);
+        assert_eq!(
+            words(
+                "::ffff:198.51.100.2"
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{e}"))
+            ),
+            w
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! The userspace L4 forwarder: serves every `L4Forward` listener of the Plan with tokio,
+//! choosing backends exactly as the kernel does (same flow hash, same Maglev table). It runs
+//! in userspace mode, and in kernel mode until the XDP NAT path takes over those listeners.
+//! A new Plan binds new listeners, closes removed ones (their connections finish), and
+//! swaps routes atomically; connections keep the backend they started with.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+
+use crate::{
+    backends::BackendSet,
+    plan::{ListenerKind, Plan},
+};
+
+/// How long connecting to a backend may take before the client's connection is dropped.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub listener: String,
+    pub backend: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub listener: String,
+    pub backend: String,
+    /// `upstream` (client to backend) or `downstream`.
+    pub direction: String,
+}
+
+/// Counters of the userspace L4 forwarder.
+#[derive(Debug, Default)]
+pub struct L4Metrics {
+    pub connections: Family<BackendLabels, Counter>,
+    pub connect_failures: Family<BackendLabels, Counter>,
+    pub no_route: Family<ListenerLabels, Counter>,
+    pub active: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
+    pub bytes: Family<BytesLabels, Counter<u64, AtomicU64>>,
+}
+
+impl L4Metrics {
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        let l4 = registry.sub_registry_with_prefix("l4");
+        l4.register(
+            "connections",
+            "Connections forwarded, by listener and backend",
+            self.connections.clone(),
+        );
+        l4.register(
+            "connect_failures",
+            "Connections whose backend could not be reached",
+            self.connect_failures.clone(),
+        );
+        l4.register(
+            "no_route",
+            "Connections refused because the listener has no route or backend",
+            self.no_route.clone(),
+        );
+        l4.register(
+            "active_connections",
+            "Connections open now, by listener",
+            self.active.clone(),
+        );
+        l4.register(
+            "bytes",
+            "Bytes forwarded, by listener, backend and direction",
+            self.bytes.clone(),
+        );
+    }
+}
+
+/// What one listener forwards to; swapped whole on reload.
+#[derive(Debug, Clone, Default)]
+struct Route {
+    backends: Option<BackendSet>,
+}
+
+struct Running {
+    route: watch::Sender<Arc<Route>>,
+    accept: JoinHandle<()>,
+}
+
+pub struct L4Proxy {
+    listeners: HashMap<SocketAddr, Running>,
+    metrics: Arc<L4Metrics>,
+}
+
+impl L4Proxy {
+    pub fn new(metrics: Arc<L4Metrics>) -> L4Proxy {
+        L4Proxy {
+            listeners: HashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Makes the running listeners match `plan`. Returns the listeners that could not be
+    /// bound (the others are served).
+    pub async fn apply(&mut self, plan: &Plan) -> Vec<(SocketAddr, anyhow::Error)> {
+        let wanted: HashMap<SocketAddr, Route> = plan
+            .listeners
+            .iter()
+            .filter_map(|l| match &l.kind {
+                ListenerKind::L4Forward { route } => Some((
+                    l.address(),
+                    Route {
+                        backends: route.as_ref().map(|r| BackendSet::new(&r.backends)),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        self.listeners.retain(|address, running| {
+            let keep = wanted.contains_key(address);
+            if !keep {
+                // Stops accepting; connections already forwarded run to their end.
+                running.accept.abort();
+                tracing::info!(%address, "L4 listener closed");
+            }
+            keep
+        });
+        let mut failures = Vec::new();
+        for (address, route) in wanted {
+            let route = Arc::new(route);
+            if let Some(running) = self.listeners.get(&address) {
+                running.route.send_replace(route);
+                continue;
+            }
+            match bind(address).await {
+                Ok(listener) => {
+                    let (tx, rx) = watch::channel(route);
+                    let accept =
+                        tokio::spawn(accept_loop(listener, address, rx, self.metrics.clone()));
+                    tracing::info!(%address, "L4 listener bound");
+                    self.listeners
+                        .insert(address, Running { route: tx, accept });
+                }
+                Err(e) => failures.push((address, e)),
+            }
+        }
+        failures
+    }
+
+    /// The addresses being served.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        let mut addresses: Vec<SocketAddr> = self.listeners.keys().copied().collect();
+        addresses.sort();
+        addresses
+    }
+}
+
+impl Drop for L4Proxy {
+    fn drop(&mut self) {
+        for running in self.listeners.values() {
+            running.accept.abort();
+        }
+    }
+}
+
+async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .with_context(|| format!("creating a socket for {address}"))?;
+    // Rebinding a port whose old connections linger in TIME_WAIT must work across reloads.
+    socket
+        .set_reuseaddr(true)
+        .with_context(|| format!("SO_REUSEADDR on {address}"))?;
+    socket
+        .bind(address)
+        .with_context(|| format!("binding the listener {address}"))?;
+    socket
+        .listen(1024)
+        .with_context(|| format!("listening on {address}"))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    address: SocketAddr,
+    route: watch::Receiver<Arc<Route>>,
+    metrics: Arc<L4Metrics>,
+) {
+    let listener_label = ListenerLabels {
+        listener: address.to_string(),
+    };
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(%address, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let current = route.borrow().clone();
+        let Some(backend) = current
+            .backends
+            .as_ref()
+            .and_then(|b| b.pick(peer, address))
+        else {
+            metrics.no_route.get_or_create(&listener_label).inc();
+            continue; // dropping the stream closes it
+        };
+        let metrics = metrics.clone();
+        let listener_label = listener_label.clone();
+        tokio::spawn(async move {
+            metrics.active.get_or_create(&listener_label).inc();
+            forward(client, address, backend, &metrics).await;
+            metrics.active.get_or_create(&listener_label).dec();
+        });
+    }
+}
+
+async fn forward(
+    mut client: TcpStream,
+    listener: SocketAddr,
+    backend: SocketAddr,
+    metrics: &L4Metrics,
+) {
+    let labels = BackendLabels {
+        listener: listener.to_string(),
+        backend: backend.to_string(),
+    };
+    let mut upstream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%listener, %backend, error = %e, "backend connect failed");
+                metrics.connect_failures.get_or_create(&labels).inc();
+                return;
+            }
+            Err(_) => {
+                metrics.connect_failures.get_or_create(&labels).inc();
+                return;
+            }
+        };
+    metrics.connections.get_or_create(&labels).inc();
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let (up, down) = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::debug!(%listener, %backend, error = %e, "connection ended with an error");
+            (0, 0)
+        }
+    };
+    let bytes = |direction: &str| BytesLabels {
+        listener: labels.listener.clone(),
+        backend: labels.backend.clone(),
+        direction: direction.into(),
+    };
+    metrics.bytes.get_or_create(&bytes("upstream")).inc_by(up);
+    metrics
+        .bytes
+        .get_or_create(&bytes("downstream"))
+        .inc_by(down);
+}

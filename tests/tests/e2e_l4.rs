@@ -1,0 +1,333 @@
+//! L4 forwarding end to end, in both datapath modes: TCP listeners of the Plan forward to
+//! weighted backends, and the bytes arrive intact.
+use std::net::{IpAddr, SocketAddr};
+
+use tests::{
+    bpffs::TempBpffs,
+    echo, root,
+    servers::{self, NameServer},
+    sluice::Sluice,
+    topology::{self, GATEWAY_CLIENT_IF, Topology},
+};
+
+const PORT: u16 = 7000;
+
+/// A Gateway on :7000 and a VirtualService splitting it across `backends` (address, weight)
+/// of a STATIC ServiceEntry per destination.
+fn config(backends: &[(IpAddr, u32)]) -> String {
+    let mut text = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: l4}}\nspec:\n  servers:\n  - port: {{number: {PORT}, name: tcp, protocol: TCP}}\n    hosts: ['*']\n"
+    );
+    let mut routes = String::new();
+    for (i, (address, weight)) in backends.iter().enumerate() {
+        text += &format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: b{i}, namespace: l4}}\nspec:\n  hosts: [b{i}.l4.test]\n  ports: [{{number: {PORT}, name: tcp, protocol: TCP}}]\n  resolution: STATIC\n  endpoints: [{{address: '{address}'}}]\n"
+        );
+        routes += &format!(
+            "    - destination: {{host: b{i}.l4.test, port: {{number: {PORT}}}}}\n      weight: {weight}\n"
+        );
+    }
+    text + &format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: l4}}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  tcp:\n  - route:\n{routes}"
+    )
+}
+
+struct Gateway {
+    topology: Topology,
+    _bpffs: TempBpffs,
+    _config: tempfile::TempDir,
+    sluice: Sluice,
+}
+
+fn gateway(config_text: &str, mode: &[&str]) -> Gateway {
+    let topology = Topology::builder().backends(2).build();
+    let bpffs = TempBpffs::new();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("l4.yaml"), config_text).unwrap_or_else(|e| panic!("{e}"));
+    let mut args: Vec<String> = [
+        "-f",
+        &dir.path().to_string_lossy(),
+        "--bpffs",
+        &bpffs.path().to_string_lossy(),
+        "--instance",
+        "l4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(mode.iter().map(|s| s.to_string()));
+    let sluice = Sluice::start(&topology.gateway, &args);
+    Gateway {
+        topology,
+        _bpffs: bpffs,
+        _config: dir,
+        sluice,
+    }
+}
+
+const USERSPACE: &[&str] = &["--datapath", "userspace"];
+const KERNEL: &[&str] = &["--datapath", "xdp", "--interface", GATEWAY_CLIENT_IF];
+
+fn echo_and_bulk(test: &str, mode: &[&str]) {
+    if !root::can_run(test) {
+        return;
+    }
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let gw = gateway(&config(&[(backend.ip(), 100)]), mode);
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+
+    let server = echo::serve(&gw.topology.backend, backend, 3);
+    for _ in 0..3 {
+        echo::roundtrip(&gw.topology.client, vip, 64 * 1024);
+    }
+    server
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+
+    let sink = servers::digest_sink(&gw.topology.backend, backend);
+    servers::send_and_verify(&gw.topology.client, vip, 100 * 1024 * 1024);
+    assert_eq!(
+        sink.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        100 * 1024 * 1024
+    );
+
+    let series =
+        format!("sluice_l4_connections_total{{listener=\"0.0.0.0:{PORT}\",backend=\"{backend}\"}}");
+    assert_eq!(gw.sluice.metric(&series), Some(4.0), "{series}");
+    let up = format!(
+        "sluice_l4_bytes_total{{listener=\"0.0.0.0:{PORT}\",backend=\"{backend}\",direction=\"upstream\"}}"
+    );
+    assert_eq!(
+        gw.sluice.metric(&up),
+        Some((3 * 64 * 1024 + 100 * 1024 * 1024) as f64)
+    );
+}
+
+fn weights_are_honoured(test: &str, mode: &[&str]) {
+    if !root::can_run(test) {
+        return;
+    }
+    let (b0, b1) = (
+        SocketAddr::new(topology::backend_v4(0).into(), PORT),
+        SocketAddr::new(topology::backend_v4(1).into(), PORT),
+    );
+    let gw = gateway(&config(&[(b0.ip(), 80), (b1.ip(), 20)]), mode);
+    let _s0 = NameServer::start(&gw.topology.backend, b0, "b0");
+    let _s1 = NameServer::start(&gw.topology.backend, b1, "b1");
+    let names = servers::ask_name(
+        &gw.topology.client,
+        SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT),
+        1000,
+    );
+    let first = names.iter().filter(|n| *n == "b0").count();
+    let second = names.iter().filter(|n| *n == "b1").count();
+    assert_eq!(first + second, 1000, "every connection reached a backend");
+    assert!(
+        (750..=850).contains(&first),
+        "{first} of 1000 connections on the weight-80 backend (±5 points)"
+    );
+}
+
+fn ipv6(test: &str, mode: &[&str]) {
+    if !root::can_run(test) {
+        return;
+    }
+    let backend = SocketAddr::new(topology::backend_v6(0).into(), PORT);
+    let gw = gateway(
+        &config(&[(backend.ip(), 100)]).replace(
+            &format!("number: {PORT}, name: tcp, protocol: TCP}}\n    hosts"),
+            &format!("number: {PORT}, name: tcp, protocol: TCP}}\n    bind: '::'\n    hosts"),
+        ),
+        mode,
+    );
+    let server = echo::serve(&gw.topology.backend, backend, 2);
+    for _ in 0..2 {
+        echo::roundtrip(
+            &gw.topology.client,
+            SocketAddr::new(topology::GATEWAY_CLIENT_V6.into(), PORT),
+            32 * 1024,
+        );
+    }
+    server
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+#[test]
+fn userspace_echo_and_100mb() {
+    echo_and_bulk("userspace_echo_and_100mb", USERSPACE);
+}
+
+#[test]
+fn kernel_mode_echo_and_100mb() {
+    echo_and_bulk("kernel_mode_echo_and_100mb", KERNEL);
+}
+
+#[test]
+fn userspace_weights_80_20() {
+    weights_are_honoured("userspace_weights_80_20", USERSPACE);
+}
+
+#[test]
+fn kernel_mode_weights_80_20() {
+    weights_are_honoured("kernel_mode_weights_80_20", KERNEL);
+}
+
+#[test]
+fn userspace_ipv6() {
+    ipv6("userspace_ipv6", USERSPACE);
+}
+
+#[test]
+fn kernel_mode_ipv6() {
+    ipv6("kernel_mode_ipv6", KERNEL);
+}
+
+/// Two backends 50/50; under load, a reload removes one. No connection may fail, connections
+/// begun after the new generation is visible avoid the removed backend, and a long-lived
+/// connection through another listener is untouched.
+fn reload_under_load(test: &str, mode: &[&str]) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+
+    use tests::servers::Answer;
+    if !root::can_run(test) {
+        return;
+    }
+    let (b0, b1) = (
+        SocketAddr::new(topology::backend_v4(0).into(), PORT),
+        SocketAddr::new(topology::backend_v4(1).into(), PORT),
+    );
+    let echo_backend = SocketAddr::new(topology::backend_v4(0).into(), 7001);
+    let with_echo = |text: String| {
+        text.replace("    hosts: ['*']\n", "    hosts: ['*']\n  - port: {number: 7001, name: tcp-echo, protocol: TCP}\n    hosts: ['*']\n")
+            + "  - match: [{port: 7001}]\n    route: [{destination: {host: 203.0.113.2, port: {number: 7001}}}]\n"
+    };
+    let both = with_echo(config(&[(b0.ip(), 50), (b1.ip(), 50)])).replace(
+        "  tcp:\n  - route:",
+        "  tcp:\n  - match: [{port: 7000}]\n    route:",
+    );
+    let gw = gateway(&both, mode);
+    let _s0 = NameServer::start(&gw.topology.backend, b0, "b0");
+    let _s1 = NameServer::start(&gw.topology.backend, b1, "b1");
+
+    // A long-lived connection through the echo listener, open across the reload.
+    let echo = echo::serve(&gw.topology.backend, echo_backend, 1);
+    let (to_echo, from_test) = std::sync::mpsc::channel::<()>();
+    let long_lived = gw.topology.client.spawn({
+        let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), 7001);
+        move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(vip).unwrap_or_else(|e| panic!("{e}"));
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut buf = [0u8; 5];
+            for round in 0..2 {
+                stream
+                    .write_all(b"hello")
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                stream
+                    .read_exact(&mut buf)
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                assert_eq!(&buf, b"hello");
+                if round == 0 {
+                    let _ = from_test.recv_timeout(std::time::Duration::from_secs(30));
+                }
+            }
+        }
+    });
+
+    let progress = Arc::new(AtomicUsize::new(0));
+    let marker = Arc::new(AtomicBool::new(false));
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let load = servers::load(
+        &gw.topology.client,
+        vip,
+        1500,
+        progress.clone(),
+        marker.clone(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while progress.load(Ordering::Acquire) < 300 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let only_b0 = with_echo(config(&[(b0.ip(), 100)])).replace(
+        "  tcp:\n  - route:",
+        "  tcp:\n  - match: [{port: 7000}]\n    route:",
+    );
+    let file = gw._config.path().join("l4.yaml");
+    std::fs::write(file.with_extension("tmp"), only_b0).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    gw.sluice
+        .wait_config(std::time::Duration::from_secs(15), "generation 2", |d| {
+            d["config"]["generation"] == 2
+        });
+    marker.store(true, Ordering::Release);
+    let _ = to_echo.send(());
+
+    let answers = load.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+    long_lived
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    echo.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let failed: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| matches!(a, Answer::Failed(_)))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(answers.len(), 1500);
+    let before_b1 = answers
+        .iter()
+        .filter(|a| matches!(a, Answer::Named { name, after_marker: false } if name == "b1"))
+        .count();
+    assert!(
+        before_b1 > 50,
+        "b1 served only {before_b1} connections before the reload"
+    );
+    let after: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Answer::Named {
+                    after_marker: true,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert!(
+        after.len() > 100,
+        "only {} connections after the reload",
+        after.len()
+    );
+    assert!(
+        after
+            .iter()
+            .all(|a| matches!(a, Answer::Named { name, .. } if name == "b0")),
+        "a connection after the reload reached b1"
+    );
+}
+
+#[test]
+fn userspace_reload_under_load() {
+    reload_under_load("userspace_reload_under_load", USERSPACE);
+}
+
+#[test]
+fn kernel_mode_reload_under_load() {
+    reload_under_load("kernel_mode_reload_under_load", KERNEL);
+}
