@@ -69,24 +69,32 @@ pub fn demo() -> anyhow::Result<()> {
         BYTES / 1024
     ));
     let backend = SocketAddr::new(topology::backend_v4(0).into(), 7000);
+    let listener = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), 7000);
     let server = echo::serve(&topology.backend, backend, CONNECTIONS);
     for _ in 0..CONNECTIONS {
-        echo::roundtrip(&topology.client, backend, BYTES);
+        echo::roundtrip(&topology.client, listener, BYTES);
     }
     let echoed = server
         .join()
         .map_err(|_| anyhow::anyhow!("the echo server panicked"))?;
     println!(
-        "client {} -> backend {backend}: {echoed} bytes echoed intact",
+        "client {} -> gateway listener {listener} -> backend {backend}: {echoed} bytes echoed intact",
         topology::CLIENT_V4
     );
+    println!(
+        "(XDP classifies and counts every frame; the TCP listener is forwarded by the userspace \
+         proxy until the kernel NAT path lands)"
+    );
 
-    section("GET /stats/prometheus (datapath series)");
+    section("GET /stats/prometheus (datapath, L4 and config series)");
     let (_, metrics) = sluice.admin_get("/stats/prometheus");
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("sluice_") && !l.ends_with(" 0"))
-    {
+    let shown = |l: &&str| {
+        (l.starts_with("sluice_datapath")
+            || l.starts_with("sluice_l4")
+            || l.starts_with("sluice_config_generation"))
+            && !l.ends_with(" 0")
+    };
+    for line in metrics.lines().filter(shown) {
         println!("{line}");
     }
 
