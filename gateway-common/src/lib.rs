@@ -137,6 +137,19 @@ const _: () = assert!(core::mem::size_of::<Counters>() == 16);
 // SAFETY: Counters is #[repr(C)], has no padding (asserted above) and every bit pattern is valid.
 unsafe impl aya::Pod for Counters {}
 
+// SAFETY (all four): #[repr(C)], sizes asserted without hidden padding (explicit `_pad`
+// fields), integers and byte arrays only, so every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for l4::ListenerKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for l4::Listener {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for l4::Backend {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for l4::FlowKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for l4::Flow {}
+
 /// Protocol constants shared by the parsers and the tests' packet builders.
 pub mod proto {
     pub const ETH_P_IP: u16 = 0x0800;
@@ -192,6 +205,99 @@ mod tests {
             );
         }
     }
+}
+
+/// The L4 fast path's maps: listeners, backend sets (Maglev tables), backends and flows.
+pub mod l4 {
+    use crate::select::MAGLEV_TABLE_SIZE;
+
+    /// Listener map capacity: (address, port) pairs served in the kernel.
+    pub const MAX_LISTENERS: u32 = 1024;
+    /// Backend map capacity (an endpoint shared by several routes is stored once).
+    pub const MAX_BACKENDS: u32 = 16_384;
+    /// Maglev table slots. A backend set being rebuilt is written to a free slot and the
+    /// listener then flips to it, so packets never see a half-written table: twice the
+    /// number of sets that can be live at once.
+    pub const MAX_SET_SLOTS: u32 = 128;
+    /// Entries of the flat Maglev table array: `slot * MAGLEV_TABLE_SIZE + hash % size`.
+    pub const TABLE_ENTRIES: u32 = MAX_SET_SLOTS * MAGLEV_TABLE_SIZE;
+    /// Connection-tracking capacity (each connection takes two entries: both directions).
+    pub const MAX_FLOWS: u32 = 1 << 18;
+
+    /// Address family values.
+    pub const FAMILY_IPV4: u8 = 4;
+    pub const FAMILY_IPV6: u8 = 6;
+
+    /// A listener: destination address (IPv4 mapped into IPv6), port in host order, protocol.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct ListenerKey {
+        pub addr: [u8; 16],
+        pub port: u16,
+        pub protocol: u8,
+        pub _pad: u8,
+    }
+    const _: () = assert!(core::mem::size_of::<ListenerKey>() == 20);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Listener {
+        /// Stable id, the index of this listener's counters.
+        pub id: u32,
+        /// Which Maglev table slot holds this listener's backend set.
+        pub set_slot: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<Listener>() == 8);
+
+    /// One endpoint, with the gateway address used as the source towards it (full NAT).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct Backend {
+        pub addr: [u8; 16],
+        pub snat_addr: [u8; 16],
+        /// Host order.
+        pub port: u16,
+        pub family: u8,
+        pub _pad: u8,
+    }
+    const _: () = assert!(core::mem::size_of::<Backend>() == 36);
+
+    /// A flow as it arrives: addresses as in `ListenerKey`, ports in host order.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct FlowKey {
+        pub src: [u8; 16],
+        pub dst: [u8; 16],
+        pub src_port: u16,
+        pub dst_port: u16,
+        pub protocol: u8,
+        pub _pad: [u8; 3],
+    }
+    const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+    /// What to rewrite a flow's packets to, and its state.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Flow {
+        pub new_src: [u8; 16],
+        pub new_dst: [u8; 16],
+        pub new_src_port: u16,
+        pub new_dst_port: u16,
+        pub backend: u32,
+        pub listener: u32,
+        /// `FLOW_*` state.
+        pub state: u8,
+        /// 0: client to backend, 1: backend to client.
+        pub direction: u8,
+        pub _pad: [u8; 2],
+        /// `bpf_ktime_get_ns` of the last packet, for idle expiry by the daemon.
+        pub last_seen_ns: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<Flow>() == 56);
+
+    pub const FLOW_SYN_SENT: u8 = 1;
+    pub const FLOW_ESTABLISHED: u8 = 2;
+    pub const FLOW_CLOSING: u8 = 3;
 }
 
 /// Backend selection shared by the kernel and userspace datapaths, so both pick the same

@@ -2,6 +2,7 @@
 //! reports. Choosing is pure and unit-tested; the kernel side lives in [`kernel`].
 pub mod bpffs;
 pub mod kernel;
+pub mod sync;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,396 @@
+//! Map synchronisation for the kernel L4 path: from the Plan's L4 listeners to the ordered
+//! writes that bring the maps there. Pure: the daemon keeps a mirror of what it wrote
+//! ([`MapState`]); [`sync`] diffs the desired state against it and returns only the changes,
+//! in an order that never lets a packet see a half-written backend set (backends first, then
+//! each changed Maglev table into a free slot, then the listener flips to it, then what is
+//! no longer referenced is removed).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use gateway_common::{
+    l4::{
+        Backend, FAMILY_IPV4, FAMILY_IPV6, Listener, ListenerKey, MAX_BACKENDS, MAX_LISTENERS,
+        MAX_SET_SLOTS,
+    },
+    proto::IPPROTO_TCP,
+};
+
+use crate::backends::BackendSet;
+
+/// One write to the maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32, Backend),
+    /// A whole Maglev table (backend ids) into a slot no listener points at.
+    WriteTable {
+        slot: u32,
+        table: Vec<u32>,
+    },
+    PutListener(ListenerKey, Listener),
+    DeleteListener(ListenerKey),
+    DeleteBackend(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    #[error("more than {MAX_LISTENERS} L4 listeners")]
+    TooManyListeners,
+    #[error("more than {MAX_BACKENDS} L4 backends")]
+    TooManyBackends,
+    #[error("no free Maglev table slot (at most {MAX_SET_SLOTS})")]
+    NoFreeSlot,
+}
+
+/// A listener as the kernel should serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredListener {
+    pub key: ListenerKey,
+    /// Endpoints and the Maglev table indexing them.
+    pub set: BackendSet,
+    /// Source address towards each endpoint (same order as `set.endpoints`).
+    pub snat: Vec<IpAddr>,
+}
+
+/// What the daemon has written to the maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapState {
+    pub listeners: BTreeMap<ListenerKey, Listener>,
+    /// Per slot, the table written there.
+    pub slots: BTreeMap<u32, Vec<u32>>,
+    pub backends: BTreeMap<u32, Backend>,
+    next_listener_id: u32,
+}
+
+/// The key of a listener on `address` (wildcards are the all-zero address of their family,
+/// IPv4 mapped into IPv6 as the kernel reads it).
+pub fn listener_key(address: SocketAddr) -> ListenerKey {
+    ListenerKey {
+        addr: mapped(address.ip()),
+        port: address.port(),
+        protocol: IPPROTO_TCP,
+        _pad: 0,
+    }
+}
+
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn backend_value(endpoint: SocketAddr, snat: IpAddr) -> Backend {
+    Backend {
+        addr: mapped(endpoint.ip()),
+        snat_addr: mapped(snat),
+        port: endpoint.port(),
+        family: if endpoint.is_ipv4() {
+            FAMILY_IPV4
+        } else {
+            FAMILY_IPV6
+        },
+        _pad: 0,
+    }
+}
+
+/// Brings `state` to `desired`, returning the writes that do it, in a safe order. On error
+/// nothing is returned and `state` is unchanged.
+pub fn sync(state: &mut MapState, desired: &[DesiredListener]) -> Result<Vec<Op>, SyncError> {
+    if desired.len() > MAX_LISTENERS as usize {
+        return Err(SyncError::TooManyListeners);
+    }
+    let mut next = state.clone();
+    let mut ops = Vec::new();
+
+    // 1. Backends: one id per distinct (endpoint, source address), kept stable across syncs.
+    let mut wanted_backends: BTreeMap<Backend, u32> = BTreeMap::new();
+    for (value, id) in state.backends.iter().map(|(id, b)| (*b, *id)) {
+        wanted_backends.insert(value, id);
+    }
+    let mut used_ids: BTreeSet<u32> = BTreeSet::new();
+    let mut tables: Vec<Vec<u32>> = Vec::new();
+    for listener in desired {
+        let ids: Vec<u32> = listener
+            .set
+            .endpoints
+            .iter()
+            .zip(&listener.snat)
+            .map(|(endpoint, snat)| {
+                let value = backend_value(*endpoint, *snat);
+                let id = match wanted_backends.get(&value) {
+                    Some(id) => *id,
+                    None => {
+                        let id = (0..MAX_BACKENDS)
+                            .find(|i| !next.backends.contains_key(i))
+                            .ok_or(SyncError::TooManyBackends)?;
+                        next.backends.insert(id, value);
+                        wanted_backends.insert(value, id);
+                        ops.push(Op::PutBackend(id, value));
+                        id
+                    }
+                };
+                used_ids.insert(id);
+                Ok(id)
+            })
+            .collect::<Result<_, SyncError>>()?;
+        tables.push(
+            listener
+                .set
+                .table
+                .iter()
+                .map(|i| ids[*i as usize])
+                .collect(),
+        );
+    }
+
+    // 2. Tables into free slots, 3. listeners flipped to them.
+    let mut flips = Vec::new();
+    let mut referenced: BTreeSet<u32> = state.listeners.values().map(|l| l.set_slot).collect();
+    for (listener, table) in desired.iter().zip(tables) {
+        let current = state.listeners.get(&listener.key);
+        if let Some(l) = current
+            && next.slots.get(&l.set_slot) == Some(&table)
+        {
+            continue; // unchanged
+        }
+        // Reuse a slot already holding this exact table, else write a free one.
+        let slot = match next
+            .slots
+            .iter()
+            .find(|(_, t)| **t == table)
+            .map(|(s, _)| *s)
+        {
+            Some(slot) => slot,
+            None => {
+                let slot = (0..MAX_SET_SLOTS)
+                    .find(|s| !referenced.contains(s) && !next.slots.contains_key(s))
+                    .ok_or(SyncError::NoFreeSlot)?;
+                next.slots.insert(slot, table.clone());
+                ops.push(Op::WriteTable { slot, table });
+                slot
+            }
+        };
+        referenced.insert(slot);
+        let id = current.map_or_else(
+            || {
+                let id = next.next_listener_id;
+                next.next_listener_id += 1;
+                id
+            },
+            |l| l.id,
+        );
+        let value = Listener { id, set_slot: slot };
+        next.listeners.insert(listener.key, value);
+        flips.push(Op::PutListener(listener.key, value));
+    }
+    ops.extend(flips);
+
+    // 4. Removals: listeners, then slots and backends nothing references any more.
+    let keep: BTreeSet<ListenerKey> = desired.iter().map(|l| l.key).collect();
+    for key in state.listeners.keys().filter(|k| !keep.contains(k)) {
+        next.listeners.remove(key);
+        ops.push(Op::DeleteListener(*key));
+    }
+    let live_slots: BTreeSet<u32> = next.listeners.values().map(|l| l.set_slot).collect();
+    next.slots.retain(|slot, _| live_slots.contains(slot));
+    let stale: Vec<u32> = next
+        .backends
+        .keys()
+        .filter(|id| !used_ids.contains(id))
+        .copied()
+        .collect();
+    for id in stale {
+        next.backends.remove(&id);
+        ops.push(Op::DeleteBackend(id));
+    }
+    *state = next;
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Backend as PlanBackend, Endpoint};
+
+    fn set(spec: &[(&str, u32)]) -> BackendSet {
+        let backends: Vec<PlanBackend> = spec
+            .iter()
+            .map(|(address, weight)| PlanBackend {
+                host: (*address).into(),
+                subset: None,
+                port: 1,
+                weight: *weight,
+                load_balancer: "LEAST_REQUEST".into(),
+                endpoints: vec![Endpoint {
+                    address: address.parse().unwrap_or_else(|e| panic!("{e}")),
+                    weight: 1,
+                }],
+            })
+            .collect();
+        BackendSet::new(&backends)
+    }
+
+    fn listener(address: &str, spec: &[(&str, u32)]) -> DesiredListener {
+        let set = set(spec);
+        let snat = set
+            .endpoints
+            .iter()
+            .map(|_| "203.0.113.1".parse().unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        DesiredListener {
+            key: listener_key(address.parse().unwrap_or_else(|e| panic!("{e}"))),
+            set,
+            snat,
+        }
+    }
+
+    /// The maps as a packet sees them.
+    #[derive(Default, Clone)]
+    struct Kernel {
+        listeners: BTreeMap<ListenerKey, Listener>,
+        slots: BTreeMap<u32, Vec<u32>>,
+        backends: BTreeMap<u32, Backend>,
+    }
+
+    impl Kernel {
+        fn apply(&mut self, op: &Op) {
+            match op {
+                Op::PutBackend(id, b) => {
+                    self.backends.insert(*id, *b);
+                }
+                Op::WriteTable { slot, table } => {
+                    assert!(
+                        !self.listeners.values().any(|l| l.set_slot == *slot),
+                        "table written into live slot {slot}"
+                    );
+                    self.slots.insert(*slot, table.clone());
+                }
+                Op::PutListener(k, l) => {
+                    self.listeners.insert(*k, *l);
+                }
+                Op::DeleteListener(k) => {
+                    self.listeners.remove(k);
+                }
+                Op::DeleteBackend(id) => {
+                    self.backends.remove(id);
+                }
+            }
+        }
+
+        /// Every listener points at a complete table of existing backends.
+        fn consistent(&self) {
+            for (key, l) in &self.listeners {
+                let table = self
+                    .slots
+                    .get(&l.set_slot)
+                    .unwrap_or_else(|| panic!("{key:?} points at an empty slot"));
+                assert!(
+                    table.iter().all(|id| self.backends.contains_key(id)),
+                    "{key:?} references a missing backend"
+                );
+            }
+        }
+    }
+
+    /// Applies `ops` one at a time, checking the maps after each write.
+    fn replay(kernel: &mut Kernel, ops: &[Op]) {
+        for op in ops {
+            kernel.apply(op);
+            kernel.consistent();
+        }
+    }
+
+    #[test]
+    fn first_sync_writes_backends_then_tables_then_listeners() {
+        let mut state = MapState::default();
+        let ops = sync(
+            &mut state,
+            &[listener(
+                "0.0.0.0:7000",
+                &[("203.0.113.2:7000", 80), ("203.0.113.3:7000", 20)],
+            )],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let kinds: Vec<&str> = ops
+            .iter()
+            .map(|op| match op {
+                Op::PutBackend(..) => "backend",
+                Op::WriteTable { .. } => "table",
+                Op::PutListener(..) => "listener",
+                Op::DeleteListener(_) => "delete-listener",
+                Op::DeleteBackend(_) => "delete-backend",
+            })
+            .collect();
+        assert_eq!(kinds, ["backend", "backend", "table", "listener"]);
+        replay(&mut Kernel::default(), &ops);
+    }
+
+    #[test]
+    fn an_unchanged_plan_writes_nothing() {
+        let mut state = MapState::default();
+        let desired = [listener("0.0.0.0:7000", &[("203.0.113.2:7000", 1)])];
+        let _ = sync(&mut state, &desired);
+        assert_eq!(sync(&mut state, &desired), Ok(vec![]));
+    }
+
+    #[test]
+    fn changes_never_expose_half_written_state() {
+        let steps: Vec<Vec<DesiredListener>> = vec![
+            vec![listener(
+                "0.0.0.0:7000",
+                &[("203.0.113.2:7000", 80), ("203.0.113.3:7000", 20)],
+            )],
+            // weights change: a new table in another slot, then the flip
+            vec![listener(
+                "0.0.0.0:7000",
+                &[("203.0.113.2:7000", 50), ("203.0.113.3:7000", 50)],
+            )],
+            // a backend removed, a listener added sharing a backend
+            vec![
+                listener("0.0.0.0:7000", &[("203.0.113.2:7000", 1)]),
+                listener(
+                    "[2001:db8:1::1]:8000",
+                    &[("203.0.113.2:7000", 1), ("[2001:db8:2::5]:80", 1)],
+                ),
+            ],
+            // a listener removed
+            vec![listener(
+                "[2001:db8:1::1]:8000",
+                &[("[2001:db8:2::5]:80", 1)],
+            )],
+            vec![],
+        ];
+        let (mut state, mut kernel) = (MapState::default(), Kernel::default());
+        let mut ids = BTreeMap::new();
+        for (i, desired) in steps.iter().enumerate() {
+            let ops = sync(&mut state, desired).unwrap_or_else(|e| panic!("step {i}: {e}"));
+            replay(&mut kernel, &ops);
+            assert_eq!(kernel.listeners, state.listeners, "step {i}");
+            assert_eq!(kernel.backends, state.backends, "step {i}");
+            assert_eq!(kernel.listeners.len(), desired.len(), "step {i}");
+            // Listener ids (counter indexes) survive changes of their backends.
+            for (key, l) in &kernel.listeners {
+                assert_eq!(
+                    *ids.entry(*key).or_insert(l.id),
+                    l.id,
+                    "step {i}: the id of {key:?} changed"
+                );
+            }
+        }
+        assert!(
+            kernel.backends.is_empty() && state.slots.is_empty(),
+            "nothing left after the last step"
+        );
+    }
+
+    #[test]
+    fn wildcard_and_family_keys() {
+        let v4 = listener_key("0.0.0.0:80".parse().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(&v4.addr[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!((v4.port, v4.protocol), (80, 6));
+        let v6 = listener_key("[::]:80".parse().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(v6.addr, [0; 16]);
+    }
+}
