@@ -7,8 +7,25 @@
 pub mod map_names {
     /// Per-CPU packet and byte counters indexed by [`crate::PacketReason`].
     pub const REASON_COUNTERS: &str = "REASON_COUNTERS";
+    /// [`crate::l4::ListenerKey`] -> [`crate::l4::Listener`].
+    pub const L4_LISTENERS: &str = "L4_LISTENERS";
+    /// Maglev tables: backend ids, `MAGLEV_TABLE_SIZE` per slot.
+    pub const L4_TABLES: &str = "L4_TABLES";
+    /// Backend id -> [`crate::l4::Backend`].
+    pub const L4_BACKENDS: &str = "L4_BACKENDS";
+    /// [`crate::l4::FlowKey`] -> [`crate::l4::Flow`], both directions.
+    pub const L4_FLOWS: &str = "L4_FLOWS";
+    /// ifindex -> device, for XDP_REDIRECT.
+    pub const L4_DEVICES: &str = "L4_DEVICES";
     /// Every map the daemon pins, in a stable order.
-    pub const ALL: &[&str] = &[REASON_COUNTERS];
+    pub const ALL: &[&str] = &[
+        REASON_COUNTERS,
+        L4_LISTENERS,
+        L4_TABLES,
+        L4_BACKENDS,
+        L4_FLOWS,
+        L4_DEVICES,
+    ];
 }
 
 /// Names of the programs in the eBPF object.
@@ -50,10 +67,24 @@ pub enum PacketReason {
     Icmp = 11,
     /// Any other IP protocol (SCTP, GRE, ESP, ...).
     OtherL4 = 12,
+    /// A packet of a tracked L4 flow, NATed and forwarded by the kernel.
+    L4Forwarded = 13,
+    /// A TCP segment for an L4 listener that is not a SYN and has no flow (e.g. the flow
+    /// expired): left to the stack, which answers with a reset.
+    L4NoFlow = 14,
+    /// A SYN for a listener whose backend set is empty: dropped, as a refused connect.
+    L4NoBackend = 15,
+    /// No free source port towards the backend: the SYN is dropped (the client retries).
+    L4PortExhausted = 16,
+    /// The next hop's neighbour is not resolved yet: dropped (the daemon resolves it; TCP
+    /// retransmits). A NATed packet cannot be handed to the stack.
+    L4NoNeighbour = 17,
+    /// No route, or a route the fast path cannot use (needs fragmentation, blackhole, ...).
+    L4Unroutable = 18,
 }
 
 /// Number of [`PacketReason`] values; the size of the per-CPU counter array.
-pub const REASON_COUNT: u32 = 13;
+pub const REASON_COUNT: u32 = 19;
 
 /// Verdict classes a [`PacketReason`] maps to, exported as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +93,8 @@ pub enum Verdict {
     Pass,
     /// Dropped by the datapath.
     Drop,
+    /// Rewritten and sent out by the datapath (XDP_TX / XDP_REDIRECT).
+    Forward,
 }
 
 impl Verdict {
@@ -69,6 +102,7 @@ impl Verdict {
         match self {
             Verdict::Pass => "pass",
             Verdict::Drop => "drop",
+            Verdict::Forward => "forward",
         }
     }
 }
@@ -89,6 +123,12 @@ impl PacketReason {
         PacketReason::Udp,
         PacketReason::Icmp,
         PacketReason::OtherL4,
+        PacketReason::L4Forwarded,
+        PacketReason::L4NoFlow,
+        PacketReason::L4NoBackend,
+        PacketReason::L4PortExhausted,
+        PacketReason::L4NoNeighbour,
+        PacketReason::L4Unroutable,
     ];
 
     /// The metric label for this reason.
@@ -107,14 +147,28 @@ impl PacketReason {
             PacketReason::Udp => "udp",
             PacketReason::Icmp => "icmp",
             PacketReason::OtherL4 => "other_l4",
+            PacketReason::L4Forwarded => "l4_forwarded",
+            PacketReason::L4NoFlow => "l4_no_flow",
+            PacketReason::L4NoBackend => "l4_no_backend",
+            PacketReason::L4PortExhausted => "l4_port_exhausted",
+            PacketReason::L4NoNeighbour => "l4_no_neighbour",
+            PacketReason::L4Unroutable => "l4_unroutable",
         }
     }
 
     /// What the datapath does with packets of this reason. Malformed packets are passed so
     /// that the kernel stack, which owns the error accounting (`netstat -s`), drops them; the
-    /// datapath only forwards what it fully understood.
+    /// datapath only forwards what it fully understood, and drops only packets it has
+    /// already rewritten or that a refused connection would have dropped anyway.
     pub const fn verdict(self) -> Verdict {
-        Verdict::Pass
+        match self {
+            PacketReason::L4Forwarded => Verdict::Forward,
+            PacketReason::L4NoBackend
+            | PacketReason::L4PortExhausted
+            | PacketReason::L4NoNeighbour
+            | PacketReason::L4Unroutable => Verdict::Drop,
+            _ => Verdict::Pass,
+        }
     }
 
     /// The counter index of this reason.

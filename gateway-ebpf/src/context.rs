@@ -30,6 +30,12 @@ pub fn ptr_at<P: Packet, T>(packet: &P, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
+/// A writable pointer to a `T` at `offset` if the whole `T` lies inside the packet.
+#[inline(always)]
+pub fn ptr_at_mut<P: Packet, T>(packet: &P, offset: usize) -> Option<*mut T> {
+    ptr_at::<P, T>(packet, offset).map(|p| p as *mut T)
+}
+
 /// Reads a `T` at `offset`; `T` must be a plain header struct valid for every bit pattern.
 #[inline(always)]
 pub fn read_at<P: Packet, T: Copy>(packet: &P, offset: usize) -> Option<T> {

@@ -5,8 +5,11 @@
 
 mod context;
 mod counters;
+mod csum;
+mod fib;
 mod headers;
 mod maps;
+mod nat;
 mod parse;
 
 use aya_ebpf::{
@@ -16,38 +19,46 @@ use aya_ebpf::{
 };
 use gateway_common::{PacketReason, Verdict};
 
-use crate::context::{Packet, TcPacket, XdpPacket};
+use crate::context::{Packet as _, TcPacket, XdpPacket};
 
-/// XDP ingress: the fast path on every interface where XDP attaches.
+/// XDP ingress: the fast path on every interface where XDP attaches. TCP goes through the
+/// L4 NAT stage; everything else is classified, counted and passed.
 #[xdp]
 pub fn sluice_xdp(ctx: XdpContext) -> u32 {
-    let reason = ingress(&XdpPacket::new(&ctx));
+    let packet = XdpPacket::new(&ctx);
+    let frame_len = packet.frame_len();
+    let (reason, action) = match parse::parse(&packet) {
+        Ok(tcp) => nat::process(&ctx, &packet, &tcp),
+        Err(reason) => (reason, xdp_verdict(reason)),
+    };
+    counters::count(reason, frame_len);
     #[cfg(feature = "packet-log")]
     aya_log_ebpf::debug!(&ctx, "xdp: reason {}", reason.index());
+    action
+}
+
+#[inline(always)]
+fn xdp_verdict(reason: PacketReason) -> u32 {
     match reason.verdict() {
-        Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Pass | Verdict::Forward => xdp_action::XDP_PASS,
     }
 }
 
 /// TC (clsact/TCX ingress): the fallback where XDP cannot attach. It sees skbs, so GSO
-/// packets keep their offloads (../shared/BENCH_NOTES.md).
+/// packets keep their offloads (../shared/BENCH_NOTES.md). It classifies and passes; the L4
+/// NAT stage runs in XDP only for now.
 #[classifier]
 pub fn sluice_tc(ctx: TcContext) -> i32 {
-    let reason = ingress(&TcPacket::new(&ctx));
+    let packet = TcPacket::new(&ctx);
+    let reason = parse::classify(&packet);
+    counters::count(reason, packet.frame_len());
     #[cfg(feature = "packet-log")]
     aya_log_ebpf::debug!(&ctx, "tc: reason {}", reason.index());
     match reason.verdict() {
-        Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Pass | Verdict::Forward => TC_ACT_OK,
     }
-}
-
-#[inline(always)]
-fn ingress<P: Packet>(packet: &P) -> PacketReason {
-    let reason = parse::classify(packet);
-    counters::count(reason, packet.frame_len());
-    reason
 }
 
 #[cfg(not(test))]

@@ -1,8 +1,43 @@
 //! Every map of the kernel programs, declared with BTF so `bpftool map dump` prints field
 //! names. Names and value types come from `gateway-common`.
-use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
-use gateway_common::{Counters, REASON_COUNT};
+use aya_ebpf::{
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use gateway_common::{
+    Counters, REASON_COUNT,
+    l4::{
+        Backend, Flow, FlowKey, Listener, ListenerKey, MAX_BACKENDS, MAX_FLOWS, MAX_LISTENERS,
+        TABLE_ENTRIES,
+    },
+};
 
 /// Packets and bytes per `PacketReason`, per CPU.
 #[btf_map]
 pub static REASON_COUNTERS: PerCpuArray<Counters, { REASON_COUNT as usize }> = PerCpuArray::new();
+
+/// L4 listeners served in the kernel: (address, port, protocol) -> id and Maglev slot.
+#[btf_map]
+pub static L4_LISTENERS: HashMap<ListenerKey, Listener, { MAX_LISTENERS as usize }> =
+    HashMap::new();
+
+/// Maglev tables, `MAGLEV_TABLE_SIZE` backend ids per slot.
+#[btf_map]
+pub static L4_TABLES: Array<u32, { TABLE_ENTRIES as usize }> = Array::new();
+
+/// Backends by id.
+#[btf_map]
+pub static L4_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// Connection tracking, both directions of every flow.
+#[btf_map]
+pub static L4_FLOWS: LruHashMap<FlowKey, Flow, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// Per-CPU working memory for the NAT stage: its large temporaries would overflow the
+/// 512-byte BPF stack. Not pinned; every packet overwrites what it uses.
+#[btf_map]
+pub static SCRATCH: PerCpuArray<crate::nat::Scratch, 1> = PerCpuArray::new();
+
+/// Interfaces NATed packets may be redirected to, by ifindex.
+#[btf_map]
+pub static L4_DEVICES: DevMapHash<64> = DevMapHash::new();

@@ -2,6 +2,7 @@
 //! either hand the next offset on or stop with the `PacketReason` that classifies the packet.
 use gateway_common::{
     PacketReason,
+    l4::{FAMILY_IPV4, FAMILY_IPV6},
     proto::{
         ETH_HDR_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
         IPPROTO_IPV6_FRAGMENT, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, IPV6_EXTENSION_HEADERS,
@@ -20,24 +21,45 @@ struct L2 {
     ether_type: u16,
 }
 
-/// Where the transport layer starts, which protocol it is and how many bytes the IP header
-/// says it has.
+/// Where the transport layer starts, which protocol it is, how many bytes the IP header
+/// says it has, and the addresses (IPv4 mapped into IPv6).
 struct L3 {
+    hop_limit: u8,
+    ip_len: u16,
+    l3_off: usize,
     l4_off: usize,
     protocol: u8,
     l4_len: usize,
+    family: u8,
+}
+
+/// A well-formed TCP segment: what the L4 fast path needs to know about it.
+pub struct Tcp {
+    pub family: u8,
+    pub l3_off: usize,
+    pub l4_off: usize,
+    /// Host order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub flags: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
+    /// Length of the IP packet (header included), for the route's MTU check.
+    pub ip_len: u16,
 }
 
 /// Classifies a frame by the first layer that stops it, or by its transport protocol.
 #[inline(always)]
 pub fn classify<P: Packet>(packet: &P) -> PacketReason {
-    match try_classify(packet) {
-        Ok(reason) | Err(reason) => reason,
+    match parse(packet) {
+        Ok(_) => PacketReason::Tcp,
+        Err(reason) => reason,
     }
 }
 
+/// Parses a TCP segment; anything else comes back as the reason that classifies it.
 #[inline(always)]
-fn try_classify<P: Packet>(packet: &P) -> Result<PacketReason, PacketReason> {
+pub fn parse<P: Packet>(packet: &P) -> Result<Tcp, PacketReason> {
     let l2 = parse_ethernet(packet)?;
     let l3 = match l2.ether_type {
         ETH_P_IP => parse_ipv4(packet, l2.l3_off)?,
@@ -46,9 +68,9 @@ fn try_classify<P: Packet>(packet: &P) -> Result<PacketReason, PacketReason> {
     };
     match l3.protocol {
         IPPROTO_TCP => parse_tcp(packet, &l3),
-        IPPROTO_UDP => parse_udp(packet, &l3),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => Ok(PacketReason::Icmp),
-        _ => Ok(PacketReason::OtherL4),
+        IPPROTO_UDP => Err(parse_udp(packet, &l3).unwrap_or_else(|reason| reason)),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => Err(PacketReason::Icmp),
+        _ => Err(PacketReason::OtherL4),
     }
 }
 
@@ -98,9 +120,13 @@ fn parse_ipv4<P: Packet>(packet: &P, off: usize) -> Result<L3, PacketReason> {
         return Err(PacketReason::Ipv4Options);
     }
     Ok(L3 {
+        hop_limit: ip.ttl,
+        ip_len: total_len as u16,
+        l3_off: off,
         l4_off: off + IPV4_HDR_LEN,
         protocol: ip.protocol,
         l4_len: total_len - IPV4_HDR_LEN,
+        family: FAMILY_IPV4,
     })
 }
 
@@ -121,14 +147,18 @@ fn parse_ipv6<P: Packet>(packet: &P, off: usize) -> Result<L3, PacketReason> {
         return Err(PacketReason::Ipv6ExtensionHeaders);
     }
     Ok(L3 {
+        hop_limit: ip.hop_limit,
+        ip_len: (IPV6_HDR_LEN + payload_len) as u16,
+        l3_off: off,
         l4_off: off + IPV6_HDR_LEN,
         protocol: ip.next_header,
         l4_len: payload_len,
+        family: FAMILY_IPV6,
     })
 }
 
 #[inline(always)]
-fn parse_tcp<P: Packet>(packet: &P, l3: &L3) -> Result<PacketReason, PacketReason> {
+fn parse_tcp<P: Packet>(packet: &P, l3: &L3) -> Result<Tcp, PacketReason> {
     if l3.l4_len < TCP_HDR_LEN {
         return Err(PacketReason::TruncatedL4);
     }
@@ -140,7 +170,16 @@ fn parse_tcp<P: Packet>(packet: &P, l3: &L3) -> Result<PacketReason, PacketReaso
     if header_len > l3.l4_len {
         return Err(PacketReason::TruncatedL4);
     }
-    Ok(PacketReason::Tcp)
+    Ok(Tcp {
+        family: l3.family,
+        l3_off: l3.l3_off,
+        l4_off: l3.l4_off,
+        src_port: u16::from_be_bytes(tcp.source),
+        dst_port: u16::from_be_bytes(tcp.dest),
+        flags: tcp.flags,
+        hop_limit: l3.hop_limit,
+        ip_len: l3.ip_len,
+    })
 }
 
 #[inline(always)]

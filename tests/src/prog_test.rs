@@ -3,10 +3,15 @@
 //! the per-CPU counters.
 use aya::{
     Ebpf, EbpfLoader,
-    maps::PerCpuArray,
+    maps::{Array, DevMapHash, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use gateway_common::{Counters, PacketReason, map_names, program_names};
+use gateway_common::{
+    Counters, PacketReason,
+    l4::{Backend as L4Backend, Flow, FlowKey, Listener, ListenerKey},
+    map_names, program_names,
+    select::MAGLEV_TABLE_SIZE,
+};
 
 /// Which entry point a fixture runs through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,11 +49,29 @@ impl Datapath {
 
     /// Runs `input` through `hook` once.
     pub fn run(&mut self, hook: Hook, input: &[u8]) -> RunResult {
+        self.run_on(hook, input, None)
+    }
+
+    /// Runs `input` through XDP as if received on `ingress_ifindex`, a device in the calling
+    /// thread's network namespace (FIB lookups happen there).
+    pub fn run_xdp_on(&mut self, input: &[u8], ingress_ifindex: u32) -> RunResult {
+        self.run_on(Hook::Xdp, input, Some(ingress_ifindex))
+    }
+
+    fn run_on(&mut self, hook: Hook, input: &[u8], ingress_ifindex: Option<u32>) -> RunResult {
         // Room for a frame that grows (encapsulation, later) and the skb's own headroom.
         let mut output = vec![0u8; input.len() + 512];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let ctx: Option<Vec<u8>> = ingress_ifindex.map(|ifindex| {
+            [0u32, input.len() as u32, 0, ifindex, 0, 0]
+                .iter()
+                .flat_map(|w| w.to_ne_bytes())
+                .collect()
+        });
         let opts = TestRunOptions {
             data_in: Some(input),
             data_out: Some(&mut output),
+            ctx_in: ctx.as_deref(),
             ..Default::default()
         };
         let result = match hook {
@@ -68,6 +91,86 @@ impl Datapath {
             return_value: result.return_value,
             output,
         }
+    }
+
+    /// Serves `listener` from its Maglev slot, filled with `table` (backend ids).
+    pub fn put_listener(&mut self, key: ListenerKey, listener: Listener, table: &[u32]) {
+        let mut listeners: aya::maps::HashMap<_, ListenerKey, Listener> =
+            aya::maps::HashMap::try_from(
+                self.ebpf
+                    .map_mut(map_names::L4_LISTENERS)
+                    .unwrap_or_else(|| panic!("no listener map")),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        listeners
+            .insert(key, listener, 0)
+            .unwrap_or_else(|e| panic!("listener: {e}"));
+        let mut tables: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(map_names::L4_TABLES)
+                .unwrap_or_else(|| panic!("no table map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let base = listener.set_slot * MAGLEV_TABLE_SIZE;
+        for (i, id) in table.iter().enumerate() {
+            tables
+                .set(base + i as u32, id, 0)
+                .unwrap_or_else(|e| panic!("table: {e}"));
+        }
+    }
+
+    pub fn put_backend(&mut self, id: u32, backend: L4Backend) {
+        let mut backends: Array<_, L4Backend> = Array::try_from(
+            self.ebpf
+                .map_mut(map_names::L4_BACKENDS)
+                .unwrap_or_else(|| panic!("no backend map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        backends
+            .set(id, backend, 0)
+            .unwrap_or_else(|e| panic!("backend: {e}"));
+    }
+
+    /// Allows redirects to `ifindex`.
+    pub fn put_device(&mut self, ifindex: u32) {
+        let mut devices: DevMapHash<_> = DevMapHash::try_from(
+            self.ebpf
+                .map_mut(map_names::L4_DEVICES)
+                .unwrap_or_else(|| panic!("no device map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        devices
+            .insert(ifindex, ifindex, None, 0)
+            .unwrap_or_else(|e| panic!("device: {e}"));
+    }
+
+    fn flows(&self) -> aya::maps::HashMap<&aya::maps::MapData, FlowKey, Flow> {
+        aya::maps::HashMap::try_from(
+            self.ebpf
+                .map(map_names::L4_FLOWS)
+                .unwrap_or_else(|| panic!("no flow map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
+        self.flows().get(key, 0).ok()
+    }
+
+    pub fn flow_count(&self) -> usize {
+        self.flows().keys().filter(Result::is_ok).count()
+    }
+
+    pub fn put_flow(&mut self, key: FlowKey, flow: Flow) {
+        let mut flows: aya::maps::HashMap<_, FlowKey, Flow> = aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut(map_names::L4_FLOWS)
+                .unwrap_or_else(|| panic!("no flow map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        flows
+            .insert(key, flow, 0)
+            .unwrap_or_else(|e| panic!("flow: {e}"));
     }
 
     /// Counters of every reason, summed over CPUs, in reason order.

@@ -1,0 +1,96 @@
+//! Next hop for a NATed packet: the kernel's FIB gives the egress device and both MAC
+//! addresses (the neighbour must be resolved: the daemon keeps backends' neighbours warm).
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{bpf_fib_lookup, xdp_action},
+    helpers::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
+};
+use gateway_common::{
+    PacketReason,
+    l4::{FAMILY_IPV4, Flow},
+    proto::IPPROTO_TCP,
+};
+
+use crate::{
+    context::{XdpPacket, ptr_at_mut},
+    headers::EthHdr,
+    maps::L4_DEVICES,
+    parse::Tcp,
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+
+/// Looks up the route for the rewritten packet, sets its MAC addresses, and returns the XDP
+/// action that sends it: `XDP_TX` back out of the ingress device, or a devmap redirect.
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    packet: &XdpPacket,
+    tcp: &Tcp,
+    flow: &Flow,
+    params: &mut bpf_fib_lookup,
+) -> Result<u32, PacketReason> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request skeleton (plain data).
+    *params = unsafe { core::mem::zeroed() };
+    params.l4_protocol = IPPROTO_TCP;
+    params.sport = flow.new_src_port.to_be();
+    params.dport = flow.new_dst_port.to_be();
+    params.__bindgen_anon_1.tot_len = tcp.ip_len;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    if tcp.family == FAMILY_IPV4 {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([
+            flow.new_src[12],
+            flow.new_src[13],
+            flow.new_src[14],
+            flow.new_src[15],
+        ]);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([
+            flow.new_dst[12],
+            flow.new_dst[13],
+            flow.new_dst[14],
+            flow.new_dst[15],
+        ]);
+    } else {
+        params.family = AF_INET6;
+        // SAFETY: plain-data unions; the IPv6 arms are written whole.
+        unsafe {
+            let src: *mut [u8; 16] =
+                core::ptr::addr_of_mut!(params.__bindgen_anon_3.ipv6_src).cast();
+            let dst: *mut [u8; 16] =
+                core::ptr::addr_of_mut!(params.__bindgen_anon_4.ipv6_dst).cast();
+            *src = flow.new_src;
+            *dst = flow.new_dst;
+        }
+    }
+    // SAFETY: params lives on the stack for the call; the size is its own.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match ret {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(PacketReason::L4NoNeighbour),
+        _ => return Err(PacketReason::L4Unroutable),
+    }
+    let eth: *mut EthHdr = ptr_at_mut(packet, 0).ok_or(PacketReason::TruncatedEthernet)?;
+    // SAFETY: bounds-checked pointer into the packet.
+    unsafe {
+        (*eth).dst = params.dmac;
+        (*eth).src = params.smac;
+    }
+    if params.ifindex == ctx.ingress_ifindex() as u32 {
+        return Ok(xdp_action::XDP_TX);
+    }
+    L4_DEVICES
+        .redirect(params.ifindex, 0)
+        .map_err(|_| PacketReason::L4Unroutable)
+}

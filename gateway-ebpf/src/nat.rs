@@ -1,0 +1,284 @@
+//! The L4 fast path: full NAT with connection tracking. A SYN to a kernel listener picks a
+//! backend from the listener's Maglev table and a source port whose reverse tuple is free,
+//! and creates both directions' flow entries; every packet of a tracked flow is rewritten
+//! (addresses, ports, checksums, TTL) and sent to its next hop without the stack.
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys are passed by reference so they are not copied onto the 512-byte BPF stack"
+)]
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use gateway_common::{
+    PacketReason,
+    l4::{FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, FlowKey, ListenerKey},
+    proto::{ETH_HDR_LEN, IPPROTO_TCP},
+    select::{MAGLEV_TABLE_SIZE, flow_hash},
+};
+
+use crate::{
+    context::{XdpPacket, ptr_at_mut},
+    csum, fib,
+    headers::{Ipv4Hdr, Ipv6Hdr, TcpHdr},
+    maps::{L4_BACKENDS, L4_FLOWS, L4_LISTENERS, L4_TABLES, SCRATCH},
+    parse::Tcp,
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Source ports the gateway allocates towards backends.
+const PORT_BASE: u32 = 1024;
+const PORT_SPAN: u32 = 65535 - PORT_BASE;
+/// Candidate source ports tried before a SYN is dropped as exhausted.
+const PORT_ATTEMPTS: u32 = 8;
+
+/// Large temporaries of one packet (a per-CPU map value, not the stack).
+#[repr(C)]
+pub struct Scratch {
+    pub key: FlowKey,
+    pub flow: Flow,
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+}
+
+/// Handles a TCP segment: `(reason, XDP action)`.
+#[inline(always)]
+pub fn process(ctx: &XdpContext, packet: &XdpPacket, tcp: &Tcp) -> (PacketReason, u32) {
+    // The fast path handles untagged frames; a segment whose TTL would expire goes to the
+    // stack, which answers with ICMP time exceeded.
+    if tcp.l3_off != ETH_HDR_LEN || tcp.hop_limit <= 1 {
+        return (PacketReason::Tcp, xdp_action::XDP_PASS);
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return (PacketReason::Tcp, xdp_action::XDP_PASS);
+    };
+    // SAFETY: this CPU's slot of a per-CPU map; nothing else runs on it during the program.
+    let scratch = unsafe { &mut *scratch };
+    if let Err(reason) = fill_key(packet, tcp, &mut scratch.key) {
+        return (reason, action_of(reason));
+    }
+    let found = L4_FLOWS.get_ptr_mut(&scratch.key);
+    scratch.flow = match found {
+        Some(flow) => {
+            // SAFETY: a pointer from a successful lookup of this map's value type. Concurrent
+            // writers only race on state and timestamps, which tolerate a lost update.
+            unsafe {
+                (*flow).last_seen_ns = bpf_ktime_get_ns();
+                if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
+                    (*flow).state = FLOW_CLOSING;
+                } else if (*flow).state == FLOW_SYN_SENT && tcp.flags & TCP_ACK != 0 {
+                    (*flow).state = FLOW_ESTABLISHED;
+                }
+                *flow
+            }
+        }
+        None => match new_flow(tcp, &scratch.key) {
+            Ok(Some(flow)) => flow,
+            Ok(None) => return (PacketReason::Tcp, xdp_action::XDP_PASS),
+            Err(reason) => return (reason, action_of(reason)),
+        },
+    };
+    if let Err(reason) = rewrite(packet, tcp, &scratch.key, &scratch.flow) {
+        return (reason, action_of(reason));
+    }
+    match fib::forward(ctx, packet, tcp, &scratch.flow, &mut scratch.fib) {
+        Ok(action) => (PacketReason::L4Forwarded, action),
+        Err(reason) => (reason, action_of(reason)),
+    }
+}
+
+#[inline(always)]
+fn action_of(reason: PacketReason) -> u32 {
+    match reason.verdict() {
+        gateway_common::Verdict::Drop => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// The flow key of a segment, read from the packet straight into `key` (addresses are copied
+/// once: the BPF stack has no room for more).
+#[inline(always)]
+fn fill_key(packet: &XdpPacket, tcp: &Tcp, key: &mut FlowKey) -> Result<(), PacketReason> {
+    if tcp.family == FAMILY_IPV4 {
+        let ip: *const Ipv4Hdr = ptr_at_mut(packet, tcp.l3_off).ok_or(PacketReason::TruncatedIp)?;
+        key.src = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+        key.dst = key.src;
+        // SAFETY: bounds-checked pointer into the packet; byte fields.
+        unsafe {
+            key.src[12..].copy_from_slice(&(*ip).saddr);
+            key.dst[12..].copy_from_slice(&(*ip).daddr);
+        }
+    } else {
+        let ip: *const Ipv6Hdr = ptr_at_mut(packet, tcp.l3_off).ok_or(PacketReason::TruncatedIp)?;
+        // SAFETY: as above.
+        unsafe {
+            key.src = (*ip).saddr;
+            key.dst = (*ip).daddr;
+        }
+    }
+    key.src_port = tcp.src_port;
+    key.dst_port = tcp.dst_port;
+    key.protocol = IPPROTO_TCP;
+    key._pad = [0; 3];
+    Ok(())
+}
+
+/// Words of a 16-byte address as the shared flow hash takes them.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// The listener for a destination: exact address first, then the wildcards that cover it
+/// (`0.0.0.0` for IPv4, then `::`, which Linux also binds for IPv4).
+#[inline(always)]
+fn listener(tcp: &Tcp, dst: &[u8; 16]) -> Option<gateway_common::l4::Listener> {
+    let mut key = ListenerKey {
+        addr: *dst,
+        port: tcp.dst_port,
+        protocol: IPPROTO_TCP,
+        _pad: 0,
+    };
+    // SAFETY (each lookup): plain-data values copied out at once.
+    if let Some(l) = unsafe { L4_LISTENERS.get(&key) } {
+        return Some(*l);
+    }
+    if tcp.family == FAMILY_IPV4 {
+        key.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+        if let Some(l) = unsafe { L4_LISTENERS.get(&key) } {
+            return Some(*l);
+        }
+    }
+    key.addr = [0; 16];
+    unsafe { L4_LISTENERS.get(&key) }.copied()
+}
+
+/// Creates the flow for a SYN to a kernel listener: `Ok(None)` when the destination is not
+/// one, an error reason when the SYN cannot be served.
+// A BPF-to-BPF call, not inlined: its locals (two flows, two keys) get their own frame
+// instead of crowding the caller's 512-byte stack. It may be out of line because it touches
+// maps and stack values only: the verifier rejects packet pointers passed to subprograms
+// (LLVM hands over data/data_end and does arithmetic on pkt_end).
+#[inline(never)]
+fn new_flow(tcp: &Tcp, key: &FlowKey) -> Result<Option<Flow>, PacketReason> {
+    let Some(listener) = listener(tcp, &key.dst) else {
+        return Ok(None);
+    };
+    if tcp.flags & TCP_SYN == 0 || tcp.flags & TCP_ACK != 0 {
+        return Err(PacketReason::L4NoFlow);
+    }
+    let hash = flow_hash(
+        words(&key.src),
+        words(&key.dst),
+        tcp.src_port,
+        tcp.dst_port,
+        IPPROTO_TCP,
+    );
+    let index = listener
+        .set_slot
+        .wrapping_mul(MAGLEV_TABLE_SIZE)
+        .wrapping_add(hash % MAGLEV_TABLE_SIZE);
+    let backend_id = *L4_TABLES.get(index).ok_or(PacketReason::L4NoBackend)?;
+    let backend = *L4_BACKENDS
+        .get(backend_id)
+        .ok_or(PacketReason::L4NoBackend)?;
+    if backend.family != tcp.family || backend.port == 0 {
+        return Err(PacketReason::L4NoBackend);
+    }
+    // A source port whose reverse tuple (backend -> gateway) is not in use.
+    let mut reverse = FlowKey {
+        src: backend.addr,
+        dst: backend.snat_addr,
+        src_port: backend.port,
+        dst_port: 0,
+        protocol: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let mut found = false;
+    for attempt in 0..PORT_ATTEMPTS {
+        reverse.dst_port =
+            (PORT_BASE + hash.wrapping_add(attempt.wrapping_mul(7_919)) % PORT_SPAN) as u16;
+        // SAFETY: only tests for presence.
+        if unsafe { L4_FLOWS.get(&reverse) }.is_none() {
+            found = true;
+            break;
+        }
+    }
+    if !found {
+        return Err(PacketReason::L4PortExhausted);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let forward = Flow {
+        new_src: backend.snat_addr,
+        new_dst: backend.addr,
+        new_src_port: reverse.dst_port,
+        new_dst_port: backend.port,
+        backend: backend_id,
+        listener: listener.id,
+        state: FLOW_SYN_SENT,
+        direction: 0,
+        _pad: [0; 2],
+        last_seen_ns: now,
+    };
+    let back = Flow {
+        new_src: key.dst,
+        new_dst: key.src,
+        new_src_port: tcp.dst_port,
+        new_dst_port: tcp.src_port,
+        direction: 1,
+        ..forward
+    };
+    // The reply direction first: once the forward entry exists, replies must find theirs.
+    if L4_FLOWS.insert(&reverse, &back, 0).is_err() || L4_FLOWS.insert(key, &forward, 0).is_err() {
+        return Err(PacketReason::L4PortExhausted);
+    }
+    Ok(Some(forward))
+}
+
+/// Rewrites addresses, ports, TTL and checksums in place. `key` holds the packet's
+/// addresses as they arrived.
+#[inline(always)]
+fn rewrite(packet: &XdpPacket, tcp: &Tcp, key: &FlowKey, flow: &Flow) -> Result<(), PacketReason> {
+    let th: *mut TcpHdr = ptr_at_mut(packet, tcp.l4_off).ok_or(PacketReason::TruncatedL4)?;
+    let (old, new) = csum::address_sums(&key.src, &key.dst, &flow.new_src, &flow.new_dst);
+    // SAFETY: bounds-checked pointers into the packet; headers are byte arrays (align 1).
+    unsafe {
+        let mut check = csum::update16(u16::from_be_bytes((*th).check), old, new);
+        check = csum::update16(check, tcp.src_port, flow.new_src_port);
+        check = csum::update16(check, tcp.dst_port, flow.new_dst_port);
+        (*th).source = flow.new_src_port.to_be_bytes();
+        (*th).dest = flow.new_dst_port.to_be_bytes();
+        (*th).check = check.to_be_bytes();
+        if tcp.family == FAMILY_IPV4 {
+            let ip: *mut Ipv4Hdr =
+                ptr_at_mut(packet, tcp.l3_off).ok_or(PacketReason::TruncatedIp)?;
+            (*ip).saddr = [
+                flow.new_src[12],
+                flow.new_src[13],
+                flow.new_src[14],
+                flow.new_src[15],
+            ];
+            (*ip).daddr = [
+                flow.new_dst[12],
+                flow.new_dst[13],
+                flow.new_dst[14],
+                flow.new_dst[15],
+            ];
+            (*ip).ttl -= 1;
+            let header: *const [u8; 20] = ip.cast();
+            (*ip).check = csum::ipv4_header(&*header).to_be_bytes();
+        } else {
+            let ip: *mut Ipv6Hdr =
+                ptr_at_mut(packet, tcp.l3_off).ok_or(PacketReason::TruncatedIp)?;
+            (*ip).saddr = flow.new_src;
+            (*ip).daddr = flow.new_dst;
+            (*ip).hop_limit -= 1;
+        }
+    }
+    Ok(())
+}

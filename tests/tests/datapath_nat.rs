@@ -1,0 +1,616 @@
+//! BPF_PROG_TEST_RUN of the XDP L4 NAT path. The program's FIB lookups run in the calling
+//! thread's network namespace, so the test builds a small router there (a client-facing and a
+//! backend-facing veth with permanent neighbours) and runs every packet from inside it. Each
+//! step asserts the action, the rewritten bytes (checksums checked by the test's own RFC 1071
+//! code), the counter that moved and the connection-tracking state.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use gateway_common::{
+    PacketReason,
+    l4::{
+        Backend, FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow,
+        FlowKey, Listener, ListenerKey,
+    },
+    select::{MAGLEV_TABLE_SIZE, flow_hash},
+};
+use tests::{
+    netns::{NetNs, unique_prefix},
+    packets::{PacketBuilder, checksum_ok, pseudo_header, tcp_flags},
+    prog_test::Datapath,
+    root,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const GW_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const GW_BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap_or_else(|e| panic!("{e}"))
+}
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap_or_else(|e| panic!("{e}"))
+}
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A router: `cl0` (client side, 198.51.100.1, 2001:db8:1::1) and `bk0` (backend side,
+/// 203.0.113.1, 2001:db8:2::1), each a veth whose peer stays in the namespace.
+fn router() -> (NetNs, u32, u32) {
+    let ns = NetNs::new(&format!("{}-nat", unique_prefix()));
+    ns.ip(&[
+        "link",
+        "add",
+        "name",
+        "cl0",
+        "address",
+        &mac(GW_CLIENT_MAC),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "cl1",
+    ]);
+    ns.ip(&[
+        "link",
+        "add",
+        "name",
+        "bk0",
+        "address",
+        &mac(GW_BACKEND_MAC),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "bk1",
+    ]);
+    for dev in ["cl0", "cl1", "bk0", "bk1"] {
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "cl0"]);
+    ns.ip(&["addr", "add", "203.0.113.1/24", "dev", "bk0"]);
+    ns.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "cl0", "nodad"]);
+    ns.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "bk0", "nodad"]);
+    for (ip, lladdr, dev) in [
+        ("198.51.100.2", CLIENT_MAC, "cl0"),
+        ("203.0.113.2", BACKEND_MAC, "bk0"),
+        ("2001:db8:1::2", CLIENT_MAC, "cl0"),
+        ("2001:db8:2::2", BACKEND_MAC, "bk0"),
+    ] {
+        ns.ip(&[
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &mac(lladdr),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+    ns.sysctl("net.ipv4.ip_forward", "1");
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    let index = |dev: &'static str| {
+        ns.run(move || nix::net::if_::if_nametoindex(dev).unwrap_or_else(|e| panic!("{dev}: {e}")))
+    };
+    let (cl0, bk0) = (index("cl0"), index("bk0"));
+    (ns, cl0, bk0)
+}
+
+fn key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> FlowKey {
+    FlowKey {
+        src: mapped(src),
+        dst: mapped(dst),
+        src_port: sport,
+        dst_port: dport,
+        protocol: 6,
+        _pad: [0; 3],
+    }
+}
+
+fn backend(addr: IpAddr, snat: IpAddr, port: u16) -> Backend {
+    Backend {
+        addr: mapped(addr),
+        snat_addr: mapped(snat),
+        port,
+        family: if addr.is_ipv4() {
+            FAMILY_IPV4
+        } else {
+            FAMILY_IPV6
+        },
+        _pad: 0,
+    }
+}
+
+fn listener_key(addr: IpAddr, port: u16) -> ListenerKey {
+    ListenerKey {
+        addr: mapped(addr),
+        port,
+        protocol: 6,
+        _pad: 0,
+    }
+}
+
+/// A parsed view of an output frame, with checksums verified independently.
+struct Out {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    hop_limit: u8,
+}
+
+fn inspect(frame: &[u8]) -> Out {
+    let (dst_mac, src_mac) = (
+        frame[0..6].try_into().unwrap_or_default(),
+        frame[6..12].try_into().unwrap_or_default(),
+    );
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let (src, dst, hop_limit, l4) = if ethertype == 0x0800 {
+        assert!(checksum_ok(&[], &frame[14..34]), "IPv4 header checksum");
+        let (s, d) = (
+            Ipv4Addr::from(<[u8; 4]>::try_from(&frame[26..30]).unwrap_or_default()),
+            Ipv4Addr::from(<[u8; 4]>::try_from(&frame[30..34]).unwrap_or_default()),
+        );
+        (IpAddr::V4(s), IpAddr::V4(d), frame[22], &frame[34..])
+    } else {
+        let (s, d) = (
+            Ipv6Addr::from(<[u8; 16]>::try_from(&frame[22..38]).unwrap_or_default()),
+            Ipv6Addr::from(<[u8; 16]>::try_from(&frame[38..54]).unwrap_or_default()),
+        );
+        (IpAddr::V6(s), IpAddr::V6(d), frame[21], &frame[54..])
+    };
+    assert!(
+        checksum_ok(&pseudo_header(src, dst, 6, l4.len()), l4),
+        "TCP checksum of {src} -> {dst}"
+    );
+    Out {
+        dst_mac,
+        src_mac,
+        src,
+        dst,
+        sport: u16::from_be_bytes([l4[0], l4[1]]),
+        dport: u16::from_be_bytes([l4[2], l4[3]]),
+        hop_limit,
+    }
+}
+
+fn tcp(
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    flags: u8,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<u8> {
+    PacketBuilder::tcp(src, dst, sport, dport, flags)
+        .macs(src_mac, dst_mac)
+        .payload(b"sluice")
+        .build()
+}
+
+/// Runs `frame` on `ifindex` and checks that exactly `reason`'s counters moved by it.
+fn step(
+    datapath: &mut Datapath,
+    frame: &[u8],
+    ifindex: u32,
+    action: u32,
+    reason: PacketReason,
+    what: &str,
+) -> Vec<u8> {
+    let before = datapath.counters();
+    let result = datapath.run_xdp_on(frame, ifindex);
+    let after = datapath.counters();
+    assert_eq!(result.return_value, action, "{what}: action");
+    for r in PacketReason::ALL {
+        let i = r.index() as usize;
+        let moved = (
+            after[i].packets - before[i].packets,
+            after[i].bytes - before[i].bytes,
+        );
+        let want = if r == reason {
+            (1, frame.len() as u64)
+        } else {
+            (0, 0)
+        };
+        assert_eq!(moved, want, "{what}: {} counters", r.label());
+    }
+    result.output
+}
+
+#[test]
+fn xdp_full_nat_with_connection_tracking() {
+    if !root::can_run("xdp_full_nat_with_connection_tracking") {
+        return;
+    }
+    let (ns, cl0, bk0) = router();
+    ns.run(move || {
+        let (client, gw_client, gw_backend, backend_ip) = (
+            IpAddr::V4(v4("198.51.100.2")),
+            IpAddr::V4(v4("198.51.100.1")),
+            IpAddr::V4(v4("203.0.113.1")),
+            IpAddr::V4(v4("203.0.113.2")),
+        );
+        let mut dp = Datapath::load();
+        dp.put_device(cl0);
+        dp.put_device(bk0);
+        let table = |id: u32| vec![id; MAGLEV_TABLE_SIZE as usize];
+        // 0.0.0.0:7000 -> 203.0.113.2:8080
+        dp.put_backend(0, backend(backend_ip, gw_backend, 8080));
+        dp.put_listener(
+            listener_key(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7000),
+            Listener { id: 3, set_slot: 0 },
+            &table(0),
+        );
+        // 198.51.100.1:7001 -> 203.0.113.9 (no neighbour)
+        dp.put_backend(1, backend(IpAddr::V4(v4("203.0.113.9")), gw_backend, 8080));
+        dp.put_listener(
+            listener_key(gw_client, 7001),
+            Listener { id: 4, set_slot: 1 },
+            &table(1),
+        );
+        // 198.51.100.1:7002 -> an empty backend entry
+        dp.put_listener(
+            listener_key(gw_client, 7002),
+            Listener { id: 5, set_slot: 2 },
+            &table(2),
+        );
+        // 198.51.100.1:7004 -> 192.0.2.50, to which the router has no route
+        dp.put_backend(4, backend(IpAddr::V4(v4("192.0.2.50")), gw_backend, 8080));
+        dp.put_listener(
+            listener_key(gw_client, 7004),
+            Listener { id: 7, set_slot: 4 },
+            &table(4),
+        );
+        // [2001:db8:1::1]:7003 -> [2001:db8:2::2]:8080
+        dp.put_backend(
+            3,
+            backend(
+                IpAddr::V6(v6("2001:db8:2::2")),
+                IpAddr::V6(v6("2001:db8:2::1")),
+                8080,
+            ),
+        );
+        dp.put_listener(
+            listener_key(IpAddr::V6(v6("2001:db8:1::1")), 7003),
+            Listener { id: 6, set_slot: 3 },
+            &table(3),
+        );
+
+        // 1. A SYN creates the flow and leaves NATed towards the backend.
+        let syn = tcp(
+            client,
+            40000,
+            gw_client,
+            7000,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        let out = inspect(&step(
+            &mut dp,
+            &syn,
+            cl0,
+            XDP_REDIRECT,
+            PacketReason::L4Forwarded,
+            "SYN",
+        ));
+        assert_eq!(
+            (out.src, out.dst, out.dport),
+            (gw_backend, backend_ip, 8080)
+        );
+        assert!(out.sport >= 1024, "source port {}", out.sport);
+        assert_eq!(
+            (out.dst_mac, out.src_mac, out.hop_limit),
+            (BACKEND_MAC, GW_BACKEND_MAC, 63)
+        );
+        let snat_port = out.sport;
+        assert_eq!(dp.flow_count(), 2);
+        let forward = dp
+            .flow(&key(client, 40000, gw_client, 7000))
+            .unwrap_or_else(|| panic!("no forward flow"));
+        assert_eq!(
+            (
+                forward.state,
+                forward.listener,
+                forward.backend,
+                forward.direction
+            ),
+            (FLOW_SYN_SENT, 3, 0, 0)
+        );
+
+        // 2. The backend's SYN-ACK is reverse-NATed back to the client.
+        let synack = tcp(
+            backend_ip,
+            8080,
+            gw_backend,
+            snat_port,
+            tcp_flags::SYN | tcp_flags::ACK,
+            BACKEND_MAC,
+            GW_BACKEND_MAC,
+        );
+        let out = inspect(&step(
+            &mut dp,
+            &synack,
+            bk0,
+            XDP_REDIRECT,
+            PacketReason::L4Forwarded,
+            "SYN-ACK",
+        ));
+        assert_eq!(
+            (out.src, out.sport, out.dst, out.dport),
+            (gw_client, 7000, client, 40000)
+        );
+        assert_eq!((out.dst_mac, out.src_mac), (CLIENT_MAC, GW_CLIENT_MAC));
+
+        // 3. Mid-flow packets keep the flow's port and backend; the flow is established.
+        let ack = tcp(
+            client,
+            40000,
+            gw_client,
+            7000,
+            tcp_flags::ACK | tcp_flags::PSH,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        let out = inspect(&step(
+            &mut dp,
+            &ack,
+            cl0,
+            XDP_REDIRECT,
+            PacketReason::L4Forwarded,
+            "ACK",
+        ));
+        assert_eq!((out.sport, out.dst), (snat_port, backend_ip));
+        assert_eq!(
+            dp.flow(&key(client, 40000, gw_client, 7000))
+                .map(|f| f.state),
+            Some(FLOW_ESTABLISHED)
+        );
+
+        // 4. A reset still reaches the backend and marks the flow closing.
+        let rst = tcp(
+            client,
+            40000,
+            gw_client,
+            7000,
+            tcp_flags::RST,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        inspect(&step(
+            &mut dp,
+            &rst,
+            cl0,
+            XDP_REDIRECT,
+            PacketReason::L4Forwarded,
+            "RST",
+        ));
+        assert_eq!(
+            dp.flow(&key(client, 40000, gw_client, 7000))
+                .map(|f| f.state),
+            Some(FLOW_CLOSING)
+        );
+
+        // 5. A non-SYN segment to a listener with no flow goes to the stack untouched.
+        let stray = tcp(
+            client,
+            40001,
+            gw_client,
+            7000,
+            tcp_flags::ACK,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        assert_eq!(
+            step(
+                &mut dp,
+                &stray,
+                cl0,
+                XDP_PASS,
+                PacketReason::L4NoFlow,
+                "stray ACK"
+            ),
+            stray
+        );
+
+        // 6. A SYN whose TTL would expire goes to the stack (ICMP time exceeded).
+        let mut dying = tcp(
+            client,
+            40002,
+            gw_client,
+            7000,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        dying[22] = 1;
+        let sum = tests::packets::checksum(&[&{
+            let mut h = dying[14..34].to_vec();
+            h[10] = 0;
+            h[11] = 0;
+            h
+        }]);
+        dying[24..26].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(
+            step(&mut dp, &dying, cl0, XDP_PASS, PacketReason::Tcp, "TTL 1"),
+            dying
+        );
+
+        // 7. An unresolved neighbour: dropped (a NATed packet cannot go to the stack).
+        let syn = tcp(
+            client,
+            40003,
+            gw_client,
+            7001,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        step(
+            &mut dp,
+            &syn,
+            cl0,
+            XDP_DROP,
+            PacketReason::L4NoNeighbour,
+            "no neighbour",
+        );
+
+        // 7b. No route to the backend: dropped and counted.
+        let syn = tcp(
+            client,
+            40007,
+            gw_client,
+            7004,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        step(
+            &mut dp,
+            &syn,
+            cl0,
+            XDP_DROP,
+            PacketReason::L4Unroutable,
+            "no route",
+        );
+
+        // 8. An empty backend slot refuses the connection.
+        let syn = tcp(
+            client,
+            40004,
+            gw_client,
+            7002,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        step(
+            &mut dp,
+            &syn,
+            cl0,
+            XDP_DROP,
+            PacketReason::L4NoBackend,
+            "no backend",
+        );
+
+        // 9. Every candidate source port taken: the SYN is dropped, not mis-forwarded.
+        let words = |ip: IpAddr| {
+            let a = mapped(ip);
+            [0, 4, 8, 12].map(|i| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]))
+        };
+        let hash = flow_hash(words(client), words(gw_client), 40005, 7000, 6);
+        for attempt in 0..8u32 {
+            let port =
+                (1024 + hash.wrapping_add(attempt.wrapping_mul(7_919)) % (65535 - 1024)) as u16;
+            dp.put_flow(key(backend_ip, 8080, gw_backend, port), Flow::default());
+        }
+        let syn = tcp(
+            client,
+            40005,
+            gw_client,
+            7000,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        step(
+            &mut dp,
+            &syn,
+            cl0,
+            XDP_DROP,
+            PacketReason::L4PortExhausted,
+            "ports exhausted",
+        );
+
+        // 10. IPv6.
+        let (client6, gw6, backend6, snat6) = (
+            IpAddr::V6(v6("2001:db8:1::2")),
+            IpAddr::V6(v6("2001:db8:1::1")),
+            IpAddr::V6(v6("2001:db8:2::2")),
+            IpAddr::V6(v6("2001:db8:2::1")),
+        );
+        let syn6 = tcp(
+            client6,
+            40000,
+            gw6,
+            7003,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        let out = inspect(&step(
+            &mut dp,
+            &syn6,
+            cl0,
+            XDP_REDIRECT,
+            PacketReason::L4Forwarded,
+            "IPv6 SYN",
+        ));
+        assert_eq!(
+            (out.src, out.dst, out.dport, out.hop_limit),
+            (snat6, backend6, 8080, 63)
+        );
+        let reply6 = tcp(
+            backend6,
+            8080,
+            snat6,
+            out.sport,
+            tcp_flags::SYN | tcp_flags::ACK,
+            BACKEND_MAC,
+            GW_BACKEND_MAC,
+        );
+        let back = inspect(&step(
+            &mut dp,
+            &reply6,
+            bk0,
+            XDP_REDIRECT,
+            PacketReason::L4Forwarded,
+            "IPv6 SYN-ACK",
+        ));
+        assert_eq!(
+            (back.src, back.sport, back.dst, back.dport),
+            (gw6, 7003, client6, 40000)
+        );
+
+        // 11. TCP to a port no listener serves is the stack's.
+        let other = tcp(
+            client,
+            40006,
+            gw_client,
+            9999,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        assert_eq!(
+            step(
+                &mut dp,
+                &other,
+                cl0,
+                XDP_PASS,
+                PacketReason::Tcp,
+                "not a listener"
+            ),
+            other
+        );
+    });
+}
