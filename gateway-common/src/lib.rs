@@ -341,13 +341,24 @@ pub mod l4 {
         pub listener: u32,
         /// `FLOW_*` state.
         pub state: u8,
-        /// 0: client to backend, 1: backend to client.
+        /// [`TO_BACKEND`] or [`TO_CLIENT`].
         pub direction: u8,
         pub _pad: [u8; 2],
+        /// For [`TO_CLIENT`] entries: the device the client's SYN arrived on and the MAC
+        /// addresses to send back with (the client's, and the gateway's on that link). The
+        /// client's SYN never reaches the stack, so no neighbour entry exists for it.
+        pub ifindex: u32,
+        pub mac_dst: [u8; 6],
+        pub mac_src: [u8; 6],
         /// `bpf_ktime_get_ns` of the last packet, for idle expiry by the daemon.
         pub last_seen_ns: u64,
     }
-    const _: () = assert!(core::mem::size_of::<Flow>() == 56);
+    const _: () = assert!(core::mem::size_of::<Flow>() == 72);
+
+    /// [`Flow::direction`]: client to backend (next hop from the FIB).
+    pub const TO_BACKEND: u8 = 0;
+    /// [`Flow::direction`]: backend to client (back the way the client came).
+    pub const TO_CLIENT: u8 = 1;
 
     pub const FLOW_SYN_SENT: u8 = 1;
     pub const FLOW_ESTABLISHED: u8 = 2;

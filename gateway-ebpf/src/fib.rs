@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     PacketReason,
-    l4::{FAMILY_IPV4, Flow},
+    l4::{FAMILY_IPV4, Flow, TO_CLIENT},
     proto::IPPROTO_TCP,
 };
 
@@ -24,8 +24,9 @@ const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
-/// Looks up the route for the rewritten packet, sets its MAC addresses, and returns the XDP
-/// action that sends it: `XDP_TX` back out of the ingress device, or a devmap redirect.
+/// Sets the rewritten packet's MAC addresses and returns the XDP action that sends it:
+/// `XDP_TX` back out of the ingress device, or a devmap redirect. Replies go back the way
+/// the client came (remembered in the flow); packets to backends follow the FIB.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
@@ -34,6 +35,9 @@ pub fn forward(
     flow: &Flow,
     params: &mut bpf_fib_lookup,
 ) -> Result<u32, PacketReason> {
+    if flow.direction == TO_CLIENT {
+        return send(ctx, packet, flow.ifindex, flow.mac_dst, flow.mac_src);
+    }
     // SAFETY: an all-zero bpf_fib_lookup is a valid request skeleton (plain data).
     *params = unsafe { core::mem::zeroed() };
     params.l4_protocol = IPPROTO_TCP;
@@ -81,16 +85,28 @@ pub fn forward(
         BPF_FIB_LKUP_RET_NO_NEIGH => return Err(PacketReason::L4NoNeighbour),
         _ => return Err(PacketReason::L4Unroutable),
     }
+    send(ctx, packet, params.ifindex, params.dmac, params.smac)
+}
+
+/// Addresses the frame and sends it out of `ifindex`.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    packet: &XdpPacket,
+    ifindex: u32,
+    dst: [u8; 6],
+    src: [u8; 6],
+) -> Result<u32, PacketReason> {
     let eth: *mut EthHdr = ptr_at_mut(packet, 0).ok_or(PacketReason::TruncatedEthernet)?;
     // SAFETY: bounds-checked pointer into the packet.
     unsafe {
-        (*eth).dst = params.dmac;
-        (*eth).src = params.smac;
+        (*eth).dst = dst;
+        (*eth).src = src;
     }
-    if params.ifindex == ctx.ingress_ifindex() as u32 {
+    if ifindex == ctx.ingress_ifindex() as u32 {
         return Ok(xdp_action::XDP_TX);
     }
     L4_DEVICES
-        .redirect(params.ifindex, 0)
+        .redirect(ifindex, 0)
         .map_err(|_| PacketReason::L4Unroutable)
 }

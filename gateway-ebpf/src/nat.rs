@@ -9,7 +9,10 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use gateway_common::{
     PacketReason,
-    l4::{FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, FlowKey, ListenerKey},
+    l4::{
+        FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, FlowKey, ListenerKey,
+        TO_BACKEND, TO_CLIENT,
+    },
     proto::{ETH_HDR_LEN, IPPROTO_TCP},
     select::{MAGLEV_TABLE_SIZE, flow_hash},
 };
@@ -17,7 +20,7 @@ use gateway_common::{
 use crate::{
     context::{XdpPacket, ptr_at_mut},
     csum, fib,
-    headers::{Ipv4Hdr, Ipv6Hdr, TcpHdr},
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr},
     maps::{L4_BACKENDS, L4_FLOWS, L4_LISTENERS, L4_TABLES, SCRATCH},
     parse::Tcp,
 };
@@ -38,6 +41,9 @@ const PORT_ATTEMPTS: u32 = 8;
 pub struct Scratch {
     pub key: FlowKey,
     pub flow: Flow,
+    /// A new flow's reply direction, built here before it is inserted.
+    pub reverse: FlowKey,
+    pub back: Flow,
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
 }
 
@@ -57,8 +63,7 @@ pub fn process(ctx: &XdpContext, packet: &XdpPacket, tcp: &Tcp) -> (PacketReason
     if let Err(reason) = fill_key(packet, tcp, &mut scratch.key) {
         return (reason, action_of(reason));
     }
-    let found = L4_FLOWS.get_ptr_mut(&scratch.key);
-    scratch.flow = match found {
+    match L4_FLOWS.get_ptr_mut(&scratch.key) {
         Some(flow) => {
             // SAFETY: a pointer from a successful lookup of this map's value type. Concurrent
             // writers only race on state and timestamps, which tolerate a lost update.
@@ -69,15 +74,18 @@ pub fn process(ctx: &XdpContext, packet: &XdpPacket, tcp: &Tcp) -> (PacketReason
                 } else if (*flow).state == FLOW_SYN_SENT && tcp.flags & TCP_ACK != 0 {
                     (*flow).state = FLOW_ESTABLISHED;
                 }
-                *flow
+                scratch.flow = *flow;
             }
         }
-        None => match new_flow(tcp, &scratch.key) {
-            Ok(Some(flow)) => flow,
-            Ok(None) => return (PacketReason::Tcp, xdp_action::XDP_PASS),
-            Err(reason) => return (reason, action_of(reason)),
-        },
-    };
+        None => {
+            let from = arrival(ctx, packet);
+            match new_flow(tcp, scratch, &from) {
+                Ok(true) => {}
+                Ok(false) => return (PacketReason::Tcp, xdp_action::XDP_PASS),
+                Err(reason) => return (reason, action_of(reason)),
+            }
+        }
+    }
     if let Err(reason) = rewrite(packet, tcp, &scratch.key, &scratch.flow) {
         return (reason, action_of(reason));
     }
@@ -92,6 +100,25 @@ fn action_of(reason: PacketReason) -> u32 {
     match reason.verdict() {
         gateway_common::Verdict::Drop => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Where a packet came from at L2: the client's path, remembered for replies.
+pub struct Arrival {
+    ifindex: u32,
+    /// The sender's MAC and the gateway's MAC on that link.
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+}
+
+#[inline(always)]
+fn arrival(ctx: &XdpContext, packet: &XdpPacket) -> Arrival {
+    let eth: Option<EthHdr> = crate::context::read_at(packet, 0);
+    let (src_mac, dst_mac) = eth.map_or(([0; 6], [0; 6]), |e| (e.src, e.dst));
+    Arrival {
+        ifindex: ctx.ingress_ifindex() as u32,
+        src_mac,
+        dst_mac,
     }
 }
 
@@ -165,9 +192,10 @@ fn listener(tcp: &Tcp, dst: &[u8; 16]) -> Option<gateway_common::l4::Listener> {
 // maps and stack values only: the verifier rejects packet pointers passed to subprograms
 // (LLVM hands over data/data_end and does arithmetic on pkt_end).
 #[inline(never)]
-fn new_flow(tcp: &Tcp, key: &FlowKey) -> Result<Option<Flow>, PacketReason> {
+fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, PacketReason> {
+    let key = &scratch.key;
     let Some(listener) = listener(tcp, &key.dst) else {
-        return Ok(None);
+        return Ok(false);
     };
     if tcp.flags & TCP_SYN == 0 || tcp.flags & TCP_ACK != 0 {
         return Err(PacketReason::L4NoFlow);
@@ -191,7 +219,7 @@ fn new_flow(tcp: &Tcp, key: &FlowKey) -> Result<Option<Flow>, PacketReason> {
         return Err(PacketReason::L4NoBackend);
     }
     // A source port whose reverse tuple (backend -> gateway) is not in use.
-    let mut reverse = FlowKey {
+    scratch.reverse = FlowKey {
         src: backend.addr,
         dst: backend.snat_addr,
         src_port: backend.port,
@@ -201,10 +229,10 @@ fn new_flow(tcp: &Tcp, key: &FlowKey) -> Result<Option<Flow>, PacketReason> {
     };
     let mut found = false;
     for attempt in 0..PORT_ATTEMPTS {
-        reverse.dst_port =
+        scratch.reverse.dst_port =
             (PORT_BASE + hash.wrapping_add(attempt.wrapping_mul(7_919)) % PORT_SPAN) as u16;
         // SAFETY: only tests for presence.
-        if unsafe { L4_FLOWS.get(&reverse) }.is_none() {
+        if unsafe { L4_FLOWS.get(&scratch.reverse) }.is_none() {
             found = true;
             break;
         }
@@ -213,31 +241,39 @@ fn new_flow(tcp: &Tcp, key: &FlowKey) -> Result<Option<Flow>, PacketReason> {
         return Err(PacketReason::L4PortExhausted);
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let forward = Flow {
+    scratch.flow = Flow {
         new_src: backend.snat_addr,
         new_dst: backend.addr,
-        new_src_port: reverse.dst_port,
+        new_src_port: scratch.reverse.dst_port,
         new_dst_port: backend.port,
         backend: backend_id,
         listener: listener.id,
         state: FLOW_SYN_SENT,
-        direction: 0,
+        direction: TO_BACKEND,
         _pad: [0; 2],
+        ifindex: 0,
+        mac_dst: [0; 6],
+        mac_src: [0; 6],
         last_seen_ns: now,
     };
-    let back = Flow {
+    scratch.back = Flow {
         new_src: key.dst,
         new_dst: key.src,
         new_src_port: tcp.dst_port,
         new_dst_port: tcp.src_port,
-        direction: 1,
-        ..forward
+        direction: TO_CLIENT,
+        ifindex: from.ifindex,
+        mac_dst: from.src_mac,
+        mac_src: from.dst_mac,
+        ..scratch.flow
     };
     // The reply direction first: once the forward entry exists, replies must find theirs.
-    if L4_FLOWS.insert(&reverse, &back, 0).is_err() || L4_FLOWS.insert(key, &forward, 0).is_err() {
+    if L4_FLOWS.insert(&scratch.reverse, &scratch.back, 0).is_err()
+        || L4_FLOWS.insert(&scratch.key, &scratch.flow, 0).is_err()
+    {
         return Err(PacketReason::L4PortExhausted);
     }
-    Ok(Some(forward))
+    Ok(true)
 }
 
 /// Rewrites addresses, ports, TTL and checksums in place. `key` holds the packet's

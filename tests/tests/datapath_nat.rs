@@ -9,7 +9,7 @@ use gateway_common::{
     PacketReason,
     l4::{
         Backend, FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow,
-        FlowKey, Listener, ListenerKey,
+        FlowKey, Listener, ListenerKey, TO_BACKEND, TO_CLIENT,
     },
     select::{MAGLEV_TABLE_SIZE, flow_hash},
 };
@@ -242,6 +242,7 @@ fn xdp_full_nat_with_connection_tracking() {
         return;
     }
     let (ns, cl0, bk0) = router();
+    let ns_name = ns.name.clone();
     ns.run(move || {
         let (client, gw_client, gw_backend, backend_ip) = (
             IpAddr::V4(v4("198.51.100.2")),
@@ -336,6 +337,28 @@ fn xdp_full_nat_with_connection_tracking() {
             ),
             (FLOW_SYN_SENT, 3, 0, 0)
         );
+
+        // The reply entry remembers the client's L2 path: its SYN never reached the stack, so
+        // no neighbour entry will ever exist for it. Deleting the router's entry proves the
+        // reply does not need one.
+        let reply_key = key(backend_ip, 8080, gw_backend, snat_port);
+        let back = dp
+            .flow(&reply_key)
+            .unwrap_or_else(|| panic!("no reply flow"));
+        assert_eq!(
+            (back.direction, back.ifindex, back.mac_dst, back.mac_src),
+            (TO_CLIENT, cl0, CLIENT_MAC, GW_CLIENT_MAC)
+        );
+        assert_eq!(forward.direction, TO_BACKEND);
+        tests::netns::run(std::process::Command::new("ip").args([
+            "-n",
+            &ns_name,
+            "neigh",
+            "del",
+            "198.51.100.2",
+            "dev",
+            "cl0",
+        ]));
 
         // 2. The backend's SYN-ACK is reverse-NATed back to the client.
         let synack = tcp(
