@@ -54,10 +54,11 @@ pub struct SharedState {
 /// What actually serves the Plan's listeners now (the Plan says where they should run).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Serving {
-    /// L4 listeners bound by the userspace forwarder.
+    /// L4 listeners whose connections the kernel forwards (XDP full NAT).
+    pub l4_kernel: Vec<SocketAddr>,
+    /// L4 listeners bound by the userspace forwarder: all of them, as the fallback for what
+    /// the kernel does not take (and the only path in userspace mode).
     pub l4_userspace: Vec<SocketAddr>,
-    /// Why L4 traffic is forwarded in userspace.
-    pub l4_why: String,
 }
 
 impl SharedState {

@@ -41,7 +41,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         bpffs: args.bpffs.clone(),
         instance: args.instance.clone(),
     };
-    let datapath = match Datapath::start(&options) {
+    let mut datapath = match Datapath::start(&options) {
         Ok(datapath) => datapath,
         Err(e) => {
             admin.shutdown().await;
@@ -55,19 +55,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         counters: datapath.counter_reader(),
     });
     // Listeners are bound before /ready turns 200.
-    let mut l4 = L4Proxy::new(state.l4.clone());
+    let mut servers = Servers {
+        userspace: L4Proxy::new(state.l4.clone()),
+        kernel: datapath.take_l4(),
+        status: Serving::default(),
+    };
     if let Some(current) = state.config().current {
-        let failures = l4.apply(&current.plan).await;
+        let failures = servers.apply(&current.plan).await;
         if let Some((address, error)) = failures.into_iter().next() {
             datapath.shutdown();
             admin.shutdown().await;
             return Err(error.context(format!("serving the listener {address}")));
         }
     }
-    state.set_serving(serving_status(&l4));
+    state.set_serving(servers.status.clone());
     // Subscribed before the reloader starts, so no applied config is missed.
     let applied = state.subscribe();
-    let serving = tokio::spawn(follow_plans(l4, state.clone(), applied));
+    let serving = tokio::spawn(follow_plans(servers, state.clone(), applied));
     state.set_state(ServerState::Live);
     tracing::info!("sluice is ready");
     let (stop_reloads, stopped) = tokio::sync::watch::channel(false);
@@ -125,9 +129,37 @@ pub async fn load_config(
     Ok((snapshot, resolved))
 }
 
+/// What serves the Plan's L4 listeners: the userspace forwarder on every one (it is also the
+/// fallback for connections the kernel does not take), and the kernel where it can.
+struct Servers {
+    userspace: L4Proxy,
+    kernel: Option<crate::datapath::l4::KernelL4>,
+    status: Serving,
+}
+
+impl Servers {
+    /// Applies `plan`: sockets first, so the fallback exists before the kernel takes SYNs.
+    async fn apply(
+        &mut self,
+        plan: &crate::plan::Plan,
+    ) -> Vec<(std::net::SocketAddr, anyhow::Error)> {
+        let failures = self.userspace.apply(plan).await;
+        let kernel = self
+            .kernel
+            .as_mut()
+            .map(|k| k.apply(plan))
+            .unwrap_or_default();
+        self.status = Serving {
+            l4_kernel: kernel,
+            l4_userspace: self.userspace.addresses(),
+        };
+        failures
+    }
+}
+
 /// Serves every Plan the reloader applies.
 async fn follow_plans(
-    mut l4: L4Proxy,
+    mut servers: Servers,
     state: Arc<SharedState>,
     mut applied: tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>,
 ) {
@@ -135,16 +167,9 @@ async fn follow_plans(
         let Some(snapshot) = applied.borrow_and_update().clone() else {
             continue;
         };
-        for (address, error) in l4.apply(&snapshot.plan).await {
+        for (address, error) in servers.apply(&snapshot.plan).await {
             tracing::error!(%address, generation = snapshot.generation, "listener not served: {error:#}");
         }
-        state.set_serving(serving_status(&l4));
-    }
-}
-
-fn serving_status(l4: &L4Proxy) -> Serving {
-    Serving {
-        l4_userspace: l4.addresses(),
-        l4_why: "the XDP/TC NAT fast path is not implemented yet: L4 listeners are forwarded by the userspace proxy in every datapath mode".into(),
+        state.set_serving(servers.status.clone());
     }
 }

@@ -198,6 +198,12 @@ impl TopologyBuilder {
                 &GATEWAY_BACKEND_V6.to_string(),
             ]);
         }
+        // Native XDP redirects into a veth are dropped unless its peer has GRO (or an XDP
+        // program), and veth senders leave TCP checksums to "hardware" that XDP-forwarded
+        // frames never reach: full checksums and GRO on the hosts' ends
+        // (../shared/EBPF_NOTES.md).
+        c.exec("ethtool", &["-K", CLIENT_IF, "tx", "off", "gro", "on"]);
+        b.exec("ethtool", &["-K", BACKEND_IF, "tx", "off", "gro", "on"]);
         if self.static_neighbours {
             let neigh = |ns: &NetNs, addr: String, mac: &str, dev: &str| {
                 ns.ip(&[

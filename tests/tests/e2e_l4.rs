@@ -7,7 +7,7 @@ use tests::{
     echo, root,
     servers::{self, NameServer},
     sluice::Sluice,
-    topology::{self, GATEWAY_CLIENT_IF, Topology},
+    topology::{self, GATEWAY_BACKEND_IF, GATEWAY_CLIENT_IF, Topology},
 };
 
 const PORT: u16 = 7000;
@@ -65,8 +65,55 @@ fn gateway(config_text: &str, mode: &[&str]) -> Gateway {
     }
 }
 
+/// Asserts which path carried the test's connections to `listener`: in kernel mode the XDP
+/// NAT (the userspace forwarder counted nothing), otherwise the userspace forwarder.
+fn assert_path(gw: &Gateway, mode: &[&str], listener: &str) {
+    let dump = gw.sluice.config_dump();
+    let kernel: Vec<String> = dump["serving"]["l4_kernel"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (_, metrics) = gw.sluice.admin_get("/stats/prometheus");
+    let userspace = metrics.lines().any(|l| {
+        l.starts_with(&format!(
+            "sluice_l4_connections_total{{listener=\"{listener}\""
+        ))
+    });
+    let forwarded = gw
+        .sluice
+        .metric("sluice_datapath_packets_total{reason=\"l4_forwarded\",verdict=\"forward\"}");
+    if mode == KERNEL {
+        assert!(
+            kernel.contains(&listener.to_owned()),
+            "{listener} not kernel-served: {dump:#}"
+        );
+        assert!(
+            !userspace,
+            "the userspace forwarder carried connections to {listener}"
+        );
+        assert!(forwarded.is_some_and(|p| p > 0.0), "nothing NATed by XDP");
+    } else {
+        assert!(kernel.is_empty(), "{dump:#}");
+        assert!(
+            userspace,
+            "the userspace forwarder carried nothing to {listener}"
+        );
+    }
+}
+
 const USERSPACE: &[&str] = &["--datapath", "userspace"];
-const KERNEL: &[&str] = &["--datapath", "xdp", "--interface", GATEWAY_CLIENT_IF];
+const KERNEL: &[&str] = &[
+    "--datapath",
+    "xdp",
+    "--interface",
+    GATEWAY_CLIENT_IF,
+    "--interface",
+    GATEWAY_BACKEND_IF,
+];
 
 fn echo_and_bulk(test: &str, mode: &[&str]) {
     if !root::can_run(test) {
@@ -91,16 +138,42 @@ fn echo_and_bulk(test: &str, mode: &[&str]) {
         100 * 1024 * 1024
     );
 
-    let series =
+    let userspace =
         format!("sluice_l4_connections_total{{listener=\"0.0.0.0:{PORT}\",backend=\"{backend}\"}}");
-    assert_eq!(gw.sluice.metric(&series), Some(4.0), "{series}");
-    let up = format!(
-        "sluice_l4_bytes_total{{listener=\"0.0.0.0:{PORT}\",backend=\"{backend}\",direction=\"upstream\"}}"
-    );
-    assert_eq!(
-        gw.sluice.metric(&up),
-        Some((3 * 64 * 1024 + 100 * 1024 * 1024) as f64)
-    );
+    let forwarded = gw
+        .sluice
+        .metric("sluice_datapath_packets_total{reason=\"l4_forwarded\",verdict=\"forward\"}");
+    let dump = gw.sluice.config_dump();
+    if mode == KERNEL {
+        // The kernel carried every connection: the userspace forwarder saw none.
+        let listener = format!("0.0.0.0:{PORT}");
+        assert_eq!(
+            dump["serving"]["l4_kernel"],
+            serde_json::json!([listener]),
+            "{dump:#}"
+        );
+        assert_eq!(gw.sluice.metric(&userspace), None, "{}", gw.sluice.log());
+        // At least one frame per 1500 bytes of payload (replies are fewer: delayed ACKs, GRO).
+        let minimum = 100.0 * 1024.0 * 1024.0 / 1500.0;
+        assert!(
+            forwarded.is_some_and(|p| p > minimum),
+            "{forwarded:?} packets NATed by XDP"
+        );
+    } else {
+        assert_eq!(
+            dump["serving"]["l4_kernel"],
+            serde_json::json!([]),
+            "{dump:#}"
+        );
+        assert_eq!(gw.sluice.metric(&userspace), Some(4.0), "{userspace}");
+        let up = format!(
+            "sluice_l4_bytes_total{{listener=\"0.0.0.0:{PORT}\",backend=\"{backend}\",direction=\"upstream\"}}"
+        );
+        assert_eq!(
+            gw.sluice.metric(&up),
+            Some((3 * 64 * 1024 + 100 * 1024 * 1024) as f64)
+        );
+    }
 }
 
 fn weights_are_honoured(test: &str, mode: &[&str]) {
@@ -126,6 +199,7 @@ fn weights_are_honoured(test: &str, mode: &[&str]) {
         (750..=850).contains(&first),
         "{first} of 1000 connections on the weight-80 backend (±5 points)"
     );
+    assert_path(&gw, mode, &format!("0.0.0.0:{PORT}"));
 }
 
 fn ipv6(test: &str, mode: &[&str]) {
@@ -151,6 +225,7 @@ fn ipv6(test: &str, mode: &[&str]) {
     server
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert_path(&gw, mode, &format!("[::]:{PORT}"));
 }
 
 #[test]
@@ -320,6 +395,7 @@ fn reload_under_load(test: &str, mode: &[&str]) {
             .all(|a| matches!(a, Answer::Named { name, .. } if name == "b0")),
         "a connection after the reload reached b1"
     );
+    assert_path(&gw, mode, &format!("0.0.0.0:{PORT}"));
 }
 
 #[test]

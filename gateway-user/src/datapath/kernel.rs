@@ -40,6 +40,7 @@ pub struct KernelDatapath {
     interfaces: Vec<InterfaceStatus>,
     links: Vec<(String, Link)>,
     log_task: Option<tokio::task::JoinHandle<()>>,
+    l4: Option<super::l4::KernelL4>,
 }
 
 /// Reads the per-CPU reason counters; cheap to clone, shared with the metrics endpoint.
@@ -130,6 +131,11 @@ impl KernelDatapath {
         }
     }
 
+    /// The kernel L4 adapter, for whoever applies Plans.
+    pub fn take_l4(&mut self) -> Option<super::l4::KernelL4> {
+        self.l4.take()
+    }
+
     pub fn counter_reader(&self) -> CounterReader {
         self.loaded.counters.clone()
     }
@@ -165,6 +171,7 @@ impl Loaded {
             interfaces: Vec::new(),
             links: Vec::new(),
             log_task: None,
+            l4: None,
         };
         for interface in interfaces {
             if let Err(e) = datapath.attach_interface(interface, order) {
@@ -173,6 +180,19 @@ impl Loaded {
             }
         }
         datapath.log_task = forward_logs(&mut datapath.loaded.ebpf);
+        // The NAT stage runs in the XDP program: only XDP interfaces can be redirect targets.
+        let xdp: std::collections::BTreeMap<String, u32> = datapath
+            .interfaces
+            .iter()
+            .filter(|i| matches!(i.attachment, Attachment::XdpNative | Attachment::XdpGeneric))
+            .map(|i| (i.interface.clone(), i.ifindex))
+            .collect();
+        if !xdp.is_empty() {
+            match super::l4::KernelL4::new(&mut datapath.loaded.ebpf, xdp) {
+                Ok(l4) => datapath.l4 = Some(l4),
+                Err(e) => tracing::warn!("the kernel L4 path is unavailable: {e:#}"),
+            }
+        }
         Ok(datapath)
     }
 

@@ -2,6 +2,7 @@
 //! reports. Choosing is pure and unit-tested; the kernel side lives in [`kernel`].
 pub mod bpffs;
 pub mod kernel;
+pub mod l4;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -171,6 +172,14 @@ impl Datapath {
             Datapath::Userspace { reason } => DatapathStatus::Userspace {
                 reason: reason.clone(),
             },
+        }
+    }
+
+    /// The kernel L4 adapter, when the XDP program is attached somewhere.
+    pub fn take_l4(&mut self) -> Option<l4::KernelL4> {
+        match self {
+            Datapath::Kernel(kernel) => kernel.take_l4(),
+            Datapath::Userspace { .. } => None,
         }
     }
 

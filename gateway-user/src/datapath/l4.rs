@@ -1,0 +1,241 @@
+//! The kernel L4 fast path, daemon side: from each Plan, the listeners the kernel can serve
+//! (every endpoint reached through an interface the XDP program is attached to, so replies
+//! come back through it), their source addresses, warm neighbours for the next hops, and the
+//! ordered map writes from [`super::sync`]. Listeners the kernel cannot serve stay with the
+//! userspace forwarder, which is bound on every L4 listener anyway.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    process::Command,
+};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, DevMapHash, HashMap, MapData},
+};
+use gateway_common::{
+    l4::{Backend, Listener, ListenerKey},
+    map_names,
+    select::MAGLEV_TABLE_SIZE,
+};
+
+use super::sync::{self, DesiredListener, MapState, Op};
+use crate::{
+    backends::BackendSet,
+    plan::{ListenerKind, Plan},
+};
+
+/// How a destination is reached, from the kernel's routing table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub device: String,
+    /// The source address the kernel would use (becomes the flow's SNAT address).
+    pub source: IpAddr,
+    /// The on-link next hop: a gateway, or the destination itself.
+    pub next_hop: IpAddr,
+}
+
+pub struct KernelL4 {
+    listeners: HashMap<MapData, ListenerKey, Listener>,
+    tables: Array<MapData, u32>,
+    backends: Array<MapData, Backend>,
+    state: MapState,
+    /// Interfaces with the XDP program, by name.
+    devices: BTreeMap<String, u32>,
+}
+
+impl KernelL4 {
+    /// Takes the L4 maps out of `ebpf` and registers `devices` (XDP-attached interfaces,
+    /// name -> ifindex) as redirect targets.
+    pub fn new(ebpf: &mut Ebpf, devices: BTreeMap<String, u32>) -> anyhow::Result<KernelL4> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no {name} map"))
+        };
+        let listeners = HashMap::try_from(take(map_names::L4_LISTENERS)?)?;
+        let tables = Array::try_from(take(map_names::L4_TABLES)?)?;
+        let backends = Array::try_from(take(map_names::L4_BACKENDS)?)?;
+        let mut redirect: DevMapHash<MapData> = DevMapHash::try_from(take(map_names::L4_DEVICES)?)?;
+        for ifindex in devices.values() {
+            redirect
+                .insert(*ifindex, *ifindex, None, 0)
+                .context("registering a redirect device")?;
+        }
+        Ok(KernelL4 {
+            listeners,
+            tables,
+            backends,
+            state: MapState::default(),
+            devices,
+        })
+    }
+
+    /// Brings the kernel maps to `plan`; returns the listeners the kernel now serves.
+    pub fn apply(&mut self, plan: &Plan) -> Vec<SocketAddr> {
+        let mut desired = Vec::new();
+        let mut served = Vec::new();
+        for listener in &plan.listeners {
+            let ListenerKind::L4Forward { route: Some(route) } = &listener.kind else {
+                continue;
+            };
+            let set = BackendSet::new(&route.backends);
+            match self.kernel_route(listener.address(), &set) {
+                Ok(snat) => {
+                    desired.push(DesiredListener {
+                        key: sync::listener_key(listener.address()),
+                        set,
+                        snat,
+                    });
+                    served.push(listener.address());
+                }
+                Err(why) => {
+                    tracing::info!(listener = %listener.address(), "served in userspace: {why}")
+                }
+            }
+        }
+        match sync::sync(&mut self.state, &desired) {
+            Ok(ops) => {
+                let count = ops.len();
+                if let Err(e) = self.write(ops) {
+                    tracing::error!("updating the L4 maps failed: {e:#}");
+                    return Vec::new();
+                }
+                tracing::info!(
+                    listeners = served.len(),
+                    writes = count,
+                    "kernel L4 maps updated"
+                );
+                served
+            }
+            Err(e) => {
+                tracing::error!("the kernel cannot serve this Plan's L4 listeners: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The source address towards each endpoint, if the kernel can serve the listener.
+    fn kernel_route(&self, listener: SocketAddr, set: &BackendSet) -> Result<Vec<IpAddr>, String> {
+        if set.table.is_empty() {
+            return Err("no endpoints".into());
+        }
+        let mut sources = Vec::new();
+        for endpoint in &set.endpoints {
+            if endpoint.is_ipv4() != listener.is_ipv4() {
+                return Err(format!("endpoint {endpoint} is of another address family"));
+            }
+            let route =
+                route(endpoint.ip()).map_err(|e| format!("no route to {endpoint}: {e:#}"))?;
+            if !self.devices.contains_key(&route.device) {
+                return Err(format!(
+                    "{endpoint} is reached through {}, which has no XDP program",
+                    route.device
+                ));
+            }
+            keep_resolved(route.next_hop, &route.device);
+            sources.push(route.source);
+        }
+        Ok(sources)
+    }
+
+    fn write(&mut self, ops: Vec<Op>) -> anyhow::Result<()> {
+        for op in ops {
+            match op {
+                Op::PutBackend(id, backend) => self.backends.set(id, backend, 0)?,
+                Op::WriteTable { slot, table } => {
+                    for (i, id) in table.iter().enumerate() {
+                        self.tables
+                            .set(slot * MAGLEV_TABLE_SIZE + i as u32, id, 0)?;
+                    }
+                }
+                Op::PutListener(key, listener) => self.listeners.insert(key, listener, 0)?,
+                Op::DeleteListener(key) => self.listeners.remove(&key)?,
+                // Arrays cannot delete: an all-zero backend (port 0) is refused by the kernel.
+                Op::DeleteBackend(id) => self.backends.set(id, Backend::default(), 0)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's route to `ip` (`ip -j route get`).
+pub fn route(ip: IpAddr) -> anyhow::Result<Route> {
+    let out = Command::new("ip")
+        .args(["-j", "route", "get", &ip.to_string()])
+        .output()
+        .context("running ip route get")?;
+    if !out.status.success() {
+        anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    parse_route(&String::from_utf8_lossy(&out.stdout), ip)
+}
+
+fn parse_route(json: &str, ip: IpAddr) -> anyhow::Result<Route> {
+    let routes: serde_json::Value = serde_json::from_str(json).context("parsing ip's JSON")?;
+    let route = routes.get(0).ok_or_else(|| anyhow!("no route"))?;
+    let text = |field: &str| route.get(field).and_then(serde_json::Value::as_str);
+    let device = text("dev")
+        .ok_or_else(|| anyhow!("the route names no device"))?
+        .to_owned();
+    let source = text("prefsrc")
+        .ok_or_else(|| anyhow!("the route has no source address"))?
+        .parse()?;
+    let next_hop = match text("gateway") {
+        Some(gateway) => gateway.parse()?,
+        None => ip,
+    };
+    Ok(Route {
+        device,
+        source,
+        next_hop,
+    })
+}
+
+/// Asks the kernel to keep `ip`'s neighbour entry resolved on `device` (NTF_MANAGED): XDP
+/// cannot resolve neighbours, and the FIB lookup fails without one.
+fn keep_resolved(ip: IpAddr, device: &str) {
+    let status = Command::new("ip")
+        .args([
+            "neigh",
+            "replace",
+            &ip.to_string(),
+            "dev",
+            device,
+            "managed",
+        ])
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        tracing::warn!(%ip, device, "could not mark the neighbour managed; the first packets may be dropped until it resolves");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_from_ip_json() {
+        let on_link = r#"[{"dst":"203.0.113.2","dev":"gw-b","prefsrc":"203.0.113.1","flags":[],"uid":0,"cache":[]}]"#;
+        let ip: IpAddr = "203.0.113.2".parse().unwrap_or_else(|e| panic!("{e}"));
+        let route = parse_route(on_link, ip).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            route,
+            Route {
+                device: "gw-b".into(),
+                source: "203.0.113.1".parse().unwrap_or_else(|e| panic!("{e}")),
+                next_hop: ip
+            }
+        );
+        let via = r#"[{"dst":"192.0.2.9","gateway":"203.0.113.254","dev":"gw-b","prefsrc":"203.0.113.1"}]"#;
+        let route = parse_route(via, "192.0.2.9".parse().unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            route.next_hop,
+            "203.0.113.254"
+                .parse::<IpAddr>()
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert!(parse_route("[]", ip).is_err());
+    }
+}
