@@ -9,7 +9,7 @@ use tests::{
     bpffs::TempBpffs,
     echo,
     sluice::Sluice,
-    topology::{self, GATEWAY_CLIENT_IF, Topology},
+    topology::{self, GATEWAY_BACKEND_IF, GATEWAY_CLIENT_IF, Topology},
 };
 
 use crate::build::{BuildArgs, build, workspace_root};
@@ -50,6 +50,8 @@ pub fn demo() -> anyhow::Result<()> {
         &config.to_string_lossy(),
         "--interface",
         GATEWAY_CLIENT_IF,
+        "--interface",
+        GATEWAY_BACKEND_IF,
         "--bpffs",
         &bpffs.path().to_string_lossy(),
         "--instance",
@@ -82,8 +84,8 @@ pub fn demo() -> anyhow::Result<()> {
         topology::CLIENT_V4
     );
     println!(
-        "(XDP classifies and counts every frame; the TCP listener is forwarded by the userspace \
-         proxy until the kernel NAT path lands)"
+        "(XDP NATs both directions: the client's SYN picks a backend from the Maglev table, \
+         the stack never sees these connections)"
     );
 
     section("GET /stats/prometheus (datapath, L4 and config series)");
@@ -98,23 +100,34 @@ pub fn demo() -> anyhow::Result<()> {
         println!("{line}");
     }
 
-    section("bpftool map dump pinned …/REASON_COUNTERS (key 9 = tcp)");
+    section("conntrack: bpftool -j map dump pinned …/L4_FLOWS (BTF-decoded)");
     let pin = bpffs
         .pin_dir("demo")
-        .join(gateway_common::map_names::REASON_COUNTERS);
+        .join(gateway_common::map_names::L4_FLOWS);
     let out = Command::new("bpftool")
-        .args(["map", "dump", "pinned"])
+        .args(["-j", "map", "dump", "pinned"])
         .arg(&pin)
         .output()?;
-    let dump = String::from_utf8_lossy(&out.stdout);
-    let tcp_entry = dump
-        .split("},{\n        \"key\": ")
-        .find(|e| e.starts_with('9'))
-        .unwrap_or(&dump);
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    for entry in entries.as_array().into_iter().flatten().take(6) {
+        let entry = entry.get("formatted").unwrap_or(entry);
+        let (key, value) = (&entry["key"], &entry["value"]);
+        let direction = if value["direction"] == 0 {
+            "to backend"
+        } else {
+            "to client "
+        };
+        println!(
+            "{direction}  {} -> {}  rewritten to  {} -> {}",
+            endpoint(&key["src"], &key["src_port"]),
+            endpoint(&key["dst"], &key["dst_port"]),
+            endpoint(&value["new_src"], &value["new_src_port"]),
+            endpoint(&value["new_dst"], &value["new_dst_port"]),
+        );
+    }
     println!(
-        "bpftool map dump pinned {}\n  \"key\": {}",
-        pin.display(),
-        tcp_entry.trim_end()
+        "({} entries: two per connection)",
+        entries.as_array().map_or(0, Vec::len)
     );
 
     section("GET /config_dump (datapath)");
@@ -146,4 +159,24 @@ pub fn demo() -> anyhow::Result<()> {
         workspace_root().display()
     );
     Ok(())
+}
+
+/// `address:port` from a BTF-decoded 16-byte address (IPv4 mapped into IPv6) and a port.
+fn endpoint(address: &serde_json::Value, port: &serde_json::Value) -> String {
+    let bytes: Vec<u8> = address
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64().map(|b| b as u8))
+                .collect()
+        })
+        .unwrap_or_default();
+    let ip = <[u8; 16]>::try_from(bytes.as_slice()).map(std::net::Ipv6Addr::from);
+    let ip = match ip {
+        Ok(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.to_string(), |v4| v4.to_string()),
+        Err(_) => "?".into(),
+    };
+    format!("{ip}:{}", port.as_u64().unwrap_or_default())
 }
