@@ -17,6 +17,10 @@ pub mod map_names {
     pub const L4_FLOWS: &str = "L4_FLOWS";
     /// ifindex -> device, for XDP_REDIRECT.
     pub const L4_DEVICES: &str = "L4_DEVICES";
+    /// Per-CPU [`crate::l4::L4Counters`] by listener id.
+    pub const L4_LISTENER_CNT: &str = "L4_LISTENER_CNT";
+    /// Per-CPU [`crate::l4::L4Counters`] by backend id.
+    pub const L4_BACKEND_CNT: &str = "L4_BACKEND_CNT";
     /// Every map the daemon pins, in a stable order.
     pub const ALL: &[&str] = &[
         REASON_COUNTERS,
@@ -25,6 +29,8 @@ pub mod map_names {
         L4_BACKENDS,
         L4_FLOWS,
         L4_DEVICES,
+        L4_LISTENER_CNT,
+        L4_BACKEND_CNT,
     ];
 }
 
@@ -191,7 +197,7 @@ const _: () = assert!(core::mem::size_of::<Counters>() == 16);
 // SAFETY: Counters is #[repr(C)], has no padding (asserted above) and every bit pattern is valid.
 unsafe impl aya::Pod for Counters {}
 
-// SAFETY (all four): #[repr(C)], sizes asserted without hidden padding (explicit `_pad`
+// SAFETY (each of these): #[repr(C)], sizes asserted without hidden padding (explicit `_pad`
 // fields), integers and byte arrays only, so every bit pattern is valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for l4::ListenerKey {}
@@ -203,6 +209,8 @@ unsafe impl aya::Pod for l4::Backend {}
 unsafe impl aya::Pod for l4::FlowKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for l4::Flow {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for l4::L4Counters {}
 
 /// Protocol constants shared by the parsers and the tests' packet builders.
 pub mod proto {
@@ -359,6 +367,19 @@ pub mod l4 {
     pub const TO_BACKEND: u8 = 0;
     /// [`Flow::direction`]: backend to client (back the way the client came).
     pub const TO_CLIENT: u8 = 1;
+
+    /// Traffic the kernel forwarded for one listener or backend (per CPU).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct L4Counters {
+        /// Packets forwarded, both directions.
+        pub packets: u64,
+        /// Bytes of those packets (whole frames).
+        pub bytes: u64,
+        /// Connections (flows) created.
+        pub connections: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<L4Counters>() == 24);
 
     pub const FLOW_SYN_SENT: u8 = 1;
     pub const FLOW_ESTABLISHED: u8 = 2;

@@ -1,7 +1,7 @@
 //! Per-CPU accounting of every packet the datapath classified.
-use gateway_common::PacketReason;
+use gateway_common::{PacketReason, l4::L4Counters};
 
-use crate::maps::REASON_COUNTERS;
+use crate::maps::{L4_BACKEND_CNT, L4_LISTENER_CNT, REASON_COUNTERS};
 
 /// Adds one packet of `bytes` to the counters of `reason` on this CPU. Per-CPU slots have a
 /// single writer, so plain adds are race-free.
@@ -13,6 +13,32 @@ pub fn count(reason: PacketReason, bytes: u64) {
         unsafe {
             (*slot).packets += 1;
             (*slot).bytes += bytes;
+        }
+    }
+}
+
+/// Adds one forwarded packet (and a new connection, for a flow's first packet) to its
+/// listener's and backend's counters on this CPU.
+#[inline(always)]
+pub fn count_l4(listener: u32, backend: u32, bytes: u64, new_connection: bool) {
+    // Two separate checks: iterating over both lookups let LLVM OR the two map pointers,
+    // which the verifier rejects ("pointer |= pointer prohibited").
+    if let Some(slot) = L4_LISTENER_CNT.get_ptr_mut(listener) {
+        add_l4(slot, bytes, new_connection);
+    }
+    if let Some(slot) = L4_BACKEND_CNT.get_ptr_mut(backend) {
+        add_l4(slot, bytes, new_connection);
+    }
+}
+
+#[inline(always)]
+fn add_l4(slot: *mut L4Counters, bytes: u64, new_connection: bool) {
+    // SAFETY: this CPU's slot of a per-CPU map, written only by this invocation.
+    unsafe {
+        (*slot).packets += 1;
+        (*slot).bytes += bytes;
+        if new_connection {
+            (*slot).connections += 1;
         }
     }
 }

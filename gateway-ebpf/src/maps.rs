@@ -7,8 +7,8 @@ use aya_ebpf::{
 use gateway_common::{
     Counters, REASON_COUNT,
     l4::{
-        Backend, Flow, FlowKey, Listener, ListenerKey, MAX_BACKENDS, MAX_FLOWS, MAX_LISTENERS,
-        TABLE_ENTRIES,
+        Backend, Flow, FlowKey, L4Counters, Listener, ListenerKey, MAX_BACKENDS, MAX_FLOWS,
+        MAX_LISTENERS, TABLE_ENTRIES,
     },
 };
 
@@ -41,3 +41,12 @@ pub static SCRATCH: PerCpuArray<crate::nat::Scratch, 1> = PerCpuArray::new();
 /// Interfaces NATed packets may be redirected to, by ifindex.
 #[btf_map]
 pub static L4_DEVICES: DevMapHash<64> = DevMapHash::new();
+
+/// What the kernel forwarded per listener id.
+#[btf_map]
+pub static L4_LISTENER_CNT: PerCpuArray<L4Counters, { MAX_LISTENERS as usize }> =
+    PerCpuArray::new();
+
+/// What the kernel forwarded per backend id.
+#[btf_map]
+pub static L4_BACKEND_CNT: PerCpuArray<L4Counters, { MAX_BACKENDS as usize }> = PerCpuArray::new();

@@ -18,7 +18,7 @@ use gateway_common::{
 };
 
 use crate::{
-    context::{XdpPacket, ptr_at_mut},
+    context::{Packet as _, XdpPacket, ptr_at_mut},
     csum, fib,
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr},
     maps::{L4_BACKENDS, L4_FLOWS, L4_LISTENERS, L4_TABLES, SCRATCH},
@@ -63,7 +63,31 @@ pub fn process(ctx: &XdpContext, packet: &XdpPacket, tcp: &Tcp) -> (PacketReason
     if let Err(reason) = fill_key(packet, tcp, &mut scratch.key) {
         return (reason, action_of(reason));
     }
-    match L4_FLOWS.get_ptr_mut(&scratch.key) {
+    let mut new_connection = false;
+    let mut found = L4_FLOWS.get_ptr_mut(&scratch.key);
+    // A new SYN on the tuple of a closing flow is a new connection (the client reused its
+    // port): it picks a backend afresh, and the old reply entry goes, so a late packet from
+    // the old backend cannot reach the new connection.
+    if let Some(flow) = found
+        && tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        // SAFETY: a pointer from a successful lookup of this map's value type.
+        && unsafe { (*flow).state } == FLOW_CLOSING
+    {
+        // SAFETY: as above; the fields are copied out before the entry changes.
+        unsafe {
+            scratch.reverse = FlowKey {
+                src: (*flow).new_dst,
+                dst: (*flow).new_src,
+                src_port: (*flow).new_dst_port,
+                dst_port: (*flow).new_src_port,
+                protocol: IPPROTO_TCP,
+                _pad: [0; 3],
+            };
+        }
+        let _ = L4_FLOWS.remove(&scratch.reverse);
+        found = None;
+    }
+    match found {
         Some(flow) => {
             // SAFETY: a pointer from a successful lookup of this map's value type. Concurrent
             // writers only race on state and timestamps, which tolerate a lost update.
@@ -80,7 +104,7 @@ pub fn process(ctx: &XdpContext, packet: &XdpPacket, tcp: &Tcp) -> (PacketReason
         None => {
             let from = arrival(ctx, packet);
             match new_flow(tcp, scratch, &from) {
-                Ok(true) => {}
+                Ok(true) => new_connection = true,
                 Ok(false) => return (PacketReason::Tcp, xdp_action::XDP_PASS),
                 Err(reason) => return (reason, action_of(reason)),
             }
@@ -90,7 +114,16 @@ pub fn process(ctx: &XdpContext, packet: &XdpPacket, tcp: &Tcp) -> (PacketReason
         return (reason, action_of(reason));
     }
     match fib::forward(ctx, packet, tcp, &scratch.flow, &mut scratch.fib) {
-        Ok(action) => (PacketReason::L4Forwarded, action),
+        Ok(action) => {
+            let flow = &scratch.flow;
+            crate::counters::count_l4(
+                flow.listener,
+                flow.backend,
+                packet.frame_len(),
+                new_connection,
+            );
+            (PacketReason::L4Forwarded, action)
+        }
         Err(reason) => (reason, action_of(reason)),
     }
 }

@@ -49,11 +49,15 @@ pub struct SharedState {
     applied: watch::Sender<Option<Arc<Snapshot>>>,
     pub l4: Arc<crate::l4proxy::L4Metrics>,
     serving: RwLock<Serving>,
+    kernel_l4: RwLock<Option<Arc<crate::datapath::l4::L4KernelStats>>>,
 }
 
 /// What actually serves the Plan's listeners now (the Plan says where they should run).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Serving {
+    /// The config generation the listeners below serve. It trails `config.generation` for
+    /// the moment it takes to swap listeners and routes after a reload.
+    pub generation: u64,
     /// L4 listeners whose connections the kernel forwards (XDP full NAT).
     pub l4_kernel: Vec<SocketAddr>,
     /// L4 listeners bound by the userspace forwarder: all of them, as the fallback for what
@@ -70,6 +74,7 @@ impl SharedState {
             applied: watch::channel(None).0,
             l4: Arc::default(),
             serving: RwLock::new(Serving::default()),
+            kernel_l4: RwLock::new(None),
         })
     }
 
@@ -97,6 +102,14 @@ impl SharedState {
         }
         status.current = Some(snapshot.clone());
         self.applied.send_replace(Some(snapshot));
+    }
+
+    pub fn set_kernel_l4(&self, stats: Arc<crate::datapath::l4::L4KernelStats>) {
+        *write(&self.kernel_l4) = Some(stats);
+    }
+
+    pub fn kernel_l4(&self) -> Option<Arc<crate::datapath::l4::L4KernelStats>> {
+        read(&self.kernel_l4).clone()
     }
 
     pub fn set_serving(&self, serving: Serving) {

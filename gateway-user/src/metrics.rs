@@ -9,7 +9,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{admin::SharedState, config::Severity, plan::Place, snapshot::ConfigStatus};
+use gateway_common::l4::L4Counters;
+
+use crate::{
+    admin::SharedState, config::Severity, datapath::l4::L4KernelStats, plan::Place,
+    snapshot::ConfigStatus,
+};
 
 /// Builds the registry served on `/stats/prometheus`.
 pub fn registry(state: Arc<SharedState>) -> Registry {
@@ -35,6 +40,9 @@ struct StateCollector {
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         encode_config(&self.state.config(), &mut encoder)?;
+        if let Some(stats) = self.state.kernel_l4() {
+            encode_kernel_l4(&stats, &mut encoder)?;
+        }
         let Some(datapath) = self.state.datapath() else {
             return Ok(());
         };
@@ -189,4 +197,49 @@ fn encode_config(
             (&[("runs", "userspace")], placed(Place::Userspace)),
         ],
     )
+}
+
+/// Selects one field of the kernel's L4 counters.
+type L4Field = fn(&L4Counters) -> u64;
+
+/// What the kernel L4 path forwarded, per listener and per backend.
+fn encode_kernel_l4(
+    stats: &L4KernelStats,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let (listeners, backends) = stats.read();
+    let fields: [(&str, &str, L4Field); 3] = [
+        (
+            "packets",
+            "Packets the kernel forwarded (both directions)",
+            |c| c.packets,
+        ),
+        (
+            "bytes",
+            "Bytes (whole frames) the kernel forwarded (both directions)",
+            |c| c.bytes,
+        ),
+        ("connections", "Connections the kernel created", |c| {
+            c.connections
+        }),
+    ];
+    for (scope, label, rows) in [
+        ("", "listener", &listeners),
+        ("backend_", "backend", &backends),
+    ] {
+        for (field, help, value) in fields {
+            let name = format!("l4_kernel_{scope}{field}");
+            let mut family = encoder.encode_descriptor(
+                &name,
+                &format!("{help}, by {label}"),
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (address, counters) in rows.iter() {
+                ConstCounter::new(value(counters))
+                    .encode(family.encode_family(&[(label, address.as_str())])?)?;
+            }
+        }
+    }
+    Ok(())
 }

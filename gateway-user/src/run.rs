@@ -60,8 +60,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         kernel: datapath.take_l4(),
         status: Serving::default(),
     };
+    if let Some(kernel) = &servers.kernel {
+        state.set_kernel_l4(kernel.stats());
+    }
     if let Some(current) = state.config().current {
-        let failures = servers.apply(&current.plan).await;
+        let failures = servers.apply(&current).await;
         if let Some((address, error)) = failures.into_iter().next() {
             datapath.shutdown();
             admin.shutdown().await;
@@ -139,17 +142,15 @@ struct Servers {
 
 impl Servers {
     /// Applies `plan`: sockets first, so the fallback exists before the kernel takes SYNs.
-    async fn apply(
-        &mut self,
-        plan: &crate::plan::Plan,
-    ) -> Vec<(std::net::SocketAddr, anyhow::Error)> {
-        let failures = self.userspace.apply(plan).await;
+    async fn apply(&mut self, snapshot: &Snapshot) -> Vec<(std::net::SocketAddr, anyhow::Error)> {
+        let failures = self.userspace.apply(&snapshot.plan).await;
         let kernel = self
             .kernel
             .as_mut()
-            .map(|k| k.apply(plan))
+            .map(|k| k.apply(&snapshot.plan))
             .unwrap_or_default();
         self.status = Serving {
+            generation: snapshot.generation,
             l4_kernel: kernel,
             l4_userspace: self.userspace.addresses(),
         };
@@ -167,7 +168,7 @@ async fn follow_plans(
         let Some(snapshot) = applied.borrow_and_update().clone() else {
             continue;
         };
-        for (address, error) in servers.apply(&snapshot.plan).await {
+        for (address, error) in servers.apply(&snapshot).await {
             tracing::error!(%address, generation = snapshot.generation, "listener not served: {error:#}");
         }
         state.set_serving(servers.status.clone());

@@ -8,7 +8,7 @@ use aya::{
 };
 use gateway_common::{
     Counters, PacketReason,
-    l4::{Backend as L4Backend, Flow, FlowKey, Listener, ListenerKey},
+    l4::{Backend as L4Backend, Flow, FlowKey, L4Counters, Listener, ListenerKey},
     map_names, program_names,
     select::MAGLEV_TABLE_SIZE,
 };
@@ -171,6 +171,24 @@ impl Datapath {
         flows
             .insert(key, flow, 0)
             .unwrap_or_else(|e| panic!("flow: {e}"));
+    }
+
+    /// The kernel's L4 counters of listener or backend `id` (`map` is one of the two counter
+    /// maps), summed over CPUs.
+    pub fn l4_counters(&self, map: &str, id: u32) -> L4Counters {
+        let array: PerCpuArray<_, L4Counters> =
+            PerCpuArray::try_from(self.ebpf.map(map).unwrap_or_else(|| panic!("no {map} map")))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let values = array
+            .get(&id, 0)
+            .unwrap_or_else(|e| panic!("{map}[{id}]: {e}"));
+        values
+            .iter()
+            .fold(L4Counters::default(), |a, c| L4Counters {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                connections: a.connections + c.connections,
+            })
     }
 
     /// Counters of every reason, summed over CPUs, in reason order.

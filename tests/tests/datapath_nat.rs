@@ -11,6 +11,7 @@ use gateway_common::{
         Backend, FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow,
         FlowKey, Listener, ListenerKey, TO_BACKEND, TO_CLIENT,
     },
+    map_names,
     select::{MAGLEV_TABLE_SIZE, flow_hash},
 };
 use tests::{
@@ -432,6 +433,57 @@ fn xdp_full_nat_with_connection_tracking() {
                 .map(|f| f.state),
             Some(FLOW_CLOSING)
         );
+
+        // The first flow's listener (id 3) and backend (id 0) counted SYN, SYN-ACK, ACK and
+        // RST, and one connection.
+        for (map, id) in [
+            (map_names::L4_LISTENER_CNT, 3),
+            (map_names::L4_BACKEND_CNT, 0),
+        ] {
+            let c = dp.l4_counters(map, id);
+            assert_eq!((c.packets, c.connections), (4, 1), "{map}[{id}]");
+            assert_eq!(
+                c.bytes,
+                (4 * syn.len()) as u64,
+                "{map}[{id}]: every test frame has the same length"
+            );
+        }
+
+        // 4b. The client reuses the port of its closed connection: a new SYN makes a new flow
+        // (picked afresh), and the old reply entry is gone.
+        let syn_again = tcp(
+            client,
+            40000,
+            gw_client,
+            7000,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        let out = inspect(&step(
+            &mut dp,
+            &syn_again,
+            cl0,
+            XDP_REDIRECT,
+            PacketReason::L4Forwarded,
+            "SYN on a closed tuple",
+        ));
+        let renewed = dp
+            .flow(&key(client, 40000, gw_client, 7000))
+            .unwrap_or_else(|| panic!("no flow"));
+        assert_eq!(
+            renewed.state, FLOW_SYN_SENT,
+            "a new connection, not the closed one"
+        );
+        assert_eq!(dp.l4_counters(map_names::L4_LISTENER_CNT, 3).connections, 2);
+        assert!(
+            out.sport != snat_port
+                || dp
+                    .flow(&reply_key)
+                    .is_some_and(|f| f.state == FLOW_SYN_SENT),
+            "the old reply entry survived"
+        );
+        assert_eq!(dp.flow_count(), 2, "one connection: two entries");
 
         // 5. A non-SYN segment to a listener with no flow goes to the stack untouched.
         let stray = tcp(

@@ -155,6 +155,20 @@ fn echo_and_bulk(test: &str, mode: &[&str]) {
         assert_eq!(gw.sluice.metric(&userspace), None, "{}", gw.sluice.log());
         // At least one frame per 1500 bytes of payload (replies are fewer: delayed ACKs, GRO).
         let minimum = 100.0 * 1024.0 * 1024.0 / 1500.0;
+        // The kernel's own per-listener and per-backend counters saw the same connections.
+        let kernel = |name: &str, label: &str, value: &str| {
+            gw.sluice.metric(&format!(
+                "sluice_l4_kernel_{name}_total{{{label}=\"{value}\"}}"
+            ))
+        };
+        assert_eq!(kernel("connections", "listener", &listener), Some(4.0));
+        assert_eq!(
+            kernel("backend_connections", "backend", &backend.to_string()),
+            Some(4.0)
+        );
+        assert!(
+            kernel("bytes", "listener", &listener).is_some_and(|b| b > 100.0 * 1024.0 * 1024.0)
+        );
         assert!(
             forwarded.is_some_and(|p| p > minimum),
             "{forwarded:?} packets NATed by XDP"
@@ -342,7 +356,7 @@ fn reload_under_load(test: &str, mode: &[&str]) {
     std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
     gw.sluice
         .wait_config(std::time::Duration::from_secs(15), "generation 2", |d| {
-            d["config"]["generation"] == 2
+            d["serving"]["generation"] == 2
         });
     marker.store(true, Ordering::Release);
     let _ = to_echo.send(());

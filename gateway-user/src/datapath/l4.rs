@@ -7,15 +7,16 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     process::Command,
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, HashMap, MapData},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
 };
 use gateway_common::{
-    l4::{Backend, Listener, ListenerKey},
+    l4::{Backend, L4Counters, Listener, ListenerKey},
     map_names,
     select::MAGLEV_TABLE_SIZE,
 };
@@ -36,7 +37,90 @@ pub struct Route {
     pub next_hop: IpAddr,
 }
 
+/// The kernel's per-listener and per-backend counters and what each id stands for. Shared
+/// with the metrics endpoint; one lock covers both maps and their labels.
+#[derive(Debug)]
+pub struct L4KernelStats {
+    inner: Mutex<StatsInner>,
+}
+
+struct StatsInner {
+    listeners: PerCpuArray<MapData, L4Counters>,
+    backends: PerCpuArray<MapData, L4Counters>,
+    listener_labels: BTreeMap<u32, String>,
+    backend_labels: BTreeMap<u32, String>,
+}
+
+impl std::fmt::Debug for StatsInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatsInner")
+            .field("listeners", &self.listener_labels)
+            .field("backends", &self.backend_labels)
+            .finish()
+    }
+}
+
+/// Counters by label (listener or backend address).
+pub type Labelled = Vec<(String, L4Counters)>;
+
+fn summed(map: &PerCpuArray<MapData, L4Counters>, id: u32) -> Option<L4Counters> {
+    let values = map.get(&id, 0).ok()?;
+    Some(
+        values
+            .iter()
+            .fold(L4Counters::default(), |a, c| L4Counters {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                connections: a.connections + c.connections,
+            }),
+    )
+}
+
+impl L4KernelStats {
+    /// (per listener, per backend) counters of the ids in use, summed over CPUs.
+    pub fn read(&self) -> (Labelled, Labelled) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let collect =
+            |map: &PerCpuArray<MapData, L4Counters>, labels: &BTreeMap<u32, String>| -> Labelled {
+                labels
+                    .iter()
+                    .filter_map(|(id, label)| summed(map, *id).map(|c| (label.clone(), c)))
+                    .collect()
+            };
+        (
+            collect(&inner.listeners, &inner.listener_labels),
+            collect(&inner.backends, &inner.backend_labels),
+        )
+    }
+
+    /// Takes the ids' new labels; an id that is new or now means something else starts from
+    /// zero (backend ids are reused).
+    fn relabel(
+        &self,
+        listeners: BTreeMap<u32, String>,
+        backends: BTreeMap<u32, String>,
+    ) -> anyhow::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zeros = || PerCpuValues::try_from(vec![L4Counters::default(); cpus]);
+        for (id, label) in &listeners {
+            if inner.listener_labels.get(id) != Some(label) {
+                inner.listeners.set(*id, zeros()?, 0)?;
+            }
+        }
+        for (id, label) in &backends {
+            if inner.backend_labels.get(id) != Some(label) {
+                inner.backends.set(*id, zeros()?, 0)?;
+            }
+        }
+        inner.listener_labels = listeners;
+        inner.backend_labels = backends;
+        Ok(())
+    }
+}
+
 pub struct KernelL4 {
+    stats: Arc<L4KernelStats>,
     listeners: HashMap<MapData, ListenerKey, Listener>,
     tables: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
@@ -56,6 +140,14 @@ impl KernelL4 {
         let listeners = HashMap::try_from(take(map_names::L4_LISTENERS)?)?;
         let tables = Array::try_from(take(map_names::L4_TABLES)?)?;
         let backends = Array::try_from(take(map_names::L4_BACKENDS)?)?;
+        let stats = Arc::new(L4KernelStats {
+            inner: Mutex::new(StatsInner {
+                listeners: PerCpuArray::try_from(take(map_names::L4_LISTENER_CNT)?)?,
+                backends: PerCpuArray::try_from(take(map_names::L4_BACKEND_CNT)?)?,
+                listener_labels: BTreeMap::new(),
+                backend_labels: BTreeMap::new(),
+            }),
+        });
         let mut redirect: DevMapHash<MapData> = DevMapHash::try_from(take(map_names::L4_DEVICES)?)?;
         for ifindex in devices.values() {
             redirect
@@ -63,6 +155,7 @@ impl KernelL4 {
                 .context("registering a redirect device")?;
         }
         Ok(KernelL4 {
+            stats,
             listeners,
             tables,
             backends,
@@ -106,6 +199,9 @@ impl KernelL4 {
                     writes = count,
                     "kernel L4 maps updated"
                 );
+                if let Err(e) = self.relabel() {
+                    tracing::warn!("kernel L4 counters may be mislabelled: {e:#}");
+                }
                 served
             }
             Err(e) => {
@@ -137,6 +233,27 @@ impl KernelL4 {
             sources.push(route.source);
         }
         Ok(sources)
+    }
+
+    /// The counters of the kernel path, for the metrics endpoint.
+    pub fn stats(&self) -> Arc<L4KernelStats> {
+        self.stats.clone()
+    }
+
+    fn relabel(&self) -> anyhow::Result<()> {
+        let listeners = self
+            .state
+            .listeners
+            .iter()
+            .map(|(key, l)| (l.id, key_address(key).to_string()))
+            .collect();
+        let backends = self
+            .state
+            .backends
+            .iter()
+            .map(|(id, b)| (*id, SocketAddr::new(address(&b.addr), b.port).to_string()))
+            .collect();
+        self.stats.relabel(listeners, backends)
     }
 
     fn write(&mut self, ops: Vec<Op>) -> anyhow::Result<()> {
@@ -208,6 +325,17 @@ fn keep_resolved(ip: IpAddr, device: &str) {
     if !matches!(status, Ok(s) if s.success()) {
         tracing::warn!(%ip, device, "could not mark the neighbour managed; the first packets may be dropped until it resolves");
     }
+}
+
+/// An address as stored in the maps (IPv4 mapped into IPv6) back in its own family.
+fn address(bytes: &[u8; 16]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*bytes);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+/// The listener a key stands for (the IPv4 wildcard is stored as `::ffff:0.0.0.0`).
+fn key_address(key: &ListenerKey) -> SocketAddr {
+    SocketAddr::new(address(&key.addr), key.port)
 }
 
 #[cfg(test)]
