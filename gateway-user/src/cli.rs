@@ -70,6 +70,14 @@ pub struct RunArgs {
     /// config generation. Config files are watched, and SIGHUP reloads at once.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub dns_refresh: std::time::Duration,
+
+    /// Kernel L4 connections with no packet for this long are forgotten.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub l4_idle_timeout: std::time::Duration,
+
+    /// Kernel L4 connections are forgotten this long after their FIN or RST.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub l4_closing_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

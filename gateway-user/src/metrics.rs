@@ -208,6 +208,26 @@ fn encode_kernel_l4(
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     let (listeners, backends) = stats.read();
+    let live = i64::try_from(stats.flows_live.load(std::sync::atomic::Ordering::Relaxed))
+        .unwrap_or(i64::MAX);
+    gauge_family(
+        encoder,
+        "l4_kernel_flows",
+        "Connection-tracking entries (two per connection) after the last expiry pass",
+        &[(&[], live)],
+    )?;
+    let expired = ConstCounter::new(
+        stats
+            .flows_expired
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let family = encoder.encode_descriptor(
+        "l4_kernel_flows_expired",
+        "Connection-tracking entries the daemon expired",
+        None,
+        expired.metric_type(),
+    )?;
+    expired.encode(family)?;
     let fields: [(&str, &str, L4Field); 3] = [
         (
             "packets",

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
     admin::{AdminServer, DatapathView, ServerState, Serving, SharedState},
@@ -74,7 +74,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     state.set_serving(servers.status.clone());
     // Subscribed before the reloader starts, so no applied config is missed.
     let applied = state.subscribe();
-    let serving = tokio::spawn(follow_plans(servers, state.clone(), applied));
+    let timeouts = crate::datapath::l4::Timeouts {
+        closing: args.l4_closing_timeout,
+        syn: Duration::from_secs(30),
+        idle: args.l4_idle_timeout,
+    };
+    let serving = tokio::spawn(follow_plans(servers, state.clone(), applied, timeouts));
     state.set_state(ServerState::Live);
     tracing::info!("sluice is ready");
     let (stop_reloads, stopped) = tokio::sync::watch::channel(false);
@@ -158,19 +163,38 @@ impl Servers {
     }
 }
 
-/// Serves every Plan the reloader applies.
+/// Serves every Plan the reloader applies, and expires the kernel's finished connections.
 async fn follow_plans(
     mut servers: Servers,
     state: Arc<SharedState>,
     mut applied: tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>,
+    timeouts: crate::datapath::l4::Timeouts,
 ) {
-    while applied.changed().await.is_ok() {
-        let Some(snapshot) = applied.borrow_and_update().clone() else {
-            continue;
-        };
-        for (address, error) in servers.apply(&snapshot).await {
-            tracing::error!(%address, generation = snapshot.generation, "listener not served: {error:#}");
+    // Often enough that a closed connection is forgotten within ~1.5x its timeout.
+    let mut expiry = tokio::time::interval(
+        (timeouts.closing / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+    );
+    loop {
+        tokio::select! {
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(snapshot) = applied.borrow_and_update().clone() else { continue };
+                for (address, error) in servers.apply(&snapshot).await {
+                    tracing::error!(%address, generation = snapshot.generation, "listener not served: {error:#}");
+                }
+                state.set_serving(servers.status.clone());
+            }
+            _ = expiry.tick() => {
+                if let Some(kernel) = servers.kernel.as_mut() {
+                    match kernel.expire(&timeouts) {
+                        Ok((_, 0)) => {}
+                        Ok((live, removed)) => tracing::debug!(live, removed, "expired kernel L4 flows"),
+                        Err(e) => tracing::warn!("expiring kernel L4 flows failed: {e:#}"),
+                    }
+                }
+            }
         }
-        state.set_serving(servers.status.clone());
     }
 }

@@ -421,3 +421,46 @@ fn userspace_reload_under_load() {
 fn kernel_mode_reload_under_load() {
     reload_under_load("kernel_mode_reload_under_load", KERNEL);
 }
+
+/// The daemon forgets finished kernel connections: both entries of each closed connection
+/// expire after the closing timeout.
+#[test]
+fn kernel_flows_expire_after_close() {
+    if !root::can_run("kernel_flows_expire_after_close") {
+        return;
+    }
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let mode = [KERNEL, &["--l4-closing-timeout", "1s"]].concat();
+    let gw = gateway(&config(&[(backend.ip(), 100)]), &mode);
+    let server = echo::serve(&gw.topology.backend, backend, 5);
+    for _ in 0..5 {
+        echo::roundtrip(
+            &gw.topology.client,
+            SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT),
+            1024,
+        );
+    }
+    server
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert_eq!(
+        gw.sluice.metric(&format!(
+            "sluice_l4_kernel_connections_total{{listener=\"0.0.0.0:{PORT}\"}}"
+        )),
+        Some(5.0)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let expired = gw.sluice.metric("sluice_l4_kernel_flows_expired_total");
+        let live = gw.sluice.metric("sluice_l4_kernel_flows");
+        if expired == Some(10.0) && live == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flows not expired: live {live:?}, expired {expired:?}\n{}",
+            gw.sluice.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

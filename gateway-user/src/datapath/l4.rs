@@ -16,7 +16,7 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
 };
 use gateway_common::{
-    l4::{Backend, L4Counters, Listener, ListenerKey},
+    l4::{Backend, FLOW_CLOSING, FLOW_SYN_SENT, Flow, FlowKey, L4Counters, Listener, ListenerKey},
     map_names,
     select::MAGLEV_TABLE_SIZE,
 };
@@ -42,6 +42,10 @@ pub struct Route {
 #[derive(Debug)]
 pub struct L4KernelStats {
     inner: Mutex<StatsInner>,
+    /// Flow entries after the last expiry pass.
+    pub flows_live: std::sync::atomic::AtomicU64,
+    /// Flow entries expired by the daemon, in total.
+    pub flows_expired: std::sync::atomic::AtomicU64,
 }
 
 struct StatsInner {
@@ -121,6 +125,7 @@ impl L4KernelStats {
 
 pub struct KernelL4 {
     stats: Arc<L4KernelStats>,
+    flows: HashMap<MapData, FlowKey, Flow>,
     listeners: HashMap<MapData, ListenerKey, Listener>,
     tables: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
@@ -140,6 +145,7 @@ impl KernelL4 {
         let listeners = HashMap::try_from(take(map_names::L4_LISTENERS)?)?;
         let tables = Array::try_from(take(map_names::L4_TABLES)?)?;
         let backends = Array::try_from(take(map_names::L4_BACKENDS)?)?;
+        let flows = HashMap::try_from(take(map_names::L4_FLOWS)?)?;
         let stats = Arc::new(L4KernelStats {
             inner: Mutex::new(StatsInner {
                 listeners: PerCpuArray::try_from(take(map_names::L4_LISTENER_CNT)?)?,
@@ -147,6 +153,8 @@ impl KernelL4 {
                 listener_labels: BTreeMap::new(),
                 backend_labels: BTreeMap::new(),
             }),
+            flows_live: std::sync::atomic::AtomicU64::new(0),
+            flows_expired: std::sync::atomic::AtomicU64::new(0),
         });
         let mut redirect: DevMapHash<MapData> = DevMapHash::try_from(take(map_names::L4_DEVICES)?)?;
         for ifindex in devices.values() {
@@ -156,6 +164,7 @@ impl KernelL4 {
         }
         Ok(KernelL4 {
             stats,
+            flows,
             listeners,
             tables,
             backends,
@@ -233,6 +242,34 @@ impl KernelL4 {
             sources.push(route.source);
         }
         Ok(sources)
+    }
+
+    /// Removes expired flows (both directions are separate entries with their own state and
+    /// timestamps). Returns (entries left, entries removed).
+    pub fn expire(&mut self, timeouts: &Timeouts) -> anyhow::Result<(u64, u64)> {
+        let now = monotonic_ns()?;
+        let mut live = 0u64;
+        let mut stale = Vec::new();
+        for entry in self.flows.iter() {
+            let (key, flow) = entry?;
+            if expired(&flow, now, timeouts) {
+                stale.push(key);
+            } else {
+                live += 1;
+            }
+        }
+        for key in &stale {
+            // Gone already (the LRU or the datapath replaced it) is fine.
+            let _ = self.flows.remove(key);
+        }
+        let removed = stale.len() as u64;
+        self.stats
+            .flows_live
+            .store(live, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .flows_expired
+            .fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
+        Ok((live, removed))
     }
 
     /// The counters of the kernel path, for the metrics endpoint.
@@ -338,9 +375,71 @@ fn key_address(key: &ListenerKey) -> SocketAddr {
     SocketAddr::new(address(&key.addr), key.port)
 }
 
+/// How long flows live after their last packet, by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// After a FIN or RST.
+    pub closing: std::time::Duration,
+    /// Handshake not completed.
+    pub syn: std::time::Duration,
+    /// Established, no packet.
+    pub idle: std::time::Duration,
+}
+
+/// Whether `flow` has expired at `now_ns` (CLOCK_MONOTONIC, the clock of
+/// `bpf_ktime_get_ns`).
+pub fn expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
+    let limit = match flow.state {
+        FLOW_CLOSING => timeouts.closing,
+        FLOW_SYN_SENT => timeouts.syn,
+        _ => timeouts.idle,
+    };
+    now_ns.saturating_sub(flow.last_seen_ns) > limit.as_nanos() as u64
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+fn monotonic_ns() -> anyhow::Result<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    Ok(u64::try_from(now.tv_sec())? * 1_000_000_000 + u64::try_from(now.tv_nsec())?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_common::l4::FLOW_ESTABLISHED;
+
+    #[test]
+    fn flows_expire_by_state() {
+        let timeouts = Timeouts {
+            closing: std::time::Duration::from_secs(10),
+            syn: std::time::Duration::from_secs(30),
+            idle: std::time::Duration::from_secs(3600),
+        };
+        let second = 1_000_000_000u64;
+        let flow = |state, last_seen_ns| Flow {
+            state,
+            last_seen_ns,
+            ..Flow::default()
+        };
+        let now = 10_000 * second;
+        let cases = [
+            (FLOW_CLOSING, now - 9 * second, false),
+            (FLOW_CLOSING, now - 11 * second, true),
+            (FLOW_SYN_SENT, now - 29 * second, false),
+            (FLOW_SYN_SENT, now - 31 * second, true),
+            (FLOW_ESTABLISHED, now - 3599 * second, false),
+            (FLOW_ESTABLISHED, now - 3601 * second, true),
+            // A packet stamped after `now` was read (another CPU) is not expired.
+            (FLOW_CLOSING, now + second, false),
+        ];
+        for (state, seen, want) in cases {
+            assert_eq!(
+                expired(&flow(state, seen), now, &timeouts),
+                want,
+                "state {state} seen {seen}"
+            );
+        }
+    }
 
     #[test]
     fn routes_parse_from_ip_json() {
