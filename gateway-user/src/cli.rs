@@ -26,6 +26,9 @@ pub enum Command {
     /// Print the Plan the config compiles to: listeners, routes, backends, and where each
     /// runs (kernel, kernel splice, userspace) and why.
     Plan(PlanArgs),
+    /// Show the kernel L4 state from the pinned maps: listeners and backends, connections,
+    /// or the backend of one client's connection.
+    Inspect(InspectArgs),
     /// Print version and build information.
     Version,
 }
@@ -104,6 +107,30 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// bpffs mount point the daemon pins under.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+
+    /// The daemon's instance name.
+    #[arg(long, default_value = "default", value_parser = parse_instance)]
+    pub instance: String,
+
+    #[command(subcommand)]
+    pub what: InspectWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InspectWhat {
+    /// Kernel listeners, their backends and each backend's share of new connections.
+    Listeners,
+    /// Live kernel connections: client, listener, backend, state.
+    Flows,
+    /// The connection from one client address and port.
+    Flow { client: std::net::IpAddr, port: u16 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

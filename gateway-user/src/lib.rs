@@ -9,6 +9,7 @@ pub mod config;
 pub mod datapath;
 pub mod dns;
 pub mod ebpf_object;
+pub mod inspect;
 pub mod l4proxy;
 pub mod logging;
 pub mod maglev;
@@ -42,6 +43,13 @@ pub fn main() -> ExitCode {
         }
         Command::Validate(args) => commands::validate(&args),
         Command::Plan(args) => commands::plan(&args),
+        Command::Inspect(args) => match inspect::inspect(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice inspect: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => {
             logging::init(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -177,15 +177,23 @@ fn counts_real_tcp_exactly(test: &str, args: &[&str], attachment: &str) {
     // until the datapath has counted as many frames as the client's tap saw leave.
     let tcp = PacketReason::Tcp.index() as usize;
     let deadline = Instant::now() + Duration::from_secs(5);
-    let after = loop {
-        let sent = tap.counts();
-        let after = reason_counters(&sluice);
-        if after[tcp].0 - before[tcp].0 >= sent.0 || Instant::now() > deadline {
-            break after;
+    // Quiescence: both counts equal and unchanged across two polls. A close handshake's
+    // last ACK leaves the client after the test's last write, at a time of its own.
+    let mut settled = None;
+    loop {
+        let sent = tap.counts().0;
+        let seen = reason_counters(&sluice)[tcp].0 - before[tcp].0;
+        if seen == sent && settled == Some(sent) {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        settled = (seen == sent).then_some(sent);
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (tx_packets, tx_bytes) = tap.finish();
+    let after = reason_counters(&sluice);
     for reason in PacketReason::ALL {
         let i = reason.index() as usize;
         let (packets, bytes) = (after[i].0 - before[i].0, after[i].1 - before[i].1);

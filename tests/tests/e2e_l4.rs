@@ -464,3 +464,95 @@ fn kernel_flows_expire_after_close() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `sluice inspect` reads the pinned maps: listeners with their backends' shares, and the
+/// backend of one open connection.
+#[test]
+fn inspect_shows_listeners_and_the_backend_of_a_flow() {
+    if !root::can_run("inspect_shows_listeners_and_the_backend_of_a_flow") {
+        return;
+    }
+    let (b0, b1) = (
+        SocketAddr::new(topology::backend_v4(0).into(), PORT),
+        SocketAddr::new(topology::backend_v4(1).into(), PORT),
+    );
+    let gw = gateway(&config(&[(b0.ip(), 80), (b1.ip(), 20)]), KERNEL);
+    let bpffs = gw._bpffs.path().to_string_lossy().into_owned();
+    let inspect = |args: &[&str]| {
+        let out = gw
+            .topology
+            .gateway
+            .command(&root::sluice_bin().to_string_lossy())
+            .args(["inspect", "--bpffs", &bpffs, "--instance", "l4"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("sluice inspect: {e}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listeners = inspect(&["listeners"]);
+    assert!(
+        listeners.contains(&format!("listener 0.0.0.0:{PORT}")),
+        "{listeners}"
+    );
+    assert!(
+        listeners.contains(&format!("backend {b0} via 203.0.113.1"))
+            && listeners.contains("80.0 %"),
+        "{listeners}"
+    );
+    assert!(
+        listeners.contains(&format!("backend {b1} via 203.0.113.1"))
+            && listeners.contains("20.0 %"),
+        "{listeners}"
+    );
+
+    // Hold a connection open and ask where it went.
+    let echo0 = echo::serve(&gw.topology.backend, b0, 1);
+    let echo1 = echo::serve(&gw.topology.backend, b1, 1);
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let client = gw.topology.client.spawn(move || {
+        use std::io::{Read, Write};
+        let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+        let mut stream = std::net::TcpStream::connect(vip).unwrap_or_else(|e| panic!("{e}"));
+        stream.write_all(b"ping").unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = [0u8; 4];
+        stream
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = port_tx.send(stream.local_addr().map(|a| a.port()).unwrap_or_default());
+        let _ = done_rx.recv_timeout(std::time::Duration::from_secs(30));
+    });
+    let port = port_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let flow = inspect(&["flow", &topology::CLIENT_V4.to_string(), &port.to_string()]);
+    assert!(
+        flow.starts_with(&format!("{}:{port} -> 0.0.0.0:{PORT}", topology::CLIENT_V4))
+            || flow.starts_with(&format!(
+                "{}:{port} -> {}:{PORT}",
+                topology::CLIENT_V4,
+                topology::GATEWAY_CLIENT_V4
+            )),
+        "{flow}"
+    );
+    assert!(flow.contains("established"), "{flow}");
+    let on_b0 = flow.contains(&format!("backend {b0}"));
+    assert!(on_b0 || flow.contains(&format!("backend {b1}")), "{flow}");
+    let flows = inspect(&["flows"]);
+    assert!(flows.contains("1 connections"), "{flows}");
+    drop(done_tx);
+    client
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    // The unused echo server still waits for its one connection: give it one.
+    let idle = if on_b0 { (echo1, b1) } else { (echo0, b0) };
+    echo::roundtrip(&gw.topology.backend, idle.1, 1);
+    idle.0
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
