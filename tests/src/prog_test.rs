@@ -93,18 +93,9 @@ impl Datapath {
         }
     }
 
-    /// Serves `listener` from its Maglev slot, filled with `table` (backend ids).
+    /// Serves `listener` from its Maglev slot, filled with `table` (backend ids): the table
+    /// first, then the listener, in the daemon's order.
     pub fn put_listener(&mut self, key: ListenerKey, listener: Listener, table: &[u32]) {
-        let mut listeners: aya::maps::HashMap<_, ListenerKey, Listener> =
-            aya::maps::HashMap::try_from(
-                self.ebpf
-                    .map_mut(map_names::L4_LISTENERS)
-                    .unwrap_or_else(|| panic!("no listener map")),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        listeners
-            .insert(key, listener, 0)
-            .unwrap_or_else(|e| panic!("listener: {e}"));
         let mut tables: Array<_, u32> = Array::try_from(
             self.ebpf
                 .map_mut(map_names::L4_TABLES)
@@ -117,6 +108,16 @@ impl Datapath {
                 .set(base + i as u32, id, 0)
                 .unwrap_or_else(|e| panic!("table: {e}"));
         }
+        let mut listeners: aya::maps::HashMap<_, ListenerKey, Listener> =
+            aya::maps::HashMap::try_from(
+                self.ebpf
+                    .map_mut(map_names::L4_LISTENERS)
+                    .unwrap_or_else(|| panic!("no listener map")),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        listeners
+            .insert(key, listener, 0)
+            .unwrap_or_else(|e| panic!("listener: {e}"));
     }
 
     pub fn put_backend(&mut self, id: u32, backend: L4Backend) {

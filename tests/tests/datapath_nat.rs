@@ -689,3 +689,120 @@ fn xdp_full_nat_with_connection_tracking() {
         );
     });
 }
+
+/// The kernel honours the Maglev table's weights, and a set change (a new table in another
+/// slot, then the listener flipped to it) moves new connections only: established flows keep
+/// their backend.
+#[test]
+fn xdp_weights_and_backend_set_changes() {
+    if !root::can_run("xdp_weights_and_backend_set_changes") {
+        return;
+    }
+    let (ns, cl0, bk0) = router();
+    let ns_name = ns.name.clone();
+    ns.run(move || {
+        let (client, gw_client, gw_backend) = (
+            IpAddr::V4(v4("198.51.100.2")),
+            IpAddr::V4(v4("198.51.100.1")),
+            IpAddr::V4(v4("203.0.113.1")),
+        );
+        let backends = [
+            IpAddr::V4(v4("203.0.113.2")),
+            IpAddr::V4(v4("203.0.113.3")),
+            IpAddr::V4(v4("203.0.113.4")),
+        ];
+        for (i, b) in backends.iter().enumerate() {
+            let mac = mac([0x02, 0, 0, 0, 0x01, 0x10 + i as u8]);
+            tests::netns::run(std::process::Command::new("ip").args([
+                "-n",
+                &ns_name,
+                "neigh",
+                "replace",
+                &b.to_string(),
+                "lladdr",
+                &mac,
+                "dev",
+                "bk0",
+                "nud",
+                "permanent",
+            ]));
+        }
+        let mut dp = Datapath::load();
+        dp.put_device(cl0);
+        dp.put_device(bk0);
+        for (id, b) in backends.iter().enumerate() {
+            dp.put_backend(id as u32, backend(*b, gw_backend, 8080));
+        }
+        // Slot 0: an 80/20 table between backends 0 and 1, interleaved.
+        let table: Vec<u32> = (0..MAGLEV_TABLE_SIZE)
+            .map(|i| if i % 5 == 4 { 1 } else { 0 })
+            .collect();
+        let listener = listener_key(gw_client, 7000);
+        dp.put_listener(listener, Listener { id: 1, set_slot: 0 }, &table);
+
+        let mut on = [0usize; 3];
+        for port in 20_000..21_000u16 {
+            let syn = tcp(
+                client,
+                port,
+                gw_client,
+                7000,
+                tcp_flags::SYN,
+                CLIENT_MAC,
+                GW_CLIENT_MAC,
+            );
+            let result = dp.run_xdp_on(&syn, cl0);
+            assert_eq!(result.return_value, XDP_REDIRECT, "SYN from port {port}");
+            let out = inspect(&result.output);
+            on[backends
+                .iter()
+                .position(|b| *b == out.dst)
+                .unwrap_or_else(|| panic!("{}", out.dst))] += 1;
+        }
+        assert!(
+            (750..=850).contains(&on[0]) && on[0] + on[1] == 1000,
+            "80/20 table: {on:?}"
+        );
+
+        // The set changes: backend 2 alone, written to slot 1, then the listener flips.
+        let kept = dp
+            .flow(&key(client, 20_000, gw_client, 7000))
+            .unwrap_or_else(|| panic!("no flow"));
+        dp.put_listener(
+            listener,
+            Listener { id: 1, set_slot: 1 },
+            &vec![2; MAGLEV_TABLE_SIZE as usize],
+        );
+        let ack = tcp(
+            client,
+            20_000,
+            gw_client,
+            7000,
+            tcp_flags::ACK,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        let out = inspect(&dp.run_xdp_on(&ack, cl0).output);
+        assert_eq!(
+            out.dst,
+            address_of(&kept.new_dst),
+            "an established flow keeps its backend"
+        );
+        let syn = tcp(
+            client,
+            21_000,
+            gw_client,
+            7000,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        let out = inspect(&dp.run_xdp_on(&syn, cl0).output);
+        assert_eq!(out.dst, backends[2], "a new connection follows the new set");
+    });
+}
+
+fn address_of(bytes: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*bytes);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
