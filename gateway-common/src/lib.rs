@@ -193,6 +193,16 @@ pub struct Counters {
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 16);
 
+/// Per-CPU values add up to the total.
+impl<'a> core::iter::Sum<&'a Counters> for Counters {
+    fn sum<I: Iterator<Item = &'a Counters>>(iter: I) -> Counters {
+        iter.fold(Counters::default(), |a, c| Counters {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        })
+    }
+}
+
 #[cfg(feature = "user")]
 // SAFETY: Counters is #[repr(C)], has no padding (asserted above) and every bit pattern is valid.
 unsafe impl aya::Pod for Counters {}
@@ -380,6 +390,17 @@ pub mod l4 {
         pub connections: u64,
     }
     const _: () = assert!(core::mem::size_of::<L4Counters>() == 24);
+
+    /// Per-CPU values add up to the total.
+    impl<'a> core::iter::Sum<&'a L4Counters> for L4Counters {
+        fn sum<I: Iterator<Item = &'a L4Counters>>(iter: I) -> L4Counters {
+            iter.fold(L4Counters::default(), |a, c| L4Counters {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                connections: a.connections + c.connections,
+            })
+        }
+    }
 
     pub const FLOW_SYN_SENT: u8 = 1;
     pub const FLOW_ESTABLISHED: u8 = 2;

@@ -183,13 +183,7 @@ impl Datapath {
         let values = array
             .get(&id, 0)
             .unwrap_or_else(|e| panic!("{map}[{id}]: {e}"));
-        values
-            .iter()
-            .fold(L4Counters::default(), |a, c| L4Counters {
-                packets: a.packets + c.packets,
-                bytes: a.bytes + c.bytes,
-                connections: a.connections + c.connections,
-            })
+        values.iter().sum()
     }
 
     /// Counters of every reason, summed over CPUs, in reason order.
@@ -206,10 +200,7 @@ impl Datapath {
                 let values = array
                     .get(&r.index(), 0)
                     .unwrap_or_else(|e| panic!("reading counters: {e}"));
-                values.iter().fold(Counters::default(), |a, c| Counters {
-                    packets: a.packets + c.packets,
-                    bytes: a.bytes + c.bytes,
-                })
+                values.iter().sum()
             })
             .collect()
     }

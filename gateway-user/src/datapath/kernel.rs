@@ -65,10 +65,7 @@ impl CounterReader {
                     .map
                     .get(&reason.index(), 0)
                     .with_context(|| format!("reading {} counters", reason.label()))?;
-                let sum = per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
-                    packets: acc.packets + c.packets,
-                    bytes: acc.bytes + c.bytes,
-                });
+                let sum: Counters = per_cpu.iter().sum();
                 Ok((reason, sum))
             })
             .collect()

@@ -68,16 +68,7 @@ impl std::fmt::Debug for StatsInner {
 pub type Labelled = Vec<(String, L4Counters)>;
 
 fn summed(map: &PerCpuArray<MapData, L4Counters>, id: u32) -> Option<L4Counters> {
-    let values = map.get(&id, 0).ok()?;
-    Some(
-        values
-            .iter()
-            .fold(L4Counters::default(), |a, c| L4Counters {
-                packets: a.packets + c.packets,
-                bytes: a.bytes + c.bytes,
-                connections: a.connections + c.connections,
-            }),
-    )
+    Some(map.get(&id, 0).ok()?.iter().sum())
 }
 
 impl L4KernelStats {
