@@ -87,10 +87,13 @@ pub enum PacketReason {
     L4NoNeighbour = 17,
     /// No route, or a route the fast path cannot use (needs fragmentation, blackhole, ...).
     L4Unroutable = 18,
+    /// An ICMP error about a tracked flow (e.g. fragmentation needed), translated back to the
+    /// client like the flow's own packets.
+    L4IcmpTranslated = 19,
 }
 
 /// Number of [`PacketReason`] values; the size of the per-CPU counter array.
-pub const REASON_COUNT: u32 = 19;
+pub const REASON_COUNT: u32 = 20;
 
 /// Verdict classes a [`PacketReason`] maps to, exported as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +138,7 @@ impl PacketReason {
         PacketReason::L4PortExhausted,
         PacketReason::L4NoNeighbour,
         PacketReason::L4Unroutable,
+        PacketReason::L4IcmpTranslated,
     ];
 
     /// The metric label for this reason.
@@ -159,6 +163,7 @@ impl PacketReason {
             PacketReason::L4PortExhausted => "l4_port_exhausted",
             PacketReason::L4NoNeighbour => "l4_no_neighbour",
             PacketReason::L4Unroutable => "l4_unroutable",
+            PacketReason::L4IcmpTranslated => "l4_icmp_translated",
         }
     }
 
@@ -168,7 +173,7 @@ impl PacketReason {
     /// already rewritten or that a refused connection would have dropped anyway.
     pub const fn verdict(self) -> Verdict {
         match self {
-            PacketReason::L4Forwarded => Verdict::Forward,
+            PacketReason::L4Forwarded | PacketReason::L4IcmpTranslated => Verdict::Forward,
             PacketReason::L4NoBackend
             | PacketReason::L4PortExhausted
             | PacketReason::L4NoNeighbour

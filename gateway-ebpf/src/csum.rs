@@ -29,6 +29,13 @@ fn sum_words<const N: usize>(bytes: &[u8; N]) -> u32 {
     sum
 }
 
+/// [`update16`] for a small field (a 4-byte address, a port pair): RFC 1624 holds for any
+/// field, taking m and m' as the one's-complement sums of its old and new words.
+#[inline(always)]
+pub fn update_field<const N: usize>(check: u16, old: &[u8; N], new: &[u8; N]) -> u16 {
+    update16(check, fold(sum_words(old)), fold(sum_words(new)))
+}
+
 /// The folded sums of a flow's old and new address pairs, for one [`update16`] covering all
 /// four addresses (RFC 1624 holds for any field, taking m and m' as the one's-complement
 /// sums of its old and new words). IPv4 addresses come mapped into IPv6: the `::ffff`

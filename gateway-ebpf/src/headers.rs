@@ -63,6 +63,16 @@ pub struct TcpHdr {
     pub urg_ptr: [u8; 2],
 }
 
+/// An ICMP error's header: type, code, checksum, and four bytes (unused, or the MTU).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub rest: [u8; 4],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct UdpHdr {

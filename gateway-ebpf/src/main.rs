@@ -2,12 +2,17 @@
 //! count it, and return the verdict the contract in `gateway-common` assigns to it.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys are passed by reference so they are not copied onto the 512-byte BPF stack"
+)]
 
 mod context;
 mod counters;
 mod csum;
 mod fib;
 mod headers;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -29,6 +34,9 @@ pub fn sluice_xdp(ctx: XdpContext) -> u32 {
     let frame_len = packet.frame_len();
     let (reason, action) = match parse::parse(&packet) {
         Ok(tcp) => nat::process(&ctx, &packet, &tcp),
+        Err(PacketReason::Icmp) => {
+            icmp::translate(&ctx, &packet).unwrap_or((PacketReason::Icmp, xdp_action::XDP_PASS))
+        }
         Err(reason) => (reason, xdp_verdict(reason)),
     };
     counters::count(reason, frame_len);

@@ -2,10 +2,6 @@
 //! backend from the listener's Maglev table and a source port whose reverse tuple is free,
 //! and creates both directions' flow entries; every packet of a tracked flow is rewritten
 //! (addresses, ports, checksums, TTL) and sent to its next hop without the stack.
-#![expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "map keys are passed by reference so they are not copied onto the 512-byte BPF stack"
-)]
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use gateway_common::{
     PacketReason,

@@ -361,6 +361,7 @@ fn every_reason_is_covered_by_a_fixture() {
         PacketReason::L4PortExhausted,
         PacketReason::L4NoNeighbour,
         PacketReason::L4Unroutable,
+        PacketReason::L4IcmpTranslated,
     ]);
     for reason in PacketReason::ALL {
         assert!(covered.contains(&reason), "no fixture for {reason:?}");

@@ -307,14 +307,15 @@ fn xdp_full_nat_with_connection_tracking() {
             CLIENT_MAC,
             GW_CLIENT_MAC,
         );
-        let out = inspect(&step(
+        let nated = step(
             &mut dp,
             &syn,
             cl0,
             XDP_REDIRECT,
             PacketReason::L4Forwarded,
             "SYN",
-        ));
+        );
+        let out = inspect(&nated);
         assert_eq!(
             (out.src, out.dst, out.dport),
             (gw_backend, backend_ip, 8080)
@@ -384,6 +385,60 @@ fn xdp_full_nat_with_connection_tracking() {
             (gw_client, 7000, client, 40000)
         );
         assert_eq!((out.dst_mac, out.src_mac), (CLIENT_MAC, GW_CLIENT_MAC));
+
+        // 2b. The backend's side says "fragmentation needed" about the NATed SYN: the client
+        // gets it about its own connection (client -> listener), from the listener's address.
+        let icmp = icmp_error(
+            backend_ip,
+            gw_backend,
+            &nated[14..],
+            BACKEND_MAC,
+            GW_BACKEND_MAC,
+        );
+        let translated = step(
+            &mut dp,
+            &icmp,
+            bk0,
+            XDP_REDIRECT,
+            PacketReason::L4IcmpTranslated,
+            "ICMP frag needed",
+        );
+        assert_eq!(
+            (&translated[0..6], &translated[6..12]),
+            (&CLIENT_MAC[..], &GW_CLIENT_MAC[..])
+        );
+        let outer = &translated[14..34];
+        assert!(checksum_ok(&[], outer), "outer IPv4 checksum");
+        assert_eq!(
+            (&outer[12..16], &outer[16..20], outer[8]),
+            (&[198, 51, 100, 1][..], &[198, 51, 100, 2][..], 63)
+        );
+        let icmp_part = &translated[34..];
+        assert!(checksum_ok(&[], icmp_part), "ICMP checksum");
+        assert_eq!(
+            (icmp_part[0], icmp_part[1], &icmp_part[6..8]),
+            (3, 4, &1400u16.to_be_bytes()[..])
+        );
+        let inner = &icmp_part[8..];
+        assert!(checksum_ok(&[], &inner[..20]), "quoted IPv4 checksum");
+        assert_eq!(
+            (&inner[12..16], &inner[16..20]),
+            (&[198, 51, 100, 2][..], &[198, 51, 100, 1][..])
+        );
+        assert_eq!(
+            (
+                u16::from_be_bytes([inner[20], inner[21]]),
+                u16::from_be_bytes([inner[22], inner[23]])
+            ),
+            (40000, 7000)
+        );
+        assert!(
+            checksum_ok(
+                &pseudo_header(client, gw_client, 6, inner.len() - 20),
+                &inner[20..]
+            ),
+            "quoted TCP checksum"
+        );
 
         // 3. Mid-flow packets keep the flow's port and backend; the flow is established.
         let ack = tcp(
@@ -805,4 +860,36 @@ fn xdp_weights_and_backend_set_changes() {
 fn address_of(bytes: &[u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(*bytes);
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+/// An ICMP "fragmentation needed" (MTU 1400) from `src` to `dst` quoting `quoted` (an IP
+/// packet), as a router on the path would send it.
+fn icmp_error(
+    src: IpAddr,
+    dst: IpAddr,
+    quoted: &[u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<u8> {
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (src, dst) else {
+        panic!("IPv4 only")
+    };
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&1400u16.to_be_bytes());
+    icmp.extend_from_slice(quoted);
+    let sum = tests::packets::checksum(&[&icmp]);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = tests::packets::checksum(&[&ip]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = dst_mac.to_vec();
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&icmp);
+    frame
 }

@@ -1,0 +1,148 @@
+//! ICMP errors about tracked L4 flows, translated back to the client (as Linux conntrack
+//! does): an error from the backend side quotes the packet the gateway sent (gateway source
+//! port -> backend); it goes to the client with the quoted header rewritten to the client's
+//! own tuple, the outer destination set to the client, and every checksum updated.
+//! IPv4 (destination unreachable, including fragmentation needed, and time exceeded).
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use gateway_common::{
+    PacketReason,
+    l4::{FlowKey, TO_CLIENT},
+    proto::{ETH_HDR_LEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPV4_HDR_LEN},
+};
+
+use crate::{
+    context::{XdpPacket, ptr_at_mut, read_at},
+    csum,
+    headers::{EthHdr, IcmpHdr, Ipv4Hdr},
+    maps::{L4_FLOWS, SCRATCH},
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// The quoted transport header: ports and, when quoted, the TCP checksum (bytes 16-17).
+const QUOTED_PORTS: usize = 4;
+const TCP_CHECK_OFFSET: usize = 16;
+
+/// `None`: not an error about a tracked flow; the stack handles it.
+#[inline(always)]
+pub fn translate(ctx: &XdpContext, packet: &XdpPacket) -> Option<(PacketReason, u32)> {
+    let eth: EthHdr = read_at(packet, 0)?;
+    if u16::from_be_bytes(eth.ether_type) != ETH_P_IP {
+        return None;
+    }
+    let outer_off = ETH_HDR_LEN;
+    let outer: Ipv4Hdr = read_at(packet, outer_off)?;
+    if outer.version_ihl != 0x45 || outer.protocol != IPPROTO_ICMP || outer.ttl <= 1 {
+        return None;
+    }
+    let icmp_off = outer_off + IPV4_HDR_LEN;
+    let icmp: IcmpHdr = read_at(packet, icmp_off)?;
+    if icmp.kind != ICMP_DEST_UNREACH && icmp.kind != ICMP_TIME_EXCEEDED {
+        return None;
+    }
+    let inner_off = icmp_off + core::mem::size_of::<IcmpHdr>();
+    let inner: Ipv4Hdr = read_at(packet, inner_off)?;
+    if inner.version_ihl != 0x45 || inner.protocol != IPPROTO_TCP {
+        return None;
+    }
+    let ports_off = inner_off + IPV4_HDR_LEN;
+    let ports: [u8; QUOTED_PORTS] = read_at(packet, ports_off)?;
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot of a per-CPU map; nothing else runs on it during the program.
+    let scratch = unsafe { &mut *scratch };
+    // The quoted packet went gateway -> backend; its reply direction is the flow entry.
+    scratch.key = FlowKey {
+        src: mapped(inner.daddr),
+        dst: mapped(inner.saddr),
+        src_port: u16::from_be_bytes([ports[2], ports[3]]),
+        dst_port: u16::from_be_bytes([ports[0], ports[1]]),
+        protocol: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain data copied out.
+    scratch.flow = unsafe { *L4_FLOWS.get(&scratch.key)? };
+    if scratch.flow.direction != TO_CLIENT {
+        return None;
+    }
+    let flow = &scratch.flow;
+    let client = [
+        flow.new_dst[12],
+        flow.new_dst[13],
+        flow.new_dst[14],
+        flow.new_dst[15],
+    ];
+    let listener = [
+        flow.new_src[12],
+        flow.new_src[13],
+        flow.new_src[14],
+        flow.new_src[15],
+    ];
+    // SAFETY: bounds-checked pointers into the packet (each read above succeeded at the same
+    // offsets); headers are byte arrays.
+    unsafe {
+        let inner_ip: *mut Ipv4Hdr = ptr_at_mut(packet, inner_off)?;
+        let quoted: *mut [u8; QUOTED_PORTS] = ptr_at_mut(packet, ports_off)?;
+        let icmp_hdr: *mut IcmpHdr = ptr_at_mut(packet, icmp_off)?;
+        let outer_ip: *mut Ipv4Hdr = ptr_at_mut(packet, outer_off)?;
+        // The quoted header becomes the client's: client -> listener.
+        let mut icmp_check = u16::from_be_bytes((*icmp_hdr).check);
+        icmp_check = csum::update_field(icmp_check, &inner.saddr, &client);
+        icmp_check = csum::update_field(icmp_check, &inner.daddr, &listener);
+        let new_ports = [
+            flow.new_dst_port.to_be_bytes(),
+            flow.new_src_port.to_be_bytes(),
+        ];
+        let new_ports = [
+            new_ports[0][0],
+            new_ports[0][1],
+            new_ports[1][0],
+            new_ports[1][1],
+        ];
+        icmp_check = csum::update_field(icmp_check, &ports, &new_ports);
+        // The quoted TCP checksum, when the quote reaches it, follows the same rewrite.
+        if let Some(tcp_check) =
+            ptr_at_mut::<XdpPacket, [u8; 2]>(packet, ports_off + TCP_CHECK_OFFSET)
+        {
+            let old = *tcp_check;
+            let mut check = u16::from_be_bytes(old);
+            check = csum::update_field(check, &inner.saddr, &client);
+            check = csum::update_field(check, &inner.daddr, &listener);
+            check = csum::update_field(check, &ports, &new_ports);
+            *tcp_check = check.to_be_bytes();
+            icmp_check = csum::update_field(icmp_check, &old, &*tcp_check);
+        }
+        (*inner_ip).saddr = client;
+        (*inner_ip).daddr = listener;
+        *quoted = new_ports;
+        let old_inner_check = (*inner_ip).check;
+        let header: *const [u8; 20] = inner_ip.cast();
+        (*inner_ip).check = csum::ipv4_header(&*header).to_be_bytes();
+        icmp_check = csum::update_field(icmp_check, &old_inner_check, &(*inner_ip).check);
+        (*icmp_hdr).check = icmp_check.to_be_bytes();
+        // The error now goes to the client; if the backend itself sent it, it appears to come
+        // from the listener's address, as the client knows no other.
+        if outer.saddr == inner.daddr {
+            (*outer_ip).saddr = listener;
+        }
+        (*outer_ip).daddr = client;
+        (*outer_ip).ttl -= 1;
+        let header: *const [u8; 20] = outer_ip.cast();
+        (*outer_ip).check = csum::ipv4_header(&*header).to_be_bytes();
+        let eth_hdr: *mut EthHdr = ptr_at_mut(packet, 0)?;
+        (*eth_hdr).dst = flow.mac_dst;
+        (*eth_hdr).src = flow.mac_src;
+    }
+    let action = if flow.ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        crate::maps::L4_DEVICES.redirect(flow.ifindex, 0).ok()?
+    };
+    Some((PacketReason::L4IcmpTranslated, action))
+}
+
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
