@@ -443,6 +443,23 @@ pub mod select {
         finish(h)
     }
 
+    /// Source ports the gateway allocates towards backends: `[1024, 65535)`.
+    pub const SOURCE_PORT_BASE: u32 = 1024;
+    pub const SOURCE_PORT_SPAN: u32 = 65_535 - SOURCE_PORT_BASE;
+    /// Candidate source ports tried before a SYN is dropped as exhausted. With the port space
+    /// half in use (a client cycling through its whole ephemeral range) 32 probes fail about
+    /// once in 10^10 SYNs; 8 failed every few thousand SYNs under connection churn.
+    pub const SOURCE_PORT_ATTEMPTS: u32 = 32;
+
+    /// The `attempt`th source port candidate for a new flow with hash `hash`. A prime stride,
+    /// so the candidates of one flow are distinct; a client that reuses its tuple gets the
+    /// same first candidate back.
+    #[inline(always)]
+    pub const fn source_port(hash: u32, attempt: u32) -> u16 {
+        (SOURCE_PORT_BASE + hash.wrapping_add(attempt.wrapping_mul(7_919)) % SOURCE_PORT_SPAN)
+            as u16
+    }
+
     /// One round of MurmurHash3's 32-bit body.
     #[inline(always)]
     const fn mix(h: u32, k: u32) -> u32 {

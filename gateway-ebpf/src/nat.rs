@@ -10,7 +10,7 @@ use gateway_common::{
         TO_BACKEND, TO_CLIENT,
     },
     proto::{ETH_HDR_LEN, IPPROTO_TCP},
-    select::{MAGLEV_TABLE_SIZE, flow_hash},
+    select::{MAGLEV_TABLE_SIZE, SOURCE_PORT_ATTEMPTS, flow_hash, source_port},
 };
 
 use crate::{
@@ -25,12 +25,6 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
-
-/// Source ports the gateway allocates towards backends.
-const PORT_BASE: u32 = 1024;
-const PORT_SPAN: u32 = 65535 - PORT_BASE;
-/// Candidate source ports tried before a SYN is dropped as exhausted.
-const PORT_ATTEMPTS: u32 = 8;
 
 /// Large temporaries of one packet (a per-CPU map value, not the stack).
 #[repr(C)]
@@ -257,9 +251,8 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         _pad: [0; 3],
     };
     let mut found = false;
-    for attempt in 0..PORT_ATTEMPTS {
-        scratch.reverse.dst_port =
-            (PORT_BASE + hash.wrapping_add(attempt.wrapping_mul(7_919)) % PORT_SPAN) as u16;
+    for attempt in 0..SOURCE_PORT_ATTEMPTS {
+        scratch.reverse.dst_port = source_port(hash, attempt);
         // SAFETY: only tests for presence.
         if unsafe { L4_FLOWS.get(&scratch.reverse) }.is_none() {
             found = true;

@@ -12,7 +12,7 @@ use gateway_common::{
         FlowKey, Listener, ListenerKey, TO_BACKEND, TO_CLIENT,
     },
     map_names,
-    select::{MAGLEV_TABLE_SIZE, flow_hash},
+    select::{MAGLEV_TABLE_SIZE, SOURCE_PORT_ATTEMPTS, flow_hash, source_port},
 };
 use tests::{
     netns::{NetNs, unique_prefix},
@@ -648,9 +648,8 @@ fn xdp_full_nat_with_connection_tracking() {
             [0, 4, 8, 12].map(|i| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]))
         };
         let hash = flow_hash(words(client), words(gw_client), 40005, 7000, 6);
-        for attempt in 0..8u32 {
-            let port =
-                (1024 + hash.wrapping_add(attempt.wrapping_mul(7_919)) % (65535 - 1024)) as u16;
+        for attempt in 0..SOURCE_PORT_ATTEMPTS {
+            let port = source_port(hash, attempt);
             dp.put_flow(key(backend_ip, 8080, gw_backend, port), Flow::default());
         }
         let syn = tcp(
