@@ -244,16 +244,26 @@ impl KernelL4 {
         for entry in self.flows.iter() {
             let (key, flow) = entry?;
             if expired(&flow, now, timeouts) {
-                stale.push(key);
+                stale.push((key, flow.last_seen_ns));
             } else {
                 live += 1;
             }
         }
-        for key in &stale {
-            // Gone already (the LRU or the datapath replaced it) is fine.
-            let _ = self.flows.remove(key);
+        let mut removed = 0u64;
+        for (key, seen) in &stale {
+            // The sweep takes a while: meanwhile a client may have reused a closing tuple and
+            // the datapath replaced the entry with a new connection's. Only an entry that has
+            // not moved since it was judged is removed; gone already (LRU) is fine.
+            match self.flows.get(key, 0) {
+                Ok(flow) if flow.last_seen_ns == *seen => {
+                    if self.flows.remove(key).is_ok() {
+                        removed += 1;
+                    }
+                }
+                Ok(_) => live += 1,
+                Err(_) => {}
+            }
         }
-        let removed = stale.len() as u64;
         self.stats
             .flows_live
             .store(live, std::sync::atomic::Ordering::Relaxed);
