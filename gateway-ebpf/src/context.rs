@@ -54,6 +54,11 @@ impl<'a> XdpPacket<'a> {
     pub fn new(ctx: &'a XdpContext) -> Self {
         Self { ctx }
     }
+
+    #[inline(always)]
+    pub fn ctx(&self) -> &'a XdpContext {
+        self.ctx
+    }
 }
 
 impl Packet for XdpPacket<'_> {
@@ -91,6 +96,11 @@ impl<'a> TcPacket<'a> {
             let _ = ctx.pull_data(want);
         }
         Self { ctx }
+    }
+
+    #[inline(always)]
+    pub fn ctx(&self) -> &'a TcContext {
+        self.ctx
     }
 }
 

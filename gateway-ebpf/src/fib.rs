@@ -1,50 +1,39 @@
 //! Next hop for a NATed packet: the kernel's FIB gives the egress device and both MAC
-//! addresses (the neighbour must be resolved: the daemon keeps backends' neighbours warm).
-use aya_ebpf::{
-    EbpfContext as _,
-    bindings::{bpf_fib_lookup, xdp_action},
-    helpers::bpf_fib_lookup as fib_lookup,
-    programs::XdpContext,
-};
+//! addresses. Without a neighbour entry XDP must drop (the daemon keeps backends' neighbours
+//! warm); TC lets the kernel resolve it.
+use aya_ebpf::{bindings::bpf_fib_lookup, helpers::bpf_fib_lookup as fib_lookup};
 use gateway_common::{
     PacketReason,
     l4::{FAMILY_IPV4, Flow, TO_CLIENT},
     proto::IPPROTO_TCP,
 };
 
-use crate::{
-    context::{XdpPacket, ptr_at_mut},
-    headers::EthHdr,
-    maps::L4_DEVICES,
-    parse::Tcp,
-};
+use crate::{hook::Hook, parse::Tcp};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
-/// Sets the rewritten packet's MAC addresses and returns the XDP action that sends it:
-/// `XDP_TX` back out of the ingress device, or a devmap redirect. Replies go back the way
-/// the client came (remembered in the flow); packets to backends follow the FIB.
+/// Sends the rewritten packet and returns the hook's action. Replies go back the way the
+/// client came (remembered in the flow); packets to backends follow the FIB.
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    packet: &XdpPacket,
+pub fn forward<H: Hook>(
+    hook: &H,
     tcp: &Tcp,
     flow: &Flow,
     params: &mut bpf_fib_lookup,
-) -> Result<u32, PacketReason> {
+) -> Result<i32, PacketReason> {
     if flow.direction == TO_CLIENT {
-        return send(ctx, packet, flow.ifindex, flow.mac_dst, flow.mac_src);
+        return hook.send(flow.ifindex, flow.mac_dst, flow.mac_src);
     }
     // SAFETY: an all-zero bpf_fib_lookup is a valid request skeleton (plain data).
     *params = unsafe { core::mem::zeroed() };
     params.l4_protocol = IPPROTO_TCP;
     params.sport = flow.new_src_port.to_be();
     params.dport = flow.new_dst_port.to_be();
-    params.__bindgen_anon_1.tot_len = tcp.ip_len;
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_1.tot_len = H::fib_tot_len(tcp);
+    params.ifindex = hook.ingress_ifindex();
     if tcp.family == FAMILY_IPV4 {
         params.family = AF_INET;
         params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([
@@ -74,39 +63,15 @@ pub fn forward(
     // SAFETY: params lives on the stack for the call; the size is its own.
     let ret = unsafe {
         fib_lookup(
-            ctx.as_ptr(),
+            hook.context_ptr(),
             params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
     };
     match ret {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(PacketReason::L4NoNeighbour),
-        _ => return Err(PacketReason::L4Unroutable),
+        BPF_FIB_LKUP_RET_SUCCESS => hook.send(params.ifindex, params.dmac, params.smac),
+        BPF_FIB_LKUP_RET_NO_NEIGH => hook.send_unresolved(params.ifindex),
+        _ => Err(PacketReason::L4Unroutable),
     }
-    send(ctx, packet, params.ifindex, params.dmac, params.smac)
-}
-
-/// Addresses the frame and sends it out of `ifindex`.
-#[inline(always)]
-fn send(
-    ctx: &XdpContext,
-    packet: &XdpPacket,
-    ifindex: u32,
-    dst: [u8; 6],
-    src: [u8; 6],
-) -> Result<u32, PacketReason> {
-    let eth: *mut EthHdr = ptr_at_mut(packet, 0).ok_or(PacketReason::TruncatedEthernet)?;
-    // SAFETY: bounds-checked pointer into the packet.
-    unsafe {
-        (*eth).dst = dst;
-        (*eth).src = src;
-    }
-    if ifindex == ctx.ingress_ifindex() as u32 {
-        return Ok(xdp_action::XDP_TX);
-    }
-    L4_DEVICES
-        .redirect(ifindex, 0)
-        .map_err(|_| PacketReason::L4Unroutable)
 }

@@ -12,19 +12,23 @@ mod counters;
 mod csum;
 mod fib;
 mod headers;
+mod hook;
 mod icmp;
 mod maps;
 mod nat;
 mod parse;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use gateway_common::{PacketReason, Verdict};
+use gateway_common::PacketReason;
 
-use crate::context::{Packet as _, TcPacket, XdpPacket};
+use crate::{
+    context::{Packet as _, TcPacket, XdpPacket},
+    hook::Hook as _,
+};
 
 /// XDP ingress: the fast path on every interface where XDP attaches. TCP goes through the
 /// L4 NAT stage; everything else is classified, counted and passed.
@@ -33,11 +37,14 @@ pub fn sluice_xdp(ctx: XdpContext) -> u32 {
     let packet = XdpPacket::new(&ctx);
     let frame_len = packet.frame_len();
     let (reason, action) = match parse::parse(&packet) {
-        Ok(tcp) => nat::process(&ctx, &packet, &tcp),
+        Ok(tcp) => {
+            let (reason, action) = nat::process(&packet, &tcp);
+            (reason, action as u32)
+        }
         Err(PacketReason::Icmp) => {
             icmp::translate(&ctx, &packet).unwrap_or((PacketReason::Icmp, xdp_action::XDP_PASS))
         }
-        Err(reason) => (reason, xdp_verdict(reason)),
+        Err(reason) => (reason, XdpPacket::verdict_action(reason) as u32),
     };
     counters::count(reason, frame_len);
     #[cfg(feature = "packet-log")]
@@ -45,28 +52,21 @@ pub fn sluice_xdp(ctx: XdpContext) -> u32 {
     action
 }
 
-#[inline(always)]
-fn xdp_verdict(reason: PacketReason) -> u32 {
-    match reason.verdict() {
-        Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Pass | Verdict::Forward => xdp_action::XDP_PASS,
-    }
-}
-
-/// TC (clsact/TCX ingress): the fallback where XDP cannot attach. It sees skbs, so GSO
-/// packets keep their offloads (../shared/BENCH_NOTES.md). It classifies and passes; the L4
-/// NAT stage runs in XDP only for now.
+/// TC (clsact/TCX ingress): where XDP cannot attach, or where GSO matters. It sees skbs, so
+/// a NATed 64 KB GSO packet stays one packet (../shared/BENCH_NOTES.md). TCP goes through
+/// the same L4 NAT stage as in XDP; ICMP errors go to the stack.
 #[classifier]
 pub fn sluice_tc(ctx: TcContext) -> i32 {
     let packet = TcPacket::new(&ctx);
-    let reason = parse::classify(&packet);
-    counters::count(reason, packet.frame_len());
+    let frame_len = packet.frame_len();
+    let (reason, action) = match parse::parse(&packet) {
+        Ok(tcp) => nat::process(&packet, &tcp),
+        Err(reason) => (reason, TcPacket::verdict_action(reason)),
+    };
+    counters::count(reason, frame_len);
     #[cfg(feature = "packet-log")]
     aya_log_ebpf::debug!(&ctx, "tc: reason {}", reason.index());
-    match reason.verdict() {
-        Verdict::Drop => TC_ACT_SHOT,
-        Verdict::Pass | Verdict::Forward => TC_ACT_OK,
-    }
+    action
 }
 
 #[cfg(not(test))]

@@ -2,7 +2,7 @@
 //! backend from the listener's Maglev table and a source port whose reverse tuple is free,
 //! and creates both directions' flow entries; every packet of a tracked flow is rewritten
 //! (addresses, ports, checksums, TTL) and sent to its next hop without the stack.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use gateway_common::{
     PacketReason,
     l4::{
@@ -14,9 +14,10 @@ use gateway_common::{
 };
 
 use crate::{
-    context::{Packet as _, XdpPacket, ptr_at_mut},
+    context::ptr_at_mut,
     csum, fib,
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr},
+    hook::Hook,
     maps::{L4_BACKENDS, L4_FLOWS, L4_LISTENERS, L4_TABLES, SCRATCH},
     parse::Tcp,
 };
@@ -37,21 +38,21 @@ pub struct Scratch {
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
 }
 
-/// Handles a TCP segment: `(reason, XDP action)`.
+/// Handles a TCP segment: `(reason, the hook's action)`.
 #[inline(always)]
-pub fn process(ctx: &XdpContext, packet: &XdpPacket, tcp: &Tcp) -> (PacketReason, u32) {
+pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
     // The fast path handles untagged frames; a segment whose TTL would expire goes to the
     // stack, which answers with ICMP time exceeded.
     if tcp.l3_off != ETH_HDR_LEN || tcp.hop_limit <= 1 {
-        return (PacketReason::Tcp, xdp_action::XDP_PASS);
+        return (PacketReason::Tcp, H::verdict_action(PacketReason::Tcp));
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return (PacketReason::Tcp, xdp_action::XDP_PASS);
+        return (PacketReason::Tcp, H::verdict_action(PacketReason::Tcp));
     };
     // SAFETY: this CPU's slot of a per-CPU map; nothing else runs on it during the program.
     let scratch = unsafe { &mut *scratch };
     if let Err(reason) = fill_key(packet, tcp, &mut scratch.key) {
-        return (reason, action_of(reason));
+        return (reason, H::verdict_action(reason));
     }
     let mut new_connection = false;
     let mut found = L4_FLOWS.get_ptr_mut(&scratch.key);
@@ -92,18 +93,18 @@ pub fn process(ctx: &XdpContext, packet: &XdpPacket, tcp: &Tcp) -> (PacketReason
             }
         }
         None => {
-            let from = arrival(ctx, packet);
+            let from = arrival(packet);
             match new_flow(tcp, scratch, &from) {
                 Ok(true) => new_connection = true,
-                Ok(false) => return (PacketReason::Tcp, xdp_action::XDP_PASS),
-                Err(reason) => return (reason, action_of(reason)),
+                Ok(false) => return (PacketReason::Tcp, H::verdict_action(PacketReason::Tcp)),
+                Err(reason) => return (reason, H::verdict_action(reason)),
             }
         }
     }
     if let Err(reason) = rewrite(packet, tcp, &scratch.key, &scratch.flow) {
-        return (reason, action_of(reason));
+        return (reason, H::verdict_action(reason));
     }
-    match fib::forward(ctx, packet, tcp, &scratch.flow, &mut scratch.fib) {
+    match fib::forward(packet, tcp, &scratch.flow, &mut scratch.fib) {
         Ok(action) => {
             let flow = &scratch.flow;
             crate::counters::count_l4(
@@ -114,15 +115,7 @@ pub fn process(ctx: &XdpContext, packet: &XdpPacket, tcp: &Tcp) -> (PacketReason
             );
             (PacketReason::L4Forwarded, action)
         }
-        Err(reason) => (reason, action_of(reason)),
-    }
-}
-
-#[inline(always)]
-fn action_of(reason: PacketReason) -> u32 {
-    match reason.verdict() {
-        gateway_common::Verdict::Drop => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
+        Err(reason) => (reason, H::verdict_action(reason)),
     }
 }
 
@@ -135,11 +128,11 @@ pub struct Arrival {
 }
 
 #[inline(always)]
-fn arrival(ctx: &XdpContext, packet: &XdpPacket) -> Arrival {
+fn arrival<H: Hook>(packet: &H) -> Arrival {
     let eth: Option<EthHdr> = crate::context::read_at(packet, 0);
     let (src_mac, dst_mac) = eth.map_or(([0; 6], [0; 6]), |e| (e.src, e.dst));
     Arrival {
-        ifindex: ctx.ingress_ifindex() as u32,
+        ifindex: packet.ingress_ifindex(),
         src_mac,
         dst_mac,
     }
@@ -148,7 +141,7 @@ fn arrival(ctx: &XdpContext, packet: &XdpPacket) -> Arrival {
 /// The flow key of a segment, read from the packet straight into `key` (addresses are copied
 /// once: the BPF stack has no room for more).
 #[inline(always)]
-fn fill_key(packet: &XdpPacket, tcp: &Tcp, key: &mut FlowKey) -> Result<(), PacketReason> {
+fn fill_key<H: Hook>(packet: &H, tcp: &Tcp, key: &mut FlowKey) -> Result<(), PacketReason> {
     if tcp.family == FAMILY_IPV4 {
         let ip: *const Ipv4Hdr = ptr_at_mut(packet, tcp.l3_off).ok_or(PacketReason::TruncatedIp)?;
         key.src = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
@@ -301,17 +294,15 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
 /// Rewrites addresses, ports, TTL and checksums in place. `key` holds the packet's
 /// addresses as they arrived.
 #[inline(always)]
-fn rewrite(packet: &XdpPacket, tcp: &Tcp, key: &FlowKey, flow: &Flow) -> Result<(), PacketReason> {
+fn rewrite<H: Hook>(packet: &H, tcp: &Tcp, key: &FlowKey, flow: &Flow) -> Result<(), PacketReason> {
+    // First, while the TCP header still holds the old ports (TC's helpers invalidate packet
+    // pointers; everything below takes fresh ones).
+    packet.update_tcp_checksum(tcp, key, flow)?;
     let th: *mut TcpHdr = ptr_at_mut(packet, tcp.l4_off).ok_or(PacketReason::TruncatedL4)?;
-    let (old, new) = csum::address_sums(&key.src, &key.dst, &flow.new_src, &flow.new_dst);
     // SAFETY: bounds-checked pointers into the packet; headers are byte arrays (align 1).
     unsafe {
-        let mut check = csum::update16(u16::from_be_bytes((*th).check), old, new);
-        check = csum::update16(check, tcp.src_port, flow.new_src_port);
-        check = csum::update16(check, tcp.dst_port, flow.new_dst_port);
         (*th).source = flow.new_src_port.to_be_bytes();
         (*th).dest = flow.new_dst_port.to_be_bytes();
-        (*th).check = check.to_be_bytes();
         if tcp.family == FAMILY_IPV4 {
             let ip: *mut Ipv4Hdr =
                 ptr_at_mut(packet, tcp.l3_off).ok_or(PacketReason::TruncatedIp)?;

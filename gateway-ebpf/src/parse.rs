@@ -48,15 +48,6 @@ pub struct Tcp {
     pub ip_len: u16,
 }
 
-/// Classifies a frame by the first layer that stops it, or by its transport protocol.
-#[inline(always)]
-pub fn classify<P: Packet>(packet: &P) -> PacketReason {
-    match parse(packet) {
-        Ok(_) => PacketReason::Tcp,
-        Err(reason) => reason,
-    }
-}
-
 /// Parses a TCP segment; anything else comes back as the reason that classifies it.
 #[inline(always)]
 pub fn parse<P: Packet>(packet: &P) -> Result<Tcp, PacketReason> {

@@ -58,15 +58,25 @@ impl Datapath {
         self.run_on(Hook::Xdp, input, Some(ingress_ifindex))
     }
 
+    /// Runs `input` through `hook` as if received on `ingress_ifindex` (see `run_xdp_on`).
+    pub fn run_on_device(&mut self, hook: Hook, input: &[u8], ingress_ifindex: u32) -> RunResult {
+        self.run_on(hook, input, Some(ingress_ifindex))
+    }
+
     fn run_on(&mut self, hook: Hook, input: &[u8], ingress_ifindex: Option<u32>) -> RunResult {
         // Room for a frame that grows (encapsulation, later) and the skb's own headroom.
         let mut output = vec![0u8; input.len() + 512];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         let ctx: Option<Vec<u8>> = ingress_ifindex.map(|ifindex| {
-            [0u32, input.len() as u32, 0, ifindex, 0, 0]
-                .iter()
-                .flat_map(|w| w.to_ne_bytes())
-                .collect()
+            let words: &[u32] = match hook {
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+                // egress_ifindex.
+                Hook::Xdp => &[0, input.len() as u32, 0, ifindex, 0, 0],
+                // struct __sk_buff up to ifindex (word 10): the kernel takes the skb's device
+                // from `ifindex` and its input device from `ingress_ifindex` (word 9); the
+                // fields before them must be zero.
+                Hook::Tc => &[0, 0, 0, 0, 0, 0, 0, 0, 0, ifindex, ifindex],
+            };
+            words.iter().flat_map(|w| w.to_ne_bytes()).collect()
         });
         let opts = TestRunOptions {
             data_in: Some(input),

@@ -149,6 +149,10 @@ pub fn send_and_verify(ns: &NetNs, addr: SocketAddr, len: usize) {
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap_or_else(|e| panic!("{e}"));
+        // A stalled path fails the test instead of hanging it.
+        stream
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .unwrap_or_else(|e| panic!("{e}"));
         let (mut digest, mut state, mut sent) = (Digest::default(), 0x1234_5678_u32, 0usize);
         let mut chunk = vec![0u8; 256 * 1024];
         while sent < len {

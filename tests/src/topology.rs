@@ -21,6 +21,15 @@ pub const SLUICE_XDP_ARGS: &[&str] = &[
     "--interface",
     GATEWAY_BACKEND_IF,
 ];
+/// `sluice run` arguments for the kernel datapath in TC: on both of the gateway's interfaces.
+pub const SLUICE_TC_ARGS: &[&str] = &[
+    "--datapath",
+    "tc",
+    "--interface",
+    GATEWAY_CLIENT_IF,
+    "--interface",
+    GATEWAY_BACKEND_IF,
+];
 pub const BACKEND_IF: &str = "b-gw";
 
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);

@@ -1,4 +1,5 @@
-//! L4 forwarding end to end, in both datapath modes: TCP listeners of the Plan forward to
+//! L4 forwarding end to end, in every datapath mode (userspace, XDP, TC): TCP listeners of
+//! the Plan forward to
 //! weighted backends, and the bytes arrive intact.
 use std::net::{IpAddr, SocketAddr};
 
@@ -39,8 +40,36 @@ struct Gateway {
     sluice: Sluice,
 }
 
-fn gateway(config_text: &str, mode: &[&str]) -> Gateway {
-    let topology = Topology::builder().backends(2).build();
+/// Where the gateway forwards.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Userspace,
+    Xdp,
+    /// TC on hosts with their default offloads: GSO packets and partial checksums reach the
+    /// program, which is what TC is for.
+    Tc,
+}
+
+impl Mode {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Mode::Userspace => &["--datapath", "userspace"],
+            Mode::Xdp => topology::SLUICE_XDP_ARGS,
+            Mode::Tc => topology::SLUICE_TC_ARGS,
+        }
+    }
+
+    fn kernel(self) -> bool {
+        self != Mode::Userspace
+    }
+}
+
+fn gateway(config_text: &str, mode: Mode, extra: &[&str]) -> Gateway {
+    let mut topology = Topology::builder().backends(2);
+    if mode == Mode::Tc {
+        topology = topology.default_offloads();
+    }
+    let topology = topology.build();
     let bpffs = TempBpffs::new();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("l4.yaml"), config_text).unwrap_or_else(|e| panic!("{e}"));
@@ -55,7 +84,7 @@ fn gateway(config_text: &str, mode: &[&str]) -> Gateway {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend(mode.iter().map(|s| s.to_string()));
+    args.extend(mode.args().iter().chain(extra).map(|s| s.to_string()));
     let sluice = Sluice::start(&topology.gateway, &args);
     Gateway {
         topology,
@@ -65,9 +94,9 @@ fn gateway(config_text: &str, mode: &[&str]) -> Gateway {
     }
 }
 
-/// Asserts which path carried the test's connections to `listener`: in kernel mode the XDP
-/// NAT (the userspace forwarder counted nothing), otherwise the userspace forwarder.
-fn assert_path(gw: &Gateway, mode: &[&str], listener: &str) {
+/// Asserts which path carried the test's connections to `listener`: in kernel mode the
+/// kernel NAT (the userspace forwarder counted nothing), otherwise the userspace forwarder.
+fn assert_path(gw: &Gateway, mode: Mode, listener: &str) {
     let dump = gw.sluice.config_dump();
     let kernel: Vec<String> = dump["serving"]["l4_kernel"]
         .as_array()
@@ -86,7 +115,7 @@ fn assert_path(gw: &Gateway, mode: &[&str], listener: &str) {
     let forwarded = gw
         .sluice
         .metric("sluice_datapath_packets_total{reason=\"l4_forwarded\",verdict=\"forward\"}");
-    if mode == KERNEL {
+    if mode.kernel() {
         assert!(
             kernel.contains(&listener.to_owned()),
             "{listener} not kernel-served: {dump:#}"
@@ -95,7 +124,10 @@ fn assert_path(gw: &Gateway, mode: &[&str], listener: &str) {
             !userspace,
             "the userspace forwarder carried connections to {listener}"
         );
-        assert!(forwarded.is_some_and(|p| p > 0.0), "nothing NATed by XDP");
+        assert!(
+            forwarded.is_some_and(|p| p > 0.0),
+            "nothing NATed in {mode:?}"
+        );
     } else {
         assert!(kernel.is_empty(), "{dump:#}");
         assert!(
@@ -105,15 +137,12 @@ fn assert_path(gw: &Gateway, mode: &[&str], listener: &str) {
     }
 }
 
-const USERSPACE: &[&str] = &["--datapath", "userspace"];
-const KERNEL: &[&str] = topology::SLUICE_XDP_ARGS;
-
-fn echo_and_bulk(test: &str, mode: &[&str]) {
+fn echo_and_bulk(test: &str, mode: Mode) {
     if !root::can_run(test) {
         return;
     }
     let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
-    let gw = gateway(&config(&[(backend.ip(), 100)]), mode);
+    let gw = gateway(&config(&[(backend.ip(), 100)]), mode, &[]);
     let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
 
     let server = echo::serve(&gw.topology.backend, backend, 3);
@@ -137,7 +166,7 @@ fn echo_and_bulk(test: &str, mode: &[&str]) {
         .sluice
         .metric("sluice_datapath_packets_total{reason=\"l4_forwarded\",verdict=\"forward\"}");
     let dump = gw.sluice.config_dump();
-    if mode == KERNEL {
+    if mode.kernel() {
         // The kernel carried every connection: the userspace forwarder saw none.
         let listener = format!("0.0.0.0:{PORT}");
         assert_eq!(
@@ -146,8 +175,10 @@ fn echo_and_bulk(test: &str, mode: &[&str]) {
             "{dump:#}"
         );
         assert_eq!(gw.sluice.metric(&userspace), None, "{}", gw.sluice.log());
-        // At least one frame per 1500 bytes of payload (replies are fewer: delayed ACKs, GRO).
-        let minimum = 100.0 * 1024.0 * 1024.0 / 1500.0;
+        // XDP: at least one frame per 1500 bytes of payload (replies are fewer: delayed ACKs,
+        // GRO). TC sees GSO packets of up to 64 KiB.
+        let mtu = if mode == Mode::Tc { 65536.0 } else { 1500.0 };
+        let minimum = 100.0 * 1024.0 * 1024.0 / mtu;
         // The kernel's own per-listener and per-backend counters saw the same connections.
         let kernel = |name: &str, label: &str, value: &str| {
             gw.sluice.metric(&format!(
@@ -164,8 +195,16 @@ fn echo_and_bulk(test: &str, mode: &[&str]) {
         );
         assert!(
             forwarded.is_some_and(|p| p > minimum),
-            "{forwarded:?} packets NATed by XDP"
+            "{forwarded:?} packets NATed in {mode:?}"
         );
+        if mode == Mode::Tc {
+            // GSO survived the NAT: the bulk crossed as super-packets (about 2,500 here),
+            // not as 70,000 MTU-sized frames.
+            assert!(
+                forwarded.is_some_and(|p| p < 100.0 * 1024.0 * 1024.0 / 1500.0 / 4.0),
+                "{forwarded:?} packets NATed in TC: GSO packets were split"
+            );
+        }
     } else {
         assert_eq!(
             dump["serving"]["l4_kernel"],
@@ -183,7 +222,7 @@ fn echo_and_bulk(test: &str, mode: &[&str]) {
     }
 }
 
-fn weights_are_honoured(test: &str, mode: &[&str]) {
+fn weights_are_honoured(test: &str, mode: Mode) {
     if !root::can_run(test) {
         return;
     }
@@ -191,7 +230,7 @@ fn weights_are_honoured(test: &str, mode: &[&str]) {
         SocketAddr::new(topology::backend_v4(0).into(), PORT),
         SocketAddr::new(topology::backend_v4(1).into(), PORT),
     );
-    let gw = gateway(&config(&[(b0.ip(), 80), (b1.ip(), 20)]), mode);
+    let gw = gateway(&config(&[(b0.ip(), 80), (b1.ip(), 20)]), mode, &[]);
     let _s0 = NameServer::start(&gw.topology.backend, b0, "b0");
     let _s1 = NameServer::start(&gw.topology.backend, b1, "b1");
     let names = servers::ask_name(
@@ -209,7 +248,7 @@ fn weights_are_honoured(test: &str, mode: &[&str]) {
     assert_path(&gw, mode, &format!("0.0.0.0:{PORT}"));
 }
 
-fn ipv6(test: &str, mode: &[&str]) {
+fn ipv6(test: &str, mode: Mode) {
     if !root::can_run(test) {
         return;
     }
@@ -220,6 +259,7 @@ fn ipv6(test: &str, mode: &[&str]) {
             &format!("number: {PORT}, name: tcp, protocol: TCP}}\n    bind: '::'\n    hosts"),
         ),
         mode,
+        &[],
     );
     let server = echo::serve(&gw.topology.backend, backend, 2);
     for _ in 0..2 {
@@ -237,38 +277,53 @@ fn ipv6(test: &str, mode: &[&str]) {
 
 #[test]
 fn userspace_echo_and_100mb() {
-    echo_and_bulk("userspace_echo_and_100mb", USERSPACE);
+    echo_and_bulk("userspace_echo_and_100mb", Mode::Userspace);
 }
 
 #[test]
 fn kernel_mode_echo_and_100mb() {
-    echo_and_bulk("kernel_mode_echo_and_100mb", KERNEL);
+    echo_and_bulk("kernel_mode_echo_and_100mb", Mode::Xdp);
+}
+
+#[test]
+fn tc_mode_echo_and_100mb() {
+    echo_and_bulk("tc_mode_echo_and_100mb", Mode::Tc);
 }
 
 #[test]
 fn userspace_weights_80_20() {
-    weights_are_honoured("userspace_weights_80_20", USERSPACE);
+    weights_are_honoured("userspace_weights_80_20", Mode::Userspace);
 }
 
 #[test]
 fn kernel_mode_weights_80_20() {
-    weights_are_honoured("kernel_mode_weights_80_20", KERNEL);
+    weights_are_honoured("kernel_mode_weights_80_20", Mode::Xdp);
+}
+
+#[test]
+fn tc_mode_weights_80_20() {
+    weights_are_honoured("tc_mode_weights_80_20", Mode::Tc);
 }
 
 #[test]
 fn userspace_ipv6() {
-    ipv6("userspace_ipv6", USERSPACE);
+    ipv6("userspace_ipv6", Mode::Userspace);
 }
 
 #[test]
 fn kernel_mode_ipv6() {
-    ipv6("kernel_mode_ipv6", KERNEL);
+    ipv6("kernel_mode_ipv6", Mode::Xdp);
+}
+
+#[test]
+fn tc_mode_ipv6() {
+    ipv6("tc_mode_ipv6", Mode::Tc);
 }
 
 /// Two backends 50/50; under load, a reload removes one. No connection may fail, connections
 /// begun after the new generation is visible avoid the removed backend, and a long-lived
 /// connection through another listener is untouched.
-fn reload_under_load(test: &str, mode: &[&str]) {
+fn reload_under_load(test: &str, mode: Mode) {
     use std::sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -291,7 +346,7 @@ fn reload_under_load(test: &str, mode: &[&str]) {
         "  tcp:\n  - route:",
         "  tcp:\n  - match: [{port: 7000}]\n    route:",
     );
-    let gw = gateway(&both, mode);
+    let gw = gateway(&both, mode, &[]);
     let _s0 = NameServer::start(&gw.topology.backend, b0, "b0");
     let _s1 = NameServer::start(&gw.topology.backend, b1, "b1");
 
@@ -407,12 +462,17 @@ fn reload_under_load(test: &str, mode: &[&str]) {
 
 #[test]
 fn userspace_reload_under_load() {
-    reload_under_load("userspace_reload_under_load", USERSPACE);
+    reload_under_load("userspace_reload_under_load", Mode::Userspace);
 }
 
 #[test]
 fn kernel_mode_reload_under_load() {
-    reload_under_load("kernel_mode_reload_under_load", KERNEL);
+    reload_under_load("kernel_mode_reload_under_load", Mode::Xdp);
+}
+
+#[test]
+fn tc_mode_reload_under_load() {
+    reload_under_load("tc_mode_reload_under_load", Mode::Tc);
 }
 
 /// The daemon forgets finished kernel connections: both entries of each closed connection
@@ -423,8 +483,11 @@ fn kernel_flows_expire_after_close() {
         return;
     }
     let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
-    let mode = [KERNEL, &["--l4-closing-timeout", "1s"]].concat();
-    let gw = gateway(&config(&[(backend.ip(), 100)]), &mode);
+    let gw = gateway(
+        &config(&[(backend.ip(), 100)]),
+        Mode::Xdp,
+        &["--l4-closing-timeout", "1s"],
+    );
     let server = echo::serve(&gw.topology.backend, backend, 5);
     for _ in 0..5 {
         echo::roundtrip(
@@ -469,7 +532,7 @@ fn inspect_shows_listeners_and_the_backend_of_a_flow() {
         SocketAddr::new(topology::backend_v4(0).into(), PORT),
         SocketAddr::new(topology::backend_v4(1).into(), PORT),
     );
-    let gw = gateway(&config(&[(b0.ip(), 80), (b1.ip(), 20)]), KERNEL);
+    let gw = gateway(&config(&[(b0.ip(), 80), (b1.ip(), 20)]), Mode::Xdp, &[]);
     let bpffs = gw._bpffs.path().to_string_lossy().into_owned();
     let inspect = |args: &[&str]| {
         let out = gw

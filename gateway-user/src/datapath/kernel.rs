@@ -177,15 +177,15 @@ impl Loaded {
             }
         }
         datapath.log_task = forward_logs(&mut datapath.loaded.ebpf);
-        // The NAT stage runs in the XDP program: only XDP interfaces can be redirect targets.
-        let xdp: std::collections::BTreeMap<String, u32> = datapath
+        // Both programs run the NAT stage, so every attached interface forwards and is a
+        // redirect target (XDP redirects through the devmap, TC by ifindex).
+        let devices: std::collections::BTreeMap<String, u32> = datapath
             .interfaces
             .iter()
-            .filter(|i| matches!(i.attachment, Attachment::XdpNative | Attachment::XdpGeneric))
             .map(|i| (i.interface.clone(), i.ifindex))
             .collect();
-        if !xdp.is_empty() {
-            match super::l4::KernelL4::new(&mut datapath.loaded.ebpf, xdp) {
+        if !devices.is_empty() {
+            match super::l4::KernelL4::new(&mut datapath.loaded.ebpf, devices) {
                 Ok(l4) => datapath.l4 = Some(l4),
                 Err(e) => tracing::warn!("the kernel L4 path is unavailable: {e:#}"),
             }

@@ -1,5 +1,5 @@
 //! The kernel L4 fast path, daemon side: from each Plan, the listeners the kernel can serve
-//! (every endpoint reached through an interface the XDP program is attached to, so replies
+//! (every endpoint reached through an interface a Sluice program is attached to, so replies
 //! come back through it), their source addresses, warm neighbours for the next hops, and the
 //! ordered map writes from [`super::sync`]. Listeners the kernel cannot serve stay with the
 //! userspace forwarder, which is bound on every L4 listener anyway.
@@ -126,8 +126,8 @@ pub struct KernelL4 {
 }
 
 impl KernelL4 {
-    /// Takes the L4 maps out of `ebpf` and registers `devices` (XDP-attached interfaces,
-    /// name -> ifindex) as redirect targets.
+    /// Takes the L4 maps out of `ebpf` and registers `devices` (interfaces with an XDP or TC
+    /// program, name -> ifindex) as redirect targets.
     pub fn new(ebpf: &mut Ebpf, devices: BTreeMap<String, u32>) -> anyhow::Result<KernelL4> {
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -225,7 +225,7 @@ impl KernelL4 {
                 route(endpoint.ip()).map_err(|e| format!("no route to {endpoint}: {e:#}"))?;
             if !self.devices.contains_key(&route.device) {
                 return Err(format!(
-                    "{endpoint} is reached through {}, which has no XDP program",
+                    "{endpoint} is reached through {}, which has no Sluice program (--interface)",
                     route.device
                 ));
             }
