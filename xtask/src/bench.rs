@@ -59,6 +59,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 enum Contestant {
     Direct,
     SluiceXdp,
+    SluiceTc,
     SluiceUserspace,
     Nftables,
     Haproxy,
@@ -67,9 +68,10 @@ enum Contestant {
 }
 
 impl Contestant {
-    const ALL: [Contestant; 7] = [
+    const ALL: [Contestant; 8] = [
         Self::Direct,
         Self::SluiceXdp,
+        Self::SluiceTc,
         Self::SluiceUserspace,
         Self::Nftables,
         Self::Haproxy,
@@ -81,6 +83,7 @@ impl Contestant {
         match self {
             Self::Direct => "direct (routed, no NAT)",
             Self::SluiceXdp => "Sluice XDP",
+            Self::SluiceTc => "Sluice TC",
             Self::SluiceUserspace => "Sluice userspace (1 worker)",
             Self::Nftables => "nftables DNAT+SNAT",
             Self::Haproxy => "HAProxy tcp (1 thread)",
@@ -273,19 +276,26 @@ fn start(
     let mut running = Running::default();
     match contestant {
         Contestant::Direct => return Ok((running, backend.into())),
-        Contestant::SluiceXdp | Contestant::SluiceUserspace => {
+        Contestant::SluiceXdp | Contestant::SluiceTc | Contestant::SluiceUserspace => {
             let dir = tempfile::tempdir()?;
             std::fs::write(dir.path().join("bench.yaml"), sluice_config(backend))?;
             let bpffs = TempBpffs::new();
             let config = dir.path().to_string_lossy().into_owned();
             let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
             let mut args = vec!["-f", &config, "--bpffs", &bpffs_arg, "--instance", "bench"];
-            let wrapper: &[&str] = if contestant == Contestant::SluiceXdp {
-                args.extend(topology::SLUICE_XDP_ARGS);
-                &[]
-            } else {
-                args.extend(["--datapath", "userspace"]);
-                &["env", "TOKIO_WORKER_THREADS=1"]
+            let wrapper: &[&str] = match contestant {
+                Contestant::SluiceXdp => {
+                    args.extend(topology::SLUICE_XDP_ARGS);
+                    &[]
+                }
+                Contestant::SluiceTc => {
+                    args.extend(topology::SLUICE_TC_ARGS);
+                    &[]
+                }
+                _ => {
+                    args.extend(["--datapath", "userspace"]);
+                    &["env", "TOKIO_WORKER_THREADS=1"]
+                }
             };
             running.sluice = Some(Sluice::start_with(
                 &topology.gateway,
