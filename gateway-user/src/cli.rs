@@ -29,6 +29,9 @@ pub enum Command {
     /// Show the kernel L4 state from the pinned maps: listeners and backends, connections,
     /// or the backend of one client's connection.
     Inspect(InspectArgs),
+    /// Remove what a daemon run with `--keep-datapath` left attached and pinned for this
+    /// instance: its programs stop forwarding and its connections are dropped.
+    Cleanup(CleanupArgs),
     /// Print version and build information.
     Version,
 }
@@ -81,6 +84,24 @@ pub struct RunArgs {
     /// Kernel L4 connections are forgotten this long after their FIN or RST.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub l4_closing_timeout: std::time::Duration,
+
+    /// On exit, leave the programs attached and the maps and links pinned: the kernel keeps
+    /// forwarding established (and new) L4 connections with the last config, and the next
+    /// run with the same --bpffs and --instance takes them over without a gap. Without it,
+    /// exit removes everything.
+    #[arg(long, env = "SLUICE_KEEP_DATAPATH")]
+    pub keep_datapath: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// bpffs mount point the daemon pinned under.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+
+    /// The daemon's instance name.
+    #[arg(long, default_value = "default", value_parser = parse_instance)]
+    pub instance: String,
 }
 
 #[derive(Debug, Args)]

@@ -50,6 +50,22 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Cleanup(args) => match datapath::kernel::cleanup(&args.bpffs, &args.instance) {
+            Ok(removed) if removed.is_empty() => {
+                println!("nothing pinned for instance {:?}", args.instance);
+                ExitCode::SUCCESS
+            }
+            Ok(removed) => {
+                for path in removed {
+                    println!("removed {}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice cleanup: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => {
             logging::init(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()

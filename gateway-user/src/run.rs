@@ -40,6 +40,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         interfaces: args.interfaces.clone(),
         bpffs: args.bpffs.clone(),
         instance: args.instance.clone(),
+        keep_on_exit: args.keep_datapath,
     };
     let mut datapath = match Datapath::start(&options) {
         Ok(datapath) => datapath,
@@ -66,7 +67,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(current) = state.config().current {
         let failures = servers.apply(&current).await;
         if let Some((address, error)) = failures.into_iter().next() {
-            datapath.shutdown();
+            drop(servers);
+            datapath.abandon();
             admin.shutdown().await;
             return Err(error.context(format!("serving the listener {address}")));
         }

@@ -175,6 +175,11 @@ impl Sluice {
 
     /// Sends SIGTERM and waits for the exit; returns the status and the log.
     pub fn stop(mut self) -> (ExitStatus, String) {
+        self.stop_in_place()
+    }
+
+    /// [`Sluice::stop`] for a daemon held in a struct field, to be replaced by the next run.
+    pub fn stop_in_place(&mut self) -> (ExitStatus, String) {
         let status = self.terminate();
         (status, self.log())
     }

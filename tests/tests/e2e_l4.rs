@@ -38,6 +38,8 @@ struct Gateway {
     _bpffs: TempBpffs,
     _config: tempfile::TempDir,
     sluice: Sluice,
+    /// What `sluice run` was started with.
+    args: Vec<String>,
 }
 
 /// Where the gateway forwards.
@@ -91,6 +93,7 @@ fn gateway(config_text: &str, mode: Mode, extra: &[&str]) -> Gateway {
         _bpffs: bpffs,
         _config: dir,
         sluice,
+        args,
     }
 }
 
@@ -611,4 +614,96 @@ fn inspect_shows_listeners_and_the_backend_of_a_flow() {
     idle.0
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+/// `--keep-datapath`: the daemon exits and the kernel keeps forwarding (the established
+/// connection and new ones); the next run takes over the pinned maps and swaps its program
+/// onto the pinned links, so the connection and the counters carry on; its own exit,
+/// without the flag, removes everything.
+fn restart_keeps_connections(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let mut gw = gateway(&config(&[(backend.ip(), 100)]), mode, &["--keep-datapath"]);
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let listener = format!("0.0.0.0:{PORT}");
+    let connections = format!("sluice_l4_kernel_connections_total{{listener=\"{listener}\"}}");
+
+    let server = echo::serve_concurrently(&gw.topology.backend, backend, 2);
+    let held = echo::HeldConnection::open(&gw.topology.client, vip);
+    held.exchange(1);
+    assert_path(&gw, mode, &listener);
+    assert_eq!(gw.sluice.metric(&connections), Some(1.0));
+
+    // The first run exits and leaves the datapath behind.
+    let (status, log) = gw.sluice.stop_in_place();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("left the datapath attached"), "{log}");
+    let pin_dir = gw._bpffs.pin_dir("l4");
+    let links: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(links.len(), 2, "one pinned link per interface: {links:?}");
+
+    // No daemon: the kernel alone carries the held connection and a new one.
+    held.exchange(2);
+    echo::roundtrip(&gw.topology.client, vip, 1000);
+
+    // The second run (without the flag) takes over.
+    let args: Vec<String> = gw
+        .args
+        .iter()
+        .filter(|a| *a != "--keep-datapath")
+        .cloned()
+        .collect();
+    gw.sluice = Sluice::start(&gw.topology.gateway, &args);
+    let log = gw.sluice.log();
+    assert!(
+        log.contains("loaded the eBPF programs on the maps a previous run pinned"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("replaced the previous run's program on its link")
+            .count(),
+        2,
+        "{log}"
+    );
+    held.exchange(3);
+    assert_path(&gw, mode, &listener);
+    // Counters continue: the held connection and the one made while no daemon ran.
+    assert_eq!(gw.sluice.metric(&connections), Some(2.0), "{log}");
+    drop(held);
+    let echoed = server
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert_eq!(echoed, 3 * 1000 + 1000);
+
+    // Its exit removes the programs, the links and the maps.
+    let (status, log) = gw.sluice.stop_in_place();
+    assert!(status.success(), "{log}");
+    assert!(!pin_dir.exists(), "pins left behind: {log}");
+    let refused = gw.topology.client.run(move || {
+        std::net::TcpStream::connect_timeout(&vip, std::time::Duration::from_secs(3))
+            .map_err(|e| e.kind())
+    });
+    assert_eq!(
+        refused.err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "something still forwards {vip}"
+    );
+}
+
+#[test]
+fn kernel_mode_restart_keeps_connections() {
+    restart_keeps_connections("kernel_mode_restart_keeps_connections", Mode::Xdp);
+}
+
+#[test]
+fn tc_mode_restart_keeps_connections() {
+    restart_keeps_connections("tc_mode_restart_keeps_connections", Mode::Tc);
 }

@@ -51,6 +51,10 @@ impl Bpffs {
         })
     }
 
+    pub fn mounted_here(&self) -> bool {
+        self.mounted_here
+    }
+
     /// Unmounts the bpffs if this process mounted it and nothing else is pinned in it.
     pub fn release(self) {
         if !self.mounted_here {

@@ -1,6 +1,9 @@
 //! The kernel datapath: loads the embedded eBPF object, pins its maps under
-//! `<bpffs>/sluice/<instance>/`, attaches the ingress program per interface (with fallbacks),
-//! forwards the programs' aya-log records into `tracing`, and undoes all of it on shutdown.
+//! `<bpffs>/sluice/<instance>/` and its links under `.../links/`, attaches the ingress
+//! program per interface (with fallbacks), forwards the programs' aya-log records into
+//! `tracing`, and on shutdown either undoes all of it or, with `--keep-datapath`, leaves the
+//! programs forwarding so the next run takes over their maps and links (the established
+//! connections in the flow map never notice the restart).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -10,9 +13,13 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::MapInfo,
     maps::{MapData, PerCpuArray},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use gateway_common::{Counters, PacketReason, map_names, program_names};
@@ -27,12 +34,30 @@ pub struct Loaded {
     pin_dir: PathBuf,
     pins: Vec<PathBuf>,
     counters: CounterReader,
+    /// The maps were a previous run's (it exited with `--keep-datapath`).
+    reused: bool,
 }
 
-/// A link this run created, kept to detach it on shutdown.
+/// How the program sits on one interface.
 enum Link {
-    Xdp(XdpLinkId),
-    Tc(SchedClassifierLinkId),
+    /// A bpf_link pinned at `path`: it stays attached while the pin exists, across restarts.
+    /// Our fd is held so that unpinning and then dropping it detaches.
+    Pinned {
+        path: PathBuf,
+        _fd: FdLink,
+    },
+    /// A netlink attachment (kernels without bpf_link for the hook): cannot outlive us.
+    Xdp(XdpLink),
+    Tc(SchedClassifierLink),
+}
+
+/// What happens to the attached programs and pinned state when the daemon exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExit {
+    /// Detach, unpin and unmount what this run created.
+    Remove,
+    /// Leave programs attached and maps and links pinned, for the next run to take over.
+    Keep,
 }
 
 pub struct KernelDatapath {
@@ -86,6 +111,13 @@ impl KernelDatapath {
             .iter()
             .map(|name| pin_dir.join(name))
             .collect();
+        let reused = match check_reusable(&pins) {
+            Ok(reused) => reused,
+            Err(e) => {
+                bpffs.release();
+                return Err(e);
+            }
+        };
         let mut loader = EbpfLoader::new();
         for (name, pin) in map_names::ALL.iter().zip(&pins) {
             loader.map_pin_path(name, pin.as_path());
@@ -94,7 +126,8 @@ impl KernelDatapath {
             "loading the eBPF object (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON; \
              run with --datapath userspace to serve without BPF)",
         );
-        // Once loaded, the maps are pinned: every error path must remove the pins again.
+        // Once loaded, the maps are pinned: every error path must remove the pins again
+        // (unless they were a previous run's, still serving its connections).
         let prepared = loaded.and_then(|mut ebpf| {
             for name in [program_names::XDP_INGRESS, program_names::TC_INGRESS] {
                 load_program(&mut ebpf, name)?;
@@ -104,17 +137,24 @@ impl KernelDatapath {
         });
         match prepared {
             Ok((ebpf, counters)) => {
-                tracing::info!(pin_dir = %pin_dir.display(), "loaded the eBPF programs and pinned their maps");
+                if reused {
+                    tracing::info!(pin_dir = %pin_dir.display(), "loaded the eBPF programs on the maps a previous run pinned: its connections carry on");
+                } else {
+                    tracing::info!(pin_dir = %pin_dir.display(), "loaded the eBPF programs and pinned their maps");
+                }
                 Ok(Loaded {
                     ebpf,
                     bpffs,
                     pin_dir,
                     pins,
                     counters,
+                    reused,
                 })
             }
             Err(e) => {
-                remove_pins(&pins, &pin_dir);
+                if !reused {
+                    remove_pins(&pins, &pin_dir);
+                }
                 bpffs.release();
                 Err(e)
             }
@@ -137,21 +177,57 @@ impl KernelDatapath {
         self.loaded.counters.clone()
     }
 
-    pub fn shutdown(mut self) {
+    /// Stops the datapath; what stays behind is up to `on_exit`.
+    pub fn shutdown(mut self, on_exit: OnExit) {
         if let Some(task) = self.log_task.take() {
             task.abort();
         }
-        for (interface, link) in self.links.drain(..) {
-            let detached = match link {
-                Link::Xdp(id) => xdp_program(&mut self.loaded.ebpf).and_then(|p| Ok(p.detach(id)?)),
-                Link::Tc(id) => tc_program(&mut self.loaded.ebpf).and_then(|p| Ok(p.detach(id)?)),
-            };
-            match detached {
-                Ok(()) => tracing::info!(%interface, "detached the datapath"),
-                Err(e) => tracing::warn!(%interface, error = %format!("{e:#}"), "detach failed"),
+        // The L4 adapter holds map fds; they close with it.
+        drop(self.l4.take());
+        match on_exit {
+            OnExit::Keep => {
+                for (interface, link) in self.links.drain(..) {
+                    match link {
+                        // Closing our fd leaves the pinned link (and so the program) attached.
+                        Link::Pinned { .. } => {}
+                        Link::Xdp(_) | Link::Tc(_) => tracing::warn!(
+                            %interface,
+                            "this interface is attached through netlink, which cannot outlive \
+                             the daemon: detaching it"
+                        ),
+                    }
+                }
+                self.loaded.keep();
+            }
+            OnExit::Remove => {
+                for (interface, link) in self.links.drain(..) {
+                    if let Link::Pinned { path, .. } = &link
+                        && let Err(e) = fs::remove_file(path)
+                    {
+                        tracing::warn!(%interface, pin = %path.display(), error = %e, "could not unpin the link");
+                    }
+                    // Dropping the last reference detaches.
+                    drop(link);
+                    tracing::info!(%interface, "detached the datapath");
+                }
+                self.loaded.discard();
             }
         }
-        self.loaded.discard();
+    }
+
+    /// Stops a datapath whose start failed half-way: a fresh one is removed, a previous run's
+    /// (still carrying its connections) is left as it was.
+    pub fn abandon(self) {
+        let on_exit = if self.loaded.reused {
+            tracing::warn!(
+                pin_dir = %self.loaded.pin_dir.display(),
+                "leaving the previous run's datapath in place"
+            );
+            OnExit::Keep
+        } else {
+            OnExit::Remove
+        };
+        self.shutdown(on_exit);
     }
 }
 
@@ -170,12 +246,17 @@ impl Loaded {
             log_task: None,
             l4: None,
         };
+        if let Err(e) = fs::create_dir_all(datapath.loaded.links_dir()) {
+            datapath.abandon();
+            return Err(e).context("creating the link pin directory");
+        }
         for interface in interfaces {
             if let Err(e) = datapath.attach_interface(interface, order) {
-                datapath.shutdown();
+                datapath.abandon();
                 return Err(e);
             }
         }
+        datapath.release_other_links(interfaces);
         datapath.log_task = forward_logs(&mut datapath.loaded.ebpf);
         // Both programs run the NAT stage, so every attached interface forwards and is a
         // redirect target (XDP redirects through the devmap, TC by ifindex).
@@ -193,6 +274,10 @@ impl Loaded {
         Ok(datapath)
     }
 
+    fn links_dir(&self) -> PathBuf {
+        self.pin_dir.join(LINKS_DIR)
+    }
+
     /// Closes the programs and maps, removes the pins and directories this run created, and
     /// unmounts the bpffs if this run mounted it.
     fn discard(self) {
@@ -202,12 +287,29 @@ impl Loaded {
             pin_dir,
             pins,
             counters,
+            reused: _,
         } = self;
         drop(counters);
         drop(ebpf);
         remove_pins(&pins, &pin_dir);
         bpffs.release();
         tracing::info!(pin_dir = %pin_dir.display(), "removed the pinned maps");
+    }
+
+    /// Closes our handles and leaves the pins (and the bpffs) for the next run.
+    fn keep(self) {
+        if self.bpffs.mounted_here() {
+            tracing::warn!(
+                bpffs = %self.bpffs.root.display(),
+                "this process mounted the bpffs the datapath is pinned on: if the mount goes \
+                 away with its mount namespace, so do the kept programs (mount it on the host)"
+            );
+        }
+        tracing::info!(
+            pin_dir = %self.pin_dir.display(),
+            "left the datapath attached and its maps and links pinned for the next run \
+             (`sluice cleanup` removes them)"
+        );
     }
 }
 
@@ -216,8 +318,21 @@ impl KernelDatapath {
         let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|e| {
             anyhow!("interface {interface:?} not found in this network namespace: {e}")
         })?;
-        let (attachment, link) = attach_first(&mut self.loaded.ebpf, interface, ifindex, order)?;
-        tracing::info!(%interface, ifindex, attachment = attachment.label(), "attached the datapath");
+        let links_dir = self.loaded.links_dir();
+        let (attachment, link, replaced) = match self.take_over(&links_dir, interface, order) {
+            Some((attachment, link)) => (attachment, link, true),
+            None => {
+                let (attachment, link) =
+                    attach_first(&mut self.loaded.ebpf, interface, ifindex, order)?;
+                let path = links_dir.join(link_pin_name(interface, attachment));
+                (attachment, pin_link(link, path)?, false)
+            }
+        };
+        if replaced {
+            tracing::info!(%interface, ifindex, attachment = attachment.label(), "replaced the previous run's program on its link, atomically");
+        } else {
+            tracing::info!(%interface, ifindex, attachment = attachment.label(), "attached the datapath");
+        }
         self.interfaces.push(InterfaceStatus {
             interface: interface.to_owned(),
             ifindex,
@@ -226,6 +341,223 @@ impl KernelDatapath {
         self.links.push((interface.to_owned(), link));
         Ok(())
     }
+
+    /// Takes over the link a previous run pinned for `interface`, swapping in this run's
+    /// program with one bpf_link update: no packet goes unprocessed. A link for an
+    /// attachment `order` does not allow, or one that no longer works (its interface was
+    /// deleted), is removed so a fresh attachment can be made.
+    fn take_over(
+        &mut self,
+        links_dir: &Path,
+        interface: &str,
+        order: &[Attachment],
+    ) -> Option<(Attachment, Link)> {
+        let mut found = None;
+        for attachment in [
+            Attachment::XdpNative,
+            Attachment::XdpGeneric,
+            Attachment::Tc,
+        ] {
+            let path = links_dir.join(link_pin_name(interface, attachment));
+            if !path.exists() {
+                continue;
+            }
+            if found.is_none() && order.contains(&attachment) {
+                match replace_program(&mut self.loaded.ebpf, &path, attachment) {
+                    Ok(link) => {
+                        found = Some((attachment, Link::Pinned { path, _fd: link }));
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(
+                        %interface,
+                        attachment = attachment.label(),
+                        error = %format!("{e:#}"),
+                        "cannot take over the previous run's link; attaching afresh"
+                    ),
+                }
+            } else {
+                tracing::warn!(
+                    %interface,
+                    attachment = attachment.label(),
+                    "removing the previous run's link: this run attaches differently"
+                );
+            }
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(pin = %path.display(), error = %e, "could not remove a link pin");
+            }
+        }
+        found
+    }
+
+    /// Removes links a previous run pinned for interfaces this run does not attach to.
+    fn release_other_links(&self, interfaces: &[String]) {
+        let Ok(entries) = fs::read_dir(self.loaded.links_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = interfaces.iter().any(|interface| {
+                [
+                    Attachment::XdpNative,
+                    Attachment::XdpGeneric,
+                    Attachment::Tc,
+                ]
+                .iter()
+                .any(|a| link_pin_name(interface, *a) == name)
+            });
+            if !ours {
+                tracing::warn!(link = %name, "detaching a previous run's link: its interface is not in this run's --interface list");
+                if let Err(e) = fs::remove_file(entry.path()) {
+                    tracing::warn!(link = %name, error = %e, "could not remove a link pin");
+                }
+            }
+        }
+    }
+}
+
+/// The directory under the pin directory that holds one pinned link per attached interface.
+const LINKS_DIR: &str = "links";
+
+/// `<attachment>@<interface>`, so the next run (and a person with `ls`) sees how the link
+/// was made. bpffs refuses names with dots, which interface names may have (`eth0.100`), so
+/// those become colons, which interface names cannot have.
+fn link_pin_name(interface: &str, attachment: Attachment) -> String {
+    format!("{}@{}", attachment.label(), interface.replace('.', ":"))
+}
+
+/// Points the pinned link at this run's program (`BPF_LINK_UPDATE`).
+fn replace_program(ebpf: &mut Ebpf, path: &Path, attachment: Attachment) -> anyhow::Result<FdLink> {
+    let pinned = PinnedLink::from_pin(path)
+        .with_context(|| format!("opening the pinned link {}", path.display()))?;
+    let link = FdLink::from(pinned);
+    match attachment {
+        Attachment::XdpNative | Attachment::XdpGeneric => {
+            let program = xdp_program(ebpf)?;
+            let id = program.attach_to_link(XdpLink::try_from(link)?)?;
+            Ok(FdLink::try_from(program.take_link(id)?)?)
+        }
+        Attachment::Tc => {
+            let program = tc_program(ebpf)?;
+            let id = program.attach_to_link(SchedClassifierLink::try_from(link)?)?;
+            Ok(FdLink::try_from(program.take_link(id)?)?)
+        }
+    }
+}
+
+/// aya attaches XDP with a bpf_link from Linux 5.9 on, through netlink before.
+fn xdp_links_are_bpf_links() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 9, 0))
+}
+
+/// Pins a fresh bpf_link so it can outlive this process. Netlink attachments (XDP before
+/// Linux 5.9, TC before TCX in 6.6) have no link to pin: they stay owned and detach with us.
+fn pin_link(link: Link, path: PathBuf) -> anyhow::Result<Link> {
+    let fd_link = match link {
+        Link::Xdp(link) if xdp_links_are_bpf_links() => FdLink::try_from(link)?,
+        Link::Tc(link) if <&FdLink>::try_from(&link).is_ok() => FdLink::try_from(link)?,
+        other => return Ok(other),
+    };
+    let pinned = fd_link
+        .pin(&path)
+        .with_context(|| format!("pinning the link at {}", path.display()))?;
+    Ok(Link::Pinned {
+        path,
+        _fd: FdLink::from(pinned),
+    })
+}
+
+/// The parts of a map's definition its programs' accesses are verified against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MapShape {
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}-byte keys, {}-byte values, {} entries",
+            self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// Whether pinned maps from a previous run exist and fit this build's programs. A map left
+/// by a Sluice build with another layout would be read with the wrong sizes, so that is an
+/// error that says how to start over, not a silent reuse.
+fn check_reusable(pins: &[PathBuf]) -> anyhow::Result<bool> {
+    let mut existing = Vec::new();
+    for (name, pin) in map_names::ALL.iter().zip(pins) {
+        if pin.exists() {
+            let info = MapInfo::from_pin(pin)
+                .with_context(|| format!("reading the pinned map {}", pin.display()))?;
+            let have = MapShape {
+                key_size: info.key_size(),
+                value_size: info.value_size(),
+                max_entries: info.max_entries(),
+            };
+            existing.push((*name, pin, have));
+        }
+    }
+    if existing.is_empty() {
+        return Ok(false);
+    }
+    let object = aya_obj::Object::parse(EBPF_OBJECT).context("parsing the eBPF object")?;
+    for (name, pin, have) in existing {
+        let want = object
+            .maps
+            .get(name)
+            .map(|def| MapShape {
+                key_size: def.key_size(),
+                value_size: def.value_size(),
+                max_entries: def.max_entries(),
+            })
+            .ok_or_else(|| anyhow!("the eBPF object has no {name} map"))?;
+        if let Some(problem) = shape_mismatch(name, want, have) {
+            bail!(
+                "{problem} ({}): a Sluice build with another map layout left it. Stop that \
+                 daemon, run `sluice cleanup` with the same --bpffs and --instance (its \
+                 connections are dropped), then start again",
+                pin.display()
+            );
+        }
+    }
+    Ok(true)
+}
+
+fn shape_mismatch(name: &str, want: MapShape, have: MapShape) -> Option<String> {
+    (want != have).then(|| format!("the pinned map {name} has {have}, this build needs {want}"))
+}
+
+/// `sluice cleanup`: removes what a daemon that exited with `--keep-datapath` left under
+/// `<bpffs>/sluice/<instance>/`. Unpinning the links detaches the programs (unless a running
+/// daemon still holds them). Returns the pins removed.
+pub fn cleanup(bpffs_root: &Path, instance: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let pin_dir = bpffs_root.join("sluice").join(instance);
+    let mut removed = Vec::new();
+    let links_dir = pin_dir.join(LINKS_DIR);
+    if let Ok(entries) = fs::read_dir(&links_dir) {
+        for entry in entries {
+            let path = entry.context("listing the link pins")?.path();
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    let _ = fs::remove_dir(&links_dir);
+    for name in map_names::ALL {
+        let path = pin_dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    let _ = fs::remove_dir(&pin_dir);
+    let _ = fs::remove_dir(bpffs_root.join("sluice"));
+    Ok(removed)
 }
 
 fn remove_pins(pins: &[PathBuf], pin_dir: &Path) {
@@ -237,6 +569,7 @@ fn remove_pins(pins: &[PathBuf], pin_dir: &Path) {
         }
     }
     // Only empty directories are removed: another instance may live beside this one.
+    let _ = fs::remove_dir(pin_dir.join(LINKS_DIR));
     let _ = fs::remove_dir(pin_dir);
     if let Some(parent) = pin_dir.parent() {
         let _ = fs::remove_dir(parent);
@@ -286,15 +619,26 @@ fn attach_first(
     let mut failures = Vec::new();
     for (i, &attachment) in order.iter().enumerate() {
         let attached = match attachment {
-            Attachment::XdpNative => xdp_program(ebpf)
-                .and_then(|p| Ok(p.attach_to_if_index(ifindex, XdpMode::Driver)?))
-                .map(Link::Xdp),
-            Attachment::XdpGeneric => xdp_program(ebpf)
-                .and_then(|p| Ok(p.attach_to_if_index(ifindex, XdpMode::Skb)?))
-                .map(Link::Xdp),
+            // The links are taken out of the programs: they are ours to pin or drop.
+            Attachment::XdpNative | Attachment::XdpGeneric => {
+                let mode = if attachment == Attachment::XdpNative {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Skb
+                };
+                xdp_program(ebpf)
+                    .and_then(|p| {
+                        let id = p.attach_to_if_index(ifindex, mode)?;
+                        Ok(p.take_link(id)?)
+                    })
+                    .map(Link::Xdp)
+            }
             // On kernels >= 6.6 this is a TCX link and needs no clsact qdisc.
             Attachment::Tc => tc_program(ebpf)
-                .and_then(|p| Ok(p.attach(interface, TcAttachType::Ingress)?))
+                .and_then(|p| {
+                    let id = p.attach(interface, TcAttachType::Ingress)?;
+                    Ok(p.take_link(id)?)
+                })
                 .map(Link::Tc),
         };
         match attached {
@@ -347,4 +691,45 @@ fn forward_logs(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_are_valid_bpffs_names_and_distinct() {
+        let cases = [
+            ("eth0", Attachment::XdpNative, "xdp-native@eth0"),
+            ("eth0", Attachment::XdpGeneric, "xdp-generic@eth0"),
+            ("eth0", Attachment::Tc, "tc@eth0"),
+            ("eth0.100", Attachment::Tc, "tc@eth0:100"),
+        ];
+        for (interface, attachment, want) in cases {
+            let name = link_pin_name(interface, attachment);
+            assert_eq!(name, want);
+            assert!(!name.contains('.') && !name.contains('/'), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_map_of_another_layout_is_named_with_both_shapes() {
+        let want = MapShape {
+            key_size: 40,
+            value_size: 72,
+            max_entries: 262_144,
+        };
+        assert_eq!(shape_mismatch("L4_FLOWS", want, want), None);
+        let have = MapShape {
+            value_size: 64,
+            ..want
+        };
+        assert_eq!(
+            shape_mismatch("L4_FLOWS", want, have).as_deref(),
+            Some(
+                "the pinned map L4_FLOWS has 40-byte keys, 64-byte values, 262144 entries, \
+                 this build needs 40-byte keys, 72-byte values, 262144 entries"
+            )
+        );
+    }
 }

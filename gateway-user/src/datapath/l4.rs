@@ -153,15 +153,43 @@ impl KernelL4 {
                 .insert(*ifindex, *ifindex, None, 0)
                 .context("registering a redirect device")?;
         }
-        Ok(KernelL4 {
+        // Interfaces a previous run attached to and this one does not.
+        let gone: Vec<u32> = redirect
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ifindex| !devices.values().any(|d| d == ifindex))
+            .collect();
+        for ifindex in gone {
+            redirect
+                .remove(ifindex)
+                .context("unregistering a redirect device")?;
+        }
+        let state = read_back(&listeners, &tables, &backends)
+            .context("reading back the L4 maps a previous run left")?;
+        if !state.listeners.is_empty() {
+            tracing::info!(
+                listeners = state.listeners.len(),
+                backends = state.backends.len(),
+                "continuing from the kernel L4 state a previous run left in the pinned maps"
+            );
+        }
+        let l4 = KernelL4 {
             stats,
             flows,
             listeners,
             tables,
             backends,
-            state: MapState::default(),
+            state,
             devices,
-        })
+        };
+        // The counters of what is still there keep counting from where they are.
+        let (listener_labels, backend_labels) = l4.labels();
+        {
+            let mut inner = l4.stats.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.listener_labels = listener_labels;
+            inner.backend_labels = backend_labels;
+        }
+        Ok(l4)
     }
 
     /// Brings the kernel maps to `plan`; returns the listeners the kernel now serves.
@@ -278,7 +306,8 @@ impl KernelL4 {
         self.stats.clone()
     }
 
-    fn relabel(&self) -> anyhow::Result<()> {
+    /// (listener id -> address, backend id -> address) of the current state.
+    fn labels(&self) -> (BTreeMap<u32, String>, BTreeMap<u32, String>) {
         let listeners = self
             .state
             .listeners
@@ -291,6 +320,11 @@ impl KernelL4 {
             .iter()
             .map(|(id, b)| (*id, SocketAddr::new(address(&b.addr), b.port).to_string()))
             .collect();
+        (listeners, backends)
+    }
+
+    fn relabel(&self) -> anyhow::Result<()> {
+        let (listeners, backends) = self.labels();
         self.stats.relabel(listeners, backends)
     }
 
@@ -312,6 +346,34 @@ impl KernelL4 {
         }
         Ok(())
     }
+}
+
+/// What the maps hold: empty when they were just created, a previous run's state when they
+/// were pinned and reused.
+fn read_back(
+    listeners: &HashMap<MapData, ListenerKey, Listener>,
+    tables: &Array<MapData, u32>,
+    backends: &Array<MapData, Backend>,
+) -> anyhow::Result<MapState> {
+    let listeners: BTreeMap<ListenerKey, Listener> = listeners.iter().collect::<Result<_, _>>()?;
+    let mut slots = BTreeMap::new();
+    for slot in listeners.values().map(|l| l.set_slot) {
+        if slots.contains_key(&slot) {
+            continue;
+        }
+        let base = slot * MAGLEV_TABLE_SIZE;
+        let table = (base..base + MAGLEV_TABLE_SIZE)
+            .map(|i| tables.get(&i, 0))
+            .collect::<Result<Vec<u32>, _>>()?;
+        slots.insert(slot, table);
+    }
+    // Only backends a table references can be live; a listener-less map has none.
+    let referenced: std::collections::BTreeSet<u32> = slots.values().flatten().copied().collect();
+    let backends = referenced
+        .into_iter()
+        .map(|id| Ok((id, backends.get(&id, 0)?)))
+        .collect::<Result<BTreeMap<u32, Backend>, aya::maps::MapError>>()?;
+    Ok(MapState::recovered(listeners, slots, backends))
 }
 
 /// The kernel's route to `ip` (`ip -j route get`).

@@ -85,6 +85,8 @@ pub struct DatapathOptions {
     pub interfaces: Vec<String>,
     pub bpffs: PathBuf,
     pub instance: String,
+    /// `--keep-datapath`: on exit, leave the programs forwarding for the next run.
+    pub keep_on_exit: bool,
 }
 
 /// One interface and how the kernel program sits on it.
@@ -119,8 +121,13 @@ impl DatapathStatus {
 
 /// A running datapath.
 pub enum Datapath {
-    Kernel(Box<kernel::KernelDatapath>),
-    Userspace { reason: String },
+    Kernel {
+        kernel: Box<kernel::KernelDatapath>,
+        on_exit: kernel::OnExit,
+    },
+    Userspace {
+        reason: String,
+    },
 }
 
 impl Datapath {
@@ -160,15 +167,23 @@ impl Datapath {
             Err(e) => return Err(e),
         };
         let order = attach_order(options.mode, options.xdp_mode);
+        let on_exit = if options.keep_on_exit {
+            kernel::OnExit::Keep
+        } else {
+            kernel::OnExit::Remove
+        };
         loaded
             .attach(&options.interfaces, &order)
-            .map(|kernel| Datapath::Kernel(Box::new(kernel)))
+            .map(|kernel| Datapath::Kernel {
+                kernel: Box::new(kernel),
+                on_exit,
+            })
             .context("attaching the datapath")
     }
 
     pub fn status(&self) -> DatapathStatus {
         match self {
-            Datapath::Kernel(kernel) => kernel.status(),
+            Datapath::Kernel { kernel, .. } => kernel.status(),
             Datapath::Userspace { reason } => DatapathStatus::Userspace {
                 reason: reason.clone(),
             },
@@ -178,7 +193,7 @@ impl Datapath {
     /// The kernel L4 adapter, when the XDP program is attached somewhere.
     pub fn take_l4(&mut self) -> Option<l4::KernelL4> {
         match self {
-            Datapath::Kernel(kernel) => kernel.take_l4(),
+            Datapath::Kernel { kernel, .. } => kernel.take_l4(),
             Datapath::Userspace { .. } => None,
         }
     }
@@ -186,15 +201,24 @@ impl Datapath {
     /// A handle the metrics endpoint reads packet counters through; none in userspace mode.
     pub fn counter_reader(&self) -> Option<kernel::CounterReader> {
         match self {
-            Datapath::Kernel(kernel) => Some(kernel.counter_reader()),
+            Datapath::Kernel { kernel, .. } => Some(kernel.counter_reader()),
             Datapath::Userspace { .. } => None,
         }
     }
 
-    /// Detaches programs and removes pins, mounts and directories this run created.
+    /// Detaches programs and removes pins, mounts and directories this run created; with
+    /// `--keep-datapath`, leaves them forwarding for the next run instead.
     pub fn shutdown(self) {
-        if let Datapath::Kernel(kernel) = self {
-            kernel.shutdown();
+        if let Datapath::Kernel { kernel, on_exit } = self {
+            kernel.shutdown(on_exit);
+        }
+    }
+
+    /// Stops a datapath whose daemon failed to start serving: what this run created is
+    /// removed, a previous run's kept datapath is left serving.
+    pub fn abandon(self) {
+        if let Datapath::Kernel { kernel, .. } = self {
+            kernel.abandon();
         }
     }
 }
@@ -247,6 +271,7 @@ mod tests {
             interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
             bpffs: PathBuf::from("/nonexistent"),
             instance: "test".into(),
+            keep_on_exit: false,
         }
     }
 

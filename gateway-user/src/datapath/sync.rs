@@ -60,7 +60,28 @@ pub struct MapState {
     /// Per slot, the table written there.
     pub slots: BTreeMap<u32, Vec<u32>>,
     pub backends: BTreeMap<u32, Backend>,
-    next_listener_id: u32,
+}
+
+impl MapState {
+    /// The state a previous run left in pinned maps, as read back by a restarted daemon: its
+    /// first sync then writes only what the new Plan changes (nothing for the same config),
+    /// and never writes into a slot a live listener points at. Deleted backends read back
+    /// as all-zero entries (arrays cannot delete) and are not backends; only slots some
+    /// listener references are kept.
+    pub fn recovered(
+        listeners: BTreeMap<ListenerKey, Listener>,
+        mut slots: BTreeMap<u32, Vec<u32>>,
+        mut backends: BTreeMap<u32, Backend>,
+    ) -> MapState {
+        backends.retain(|_, b| *b != Backend::default());
+        let live: BTreeSet<u32> = listeners.values().map(|l| l.set_slot).collect();
+        slots.retain(|slot, _| live.contains(slot));
+        MapState {
+            listeners,
+            slots,
+            backends,
+        }
+    }
 }
 
 /// The key of a listener on `address` (wildcards are the all-zero address of their family,
@@ -173,14 +194,15 @@ pub fn sync(state: &mut MapState, desired: &[DesiredListener]) -> Result<Vec<Op>
             }
         };
         referenced.insert(slot);
-        let id = current.map_or_else(
-            || {
-                let id = next.next_listener_id;
-                next.next_listener_id += 1;
-                id
-            },
-            |l| l.id,
-        );
+        // Ids index the per-listener counters: the lowest free one, so they stay in range
+        // however many listeners come and go. A listener removed by this same sync still
+        // holds its id, so no id changes meaning within one sync.
+        let id = match current {
+            Some(l) => l.id,
+            None => (0..MAX_LISTENERS)
+                .find(|id| !next.listeners.values().any(|l| l.id == *id))
+                .ok_or(SyncError::TooManyListeners)?,
+        };
         let value = Listener { id, set_slot: slot };
         next.listeners.insert(listener.key, value);
         flips.push(Op::PutListener(listener.key, value));
@@ -383,6 +405,75 @@ mod tests {
             kernel.backends.is_empty() && state.slots.is_empty(),
             "nothing left after the last step"
         );
+    }
+
+    #[test]
+    fn a_restarted_daemon_continues_from_the_maps() {
+        let before = vec![
+            listener(
+                "0.0.0.0:7000",
+                &[("203.0.113.2:7000", 80), ("203.0.113.3:7000", 20)],
+            ),
+            listener("[2001:db8:1::1]:8000", &[("[2001:db8:2::5]:80", 1)]),
+        ];
+        let mut kernel = Kernel::default();
+        let ops = sync(&mut MapState::default(), &before).unwrap_or_else(|e| panic!("{e}"));
+        replay(&mut kernel, &ops);
+        // A removed backend reads back as zeroes; a stale table stays in its slot.
+        kernel.backends.insert(99, Backend::default());
+        kernel.slots.insert(77, vec![99; 4]);
+
+        let read_back = || {
+            MapState::recovered(
+                kernel.listeners.clone(),
+                kernel.slots.clone(),
+                kernel.backends.clone(),
+            )
+        };
+        let mut state = read_back();
+        assert!(!state.backends.contains_key(&99) && !state.slots.contains_key(&77));
+        assert_eq!(
+            sync(&mut state, &before),
+            Ok(vec![]),
+            "same config: no writes"
+        );
+
+        // A changed config after the restart is a safe diff against what packets see.
+        let after = vec![
+            listener(
+                "0.0.0.0:7000",
+                &[("203.0.113.2:7000", 50), ("203.0.113.3:7000", 50)],
+            ),
+            listener("0.0.0.0:7001", &[("203.0.113.3:7000", 1)]),
+        ];
+        let mut state = read_back();
+        let ids_before: Vec<u32> = state.listeners.values().map(|l| l.id).collect();
+        let ops = sync(&mut state, &after).unwrap_or_else(|e| panic!("{e}"));
+        replay(&mut kernel, &ops);
+        assert_eq!(kernel.listeners, state.listeners);
+        let kept = &state.listeners
+            [&listener_key("0.0.0.0:7000".parse().unwrap_or_else(|e| panic!("{e}")))];
+        assert!(
+            ids_before.contains(&kept.id),
+            "the kept listener keeps its id"
+        );
+        let ids: BTreeSet<u32> = state.listeners.values().map(|l| l.id).collect();
+        assert_eq!(ids.len(), 2, "ids are distinct: {ids:?}");
+    }
+
+    #[test]
+    fn listener_ids_stay_in_counter_range() {
+        let mut state = MapState::default();
+        for round in 0..(MAX_LISTENERS + 10) {
+            let port = 1000 + (round % 3000) as u16;
+            let desired = [listener(
+                &format!("0.0.0.0:{port}"),
+                &[("203.0.113.2:7000", 1)],
+            )];
+            sync(&mut state, &desired).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let ids: Vec<u32> = state.listeners.values().map(|l| l.id).collect();
+            assert!(ids.iter().all(|id| *id < 2), "round {round}: {ids:?}");
+        }
     }
 
     #[test]
