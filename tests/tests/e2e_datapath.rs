@@ -283,16 +283,24 @@ fn auto_falls_back_to_tc_when_xdp_is_taken() {
         gateway,
         &[],
         "127.0.0.1:19001",
+        // An explicit XDP mode keeps XDP first on veth.
         &setup.args_for(
             &second,
-            &["--interface", GATEWAY_CLIENT_IF, "--datapath", "auto"],
+            &[
+                "--interface",
+                GATEWAY_CLIENT_IF,
+                "--datapath",
+                "auto",
+                "--xdp-mode",
+                "native",
+            ],
         ),
     );
     let tc =
         format!("sluice_datapath_interface{{interface=\"{GATEWAY_CLIENT_IF}\",attachment=\"tc\"}}");
     assert_eq!(fallback.metric(&tc), Some(1.0), "{}", fallback.log());
     let log = fallback.log();
-    assert!(log.contains("falling back to xdp-generic"), "{log}");
+    assert!(log.contains("failed=\"xdp-native\""), "{log}");
     assert!(log.contains("falling back to tc"), "{log}");
 
     let (status, log) = fallback.stop();
@@ -306,6 +314,28 @@ fn auto_falls_back_to_tc_when_xdp_is_taken() {
         "pins left behind:\n{log}"
     );
     let (status, log) = holder.stop();
+    assert!(status.success(), "{log}");
+    setup.assert_cleaned_up(&log);
+}
+
+/// `--datapath auto` on a veth attaches TC without trying XDP, and says why.
+#[test]
+fn auto_attaches_tc_first_on_veth() {
+    if !root::can_run("auto_attaches_tc_first_on_veth") {
+        return;
+    }
+    let setup = Setup::new(Topology::builder().ipv4_only());
+    let sluice = Sluice::start(
+        &setup.topology.gateway,
+        &setup.args(&["--interface", GATEWAY_CLIENT_IF, "--datapath", "auto"]),
+    );
+    let tc =
+        format!("sluice_datapath_interface{{interface=\"{GATEWAY_CLIENT_IF}\",attachment=\"tc\"}}");
+    assert_eq!(sluice.metric(&tc), Some(1.0), "{}", sluice.log());
+    let log = sluice.log();
+    assert!(log.contains("veth: TC first"), "{log}");
+    assert!(!log.contains("falling back"), "{log}");
+    let (status, log) = sluice.stop();
     assert!(status.success(), "{log}");
     setup.assert_cleaned_up(&log);
 }

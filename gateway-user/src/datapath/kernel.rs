@@ -234,11 +234,7 @@ impl KernelDatapath {
 impl Loaded {
     /// Attaches the ingress program to every interface, trying `order` per interface; each
     /// fallback is logged with the reason the previous attachment failed.
-    pub fn attach(
-        self,
-        interfaces: &[String],
-        order: &[Attachment],
-    ) -> anyhow::Result<KernelDatapath> {
+    pub fn attach(self, orders: &[(String, Vec<Attachment>)]) -> anyhow::Result<KernelDatapath> {
         let mut datapath = KernelDatapath {
             loaded: self,
             interfaces: Vec::new(),
@@ -250,13 +246,14 @@ impl Loaded {
             datapath.abandon();
             return Err(e).context("creating the link pin directory");
         }
-        for interface in interfaces {
+        for (interface, order) in orders {
             if let Err(e) = datapath.attach_interface(interface, order) {
                 datapath.abandon();
                 return Err(e);
             }
         }
-        datapath.release_other_links(interfaces);
+        let interfaces: Vec<String> = orders.iter().map(|(i, _)| i.clone()).collect();
+        datapath.release_other_links(&interfaces);
         datapath.log_task = forward_logs(&mut datapath.loaded.ebpf);
         // Both programs run the NAT stage, so every attached interface forwards and is a
         // redirect target (XDP redirects through the devmap, TC by ifindex).
@@ -465,6 +462,26 @@ fn pin_link(link: Link, path: PathBuf) -> anyhow::Result<Link> {
         path,
         _fd: FdLink::from(pinned),
     })
+}
+
+/// The link kind of `interface` (`veth`, `bridge`, …; none for a physical NIC or when it
+/// cannot be read), from `ip -d link`.
+pub fn link_kind(interface: &str) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-d", "link", "show", "dev", interface])
+        .output()
+        .ok()?;
+    parse_link_kind(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_link_kind(json: &str) -> Option<String> {
+    let links: serde_json::Value = serde_json::from_str(json).ok()?;
+    links
+        .get(0)?
+        .get("linkinfo")?
+        .get("info_kind")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// The parts of a map's definition its programs' accesses are verified against.
@@ -696,6 +713,15 @@ fn forward_logs(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_kinds_come_from_ip_details() {
+        let veth = r#"[{"ifindex":5,"ifname":"gw-c","linkinfo":{"info_kind":"veth"},"mtu":1500}]"#;
+        assert_eq!(parse_link_kind(veth).as_deref(), Some("veth"));
+        let nic = r#"[{"ifindex":2,"ifname":"eth0","mtu":1500}]"#;
+        assert_eq!(parse_link_kind(nic), None);
+        assert_eq!(parse_link_kind(""), None);
+    }
 
     #[test]
     fn link_pin_names_are_valid_bpffs_names_and_distinct() {
