@@ -18,7 +18,25 @@ pub struct BackendSet {
 /// destination's total is proportional to the route weight.
 const SCALE: u64 = 1_000;
 
+/// What happens to established connections whose backend leaves their listener's set
+/// (`--l4-backend-removal`), in both datapaths alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendRemoval {
+    /// They run on to their end: the backend is out of rotation, not necessarily down.
+    Keep,
+    /// They are reset: the client learns at once instead of waiting on a backend that is
+    /// going away (Envoy's `close_connections_on_host_set_change`).
+    Reset,
+}
+
 impl BackendSet {
+    /// Whether `endpoint` is in the set (with any weight, zero included: out of rotation is
+    /// not removed).
+    pub fn contains(&self, endpoint: SocketAddr) -> bool {
+        self.endpoints.contains(&endpoint)
+    }
+
     pub fn new(backends: &[Backend]) -> BackendSet {
         let mut endpoints = Vec::new();
         let mut entries = Vec::new();

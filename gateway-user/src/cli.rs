@@ -3,7 +3,10 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::datapath::{DatapathMode, XdpModeChoice};
+use crate::{
+    backends::BackendRemoval,
+    datapath::{DatapathMode, XdpModeChoice},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,6 +87,11 @@ pub struct RunArgs {
     /// Kernel L4 connections are forgotten this long after their FIN or RST.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub l4_closing_timeout: std::time::Duration,
+
+    /// Established L4 connections whose backend leaves their listener's route: `keep` lets
+    /// them run to their end, `reset` resets them (kernel and userspace alike).
+    #[arg(long, value_enum, default_value_t = BackendRemoval::Keep)]
+    pub l4_backend_removal: BackendRemoval,
 
     /// On exit, leave the programs attached and the maps and links pinned: the kernel keeps
     /// forwarding established (and new) L4 connections with the last config, and the next

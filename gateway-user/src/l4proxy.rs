@@ -1,8 +1,9 @@
 //! The userspace L4 forwarder: serves every `L4Forward` listener of the Plan with tokio,
 //! choosing backends exactly as the kernel does (same flow hash, same Maglev table). It runs
 //! in userspace mode, and in kernel mode until the XDP NAT path takes over those listeners.
-//! A new Plan binds new listeners, closes removed ones (their connections finish), and
-//! swaps routes atomically; connections keep the backend they started with.
+//! A new Plan binds new listeners, closes removed ones, and swaps routes atomically;
+//! connections keep the backend they started with, or with `--l4-backend-removal reset` are
+//! reset when it leaves their listener's route (or the listener goes), as in the kernel.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -26,7 +27,7 @@ use tokio::{
 };
 
 use crate::{
-    backends::BackendSet,
+    backends::{BackendRemoval, BackendSet},
     plan::{ListenerKind, Plan},
 };
 
@@ -61,6 +62,7 @@ pub struct BytesLabels {
 pub struct L4Metrics {
     pub connections: Family<BackendLabels, Counter>,
     pub connect_failures: Family<BackendLabels, Counter>,
+    pub reset: Family<BackendLabels, Counter>,
     pub no_route: Family<ListenerLabels, Counter>,
     pub active: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     pub bytes: Family<BytesLabels, Counter<u64, AtomicU64>>,
@@ -78,6 +80,11 @@ impl L4Metrics {
             "connect_failures",
             "Connections whose backend could not be reached",
             self.connect_failures.clone(),
+        );
+        l4.register(
+            "connections_reset",
+            "Connections reset because their backend left the route (--l4-backend-removal reset)",
+            self.reset.clone(),
         );
         l4.register(
             "no_route",
@@ -111,13 +118,15 @@ struct Running {
 pub struct L4Proxy {
     listeners: HashMap<SocketAddr, Running>,
     metrics: Arc<L4Metrics>,
+    removal: BackendRemoval,
 }
 
 impl L4Proxy {
-    pub fn new(metrics: Arc<L4Metrics>) -> L4Proxy {
+    pub fn new(metrics: Arc<L4Metrics>, removal: BackendRemoval) -> L4Proxy {
         L4Proxy {
             listeners: HashMap::new(),
             metrics,
+            removal,
         }
     }
 
@@ -156,8 +165,13 @@ impl L4Proxy {
             match bind(address).await {
                 Ok(listener) => {
                     let (tx, rx) = watch::channel(route);
-                    let accept =
-                        tokio::spawn(accept_loop(listener, address, rx, self.metrics.clone()));
+                    let accept = tokio::spawn(accept_loop(
+                        listener,
+                        address,
+                        rx,
+                        self.metrics.clone(),
+                        self.removal,
+                    ));
                     tracing::info!(%address, "L4 listener bound");
                     self.listeners
                         .insert(address, Running { route: tx, accept });
@@ -208,6 +222,7 @@ async fn accept_loop(
     address: SocketAddr,
     route: watch::Receiver<Arc<Route>>,
     metrics: Arc<L4Metrics>,
+    removal: BackendRemoval,
 ) {
     let listener_label = ListenerLabels {
         listener: address.to_string(),
@@ -232,11 +247,27 @@ async fn accept_loop(
         };
         let metrics = metrics.clone();
         let listener_label = listener_label.clone();
+        // Watched only when removals reset: otherwise nothing after the pick matters.
+        let removed = (removal == BackendRemoval::Reset).then(|| route.clone());
         tokio::spawn(async move {
             metrics.active.get_or_create(&listener_label).inc();
-            forward(client, address, backend, &metrics).await;
+            forward(client, address, backend, &metrics, removed).await;
             metrics.active.get_or_create(&listener_label).dec();
         });
+    }
+}
+
+/// Resolves when `backend` is no longer in the route, or the listener is gone.
+async fn backend_removed(mut route: watch::Receiver<Arc<Route>>, backend: SocketAddr) {
+    while route.changed().await.is_ok() {
+        let gone = !route
+            .borrow()
+            .backends
+            .as_ref()
+            .is_some_and(|set| set.contains(backend));
+        if gone {
+            return;
+        }
     }
 }
 
@@ -245,6 +276,7 @@ async fn forward(
     listener: SocketAddr,
     backend: SocketAddr,
     metrics: &L4Metrics,
+    removed: Option<watch::Receiver<Arc<Route>>>,
 ) {
     let labels = BackendLabels {
         listener: listener.to_string(),
@@ -266,17 +298,32 @@ async fn forward(
     metrics.connections.get_or_create(&labels).inc();
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let (up, down) = match tokio::io::copy_bidirectional_with_sizes(
+    let copy = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
         &mut upstream,
         COPY_BUFFER,
         COPY_BUFFER,
-    )
-    .await
-    {
-        Ok(counts) => counts,
-        Err(e) => {
+    );
+    let copied = match removed {
+        None => Some(copy.await),
+        Some(route) => tokio::select! {
+            copied = copy => Some(copied),
+            () = backend_removed(route, backend) => None,
+        },
+    };
+    let (up, down) = match copied {
+        Some(Ok(counts)) => counts,
+        Some(Err(e)) => {
             tracing::debug!(%listener, %backend, error = %e, "connection ended with an error");
+            (0, 0)
+        }
+        None => {
+            // A zero linger makes close send RST, as the kernel path's stack does for a
+            // connection it no longer tracks. Bytes of a reset connection are not counted.
+            let _ = client.set_zero_linger();
+            let _ = upstream.set_zero_linger();
+            metrics.reset.get_or_create(&labels).inc();
+            tracing::debug!(%listener, %backend, "reset: the backend left the route");
             (0, 0)
         }
     };

@@ -228,6 +228,14 @@ fn encode_kernel_l4(
         expired.metric_type(),
     )?;
     expired.encode(family)?;
+    let reset = ConstCounter::new(stats.flows_reset.load(std::sync::atomic::Ordering::Relaxed));
+    let family = encoder.encode_descriptor(
+        "l4_kernel_flows_reset",
+        "Connection-tracking entries removed because their backend left the route (--l4-backend-removal reset)",
+        None,
+        reset.metric_type(),
+    )?;
+    reset.encode(family)?;
     let fields: [(&str, &str, L4Field); 3] = [
         (
             "packets",

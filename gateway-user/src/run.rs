@@ -57,8 +57,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     // Listeners are bound before /ready turns 200.
     let mut servers = Servers {
-        userspace: L4Proxy::new(state.l4.clone()),
-        kernel: datapath.take_l4(),
+        userspace: L4Proxy::new(state.l4.clone(), args.l4_backend_removal),
+        kernel: datapath
+            .take_l4()
+            .map(|kernel| kernel.with_backend_removal(args.l4_backend_removal)),
         status: Serving::default(),
     };
     if let Some(kernel) = &servers.kernel {

@@ -14,19 +14,26 @@ use crate::netns::NetNs;
 pub fn serve(ns: &NetNs, addr: SocketAddr, connections: usize) -> JoinHandle<u64> {
     listen(ns, addr, move |listener| {
         (0..connections)
-            .map(|_| echo_until_eof(accept(&listener, addr), Duration::from_secs(10)))
+            .map(|_| {
+                echo_until_eof(accept(&listener, addr), Duration::from_secs(10))
+                    .unwrap_or_else(|(_, e)| panic!("echo on {addr}: {e}"))
+            })
             .sum()
     })
 }
 
 /// Like [`serve`], but each connection is echoed on its own thread, so a long-lived
-/// connection does not hold up the others. Returns the bytes echoed over all of them.
+/// connection does not hold up the others. Returns the bytes echoed over all of them; a
+/// connection that fails (reset, silent for a minute) ends with what it echoed, so tests
+/// that reset connections on purpose assert on the client's side.
 pub fn serve_concurrently(ns: &NetNs, addr: SocketAddr, connections: usize) -> JoinHandle<u64> {
     listen(ns, addr, move |listener| {
         let echoers: Vec<JoinHandle<u64>> = (0..connections)
             .map(|_| {
                 let stream = accept(&listener, addr);
-                std::thread::spawn(move || echo_until_eof(stream, Duration::from_secs(60)))
+                std::thread::spawn(move || {
+                    echo_until_eof(stream, Duration::from_secs(60)).unwrap_or_else(|(n, _)| n)
+                })
             })
             .collect();
         echoers
@@ -61,23 +68,20 @@ fn accept(listener: &TcpListener, addr: SocketAddr) -> TcpStream {
     stream
 }
 
-/// Echoes until the peer half-closes; a silence longer than `timeout` fails the test.
-fn echo_until_eof(mut stream: TcpStream, timeout: Duration) -> u64 {
-    stream
-        .set_read_timeout(Some(timeout))
-        .unwrap_or_else(|e| panic!("{e}"));
+/// Echoes until the peer half-closes; returns the bytes echoed, or them and the error that
+/// ended it early (a silence longer than `timeout` is one).
+fn echo_until_eof(mut stream: TcpStream, timeout: Duration) -> Result<u64, (u64, std::io::Error)> {
+    stream.set_read_timeout(Some(timeout)).map_err(|e| (0, e))?;
     let mut buf = [0u8; 16 * 1024];
     let mut echoed = 0u64;
     loop {
         match stream.read(&mut buf) {
-            Ok(0) => return echoed,
+            Ok(0) => return Ok(echoed),
             Ok(n) => {
-                stream
-                    .write_all(&buf[..n])
-                    .unwrap_or_else(|e| panic!("echo write: {e}"));
+                stream.write_all(&buf[..n]).map_err(|e| (echoed, e))?;
                 echoed += n as u64;
             }
-            Err(e) => panic!("echo read: {e}"),
+            Err(e) => return Err((echoed, e)),
         }
     }
 }
@@ -131,17 +135,29 @@ impl HeldConnection {
 
     /// Sends 1000 bytes and checks the echo; panics with the reason when it fails.
     pub fn exchange(&self, round: u8) {
+        if let Err(e) = self.try_exchange(round) {
+            panic!("held connection: {e}");
+        }
+    }
+
+    /// Like [`HeldConnection::exchange`], returning what went wrong.
+    pub fn try_exchange(&self, round: u8) -> Result<(), String> {
         if let Some(ask) = &self.ask {
             let _ = ask.send(round);
         }
-        self.answer();
+        self.try_answer()
     }
 
     fn answer(&self) {
+        if let Err(e) = self.try_answer() {
+            panic!("held connection: {e}");
+        }
+    }
+
+    fn try_answer(&self) -> Result<(), String> {
         match self.answers.recv_timeout(Duration::from_secs(15)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("held connection: {e}"),
-            Err(e) => panic!("held connection: no answer: {e}"),
+            Ok(result) => result,
+            Err(e) => Err(format!("no answer: {e}")),
         }
     }
 }

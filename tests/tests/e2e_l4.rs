@@ -707,3 +707,130 @@ fn kernel_mode_restart_keeps_connections() {
 fn tc_mode_restart_keeps_connections() {
     restart_keeps_connections("tc_mode_restart_keeps_connections", Mode::Tc);
 }
+
+/// A backend leaves the route while a connection to it is open. `keep` (the default): the
+/// connection runs on, the backend is out of rotation, not down. `reset`: the connection is
+/// reset at once. New connections go to the remaining backend either way.
+fn backend_removal(test: &str, mode: Mode, removal: &str) {
+    if !root::can_run(test) {
+        return;
+    }
+    let (b0, b1) = (
+        SocketAddr::new(topology::backend_v4(0).into(), PORT),
+        SocketAddr::new(topology::backend_v4(1).into(), PORT),
+    );
+    let gw = gateway(
+        &config(&[(b0.ip(), 100)]),
+        mode,
+        &["--l4-backend-removal", removal],
+    );
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let listener = format!("0.0.0.0:{PORT}");
+    let on_b0 = echo::serve_concurrently(&gw.topology.backend, b0, 1);
+    let held = echo::HeldConnection::open(&gw.topology.client, vip);
+    held.exchange(1);
+    assert_path(&gw, mode, &listener);
+
+    let file = gw._config.path().join("l4.yaml");
+    std::fs::write(file.with_extension("tmp"), config(&[(b1.ip(), 100)]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    gw.sluice
+        .wait_config(std::time::Duration::from_secs(15), "generation 2", |d| {
+            d["serving"]["generation"] == 2
+        });
+    let on_b1 = echo::serve(&gw.topology.backend, b1, 1);
+    echo::roundtrip(&gw.topology.client, vip, 1000);
+    assert_eq!(
+        on_b1
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        1000,
+        "the new connection went to {b1}"
+    );
+
+    let kernel_resets = gw.sluice.metric("sluice_l4_kernel_flows_reset_total");
+    let userspace_resets = gw.sluice.metric(&format!(
+        "sluice_l4_connections_reset_total{{listener=\"{listener}\",backend=\"{b0}\"}}"
+    ));
+    if removal == "keep" {
+        held.exchange(2);
+        drop(held);
+        assert_eq!(
+            on_b0
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            2000
+        );
+        assert_eq!(userspace_resets, None);
+        if mode.kernel() {
+            assert_eq!(kernel_resets, Some(0.0));
+        }
+    } else {
+        let reset = held.try_exchange(2);
+        assert!(
+            reset.as_ref().is_err_and(|e| e.contains("reset by peer")),
+            "{reset:?}"
+        );
+        if mode.kernel() {
+            // Both directions' entries of the one connection.
+            assert_eq!(kernel_resets, Some(2.0), "{}", gw.sluice.log());
+        } else {
+            assert_eq!(userspace_resets, Some(1.0), "{}", gw.sluice.log());
+        }
+    }
+}
+
+#[test]
+fn userspace_backend_removal_keeps_connections() {
+    backend_removal(
+        "userspace_backend_removal_keeps_connections",
+        Mode::Userspace,
+        "keep",
+    );
+}
+
+#[test]
+fn kernel_mode_backend_removal_keeps_connections() {
+    backend_removal(
+        "kernel_mode_backend_removal_keeps_connections",
+        Mode::Xdp,
+        "keep",
+    );
+}
+
+#[test]
+fn tc_mode_backend_removal_keeps_connections() {
+    backend_removal(
+        "tc_mode_backend_removal_keeps_connections",
+        Mode::Tc,
+        "keep",
+    );
+}
+
+#[test]
+fn userspace_backend_removal_resets_connections() {
+    backend_removal(
+        "userspace_backend_removal_resets_connections",
+        Mode::Userspace,
+        "reset",
+    );
+}
+
+#[test]
+fn kernel_mode_backend_removal_resets_connections() {
+    backend_removal(
+        "kernel_mode_backend_removal_resets_connections",
+        Mode::Xdp,
+        "reset",
+    );
+}
+
+#[test]
+fn tc_mode_backend_removal_resets_connections() {
+    backend_removal(
+        "tc_mode_backend_removal_resets_connections",
+        Mode::Tc,
+        "reset",
+    );
+}

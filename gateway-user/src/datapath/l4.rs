@@ -23,7 +23,7 @@ use gateway_common::{
 
 use super::sync::{self, DesiredListener, MapState, Op};
 use crate::{
-    backends::BackendSet,
+    backends::{BackendRemoval, BackendSet},
     plan::{ListenerKind, Plan},
 };
 
@@ -46,6 +46,8 @@ pub struct L4KernelStats {
     pub flows_live: std::sync::atomic::AtomicU64,
     /// Flow entries expired by the daemon, in total.
     pub flows_expired: std::sync::atomic::AtomicU64,
+    /// Flow entries removed because their backend left the set (`--l4-backend-removal reset`).
+    pub flows_reset: std::sync::atomic::AtomicU64,
 }
 
 struct StatsInner {
@@ -123,6 +125,7 @@ pub struct KernelL4 {
     state: MapState,
     /// Interfaces with the XDP program, by name.
     devices: BTreeMap<String, u32>,
+    backend_removal: BackendRemoval,
 }
 
 impl KernelL4 {
@@ -146,6 +149,7 @@ impl KernelL4 {
             }),
             flows_live: std::sync::atomic::AtomicU64::new(0),
             flows_expired: std::sync::atomic::AtomicU64::new(0),
+            flows_reset: std::sync::atomic::AtomicU64::new(0),
         });
         let mut redirect: DevMapHash<MapData> = DevMapHash::try_from(take(map_names::L4_DEVICES)?)?;
         for ifindex in devices.values() {
@@ -181,6 +185,7 @@ impl KernelL4 {
             backends,
             state,
             devices,
+            backend_removal: BackendRemoval::Keep,
         };
         // The counters of what is still there keep counting from where they are.
         let (listener_labels, backend_labels) = l4.labels();
@@ -190,6 +195,11 @@ impl KernelL4 {
             inner.backend_labels = backend_labels;
         }
         Ok(l4)
+    }
+
+    pub fn with_backend_removal(mut self, removal: BackendRemoval) -> KernelL4 {
+        self.backend_removal = removal;
+        self
     }
 
     /// Brings the kernel maps to `plan`; returns the listeners the kernel now serves.
@@ -227,6 +237,17 @@ impl KernelL4 {
                     writes = count,
                     "kernel L4 maps updated"
                 );
+                if self.backend_removal == BackendRemoval::Reset && count > 0 {
+                    let pairs = sync::served_pairs(&self.state, &desired);
+                    match self.reset_unserved(&pairs) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            entries = n,
+                            "reset the connections whose backend left their listener"
+                        ),
+                        Err(e) => tracing::warn!("resetting connections failed: {e:#}"),
+                    }
+                }
                 if let Err(e) = self.relabel() {
                     tracing::warn!("kernel L4 counters may be mislabelled: {e:#}");
                 }
@@ -299,6 +320,32 @@ impl KernelL4 {
             .flows_expired
             .fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
         Ok((live, removed))
+    }
+
+    /// Removes the flow entries (both directions) whose (listener, backend) is not in
+    /// `served`. Their next packet finds no flow and goes to the stack, which answers it with
+    /// a reset: the client, and the backend, learn at once. Returns the entries removed.
+    fn reset_unserved(
+        &mut self,
+        served: &std::collections::BTreeSet<(u32, u32)>,
+    ) -> anyhow::Result<u64> {
+        let mut stale = Vec::new();
+        for entry in self.flows.iter() {
+            let (key, flow) = entry?;
+            if !served.contains(&(flow.listener, flow.backend)) {
+                stale.push(key);
+            }
+        }
+        let mut removed = 0u64;
+        for key in &stale {
+            if self.flows.remove(key).is_ok() {
+                removed += 1;
+            }
+        }
+        self.stats
+            .flows_reset
+            .fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
+        Ok(removed)
     }
 
     /// The counters of the kernel path, for the metrics endpoint.

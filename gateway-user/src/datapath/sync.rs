@@ -231,6 +231,24 @@ pub fn sync(state: &mut MapState, desired: &[DesiredListener]) -> Result<Vec<Op>
     Ok(ops)
 }
 
+/// The (listener id, backend id) pairs `desired` serves, once `state` has been synced to it:
+/// a tracked connection on any other pair has lost its backend (or its listener).
+pub fn served_pairs(state: &MapState, desired: &[DesiredListener]) -> BTreeSet<(u32, u32)> {
+    let ids: BTreeMap<Backend, u32> = state.backends.iter().map(|(id, b)| (*b, *id)).collect();
+    let mut pairs = BTreeSet::new();
+    for listener in desired {
+        let Some(l) = state.listeners.get(&listener.key) else {
+            continue;
+        };
+        for (endpoint, snat) in listener.set.endpoints.iter().zip(&listener.snat) {
+            if let Some(id) = ids.get(&backend_value(*endpoint, *snat)) {
+                pairs.insert((l.id, *id));
+            }
+        }
+    }
+    pairs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +477,50 @@ mod tests {
         );
         let ids: BTreeSet<u32> = state.listeners.values().map(|l| l.id).collect();
         assert_eq!(ids.len(), 2, "ids are distinct: {ids:?}");
+    }
+
+    #[test]
+    fn served_pairs_follow_the_sets() {
+        let mut state = MapState::default();
+        let first = vec![
+            listener(
+                "0.0.0.0:7000",
+                &[("203.0.113.2:7000", 80), ("203.0.113.3:7000", 20)],
+            ),
+            listener("0.0.0.0:7001", &[("203.0.113.3:7000", 1)]),
+        ];
+        sync(&mut state, &first).unwrap_or_else(|e| panic!("{e}"));
+        let id = |state: &MapState, port: u16| {
+            state.listeners[&listener_key(SocketAddr::from(([0, 0, 0, 0], port)))].id
+        };
+        let backend = |state: &MapState, addr: &str| {
+            let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("{e}"));
+            state
+                .backends
+                .iter()
+                .find(|(_, b)| b.port == addr.port() && b.addr == mapped(addr.ip()))
+                .map(|(id, _)| *id)
+                .unwrap_or_else(|| panic!("no backend {addr}"))
+        };
+        let (l0, l1) = (id(&state, 7000), id(&state, 7001));
+        let (b2, b3) = (
+            backend(&state, "203.0.113.2:7000"),
+            backend(&state, "203.0.113.3:7000"),
+        );
+        assert_eq!(
+            served_pairs(&state, &first),
+            BTreeSet::from([(l0, b2), (l0, b3), (l1, b3)])
+        );
+        // .3 leaves :7000 but still serves :7001; :7001's other pairs are untouched.
+        let second = vec![
+            listener("0.0.0.0:7000", &[("203.0.113.2:7000", 1)]),
+            listener("0.0.0.0:7001", &[("203.0.113.3:7000", 1)]),
+        ];
+        sync(&mut state, &second).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            served_pairs(&state, &second),
+            BTreeSet::from([(l0, b2), (l1, b3)])
+        );
     }
 
     #[test]
