@@ -3,7 +3,9 @@
 //! port -> backend); it goes to the client with the quoted header rewritten to the client's
 //! own tuple, the outer destination set to the client, and every checksum updated.
 //! IPv4 (destination unreachable, including fragmentation needed, and time exceeded).
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+//! One function for XDP and TC: the rewrite changes the outer header and the ICMP message
+//! with their own checksums updated, so each one's sum is unchanged and a TC skb's
+//! `CHECKSUM_COMPLETE` value stays right without helpers.
 use gateway_common::{
     PacketReason,
     l4::{FlowKey, TO_CLIENT},
@@ -11,9 +13,10 @@ use gateway_common::{
 };
 
 use crate::{
-    context::{XdpPacket, ptr_at_mut, read_at},
+    context::{ptr_at_mut, read_at},
     csum,
     headers::{EthHdr, IcmpHdr, Ipv4Hdr},
+    hook::Hook,
     maps::{L4_FLOWS, SCRATCH},
 };
 
@@ -25,7 +28,7 @@ const TCP_CHECK_OFFSET: usize = 16;
 
 /// `None`: not an error about a tracked flow; the stack handles it.
 #[inline(always)]
-pub fn translate(ctx: &XdpContext, packet: &XdpPacket) -> Option<(PacketReason, u32)> {
+pub fn translate<P: Hook>(packet: &P) -> Option<(PacketReason, i32)> {
     let eth: EthHdr = read_at(packet, 0)?;
     if u16::from_be_bytes(eth.ether_type) != ETH_P_IP {
         return None;
@@ -100,9 +103,7 @@ pub fn translate(ctx: &XdpContext, packet: &XdpPacket) -> Option<(PacketReason, 
         ];
         icmp_check = csum::update_field(icmp_check, &ports, &new_ports);
         // The quoted TCP checksum, when the quote reaches it, follows the same rewrite.
-        if let Some(tcp_check) =
-            ptr_at_mut::<XdpPacket, [u8; 2]>(packet, ports_off + TCP_CHECK_OFFSET)
-        {
+        if let Some(tcp_check) = ptr_at_mut::<P, [u8; 2]>(packet, ports_off + TCP_CHECK_OFFSET) {
             let old = *tcp_check;
             let mut check = u16::from_be_bytes(old);
             check = csum::update_field(check, &inner.saddr, &client);
@@ -128,15 +129,9 @@ pub fn translate(ctx: &XdpContext, packet: &XdpPacket) -> Option<(PacketReason, 
         (*outer_ip).ttl -= 1;
         let header: *const [u8; 20] = outer_ip.cast();
         (*outer_ip).check = csum::ipv4_header(&*header).to_be_bytes();
-        let eth_hdr: *mut EthHdr = ptr_at_mut(packet, 0)?;
-        (*eth_hdr).dst = flow.mac_dst;
-        (*eth_hdr).src = flow.mac_src;
     }
-    let action = if flow.ifindex == ctx.ingress_ifindex() as u32 {
-        xdp_action::XDP_TX
-    } else {
-        crate::maps::L4_DEVICES.redirect(flow.ifindex, 0).ok()?
-    };
+    // Back the way the client came, as its replies go.
+    let action = packet.send(flow.ifindex, flow.mac_dst, flow.mac_src).ok()?;
     Some((PacketReason::L4IcmpTranslated, action))
 }
 

@@ -41,9 +41,9 @@ pub fn sluice_xdp(ctx: XdpContext) -> u32 {
             let (reason, action) = nat::process(&packet, &tcp);
             (reason, action as u32)
         }
-        Err(PacketReason::Icmp) => {
-            icmp::translate(&ctx, &packet).unwrap_or((PacketReason::Icmp, xdp_action::XDP_PASS))
-        }
+        Err(PacketReason::Icmp) => icmp::translate(&packet)
+            .map(|(reason, action)| (reason, action as u32))
+            .unwrap_or((PacketReason::Icmp, xdp_action::XDP_PASS)),
         Err(reason) => (reason, XdpPacket::verdict_action(reason) as u32),
     };
     counters::count(reason, frame_len);
@@ -54,13 +54,17 @@ pub fn sluice_xdp(ctx: XdpContext) -> u32 {
 
 /// TC (clsact/TCX ingress): where XDP cannot attach, or where GSO matters. It sees skbs, so
 /// a NATed 64 KB GSO packet stays one packet (../shared/BENCH_NOTES.md). TCP goes through
-/// the same L4 NAT stage as in XDP; ICMP errors go to the stack.
+/// the same L4 NAT stage as in XDP, and ICMP errors about its flows are translated alike.
 #[classifier]
 pub fn sluice_tc(ctx: TcContext) -> i32 {
     let packet = TcPacket::new(&ctx);
     let frame_len = packet.frame_len();
     let (reason, action) = match parse::parse(&packet) {
         Ok(tcp) => nat::process(&packet, &tcp),
+        Err(PacketReason::Icmp) => icmp::translate(&packet).unwrap_or((
+            PacketReason::Icmp,
+            TcPacket::verdict_action(PacketReason::Icmp),
+        )),
         Err(reason) => (reason, TcPacket::verdict_action(reason)),
     };
     counters::count(reason, frame_len);

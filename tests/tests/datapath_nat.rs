@@ -437,67 +437,51 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
             BACKEND_MAC,
             GW_BACKEND_MAC,
         );
-        if hook == Hook::Tc {
-            // TC leaves ICMP errors to the stack for now.
-            assert_eq!(
-                step(
-                    &mut dp,
-                    hook,
-                    &icmp,
-                    bk0,
-                    actions.pass,
-                    PacketReason::Icmp,
-                    "ICMP to the stack"
-                ),
-                icmp
-            );
-        } else {
-            let translated = step(
-                &mut dp,
-                hook,
-                &icmp,
-                bk0,
-                actions.redirect,
-                PacketReason::L4IcmpTranslated,
-                "ICMP frag needed",
-            );
-            assert_eq!(
-                (&translated[0..6], &translated[6..12]),
-                (&CLIENT_MAC[..], &GW_CLIENT_MAC[..])
-            );
-            let outer = &translated[14..34];
-            assert!(checksum_ok(&[], outer), "outer IPv4 checksum");
-            assert_eq!(
-                (&outer[12..16], &outer[16..20], outer[8]),
-                (&[198, 51, 100, 1][..], &[198, 51, 100, 2][..], 63)
-            );
-            let icmp_part = &translated[34..];
-            assert!(checksum_ok(&[], icmp_part), "ICMP checksum");
-            assert_eq!(
-                (icmp_part[0], icmp_part[1], &icmp_part[6..8]),
-                (3, 4, &1400u16.to_be_bytes()[..])
-            );
-            let inner = &icmp_part[8..];
-            assert!(checksum_ok(&[], &inner[..20]), "quoted IPv4 checksum");
-            assert_eq!(
-                (&inner[12..16], &inner[16..20]),
-                (&[198, 51, 100, 2][..], &[198, 51, 100, 1][..])
-            );
-            assert_eq!(
-                (
-                    u16::from_be_bytes([inner[20], inner[21]]),
-                    u16::from_be_bytes([inner[22], inner[23]])
-                ),
-                (40000, 7000)
-            );
-            assert!(
-                checksum_ok(
-                    &pseudo_header(client, gw_client, 6, inner.len() - 20),
-                    &inner[20..]
-                ),
-                "quoted TCP checksum"
-            );
-        }
+        let translated = step(
+            &mut dp,
+            hook,
+            &icmp,
+            bk0,
+            actions.redirect,
+            PacketReason::L4IcmpTranslated,
+            "ICMP frag needed",
+        );
+        assert_eq!(
+            (&translated[0..6], &translated[6..12]),
+            (&CLIENT_MAC[..], &GW_CLIENT_MAC[..])
+        );
+        let outer = &translated[14..34];
+        assert!(checksum_ok(&[], outer), "outer IPv4 checksum");
+        assert_eq!(
+            (&outer[12..16], &outer[16..20], outer[8]),
+            (&[198, 51, 100, 1][..], &[198, 51, 100, 2][..], 63)
+        );
+        let icmp_part = &translated[34..];
+        assert!(checksum_ok(&[], icmp_part), "ICMP checksum");
+        assert_eq!(
+            (icmp_part[0], icmp_part[1], &icmp_part[6..8]),
+            (3, 4, &1400u16.to_be_bytes()[..])
+        );
+        let inner = &icmp_part[8..];
+        assert!(checksum_ok(&[], &inner[..20]), "quoted IPv4 checksum");
+        assert_eq!(
+            (&inner[12..16], &inner[16..20]),
+            (&[198, 51, 100, 2][..], &[198, 51, 100, 1][..])
+        );
+        assert_eq!(
+            (
+                u16::from_be_bytes([inner[20], inner[21]]),
+                u16::from_be_bytes([inner[22], inner[23]])
+            ),
+            (40000, 7000)
+        );
+        assert!(
+            checksum_ok(
+                &pseudo_header(client, gw_client, 6, inner.len() - 20),
+                &inner[20..]
+            ),
+            "quoted TCP checksum"
+        );
 
         // 3. Mid-flow packets keep the flow's port and backend; the flow is established.
         let ack = tcp(
