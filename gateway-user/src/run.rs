@@ -192,7 +192,9 @@ async fn follow_plans(
             }
             _ = expiry.tick() => {
                 if let Some(kernel) = servers.kernel.as_mut() {
-                    match kernel.expire(&timeouts) {
+                    // A sweep makes syscalls per entry, which adds up on a full table: this
+                    // worker blocks for it while the others keep serving.
+                    match tokio::task::block_in_place(|| kernel.expire(&timeouts)) {
                         Ok((_, 0)) => {}
                         Ok((live, removed)) => tracing::debug!(live, removed, "expired kernel L4 flows"),
                         Err(e) => tracing::warn!("expiring kernel L4 flows failed: {e:#}"),

@@ -437,19 +437,7 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
             BACKEND_MAC,
             GW_BACKEND_MAC,
         );
-        let translated = step(
-            &mut dp,
-            hook,
-            &icmp,
-            bk0,
-            actions.redirect,
-            PacketReason::L4IcmpTranslated,
-            "ICMP frag needed",
-        );
-        assert_eq!(
-            (&translated[0..6], &translated[6..12]),
-            (&CLIENT_MAC[..], &GW_CLIENT_MAC[..])
-        );
+        let translated = icmp_to_client(&mut dp, hook, &icmp, bk0, "ICMP frag needed");
         let outer = &translated[14..34];
         assert!(checksum_ok(&[], outer), "outer IPv4 checksum");
         assert_eq!(
@@ -468,20 +456,7 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
             (&inner[12..16], &inner[16..20]),
             (&[198, 51, 100, 2][..], &[198, 51, 100, 1][..])
         );
-        assert_eq!(
-            (
-                u16::from_be_bytes([inner[20], inner[21]]),
-                u16::from_be_bytes([inner[22], inner[23]])
-            ),
-            (40000, 7000)
-        );
-        assert!(
-            checksum_ok(
-                &pseudo_header(client, gw_client, 6, inner.len() - 20),
-                &inner[20..]
-            ),
-            "quoted TCP checksum"
-        );
+        assert_quoted_tcp(&inner[20..], (client, 40000), (gw_client, 7000));
 
         // 3. Mid-flow packets keep the flow's port and backend; the flow is established.
         let ack = tcp(
@@ -742,7 +717,7 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
             CLIENT_MAC,
             GW_CLIENT_MAC,
         );
-        let out = inspect(&step(
+        let nated6 = step(
             &mut dp,
             hook,
             &syn6,
@@ -750,7 +725,8 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
             actions.redirect,
             PacketReason::L4Forwarded,
             "IPv6 SYN",
-        ));
+        );
+        let out = inspect(&nated6);
         assert_eq!(
             (out.src, out.dst, out.dport, out.hop_limit),
             (snat6, backend6, 8080, 63)
@@ -777,6 +753,39 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
             (back.src, back.sport, back.dst, back.dport),
             (gw6, 7003, client6, 40000)
         );
+
+        // 10b. ICMPv6 "packet too big" about the NATed SYN, from the backend and from a
+        // router on the way: the client gets it about its own connection.
+        let router6 = IpAddr::V6(v6("2001:db8:2::fe"));
+        for (sender, want_src) in [(backend6, gw6), (router6, router6)] {
+            let icmp6 = icmp6_error(sender, snat6, &nated6[14..], BACKEND_MAC, GW_BACKEND_MAC);
+            let translated = icmp_to_client(&mut dp, hook, &icmp6, bk0, "ICMPv6 packet too big");
+            let outer = &translated[14..54];
+            let (src, dst) = (
+                IpAddr::from(<[u8; 16]>::try_from(&outer[8..24]).unwrap_or_default()),
+                IpAddr::from(<[u8; 16]>::try_from(&outer[24..40]).unwrap_or_default()),
+            );
+            assert_eq!(
+                (src, dst, outer[7]),
+                (want_src, client6, 63),
+                "from {sender}"
+            );
+            let icmp_part = &translated[54..];
+            assert!(
+                checksum_ok(&pseudo_header(src, dst, 58, icmp_part.len()), icmp_part),
+                "ICMPv6 checksum (from {sender})"
+            );
+            assert_eq!(
+                (icmp_part[0], &icmp_part[4..8]),
+                (2, &1280u32.to_be_bytes()[..])
+            );
+            let inner = &icmp_part[8..];
+            assert_eq!(
+                (&inner[8..24], &inner[24..40]),
+                (&mapped(client6)[..], &mapped(gw6)[..])
+            );
+            assert_quoted_tcp(&inner[40..], (client6, 40000), (gw6, 7003));
+        }
 
         // 11. TCP to a port no listener serves is the stack's.
         let other = tcp(
@@ -947,6 +956,82 @@ fn icmp_error(
     let mut frame = dst_mac.to_vec();
     frame.extend_from_slice(&src_mac);
     frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&icmp);
+    frame
+}
+
+/// Runs an ICMP error from the backend side, which must be translated and sent to the
+/// client's link; returns the frame sent.
+fn icmp_to_client(
+    datapath: &mut Datapath,
+    hook: Hook,
+    frame: &[u8],
+    ifindex: u32,
+    what: &str,
+) -> Vec<u8> {
+    let translated = step(
+        datapath,
+        hook,
+        frame,
+        ifindex,
+        Actions::of(hook).redirect,
+        PacketReason::L4IcmpTranslated,
+        what,
+    );
+    assert_eq!(
+        (&translated[0..6], &translated[6..12]),
+        (&CLIENT_MAC[..], &GW_CLIENT_MAC[..]),
+        "{what}: to the client's link"
+    );
+    translated
+}
+
+/// The TCP header an ICMP error quotes is the client's own: its ports, and a checksum that
+/// is right for its addresses.
+fn assert_quoted_tcp(
+    tcp: &[u8],
+    (client, client_port): (IpAddr, u16),
+    (listener, port): (IpAddr, u16),
+) {
+    assert_eq!(
+        (
+            u16::from_be_bytes([tcp[0], tcp[1]]),
+            u16::from_be_bytes([tcp[2], tcp[3]])
+        ),
+        (client_port, port),
+        "quoted ports"
+    );
+    assert!(
+        checksum_ok(&pseudo_header(client, listener, 6, tcp.len()), tcp),
+        "quoted TCP checksum ({client} -> {listener})"
+    );
+}
+
+/// An ICMPv6 "packet too big" (MTU 1280) from `src` to `dst` quoting `quoted`.
+fn icmp6_error(
+    src: IpAddr,
+    dst: IpAddr,
+    quoted: &[u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<u8> {
+    let (IpAddr::V6(s6), IpAddr::V6(d6)) = (src, dst) else {
+        panic!("IPv6 only")
+    };
+    let mut icmp = vec![2, 0, 0, 0];
+    icmp.extend_from_slice(&1280u32.to_be_bytes());
+    icmp.extend_from_slice(quoted);
+    let sum = tests::packets::checksum(&[&pseudo_header(src, dst, 58, icmp.len()), &icmp]);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[58, 64]);
+    ip.extend_from_slice(&s6.octets());
+    ip.extend_from_slice(&d6.octets());
+    let mut frame = dst_mac.to_vec();
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&0x86ddu16.to_be_bytes());
     frame.extend_from_slice(&ip);
     frame.extend_from_slice(&icmp);
     frame
