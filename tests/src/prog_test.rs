@@ -25,6 +25,9 @@ pub enum Hook {
 pub struct RunResult {
     pub return_value: u32,
     pub output: Vec<u8>,
+    /// The kernel's time per run of the program (`BPF_PROG_TEST_RUN`'s duration, averaged
+    /// over the repeats).
+    pub duration: std::time::Duration,
 }
 
 pub struct Datapath {
@@ -63,7 +66,30 @@ impl Datapath {
         self.run_on(hook, input, Some(ingress_ifindex))
     }
 
+    /// Runs `input` `repeat` times in one call; the kernel runs the program on the same
+    /// buffer each time, so a packet the program rewrites meets its own rewrite from the
+    /// second run on.
+    pub fn run_repeated(
+        &mut self,
+        hook: Hook,
+        input: &[u8],
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> RunResult {
+        self.run_with(hook, input, Some(ingress_ifindex), repeat)
+    }
+
     fn run_on(&mut self, hook: Hook, input: &[u8], ingress_ifindex: Option<u32>) -> RunResult {
+        self.run_with(hook, input, ingress_ifindex, 1)
+    }
+
+    fn run_with(
+        &mut self,
+        hook: Hook,
+        input: &[u8],
+        ingress_ifindex: Option<u32>,
+        repeat: u32,
+    ) -> RunResult {
         // Room for a frame that grows (encapsulation, later) and the skb's own headroom.
         let mut output = vec![0u8; input.len() + 512];
         let ctx: Option<Vec<u8>> = ingress_ifindex.map(|ifindex| {
@@ -82,6 +108,7 @@ impl Datapath {
             data_in: Some(input),
             data_out: Some(&mut output),
             ctx_in: ctx.as_deref(),
+            repeat,
             ..Default::default()
         };
         let result = match hook {
@@ -100,6 +127,7 @@ impl Datapath {
         RunResult {
             return_value: result.return_value,
             output,
+            duration: result.duration,
         }
     }
 

@@ -7,18 +7,18 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use gateway_common::{
     PacketReason,
-    l4::{
-        Backend, FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow,
-        FlowKey, Listener, ListenerKey, TO_BACKEND, TO_CLIENT,
-    },
+    l4::{FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, Listener, TO_BACKEND, TO_CLIENT},
     map_names,
     select::{MAGLEV_TABLE_SIZE, SOURCE_PORT_ATTEMPTS, flow_hash, source_port},
 };
 use tests::{
-    netns::{NetNs, unique_prefix},
     packets::{PacketBuilder, checksum_ok, pseudo_header, tcp_flags},
     prog_test::{Datapath, Hook},
     root,
+    router::{
+        BACKEND_MAC, CLIENT_MAC, GW_BACKEND_MAC, GW_CLIENT_MAC, backend, key, listener_key, mac,
+        mapped, router,
+    },
 };
 
 const XDP_DROP: u32 = 1;
@@ -28,126 +28,11 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const GW_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const GW_BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
-const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
-
 fn v4(s: &str) -> Ipv4Addr {
     s.parse().unwrap_or_else(|e| panic!("{e}"))
 }
 fn v6(s: &str) -> Ipv6Addr {
     s.parse().unwrap_or_else(|e| panic!("{e}"))
-}
-fn mapped(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A router: `cl0` (client side, 198.51.100.1, 2001:db8:1::1) and `bk0` (backend side,
-/// 203.0.113.1, 2001:db8:2::1), each a veth whose peer stays in the namespace.
-fn router() -> (NetNs, u32, u32) {
-    let ns = NetNs::new(&format!("{}-nat", unique_prefix()));
-    ns.ip(&[
-        "link",
-        "add",
-        "name",
-        "cl0",
-        "address",
-        &mac(GW_CLIENT_MAC),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "cl1",
-    ]);
-    ns.ip(&[
-        "link",
-        "add",
-        "name",
-        "bk0",
-        "address",
-        &mac(GW_BACKEND_MAC),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "bk1",
-    ]);
-    for dev in ["cl0", "cl1", "bk0", "bk1"] {
-        ns.ip(&["link", "set", dev, "up"]);
-    }
-    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "cl0"]);
-    ns.ip(&["addr", "add", "203.0.113.1/24", "dev", "bk0"]);
-    ns.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "cl0", "nodad"]);
-    ns.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "bk0", "nodad"]);
-    for (ip, lladdr, dev) in [
-        ("198.51.100.2", CLIENT_MAC, "cl0"),
-        ("203.0.113.2", BACKEND_MAC, "bk0"),
-        ("2001:db8:1::2", CLIENT_MAC, "cl0"),
-        ("2001:db8:2::2", BACKEND_MAC, "bk0"),
-    ] {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            &mac(lladdr),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    }
-    ns.sysctl("net.ipv4.ip_forward", "1");
-    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
-    let index = |dev: &'static str| {
-        ns.run(move || nix::net::if_::if_nametoindex(dev).unwrap_or_else(|e| panic!("{dev}: {e}")))
-    };
-    let (cl0, bk0) = (index("cl0"), index("bk0"));
-    (ns, cl0, bk0)
-}
-
-fn key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> FlowKey {
-    FlowKey {
-        src: mapped(src),
-        dst: mapped(dst),
-        src_port: sport,
-        dst_port: dport,
-        protocol: 6,
-        _pad: [0; 3],
-    }
-}
-
-fn backend(addr: IpAddr, snat: IpAddr, port: u16) -> Backend {
-    Backend {
-        addr: mapped(addr),
-        snat_addr: mapped(snat),
-        port,
-        family: if addr.is_ipv4() {
-            FAMILY_IPV4
-        } else {
-            FAMILY_IPV6
-        },
-        _pad: 0,
-    }
-}
-
-fn listener_key(addr: IpAddr, port: u16) -> ListenerKey {
-    ListenerKey {
-        addr: mapped(addr),
-        port,
-        protocol: 6,
-        _pad: 0,
-    }
 }
 
 /// A parsed view of an output frame, with checksums verified independently.
@@ -1035,4 +920,22 @@ fn icmp6_error(
     frame.extend_from_slice(&ip);
     frame.extend_from_slice(&icmp);
     frame
+}
+
+/// The per-packet cost measurement `cargo xtask bench` reports runs each path it names
+/// (it checks the counters itself) and yields a time for each.
+#[test]
+fn packet_cost_measures_each_path() {
+    if !root::can_run("packet_cost_measures_each_path") {
+        return;
+    }
+    let costs = tests::packet_cost::measure(1000, 50);
+    eprintln!("{costs:#?}");
+    assert_eq!(costs.len(), 3);
+    for cost in &costs {
+        assert!(
+            cost.xdp_ns > 0.0 && cost.tc_ns > 0.0 && cost.xdp_ns.is_finite(),
+            "{cost:?}"
+        );
+    }
 }

@@ -161,7 +161,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("measuring {}", contestant.name()))?;
         results.push((contestant, samples));
     }
-    let table = table(&results, args);
+    eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");
+    let costs = tests::packet_cost::measure(PACKET_COST_REPEAT, PACKET_COST_SYNS);
+    let table = table(&results, args) + &cost_table(&costs);
     println!("{table}");
     let out = workspace_root().join(&args.out);
     if let Some(dir) = out.parent() {
@@ -170,6 +172,24 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("bench: results written to {}", out.display());
     Ok(())
+}
+
+/// Runs per measured path of the per-packet cost: the kernel averages them.
+const PACKET_COST_REPEAT: u32 = 1_000_000;
+/// New connections timed one by one (each SYN must be new).
+const PACKET_COST_SYNS: u16 = 5_000;
+
+fn cost_table(costs: &[tests::packet_cost::PacketCost]) -> String {
+    let mut out = format!(
+        "\nPer-packet cost of the kernel programs (BPF_PROG_TEST_RUN, the program alone: {PACKET_COST_REPEAT} runs per path, {PACKET_COST_SYNS} SYNs one by one):\n\n| path | XDP ns/packet | TC ns/packet |\n|---|---|---|\n"
+    );
+    for cost in costs {
+        out += &format!(
+            "| {} | {:.0} | {:.0} |\n",
+            cost.path, cost.xdp_ns, cost.tc_ns
+        );
+    }
+    out
 }
 
 fn measure(
