@@ -31,7 +31,7 @@ const BACKEND: [u8; 4] = [203, 0, 113, 2];
 const PORT: u16 = 7000;
 const BACKEND_PORT: u16 = 8080;
 
-/// Measures three paths in XDP and TC: TCP that no listener wants (parse, count, pass), an
+/// Measures three paths in XDP and TC: TCP that no listener wants (parsed, looked up, passed), an
 /// established connection's packets (`repeat` runs), and new connections (`syns` SYNs, one
 /// run each: every SYN must be a new one).
 pub fn measure(repeat: u32, syns: u16) -> Vec<PacketCost> {
@@ -49,7 +49,7 @@ pub fn measure(repeat: u32, syns: u16) -> Vec<PacketCost> {
     });
     let [xdp, tc] = costs;
     [
-        "TCP to no listener (parse, count, pass)",
+        "TCP to no listener (parse, flow and listener lookups, count, pass)",
         "established connection, one packet each way (flow lookup, rewrite, checksums, next hop)",
         "new connection, its SYN (listener, Maglev, source port, two inserts, FIB)",
     ]

@@ -22,7 +22,7 @@ use tests::{
 };
 
 use crate::{
-    build::{BuildArgs, build, workspace_root},
+    build::{BuildArgs, build_both, workspace_root},
     setup,
 };
 
@@ -144,12 +144,16 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         &mut installed,
     )?;
     let envoy = setup::envoy(&workspace_root().join("target"), &mut installed)?;
-    let bin = build(&BuildArgs {
+    let (bin, object) = build_both(&BuildArgs {
         release: true,
         ..BuildArgs::default()
     })?;
-    // SAFETY: set before this process starts any thread; the harness reads it to find sluice.
-    unsafe { std::env::set_var("SLUICE_BIN", &bin) };
+    // SAFETY: set before this process starts any thread; the harness reads them to find
+    // sluice and the eBPF object (the per-packet cost loads it).
+    unsafe {
+        std::env::set_var("SLUICE_BIN", &bin);
+        std::env::set_var("SLUICE_EBPF_OBJECT", &object);
+    }
 
     let mut results: Vec<(Contestant, Vec<Sample>)> = Vec::new();
     let chosen = Contestant::ALL

@@ -111,6 +111,11 @@ fn check_no_panics(object: &Path) -> anyhow::Result<()> {
 
 /// Builds the eBPF object and the `sluice` binary embedding it; returns the binary's path.
 pub fn build(args: &BuildArgs) -> anyhow::Result<PathBuf> {
+    build_both(args).map(|(bin, _)| bin)
+}
+
+/// [`build`], also returning the eBPF object's path.
+pub fn build_both(args: &BuildArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
     let object = build_ebpf(&args.ebpf)?;
     let mut cmd = cargo();
     cmd.env("SLUICE_EBPF_OBJECT", &object)
@@ -120,7 +125,10 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<PathBuf> {
     }
     run(&mut cmd).context("building sluice")?;
     let profile = if args.release { "release" } else { "debug" };
-    Ok(workspace_root().join("target").join(profile).join("sluice"))
+    Ok((
+        workspace_root().join("target").join(profile).join("sluice"),
+        object,
+    ))
 }
 
 pub fn run_sluice(args: &BuildArgs, sluice_args: &[String]) -> anyhow::Result<()> {
