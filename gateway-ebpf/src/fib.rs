@@ -27,8 +27,16 @@ pub fn forward<H: Hook>(
     if flow.direction == TO_CLIENT {
         return hook.send(flow.ifindex, flow.mac_dst, flow.mac_src);
     }
-    // SAFETY: an all-zero bpf_fib_lookup is a valid request skeleton (plain data).
-    *params = unsafe { core::mem::zeroed() };
+    // An all-zero request skeleton, stored word by word: zeroing the struct whole becomes a
+    // `memset` subprogram call on this target, once per packet towards a backend.
+    const WORDS: usize = core::mem::size_of::<bpf_fib_lookup>() / 4;
+    const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>().is_multiple_of(4));
+    let words: *mut u32 = core::ptr::from_mut(params).cast();
+    for i in 0..WORDS {
+        // SAFETY: inside `params` (WORDS whole words), which is 4-byte aligned (u32 fields);
+        // any bit pattern is valid plain data.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
     params.l4_protocol = IPPROTO_TCP;
     params.sport = flow.new_src_port.to_be();
     params.dport = flow.new_dst_port.to_be();

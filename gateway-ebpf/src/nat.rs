@@ -54,7 +54,6 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
     if let Err(reason) = fill_key(packet, tcp, &mut scratch.key) {
         return (reason, H::verdict_action(reason));
     }
-    let mut new_connection = false;
     let mut found = L4_FLOWS.get_ptr_mut(&scratch.key);
     // A new SYN on the tuple of a closing flow is a new connection (the client reused its
     // port): it picks a backend afresh, and the old reply entry goes, so a late packet from
@@ -78,10 +77,13 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
         let _ = L4_FLOWS.remove(&scratch.reverse);
         found = None;
     }
-    match found {
+    // A tracked flow is used where it lies in the map: copying its 72 bytes out costs a
+    // `memmove` call per packet (the BPF target has no inline block copy that size).
+    let (flow, new_connection): (&Flow, bool) = match found {
         Some(flow) => {
-            // SAFETY: a pointer from a successful lookup of this map's value type. Concurrent
-            // writers only race on state and timestamps, which tolerate a lost update.
+            // SAFETY: a pointer from a successful lookup of this map's value type; the entry
+            // stays valid for the rest of the program (RCU). Concurrent writers only race on
+            // state and timestamps, which tolerate a lost update.
             unsafe {
                 (*flow).last_seen_ns = bpf_ktime_get_ns();
                 if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
@@ -89,24 +91,23 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
                 } else if (*flow).state == FLOW_SYN_SENT && tcp.flags & TCP_ACK != 0 {
                     (*flow).state = FLOW_ESTABLISHED;
                 }
-                scratch.flow = *flow;
+                (&*flow, false)
             }
         }
         None => {
             let from = arrival(packet);
             match new_flow(tcp, scratch, &from) {
-                Ok(true) => new_connection = true,
+                Ok(true) => (&scratch.flow, true),
                 Ok(false) => return (PacketReason::Tcp, H::verdict_action(PacketReason::Tcp)),
                 Err(reason) => return (reason, H::verdict_action(reason)),
             }
         }
-    }
-    if let Err(reason) = rewrite(packet, tcp, &scratch.key, &scratch.flow) {
+    };
+    if let Err(reason) = rewrite(packet, tcp, &scratch.key, flow) {
         return (reason, H::verdict_action(reason));
     }
-    match fib::forward(packet, tcp, &scratch.flow, &mut scratch.fib) {
+    match fib::forward(packet, tcp, flow, &mut scratch.fib) {
         Ok(action) => {
-            let flow = &scratch.flow;
             crate::counters::count_l4(
                 flow.listener,
                 flow.backend,
@@ -144,12 +145,10 @@ fn arrival<H: Hook>(packet: &H) -> Arrival {
 fn fill_key<H: Hook>(packet: &H, tcp: &Tcp, key: &mut FlowKey) -> Result<(), PacketReason> {
     if tcp.family == FAMILY_IPV4 {
         let ip: *const Ipv4Hdr = ptr_at_mut(packet, tcp.l3_off).ok_or(PacketReason::TruncatedIp)?;
-        key.src = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
-        key.dst = key.src;
         // SAFETY: bounds-checked pointer into the packet; byte fields.
         unsafe {
-            key.src[12..].copy_from_slice(&(*ip).saddr);
-            key.dst[12..].copy_from_slice(&(*ip).daddr);
+            write_mapped(&mut key.src, &(*ip).saddr);
+            write_mapped(&mut key.dst, &(*ip).daddr);
         }
     } else {
         let ip: *const Ipv6Hdr = ptr_at_mut(packet, tcp.l3_off).ok_or(PacketReason::TruncatedIp)?;
@@ -162,8 +161,29 @@ fn fill_key<H: Hook>(packet: &H, tcp: &Tcp, key: &mut FlowKey) -> Result<(), Pac
     key.src_port = tcp.src_port;
     key.dst_port = tcp.dst_port;
     key.protocol = IPPROTO_TCP;
-    key._pad = [0; 3];
+    write_bytes(&mut key._pad, |_| 0);
     Ok(())
+}
+
+/// `::ffff:a.b.c.d` into `out` (the key's IPv4-mapped form).
+#[inline(always)]
+fn write_mapped(out: &mut [u8; 16], v4: &[u8; 4]) {
+    write_bytes(out, |i| match i {
+        10 | 11 => 0xff,
+        12..=15 => v4[i - 12],
+        _ => 0,
+    });
+}
+
+/// Stores `byte(i)` into each byte of `out` one at a time. Whole-array stores, even of a few
+/// bytes, become `memset`/`memmove` subprogram calls on this target: on every packet.
+#[inline(always)]
+fn write_bytes<const N: usize>(out: &mut [u8; N], byte: impl Fn(usize) -> u8) {
+    let p = out.as_mut_ptr();
+    for i in 0..N {
+        // SAFETY: i < N, inside `out`.
+        unsafe { core::ptr::write_volatile(p.add(i), byte(i)) };
+    }
 }
 
 /// Words of a 16-byte address as the shared flow hash takes them.
