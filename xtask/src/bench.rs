@@ -585,6 +585,7 @@ fn netns_inode(path: &str) -> u64 {
 struct OutsideCpu {
     ours: [u64; 3],
     before: std::collections::HashMap<u32, u64>,
+    steal_before: u64,
     started: Instant,
 }
 
@@ -593,22 +594,36 @@ impl OutsideCpu {
         OutsideCpu {
             ours: *ours,
             before: outside_ticks(ours),
+            steal_before: steal_ticks(),
             started: Instant::now(),
         }
     }
 
-    /// Percent of all CPUs' time since `start`.
+    /// Percent of all CPUs' time since `start`, the hypervisor's steal included (a virtual
+    /// machine's neighbours take CPU the same way another process does).
     fn percent(&self) -> f64 {
         let after = outside_ticks(&self.ours);
         let used: u64 = after
             .iter()
             .map(|(pid, ticks)| ticks.saturating_sub(self.before.get(pid).copied().unwrap_or(0)))
-            .sum();
+            .sum::<u64>()
+            + steal_ticks().saturating_sub(self.steal_before);
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         100.0 * used as f64 / hz / (self.started.elapsed().as_secs_f64() * cpus)
     }
+}
+
+/// CPU time stolen by the hypervisor, all CPUs (`steal` on the `cpu` line of /proc/stat).
+fn steal_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let line = stat.lines().next()?.to_owned();
+            line.split_whitespace().nth(8)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// utime + stime of each user process not in `ours`, by PID.
