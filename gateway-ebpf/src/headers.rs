@@ -63,6 +63,10 @@ pub struct TcpHdr {
     pub urg_ptr: [u8; 2],
 }
 
+/// Where the TCP checksum sits in the header (the NAT rewrite and ICMP quotes both need it).
+pub const TCP_CHECK_OFFSET: usize = core::mem::offset_of!(TcpHdr, check);
+const _: () = assert!(TCP_CHECK_OFFSET == 16);
+
 /// An ICMP error's header: type, code, checksum, and four bytes (unused, or the MTU).
 #[repr(C)]
 #[derive(Clone, Copy)]

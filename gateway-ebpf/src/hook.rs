@@ -16,13 +16,10 @@ use gateway_common::{
 use crate::{
     context::{Packet, TcPacket, XdpPacket, ptr_at_mut},
     csum,
-    headers::{EthHdr, TcpHdr},
+    headers::{EthHdr, TCP_CHECK_OFFSET, TcpHdr},
     maps::L4_DEVICES,
     parse::Tcp,
 };
-
-/// Offset of the checksum in the TCP header.
-const TCP_CHECK_OFFSET: usize = 16;
 
 pub trait Hook: Packet {
     /// The device the packet arrived on.

@@ -20,7 +20,7 @@ use gateway_common::{
 use crate::{
     context::{ptr_at_mut, read_at},
     csum,
-    headers::{EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr},
+    headers::{EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, TCP_CHECK_OFFSET},
     hook::Hook,
     maps::{L4_FLOWS, SCRATCH},
     nat::Scratch,
@@ -33,7 +33,6 @@ const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMPV6_TIME_EXCEEDED: u8 = 3;
 /// The quoted transport header: ports and, when quoted, the TCP checksum (bytes 16-17).
 const QUOTED_PORTS: usize = 4;
-const TCP_CHECK_OFFSET: usize = 16;
 
 /// `None`: not an error about a tracked flow; the stack handles it.
 #[inline(always)]
