@@ -249,6 +249,62 @@ pub mod proto {
     /// IPv6 extension headers the parser recognises (hop-by-hop, routing, fragment,
     /// destination options, authentication, mobility, HIP, shim6).
     pub const IPV6_EXTENSION_HEADERS: [u8; 8] = [0, 43, 44, 60, 51, 135, 139, 140];
+
+    /// TCP flag bits (the 13th byte of the header).
+    pub mod tcp_flags {
+        pub const FIN: u8 = 0x01;
+        pub const SYN: u8 = 0x02;
+        pub const RST: u8 = 0x04;
+        pub const PSH: u8 = 0x08;
+        pub const ACK: u8 = 0x10;
+    }
+
+    /// ICMP (IPv4) error types that quote a packet.
+    pub mod icmp {
+        pub const DEST_UNREACH: u8 = 3;
+        /// Code of [`DEST_UNREACH`]: fragmentation needed and DF set.
+        pub const FRAG_NEEDED: u8 = 4;
+        pub const TIME_EXCEEDED: u8 = 11;
+    }
+
+    /// ICMPv6 error types that quote a packet.
+    pub mod icmpv6 {
+        pub const DEST_UNREACH: u8 = 1;
+        pub const PACKET_TOO_BIG: u8 = 2;
+        pub const TIME_EXCEEDED: u8 = 3;
+    }
+}
+
+/// Addresses as every map holds them: 16 bytes, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`),
+/// so one key layout serves both families.
+pub mod addr {
+    /// The first 12 bytes of an IPv4-mapped IPv6 address.
+    pub const IPV4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+    /// `v4` as the maps hold it.
+    #[inline(always)]
+    pub const fn ipv4_mapped(v4: [u8; 4]) -> [u8; 16] {
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+        ]
+    }
+
+    /// Any address as the maps hold it.
+    #[cfg(feature = "user")]
+    pub fn to_mapped(ip: core::net::IpAddr) -> [u8; 16] {
+        match ip {
+            core::net::IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+            core::net::IpAddr::V6(v6) => v6.octets(),
+        }
+    }
+
+    /// A map's address back as an address of its own family.
+    #[cfg(feature = "user")]
+    pub fn from_mapped(bytes: [u8; 16]) -> core::net::IpAddr {
+        let v6 = core::net::Ipv6Addr::from(bytes);
+        v6.to_ipv4_mapped()
+            .map_or(core::net::IpAddr::V6(v6), core::net::IpAddr::V4)
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +327,19 @@ mod tests {
                 assert_ne!(a.label(), b.label());
             }
         }
+    }
+
+    #[cfg(feature = "user")]
+    #[test]
+    fn mapped_addresses_round_trip() {
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let v4 = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2));
+        let bytes = addr::to_mapped(v4);
+        assert_eq!(bytes[..12], addr::IPV4_MAPPED_PREFIX);
+        assert_eq!(bytes[12..], [198, 51, 100, 2]);
+        assert_eq!(addr::from_mapped(bytes), v4);
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2));
+        assert_eq!(addr::from_mapped(addr::to_mapped(v6)), v6);
     }
 
     #[test]

@@ -10,10 +10,11 @@
 //! `CHECKSUM_COMPLETE` value stays right without helpers.
 use gateway_common::{
     PacketReason,
+    addr::ipv4_mapped,
     l4::{Flow, FlowKey, TO_CLIENT},
     proto::{
         ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPV4_HDR_LEN,
-        IPV6_HDR_LEN,
+        IPV6_HDR_LEN, icmp, icmpv6,
     },
 };
 
@@ -22,15 +23,9 @@ use crate::{
     csum,
     headers::{EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, TCP_CHECK_OFFSET},
     hook::Hook,
-    maps::{L4_FLOWS, SCRATCH},
-    nat::Scratch,
+    maps::{L4_FLOWS, SCRATCH, Scratch},
 };
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_TIME_EXCEEDED: u8 = 3;
 /// The quoted transport header: ports and, when quoted, the TCP checksum (bytes 16-17).
 const QUOTED_PORTS: usize = 4;
 
@@ -54,7 +49,7 @@ fn translate_v4<P: Hook>(packet: &P) -> Option<(PacketReason, i32)> {
     }
     let icmp_off = outer_off + IPV4_HDR_LEN;
     let icmp: IcmpHdr = read_at(packet, icmp_off)?;
-    if icmp.kind != ICMP_DEST_UNREACH && icmp.kind != ICMP_TIME_EXCEEDED {
+    if icmp.kind != icmp::DEST_UNREACH && icmp.kind != icmp::TIME_EXCEEDED {
         return None;
     }
     let inner_off = icmp_off + core::mem::size_of::<IcmpHdr>();
@@ -64,7 +59,7 @@ fn translate_v4<P: Hook>(packet: &P) -> Option<(PacketReason, i32)> {
     }
     let ports_off = inner_off + IPV4_HDR_LEN;
     let ports: [u8; QUOTED_PORTS] = read_at(packet, ports_off)?;
-    let scratch = quoted_flow(mapped(inner.daddr), mapped(inner.saddr), ports)?;
+    let scratch = quoted_flow(ipv4_mapped(inner.daddr), ipv4_mapped(inner.saddr), ports)?;
     let flow = &scratch.flow;
     let client = [
         flow.new_dst[12],
@@ -157,13 +152,6 @@ fn client_ports(flow: &Flow) -> [u8; QUOTED_PORTS] {
     [a, b, c, d]
 }
 
-#[inline(always)]
-fn mapped(v4: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
-}
-
 /// ICMPv6 errors quote the packet the gateway sent to the backend; translated like IPv4,
 /// with the outer address change also folded into the ICMPv6 checksum (pseudo-header).
 #[inline(always)]
@@ -180,7 +168,7 @@ fn translate_v6<P: Hook>(packet: &P) -> Option<(PacketReason, i32)> {
     let icmp: IcmpHdr = read_at(packet, icmp_off)?;
     if !matches!(
         icmp.kind,
-        ICMPV6_DEST_UNREACH | ICMPV6_PACKET_TOO_BIG | ICMPV6_TIME_EXCEEDED
+        icmpv6::DEST_UNREACH | icmpv6::PACKET_TOO_BIG | icmpv6::TIME_EXCEEDED
     ) {
         return None;
     }

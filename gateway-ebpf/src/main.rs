@@ -53,7 +53,7 @@ pub fn sluice_xdp(ctx: XdpContext) -> u32 {
 }
 
 /// TC (clsact/TCX ingress): where XDP cannot attach, or where GSO matters. It sees skbs, so
-/// a NATed 64 KB GSO packet stays one packet (../shared/BENCH_NOTES.md). TCP goes through
+/// a NATed 64 KB GSO packet stays one packet (docs/bench.md). TCP goes through
 /// the same L4 NAT stage as in XDP, and ICMP errors about its flows are translated alike.
 #[classifier]
 pub fn sluice_tc(ctx: TcContext) -> i32 {

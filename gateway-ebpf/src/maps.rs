@@ -33,10 +33,21 @@ pub static L4_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new()
 #[btf_map]
 pub static L4_FLOWS: LruHashMap<FlowKey, Flow, { MAX_FLOWS as usize }> = LruHashMap::new();
 
+/// Large temporaries of one packet (a per-CPU map value, not the stack).
+#[repr(C)]
+pub struct Scratch {
+    pub key: FlowKey,
+    pub flow: Flow,
+    /// A new flow's reply direction, built here before it is inserted.
+    pub reverse: FlowKey,
+    pub back: Flow,
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+}
+
 /// Per-CPU working memory for the NAT stage: its large temporaries would overflow the
 /// 512-byte BPF stack. Not pinned; every packet overwrites what it uses.
 #[btf_map]
-pub static SCRATCH: PerCpuArray<crate::nat::Scratch, 1> = PerCpuArray::new();
+pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 /// Interfaces NATed packets may be redirected to, by ifindex.
 #[btf_map]

@@ -5,11 +5,12 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use gateway_common::{
     PacketReason,
+    addr::ipv4_mapped,
     l4::{
         FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, FlowKey, ListenerKey,
         TO_BACKEND, TO_CLIENT,
     },
-    proto::{ETH_HDR_LEN, IPPROTO_TCP},
+    proto::{ETH_HDR_LEN, IPPROTO_TCP, tcp_flags},
     select::{MAGLEV_TABLE_SIZE, SOURCE_PORT_ATTEMPTS, flow_hash, source_port},
 };
 
@@ -18,25 +19,9 @@ use crate::{
     csum, fib,
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr},
     hook::Hook,
-    maps::{L4_BACKENDS, L4_FLOWS, L4_LISTENERS, L4_TABLES, SCRATCH},
+    maps::{L4_BACKENDS, L4_FLOWS, L4_LISTENERS, L4_TABLES, SCRATCH, Scratch},
     parse::Tcp,
 };
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-
-/// Large temporaries of one packet (a per-CPU map value, not the stack).
-#[repr(C)]
-pub struct Scratch {
-    pub key: FlowKey,
-    pub flow: Flow,
-    /// A new flow's reply direction, built here before it is inserted.
-    pub reverse: FlowKey,
-    pub back: Flow,
-    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
-}
 
 /// Handles a TCP segment: `(reason, the hook's action)`.
 #[inline(always)]
@@ -59,7 +44,7 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
     // port): it picks a backend afresh, and the old reply entry goes, so a late packet from
     // the old backend cannot reach the new connection.
     if let Some(flow) = found
-        && tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
         // SAFETY: a pointer from a successful lookup of this map's value type.
         && unsafe { (*flow).state } == FLOW_CLOSING
     {
@@ -86,9 +71,9 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
             // state and timestamps, which tolerate a lost update.
             unsafe {
                 (*flow).last_seen_ns = bpf_ktime_get_ns();
-                if tcp.flags & (TCP_FIN | TCP_RST) != 0 {
+                if tcp.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
                     (*flow).state = FLOW_CLOSING;
-                } else if (*flow).state == FLOW_SYN_SENT && tcp.flags & TCP_ACK != 0 {
+                } else if (*flow).state == FLOW_SYN_SENT && tcp.flags & tcp_flags::ACK != 0 {
                     (*flow).state = FLOW_ESTABLISHED;
                 }
                 (&*flow, false)
@@ -212,7 +197,7 @@ fn listener(tcp: &Tcp, dst: &[u8; 16]) -> Option<gateway_common::l4::Listener> {
         return Some(*l);
     }
     if tcp.family == FAMILY_IPV4 {
-        key.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+        key.addr = ipv4_mapped([0; 4]);
         if let Some(l) = unsafe { L4_LISTENERS.get(&key) } {
             return Some(*l);
         }
@@ -233,7 +218,7 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
     let Some(listener) = listener(tcp, &key.dst) else {
         return Ok(false);
     };
-    if tcp.flags & TCP_SYN == 0 || tcp.flags & TCP_ACK != 0 {
+    if tcp.flags & tcp_flags::SYN == 0 || tcp.flags & tcp_flags::ACK != 0 {
         return Err(PacketReason::L4NoFlow);
     }
     let hash = flow_hash(

@@ -7,12 +7,14 @@ use std::{
 };
 
 use gateway_user::{
-    compile::{DnsAnswers, compile},
-    config::{Diagnostic, ObjectRef, Severity, check, check_text},
-    plan::{
-        Backend, CertificateSource, Endpoint, HttpAction, Listener, ListenerKind, Place, Plan,
-        RouteOrigin, TlsTermination,
+    compile::{
+        DnsAnswers, compile,
+        plan::{
+            Backend, CertificateSource, Endpoint, HttpAction, Listener, ListenerKind, Place, Plan,
+            RouteOrigin, TlsTermination,
+        },
     },
+    config::{Diagnostic, ObjectRef, Severity, check, check_text},
 };
 
 fn example(name: &str) -> PathBuf {

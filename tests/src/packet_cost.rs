@@ -7,11 +7,13 @@ use std::net::IpAddr;
 
 use gateway_common::{
     PacketReason,
+    addr::to_mapped,
     l4::{FLOW_ESTABLISHED, Flow, Listener, TO_BACKEND, TO_CLIENT},
+    proto::tcp_flags,
 };
 
 use crate::{
-    packets::{PacketBuilder, tcp_flags},
+    packets::PacketBuilder,
     prog_test::{Datapath, Hook},
     router::{self, CLIENT_MAC, GW_CLIENT_MAC},
 };
@@ -125,8 +127,8 @@ fn established(dp: &mut Datapath, hook: Hook, cl0: u32, repeat: u32) -> f64 {
     dp.put_flow(
         router::key(ip(CLIENT), client_port, ip(LISTENER), PORT),
         Flow {
-            new_src: router::mapped(ip(SNAT)),
-            new_dst: router::mapped(ip(BACKEND)),
+            new_src: to_mapped(ip(SNAT)),
+            new_dst: to_mapped(ip(BACKEND)),
             new_src_port: snat_port,
             new_dst_port: BACKEND_PORT,
             direction: TO_BACKEND,
@@ -136,8 +138,8 @@ fn established(dp: &mut Datapath, hook: Hook, cl0: u32, repeat: u32) -> f64 {
     dp.put_flow(
         router::key(ip(SNAT), snat_port, ip(BACKEND), BACKEND_PORT),
         Flow {
-            new_src: router::mapped(ip(CLIENT)),
-            new_dst: router::mapped(ip(LISTENER)),
+            new_src: to_mapped(ip(CLIENT)),
+            new_dst: to_mapped(ip(LISTENER)),
             new_src_port: client_port,
             new_dst_port: PORT,
             direction: TO_CLIENT,

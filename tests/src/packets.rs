@@ -2,19 +2,10 @@
 //! computed here, independently of the code under test.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use gateway_common::proto;
+use gateway_common::proto::{self, tcp_flags};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-
-/// TCP flag bits.
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-}
 
 #[derive(Clone, Debug)]
 pub enum Transport {

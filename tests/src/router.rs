@@ -5,7 +5,10 @@
 //! so fixtures and the per-packet cost measurement run their packets from inside it.
 use std::net::IpAddr;
 
-use gateway_common::l4::{Backend, FAMILY_IPV4, FAMILY_IPV6, FlowKey, ListenerKey};
+use gateway_common::{
+    addr::to_mapped,
+    l4::{Backend, FAMILY_IPV4, FAMILY_IPV6, FlowKey, ListenerKey},
+};
 
 use crate::netns::{NetNs, unique_prefix};
 
@@ -13,14 +16,6 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const GW_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const GW_BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 pub const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
-
-/// Addresses as the maps hold them (IPv4 mapped into IPv6).
-pub fn mapped(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
 
 /// `aa:bb:…` as `ip` takes it.
 pub fn mac(m: [u8; 6]) -> String {
@@ -96,8 +91,8 @@ pub fn router() -> (NetNs, u32, u32) {
 /// A TCP flow key.
 pub fn key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> FlowKey {
     FlowKey {
-        src: mapped(src),
-        dst: mapped(dst),
+        src: to_mapped(src),
+        dst: to_mapped(dst),
         src_port: sport,
         dst_port: dport,
         protocol: 6,
@@ -108,8 +103,8 @@ pub fn key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> FlowKey {
 /// A backend entry reached from `snat`.
 pub fn backend(addr: IpAddr, snat: IpAddr, port: u16) -> Backend {
     Backend {
-        addr: mapped(addr),
-        snat_addr: mapped(snat),
+        addr: to_mapped(addr),
+        snat_addr: to_mapped(snat),
         port,
         family: if addr.is_ipv4() {
             FAMILY_IPV4
@@ -123,7 +118,7 @@ pub fn backend(addr: IpAddr, snat: IpAddr, port: u16) -> Backend {
 /// The listener key of `addr`:`port`/TCP.
 pub fn listener_key(addr: IpAddr, port: u16) -> ListenerKey {
     ListenerKey {
-        addr: mapped(addr),
+        addr: to_mapped(addr),
         port,
         protocol: 6,
         _pad: 0,

@@ -229,7 +229,7 @@ impl TopologyBuilder {
         // Native XDP redirects into a veth are dropped unless its peer has GRO (or an XDP
         // program), and veth senders leave TCP checksums to "hardware" that XDP-forwarded
         // frames never reach: full checksums and GRO on the hosts' ends
-        // (../shared/EBPF_NOTES.md).
+        // (docs/datapath.md, "Tests and what they rely on").
         if !self.default_offloads {
             c.exec("ethtool", &["-K", CLIENT_IF, "tx", "off", "gro", "on"]);
             b.exec("ethtool", &["-K", BACKEND_IF, "tx", "off", "gro", "on"]);

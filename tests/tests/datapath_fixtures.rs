@@ -3,9 +3,12 @@
 //! verdict with the frame unchanged. Every row runs through both the XDP and the TC program.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use gateway_common::{PacketReason, proto};
+use gateway_common::{
+    PacketReason,
+    proto::{self, tcp_flags},
+};
 use tests::{
-    packets::{PacketBuilder, Transport, tcp_flags},
+    packets::{PacketBuilder, Transport},
     prog_test::{Datapath, Hook},
     root,
 };

@@ -7,17 +7,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use gateway_common::{
     PacketReason,
+    addr::{from_mapped, to_mapped},
     l4::{FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, Listener, TO_BACKEND, TO_CLIENT},
     map_names,
+    proto::{self, tcp_flags},
     select::{MAGLEV_TABLE_SIZE, SOURCE_PORT_ATTEMPTS, flow_hash, source_port},
 };
 use tests::{
-    packets::{PacketBuilder, checksum_ok, pseudo_header, tcp_flags},
+    packets::{PacketBuilder, checksum_ok, pseudo_header},
     prog_test::{Datapath, Hook},
     root,
     router::{
         BACKEND_MAC, CLIENT_MAC, GW_BACKEND_MAC, GW_CLIENT_MAC, backend, key, listener_key, mac,
-        mapped, router,
+        router,
     },
 };
 
@@ -559,7 +561,7 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
 
         // 9. Every candidate source port taken: the SYN is dropped, not mis-forwarded.
         let words = |ip: IpAddr| {
-            let a = mapped(ip);
+            let a = to_mapped(ip);
             [0, 4, 8, 12].map(|i| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]))
         };
         let hash = flow_hash(words(client), words(gw_client), 40005, 7000, 6);
@@ -667,7 +669,7 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
             let inner = &icmp_part[8..];
             assert_eq!(
                 (&inner[8..24], &inner[24..40]),
-                (&mapped(client6)[..], &mapped(gw6)[..])
+                (&to_mapped(client6)[..], &to_mapped(gw6)[..])
             );
             assert_quoted_tcp(&inner[40..], (client6, 40000), (gw6, 7003));
         }
@@ -792,7 +794,7 @@ fn xdp_weights_and_backend_set_changes() {
         let out = inspect(&dp.run_xdp_on(&ack, cl0).output);
         assert_eq!(
             out.dst,
-            address_of(&kept.new_dst),
+            from_mapped(kept.new_dst),
             "an established flow keeps its backend"
         );
         let syn = tcp(
@@ -809,11 +811,6 @@ fn xdp_weights_and_backend_set_changes() {
     });
 }
 
-fn address_of(bytes: &[u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(*bytes);
-    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-}
-
 /// An ICMP "fragmentation needed" (MTU 1400) from `src` to `dst` quoting `quoted` (an IP
 /// packet), as a router on the path would send it.
 fn icmp_error(
@@ -826,7 +823,14 @@ fn icmp_error(
     let (IpAddr::V4(src), IpAddr::V4(dst)) = (src, dst) else {
         panic!("IPv4 only")
     };
-    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    let mut icmp = vec![
+        proto::icmp::DEST_UNREACH,
+        proto::icmp::FRAG_NEEDED,
+        0,
+        0,
+        0,
+        0,
+    ];
     icmp.extend_from_slice(&1400u16.to_be_bytes());
     icmp.extend_from_slice(quoted);
     let sum = tests::packets::checksum(&[&icmp]);
@@ -904,7 +908,7 @@ fn icmp6_error(
     let (IpAddr::V6(s6), IpAddr::V6(d6)) = (src, dst) else {
         panic!("IPv6 only")
     };
-    let mut icmp = vec![2, 0, 0, 0];
+    let mut icmp = vec![proto::icmpv6::PACKET_TOO_BIG, 0, 0, 0];
     icmp.extend_from_slice(&1280u32.to_be_bytes());
     icmp.extend_from_slice(quoted);
     let sum = tests::packets::checksum(&[&pseudo_header(src, dst, 58, icmp.len()), &icmp]);

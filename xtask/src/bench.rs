@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: Sluice against the direct routed path and its peers, measured in one
-//! run on the same three-namespace network (../shared/BENCH_NOTES.md): new connections per
+//! run on the same three-namespace network (method: docs/bench.md): new connections per
 //! second with latency, kept-alive requests per second, and single-stream throughput. Each
 //! contestant gets a fresh network; every figure is the median of `--runs` runs with its
 //! min-max spread, and the ratio to the direct path's median.

@@ -83,9 +83,23 @@ pub fn demo() -> anyhow::Result<()> {
         "client {} -> gateway listener {listener} -> backend {backend}: {echoed} bytes echoed intact",
         topology::CLIENT_V4
     );
+    let dump = sluice.config_dump();
+    let attached: Vec<String> = dump["datapath"]["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            format!(
+                "{} on {}",
+                i["attachment"].as_str().unwrap_or("?"),
+                i["interface"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
     println!(
-        "(XDP NATs both directions: the client's SYN picks a backend from the Maglev table, \
-         the stack never sees these connections)"
+        "(the kernel NATs both directions, attached as {}: the client's SYN picks a backend \
+         from the Maglev table, and the stack never sees these connections)",
+        attached.join(", ")
     );
 
     section("GET /stats/prometheus (datapath, L4 and config series)");
@@ -171,12 +185,9 @@ fn endpoint(address: &serde_json::Value, port: &serde_json::Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let ip = <[u8; 16]>::try_from(bytes.as_slice()).map(std::net::Ipv6Addr::from);
-    let ip = match ip {
-        Ok(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(v6.to_string(), |v4| v4.to_string()),
-        Err(_) => "?".into(),
-    };
+    let ip = <[u8; 16]>::try_from(bytes.as_slice()).map_or_else(
+        |_| "?".into(),
+        |b| gateway_common::addr::from_mapped(b).to_string(),
+    );
     format!("{ip}:{}", port.as_u64().unwrap_or_default())
 }

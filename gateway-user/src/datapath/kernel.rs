@@ -24,8 +24,8 @@ use aya::{
 };
 use gateway_common::{Counters, PacketReason, map_names, program_names};
 
+use super::ebpf_object::EBPF_OBJECT;
 use super::{Attachment, DatapathStatus, InterfaceStatus, ReasonCounters, bpffs::Bpffs};
-use crate::ebpf_object::EBPF_OBJECT;
 
 /// Loaded programs and pinned maps, not yet attached.
 pub struct Loaded {

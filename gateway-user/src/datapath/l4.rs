@@ -16,6 +16,7 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
 };
 use gateway_common::{
+    addr::from_mapped,
     l4::{Backend, FLOW_CLOSING, FLOW_SYN_SENT, Flow, FlowKey, L4Counters, Listener, ListenerKey},
     map_names,
     select::MAGLEV_TABLE_SIZE,
@@ -23,8 +24,8 @@ use gateway_common::{
 
 use super::sync::{self, DesiredListener, MapState, Op};
 use crate::{
-    backends::{BackendRemoval, BackendSet},
-    plan::{ListenerKind, Plan},
+    compile::plan::{ListenerKind, Plan},
+    select::{BackendRemoval, BackendSet, BackendSets},
 };
 
 /// How a destination is reached, from the kernel's routing table.
@@ -203,14 +204,16 @@ impl KernelL4 {
     }
 
     /// Brings the kernel maps to `plan`; returns the listeners the kernel now serves.
-    pub fn apply(&mut self, plan: &Plan) -> Vec<SocketAddr> {
+    pub fn apply(&mut self, plan: &Plan, sets: &BackendSets) -> Vec<SocketAddr> {
         let mut desired = Vec::new();
         let mut served = Vec::new();
         for listener in &plan.listeners {
-            let ListenerKind::L4Forward { route: Some(route) } = &listener.kind else {
+            let ListenerKind::L4Forward { route: Some(_) } = &listener.kind else {
                 continue;
             };
-            let set = BackendSet::new(&route.backends);
+            let Some(set) = sets.get(listener.address(), 0) else {
+                continue;
+            };
             match self.kernel_route(listener.address(), &set) {
                 Ok(snat) => {
                     desired.push(DesiredListener {
@@ -365,7 +368,12 @@ impl KernelL4 {
             .state
             .backends
             .iter()
-            .map(|(id, b)| (*id, SocketAddr::new(address(&b.addr), b.port).to_string()))
+            .map(|(id, b)| {
+                (
+                    *id,
+                    SocketAddr::new(from_mapped(b.addr), b.port).to_string(),
+                )
+            })
             .collect();
         (listeners, backends)
     }
@@ -474,15 +482,9 @@ fn keep_resolved(ip: IpAddr, device: &str) {
     }
 }
 
-/// An address as stored in the maps (IPv4 mapped into IPv6) back in its own family.
-fn address(bytes: &[u8; 16]) -> IpAddr {
-    let v6 = std::net::Ipv6Addr::from(*bytes);
-    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-}
-
 /// The listener a key stands for (the IPv4 wildcard is stored as `::ffff:0.0.0.0`).
 fn key_address(key: &ListenerKey) -> SocketAddr {
-    SocketAddr::new(address(&key.addr), key.port)
+    SocketAddr::new(from_mapped(key.addr), key.port)
 }
 
 /// How long flows live after their last packet, by state.

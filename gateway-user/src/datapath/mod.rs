@@ -1,6 +1,7 @@
 //! The datapath: which one runs (kernel XDP/TC or userspace), how it is chosen, and what it
 //! reports. Choosing is pure and unit-tested; the kernel side lives in [`kernel`].
 pub mod bpffs;
+pub mod ebpf_object;
 pub mod kernel;
 pub mod l4;
 pub mod sync;
@@ -11,8 +12,6 @@ use anyhow::{Context as _, bail};
 use clap::ValueEnum;
 use gateway_common::{Counters, PacketReason};
 use serde::Serialize;
-
-use crate::ebpf_object;
 
 /// `--datapath`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -258,6 +257,22 @@ impl Datapath {
     }
 }
 
+/// Instance names become a directory name under bpffs.
+pub fn parse_instance(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid instance name: use 1-64 characters of [A-Za-z0-9_-]"
+        ))
+    }
+}
+
 /// Packet counters summed over CPUs, in reason order.
 pub type ReasonCounters = Vec<(PacketReason, Counters)>;
 
@@ -361,6 +376,14 @@ mod tests {
             bpffs: PathBuf::from("/nonexistent"),
             instance: "test".into(),
             keep_on_exit: false,
+        }
+    }
+
+    #[test]
+    fn instance_names_are_path_safe() {
+        assert!(parse_instance("edge-1").is_ok());
+        for bad in ["", "../x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(parse_instance(bad).is_err(), "{bad:?} accepted");
         }
     }
 

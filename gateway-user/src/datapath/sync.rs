@@ -10,6 +10,7 @@ use std::{
 };
 
 use gateway_common::{
+    addr::to_mapped,
     l4::{
         Backend, FAMILY_IPV4, FAMILY_IPV6, Listener, ListenerKey, MAX_BACKENDS, MAX_LISTENERS,
         MAX_SET_SLOTS,
@@ -17,7 +18,8 @@ use gateway_common::{
     proto::IPPROTO_TCP,
 };
 
-use crate::backends::BackendSet;
+use crate::select::BackendSet;
+use std::sync::Arc;
 
 /// One write to the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +50,7 @@ pub enum SyncError {
 pub struct DesiredListener {
     pub key: ListenerKey,
     /// Endpoints and the Maglev table indexing them.
-    pub set: BackendSet,
+    pub set: Arc<BackendSet>,
     /// Source address towards each endpoint (same order as `set.endpoints`).
     pub snat: Vec<IpAddr>,
 }
@@ -88,24 +90,17 @@ impl MapState {
 /// IPv4 mapped into IPv6 as the kernel reads it).
 pub fn listener_key(address: SocketAddr) -> ListenerKey {
     ListenerKey {
-        addr: mapped(address.ip()),
+        addr: to_mapped(address.ip()),
         port: address.port(),
         protocol: IPPROTO_TCP,
         _pad: 0,
     }
 }
 
-fn mapped(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
 fn backend_value(endpoint: SocketAddr, snat: IpAddr) -> Backend {
     Backend {
-        addr: mapped(endpoint.ip()),
-        snat_addr: mapped(snat),
+        addr: to_mapped(endpoint.ip()),
+        snat_addr: to_mapped(snat),
         port: endpoint.port(),
         family: if endpoint.is_ipv4() {
             FAMILY_IPV4
@@ -252,7 +247,7 @@ pub fn served_pairs(state: &MapState, desired: &[DesiredListener]) -> BTreeSet<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Backend as PlanBackend, Endpoint};
+    use crate::compile::plan::{Backend as PlanBackend, Endpoint};
 
     fn set(spec: &[(&str, u32)]) -> BackendSet {
         let backends: Vec<PlanBackend> = spec
@@ -281,7 +276,7 @@ mod tests {
             .collect();
         DesiredListener {
             key: listener_key(address.parse().unwrap_or_else(|e| panic!("{e}"))),
-            set,
+            set: Arc::new(set),
             snat,
         }
     }
@@ -498,7 +493,7 @@ mod tests {
             state
                 .backends
                 .iter()
-                .find(|(_, b)| b.port == addr.port() && b.addr == mapped(addr.ip()))
+                .find(|(_, b)| b.port == addr.port() && b.addr == to_mapped(addr.ip()))
                 .map(|(id, _)| *id)
                 .unwrap_or_else(|| panic!("no backend {addr}"))
         };

@@ -27,8 +27,8 @@ use tokio::{
 };
 
 use crate::{
-    backends::{BackendRemoval, BackendSet},
-    plan::{ListenerKind, Plan},
+    compile::plan::{ListenerKind, Plan},
+    select::{BackendRemoval, BackendSet, BackendSets},
 };
 
 /// How long connecting to a backend may take before the client's connection is dropped.
@@ -107,7 +107,7 @@ impl L4Metrics {
 /// What one listener forwards to; swapped whole on reload.
 #[derive(Debug, Clone, Default)]
 struct Route {
-    backends: Option<BackendSet>,
+    backends: Option<Arc<BackendSet>>,
 }
 
 struct Running {
@@ -132,15 +132,19 @@ impl L4Proxy {
 
     /// Makes the running listeners match `plan`. Returns the listeners that could not be
     /// bound (the others are served).
-    pub async fn apply(&mut self, plan: &Plan) -> Vec<(SocketAddr, anyhow::Error)> {
+    pub async fn apply(
+        &mut self,
+        plan: &Plan,
+        sets: &BackendSets,
+    ) -> Vec<(SocketAddr, anyhow::Error)> {
         let wanted: HashMap<SocketAddr, Route> = plan
             .listeners
             .iter()
             .filter_map(|l| match &l.kind {
-                ListenerKind::L4Forward { route } => Some((
+                ListenerKind::L4Forward { .. } => Some((
                     l.address(),
                     Route {
-                        backends: route.as_ref().map(|r| BackendSet::new(&r.backends)),
+                        backends: sets.get(l.address(), 0),
                     },
                 )),
                 _ => None,

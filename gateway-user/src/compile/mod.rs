@@ -1,12 +1,19 @@
 //! Compile: validated Istio objects plus resolved DNS names -> a Plan. Pure (no I/O), so it
 //! is tested table by table. Problems between objects are warnings with stable codes; what
 //! they affect is left out of the Plan and listed, never resolved silently.
+pub mod plan;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use crate::{
+    compile::plan::{
+        Backend, CertificateSource, Endpoint, HttpAction, HttpRoute, L4Route, LeftOut, Listener,
+        ListenerKind, Place, Placement, Plan, Retries, RouteOrigin, ServerOrigin, SniRoute,
+        TlsTermination, VirtualHost,
+    },
     config::{
         Diagnostic, Object, Severity, Spec,
         diagnostic::codes,
@@ -15,11 +22,6 @@ use crate::{
             PortSelector, RouteDestination, Server, ServiceEntrySpec, VirtualServiceSpec, Weighted,
         },
         names::{self, host_matches, hosts_overlap},
-    },
-    plan::{
-        Backend, CertificateSource, Endpoint, HttpAction, HttpRoute, L4Route, LeftOut, Listener,
-        ListenerKind, Place, Placement, Plan, Retries, RouteOrigin, ServerOrigin, SniRoute,
-        TlsTermination, VirtualHost,
     },
 };
 

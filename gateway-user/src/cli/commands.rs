@@ -1,11 +1,13 @@
 //! The one-shot commands: `sluice validate` and `sluice plan`.
 use std::{fmt::Write as _, process::ExitCode};
 
+use super::args::{OutputFormat, PlanArgs, ValidateArgs};
 use crate::{
-    cli::{OutputFormat, PlanArgs, ValidateArgs},
-    compile::{self, DnsAnswers},
+    compile::{
+        self, DnsAnswers,
+        plan::{Backend, HttpAction, ListenerKind, Plan},
+    },
     config::{self, Diagnostic, Severity},
-    plan::{Backend, HttpAction, ListenerKind, Plan},
 };
 
 /// `sluice validate`: prints every diagnostic; fails on errors (and on warnings with

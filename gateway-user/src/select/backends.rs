@@ -1,10 +1,15 @@
 //! A route's backends as the datapaths use them: the endpoints flattened with their
 //! effective weights, and the Maglev table that picks one per flow.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use gateway_common::select::{MAGLEV_TABLE_SIZE, flow_hash};
 
-use crate::{maglev, plan::Backend};
+use super::maglev;
+use crate::compile::plan::{Backend, ListenerKind, Plan};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSet {
@@ -73,15 +78,44 @@ impl BackendSet {
     }
 }
 
+/// Every route's backend set of a Plan, built once per config (a Maglev table has 16,381
+/// entries) and shared by the kernel sync and the userspace servers.
+#[derive(Debug, Clone, Default)]
+pub struct BackendSets {
+    /// By listener and the route's index in the listener (0 for an L4 listener's route).
+    sets: HashMap<(SocketAddr, usize), Arc<BackendSet>>,
+}
+
+impl BackendSets {
+    pub fn for_plan(plan: &Plan) -> BackendSets {
+        let mut sets = HashMap::new();
+        for listener in &plan.listeners {
+            let address = listener.address();
+            match &listener.kind {
+                ListenerKind::L4Forward { route: Some(route) } => {
+                    sets.insert((address, 0), Arc::new(BackendSet::new(&route.backends)));
+                }
+                ListenerKind::SniRoute { routes } => {
+                    for (i, route) in routes.iter().enumerate() {
+                        sets.insert((address, i), Arc::new(BackendSet::new(&route.backends)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        BackendSets { sets }
+    }
+
+    /// The set of route `index` of `listener`.
+    pub fn get(&self, listener: SocketAddr, index: usize) -> Option<Arc<BackendSet>> {
+        self.sets.get(&(listener, index)).cloned()
+    }
+}
+
 /// An address as the kernel reads it from a packet: 16 bytes (IPv4 mapped into IPv6) taken
 /// as four native-endian words.
 pub fn words(ip: IpAddr) -> [u32; 4] {
-    let octets = match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(v6.octets(), |v4| v4.to_ipv6_mapped().octets()),
-    };
+    let octets = gateway_common::addr::to_mapped(ip);
     let word =
         |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
     [word(0), word(4), word(8), word(12)]
@@ -90,7 +124,7 @@ pub fn words(ip: IpAddr) -> [u32; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Endpoint;
+    use crate::compile::plan::Endpoint;
 
     fn backend(weight: u32, endpoints: &[(&str, u32)]) -> Backend {
         Backend {

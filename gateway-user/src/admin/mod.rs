@@ -1,10 +1,6 @@
 //! The admin server, after Envoy's: `/ready`, `/healthz`, `/stats/prometheus`,
 //! `/config_dump`, `/version`. Bound to loopback by default.
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, RwLock},
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -12,151 +8,11 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{
-    datapath::{DatapathStatus, kernel::CounterReader},
-    snapshot::{ConfigStatus, Rejected, Snapshot},
-};
+use crate::daemon::state::{ServerState, SharedState};
 
-/// Server lifecycle, reported by `/ready` as Envoy does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ServerState {
-    /// Starting: the datapath is not attached or listeners are not bound yet.
-    Initializing,
-    /// Serving.
-    Live,
-    /// Shutting down.
-    Draining,
-}
-
-/// The running datapath as the admin server sees it.
-#[derive(Debug, Clone)]
-pub struct DatapathView {
-    pub status: DatapathStatus,
-    pub counters: Option<CounterReader>,
-}
-
-/// What the daemon publishes to the admin server; written rarely, read per request.
-#[derive(Debug)]
-pub struct SharedState {
-    server_state: RwLock<ServerState>,
-    datapath: RwLock<Option<DatapathView>>,
-    config: RwLock<ConfigStatus>,
-    /// The applied config, for the parts of the daemon that serve it.
-    applied: watch::Sender<Option<Arc<Snapshot>>>,
-    pub l4: Arc<crate::l4proxy::L4Metrics>,
-    serving: RwLock<Serving>,
-    kernel_l4: RwLock<Option<Arc<crate::datapath::l4::L4KernelStats>>>,
-}
-
-/// What actually serves the Plan's listeners now (the Plan says where they should run).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Serving {
-    /// The config generation the listeners below serve. It trails `config.generation` for
-    /// the moment it takes to swap listeners and routes after a reload.
-    pub generation: u64,
-    /// L4 listeners whose connections the kernel forwards (XDP full NAT).
-    pub l4_kernel: Vec<SocketAddr>,
-    /// L4 listeners bound by the userspace forwarder: all of them, as the fallback for what
-    /// the kernel does not take (and the only path in userspace mode).
-    pub l4_userspace: Vec<SocketAddr>,
-}
-
-impl SharedState {
-    pub fn new() -> Arc<SharedState> {
-        Arc::new(SharedState {
-            server_state: RwLock::new(ServerState::Initializing),
-            datapath: RwLock::new(None),
-            config: RwLock::new(ConfigStatus::default()),
-            applied: watch::channel(None).0,
-            l4: Arc::default(),
-            serving: RwLock::new(Serving::default()),
-            kernel_l4: RwLock::new(None),
-        })
-    }
-
-    pub fn set_state(&self, state: ServerState) {
-        *write(&self.server_state) = state;
-    }
-
-    pub fn state(&self) -> ServerState {
-        *read(&self.server_state)
-    }
-
-    pub fn set_datapath(&self, view: DatapathView) {
-        *write(&self.datapath) = Some(view);
-    }
-
-    pub fn datapath(&self) -> Option<DatapathView> {
-        read(&self.datapath).clone()
-    }
-
-    /// Publishes a newly applied config.
-    pub fn apply_config(&self, snapshot: Arc<Snapshot>) {
-        let mut status = write(&self.config);
-        if status.current.is_some() {
-            status.reloads_succeeded += 1;
-        }
-        status.current = Some(snapshot.clone());
-        self.applied.send_replace(Some(snapshot));
-    }
-
-    pub fn set_kernel_l4(&self, stats: Arc<crate::datapath::l4::L4KernelStats>) {
-        *write(&self.kernel_l4) = Some(stats);
-    }
-
-    pub fn kernel_l4(&self) -> Option<Arc<crate::datapath::l4::L4KernelStats>> {
-        read(&self.kernel_l4).clone()
-    }
-
-    pub fn set_serving(&self, serving: Serving) {
-        *write(&self.serving) = serving;
-    }
-
-    /// Follows every applied config.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
-        self.applied.subscribe()
-    }
-
-    /// Records a config that was rejected; the current one keeps serving.
-    pub fn reject_config(&self, rejected: Rejected) {
-        let mut status = write(&self.config);
-        status.reloads_rejected += 1;
-        status.last_rejected = Some(rejected);
-    }
-
-    pub fn config(&self) -> ConfigStatus {
-        read(&self.config).clone()
-    }
-
-    fn config_dump(&self) -> serde_json::Value {
-        let config = read(&self.config);
-        let datapath = read(&self.datapath);
-        serde_json::json!({
-            "state": self.state(),
-            "datapath": datapath.as_ref().map(|d| &d.status),
-            "serving": &*read(&self.serving),
-            "config": &config.current,
-            "last_rejected": &config.last_rejected,
-            "reloads": {
-                "succeeded": config.reloads_succeeded,
-                "rejected": config.reloads_rejected,
-            },
-        })
-    }
-}
-
-// A panic while holding one of these locks cannot leave the plain values inside torn, so a
-// poisoned lock is still safe to use.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
-}
+pub mod metrics;
 
 /// A bound admin server; `shutdown` stops it.
 pub struct AdminServer {
@@ -172,7 +28,7 @@ impl AdminServer {
             .await
             .with_context(|| format!("binding the admin server to {addr} (see --admin-addr)"))?;
         let local_addr = listener.local_addr()?;
-        let registry = Arc::new(crate::metrics::registry(state.clone()));
+        let registry = Arc::new(metrics::registry(state.clone()));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, state, registry, stopped));
         tracing::info!(%local_addr, "admin server listening");
@@ -257,7 +113,7 @@ fn handle(
         "/config_dump" => json(&state.config_dump()),
         "/version" => json(&serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "ebpf_object": crate::ebpf_object::embedded(),
+            "ebpf_object": crate::datapath::ebpf_object::embedded(),
         })),
         "/" => text(
             StatusCode::OK,
@@ -297,7 +153,7 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::DatapathStatus;
+    use crate::{daemon::state::DatapathView, datapath::DatapathStatus};
 
     fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
         let url = format!("http://{addr}{path}");

@@ -1,15 +1,11 @@
 //! `sluice inspect`: the kernel L4 state, read from the pinned maps, for people: listeners
 //! and their backends, live connections, and which backend a client's connection is on.
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
-    path::Path,
-};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, path::Path};
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, Map, MapData};
 use gateway_common::{
+    addr::from_mapped,
     l4::{
         Backend, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, FlowKey, Listener,
         ListenerKey, TO_BACKEND,
@@ -18,7 +14,7 @@ use gateway_common::{
     select::MAGLEV_TABLE_SIZE,
 };
 
-use crate::cli::{InspectArgs, InspectWhat};
+use super::args::{InspectArgs, InspectWhat};
 
 fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
     let path = dir.join(name);
@@ -28,11 +24,6 @@ fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
             path.display()
         )
     })
-}
-
-fn address(bytes: &[u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(*bytes);
-    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }
 
 fn state(flow: &Flow) -> &'static str {
@@ -70,7 +61,7 @@ fn listeners(dir: &Path) -> anyhow::Result<String> {
         let _ = writeln!(
             out,
             "listener {} (id {}, Maglev slot {})",
-            SocketAddr::new(address(&key.addr), key.port),
+            SocketAddr::new(from_mapped(key.addr), key.port),
             listener.id,
             listener.set_slot
         );
@@ -86,8 +77,8 @@ fn listeners(dir: &Path) -> anyhow::Result<String> {
             let _ = writeln!(
                 out,
                 "  backend {} via {} (id {id}): {:.1} % of new connections",
-                SocketAddr::new(address(&backend.addr), backend.port),
-                address(&backend.snat_addr),
+                SocketAddr::new(from_mapped(backend.addr), backend.port),
+                from_mapped(backend.snat_addr),
                 100.0 * f64::from(slots) / f64::from(MAGLEV_TABLE_SIZE)
             );
         }
@@ -108,7 +99,7 @@ fn flows(dir: &Path, client: Option<SocketAddr>) -> anyhow::Result<String> {
         if flow.direction != TO_BACKEND {
             continue; // each connection once, from its client side
         }
-        let from = SocketAddr::new(address(&key.src), key.src_port);
+        let from = SocketAddr::new(from_mapped(key.src), key.src_port);
         if client.is_some_and(|c| c != from) {
             continue;
         }
@@ -116,9 +107,9 @@ fn flows(dir: &Path, client: Option<SocketAddr>) -> anyhow::Result<String> {
         let _ = writeln!(
             out,
             "{from} -> {}  backend {} (from {})  {}",
-            SocketAddr::new(address(&key.dst), key.dst_port),
-            SocketAddr::new(address(&flow.new_dst), flow.new_dst_port),
-            SocketAddr::new(address(&flow.new_src), flow.new_src_port),
+            SocketAddr::new(from_mapped(key.dst), key.dst_port),
+            SocketAddr::new(from_mapped(flow.new_dst), flow.new_dst_port),
+            SocketAddr::new(from_mapped(flow.new_src), flow.new_src_port),
             state(&flow)
         );
     }

@@ -16,11 +16,14 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use crate::{
-    admin::SharedState,
-    compile::{self, DnsAnswers},
-    config, dns,
+use super::{
+    dns,
     snapshot::{self, Snapshot},
+    state::SharedState,
+};
+use crate::{
+    compile::{self, DnsAnswers},
+    config,
 };
 
 /// File events arriving closer together than this are one change (editors write in steps).
@@ -124,7 +127,7 @@ impl Reloader {
         if matches!(trigger, Trigger::Dns) && answers.addresses == self.dns.addresses {
             return; // nothing moved
         }
-        match snapshot::build(&self.paths, &answers, self.generation + 1) {
+        match snapshot::build(checked, &answers, self.generation + 1) {
             Ok(snapshot) => {
                 self.generation = snapshot.generation;
                 self.dns = answers;

@@ -5,9 +5,10 @@ use std::{path::PathBuf, sync::Arc, time::SystemTime};
 use serde::Serialize;
 
 use crate::{
+    compile::plan::Plan,
     compile::{self, DnsAnswers},
     config::{self, Diagnostic, Object, Severity},
-    plan::Plan,
+    select::BackendSets,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -19,6 +20,9 @@ pub struct Snapshot {
     pub sources: Vec<PathBuf>,
     pub objects: Vec<Object>,
     pub plan: Plan,
+    /// The Plan's backend sets (Maglev tables), built once for every server that uses them.
+    #[serde(skip)]
+    pub backend_sets: Arc<BackendSets>,
     /// Warnings and infos of this config (an applied config has no errors).
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -47,9 +51,12 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// Loads, validates and compiles `paths`. A set with any error is rejected whole.
-pub fn build(paths: &[PathBuf], dns: &DnsAnswers, generation: u64) -> Result<Snapshot, Rejected> {
-    let checked = config::check(paths);
+/// Compiles a loaded and validated config. A set with any error is rejected whole.
+pub fn build(
+    checked: config::Checked,
+    dns: &DnsAnswers,
+    generation: u64,
+) -> Result<Snapshot, Rejected> {
     if checked.count(Severity::Error) > 0 {
         return Err(Rejected {
             attempted_at: now_rfc3339(),
@@ -64,6 +71,7 @@ pub fn build(paths: &[PathBuf], dns: &DnsAnswers, generation: u64) -> Result<Sna
         applied_at: now_rfc3339(),
         sources: checked.sources,
         objects: checked.objects,
+        backend_sets: Arc::new(BackendSets::for_plan(&compiled.plan)),
         plan: compiled.plan,
         diagnostics,
     })

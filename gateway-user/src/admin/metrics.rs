@@ -12,8 +12,10 @@ use prometheus_client::{
 use gateway_common::l4::L4Counters;
 
 use crate::{
-    admin::SharedState, config::Severity, datapath::l4::L4KernelStats, plan::Place,
-    snapshot::ConfigStatus,
+    compile::plan::Place,
+    config::Severity,
+    daemon::{snapshot::ConfigStatus, state::SharedState},
+    datapath::l4::L4KernelStats,
 };
 
 /// Builds the registry served on `/stats/prometheus`.

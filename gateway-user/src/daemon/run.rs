@@ -1,0 +1,285 @@
+//! `sluice run`: load the config, start the datapath and the servers, serve until
+//! SIGINT/SIGTERM, then undo everything this run created.
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use super::{
+    dns,
+    logging::LogFormat,
+    reload::Reloader,
+    snapshot::{self, Snapshot},
+    state::{DatapathView, ServerState, Serving, SharedState},
+};
+use crate::{
+    compile,
+    datapath::{Datapath, DatapathMode, DatapathOptions, XdpModeChoice, parse_instance},
+    proxy::l4::L4Proxy,
+};
+
+/// `sluice run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Config files or directories (`*.yaml`, `*.yml`, searched recursively).
+    #[arg(short = 'f', long = "config", value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+
+    /// Interface to attach the datapath to; repeat for several.
+    #[arg(short, long = "interface", value_name = "IFNAME")]
+    pub interfaces: Vec<String>,
+
+    /// Datapath: `auto` tries XDP, then TC per interface, and runs in userspace when BPF is
+    /// unavailable; the other values insist on one.
+    #[arg(long, value_enum, default_value_t = DatapathMode::Auto)]
+    pub datapath: DatapathMode,
+
+    /// XDP attach mode: `auto` tries native, then generic (skb) mode per interface.
+    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
+    pub xdp_mode: XdpModeChoice,
+
+    /// Address of the admin server (/ready, /healthz, /stats/prometheus, /config_dump).
+    #[arg(long, default_value = "127.0.0.1:19000")]
+    pub admin_addr: SocketAddr,
+
+    /// bpffs mount point; mounted by sluice when nothing is mounted there. Maps are pinned
+    /// under `<bpffs>/sluice/<instance>/`.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+
+    /// Instance name: keeps the pins of several gateways on one node apart.
+    #[arg(long, default_value = "default", value_parser = parse_instance)]
+    pub instance: String,
+
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// How often DNS names of ServiceEntries are resolved again; a change produces a new
+    /// config generation. Config files are watched, and SIGHUP reloads at once.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub dns_refresh: std::time::Duration,
+
+    /// Kernel L4 connections with no packet for this long are forgotten.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub l4_idle_timeout: std::time::Duration,
+
+    /// Kernel L4 connections are forgotten this long after their FIN or RST.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub l4_closing_timeout: std::time::Duration,
+
+    /// Established L4 connections whose backend leaves their listener's route: `keep` lets
+    /// them run to their end, `reset` resets them (kernel and userspace alike).
+    #[arg(long, value_enum, default_value_t = crate::select::BackendRemoval::Keep)]
+    pub l4_backend_removal: crate::select::BackendRemoval,
+
+    /// On exit, leave the programs attached and the maps and links pinned: the kernel keeps
+    /// forwarding established (and new) L4 connections with the last config, and the next
+    /// run with the same --bpffs and --instance takes them over without a gap. Without it,
+    /// exit removes everything.
+    #[arg(long, env = "SLUICE_KEEP_DATAPATH")]
+    pub keep_datapath: bool,
+}
+
+/// A daemon whose first config is loaded, before anything is attached or bound.
+pub struct Daemon {
+    state: Arc<SharedState>,
+    reloader: Reloader,
+}
+
+impl Daemon {
+    /// Loads and compiles the first config; it must be valid for the daemon to start.
+    pub async fn load(args: &RunArgs) -> anyhow::Result<Daemon> {
+        let resolver = dns::Resolver::from_system();
+        let (snapshot, resolved) = load_config(&args.config, 1, &resolver).await?;
+        let state = SharedState::new();
+        let reloader = Reloader::new(
+            args.config.clone(),
+            state.clone(),
+            &snapshot,
+            resolver,
+            resolved,
+        );
+        state.apply_config(Arc::new(snapshot));
+        Ok(Daemon { state, reloader })
+    }
+
+    /// The state the admin server reads.
+    pub fn state(&self) -> Arc<SharedState> {
+        self.state.clone()
+    }
+
+    /// Starts the datapath and the servers, serves until SIGINT/SIGTERM, then undoes
+    /// everything this run created.
+    pub async fn serve(self, args: RunArgs) -> anyhow::Result<()> {
+        let Daemon { state, reloader } = self;
+        // Installed before attaching, so a signal during startup still runs the cleanup below.
+        let mut sigint =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+
+        let options = DatapathOptions {
+            mode: args.datapath,
+            xdp_mode: args.xdp_mode,
+            interfaces: args.interfaces.clone(),
+            bpffs: args.bpffs.clone(),
+            instance: args.instance.clone(),
+            keep_on_exit: args.keep_datapath,
+        };
+        let mut datapath = Datapath::start(&options)?;
+        let status = datapath.status();
+        tracing::info!(mode = status.mode_label(), status = %serde_json::to_string(&status).unwrap_or_default(), "datapath running");
+        state.set_datapath(DatapathView {
+            status,
+            counters: datapath.counter_reader(),
+        });
+        // Listeners are bound before /ready turns 200.
+        let mut servers = Servers {
+            userspace: L4Proxy::new(state.l4.clone(), args.l4_backend_removal),
+            kernel: datapath
+                .take_l4()
+                .map(|kernel| kernel.with_backend_removal(args.l4_backend_removal)),
+            status: Serving::default(),
+        };
+        if let Some(kernel) = &servers.kernel {
+            state.set_kernel_l4(kernel.stats());
+        }
+        if let Some(current) = state.config().current {
+            let failures = servers.apply(&current).await;
+            if let Some((address, error)) = failures.into_iter().next() {
+                drop(servers);
+                datapath.abandon();
+                return Err(error.context(format!("serving the listener {address}")));
+            }
+        }
+        state.set_serving(servers.status.clone());
+        // Subscribed before the reloader starts, so no applied config is missed.
+        let applied = state.subscribe();
+        let timeouts = crate::datapath::l4::Timeouts {
+            closing: args.l4_closing_timeout,
+            syn: Duration::from_secs(30),
+            idle: args.l4_idle_timeout,
+        };
+        let serving = tokio::spawn(follow_plans(servers, state.clone(), applied, timeouts));
+        state.set_state(ServerState::Live);
+        tracing::info!("sluice is ready");
+        let (stop_reloads, stopped) = tokio::sync::watch::channel(false);
+        let reloads = tokio::spawn(reloader.run(args.dns_refresh, stopped));
+
+        let signal_name = tokio::select! {
+            _ = sigint.recv() => "SIGINT",
+            _ = sigterm.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = signal_name, "shutting down");
+        state.set_state(ServerState::Draining);
+        serving.abort();
+        let _ = stop_reloads.send(true);
+        match reloads.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("config reloads had stopped: {e:#}"),
+            Err(e) => tracing::error!("the config reload task failed: {e}"),
+        }
+        datapath.shutdown();
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Builds generation `generation` of the config, resolving its DNS names first, and logs
+/// what it found. Errors (the config is not applied) come back as one message listing all.
+pub async fn load_config(
+    paths: &[PathBuf],
+    generation: u64,
+    resolver: &dns::Resolver,
+) -> anyhow::Result<(Snapshot, dns::Resolved)> {
+    let checked = crate::config::check(paths);
+    let resolved = resolver
+        .resolve(&compile::dns_names(&checked.objects))
+        .await;
+    let snapshot = snapshot::build(checked, &resolved.answers, generation).map_err(|rejected| {
+        let count = rejected
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == crate::config::Severity::Error)
+            .count();
+        anyhow::anyhow!("the config has {count} error(s):\n{}", rejected.errors())
+    })?;
+    for diagnostic in &snapshot.diagnostics {
+        tracing::warn!(code = diagnostic.code, "{diagnostic}");
+    }
+    tracing::info!(
+        generation,
+        objects = snapshot.objects.len(),
+        files = snapshot.sources.len(),
+        listeners = snapshot.plan.listeners.len(),
+        left_out = snapshot.plan.left_out.len(),
+        "config applied"
+    );
+    Ok((snapshot, resolved))
+}
+
+/// What serves the Plan's L4 listeners: the userspace forwarder on every one (it is also the
+/// fallback for connections the kernel does not take), and the kernel where it can.
+struct Servers {
+    userspace: L4Proxy,
+    kernel: Option<crate::datapath::l4::KernelL4>,
+    status: Serving,
+}
+
+impl Servers {
+    /// Applies `plan`: sockets first, so the fallback exists before the kernel takes SYNs.
+    async fn apply(&mut self, snapshot: &Snapshot) -> Vec<(SocketAddr, anyhow::Error)> {
+        let (plan, sets) = (&snapshot.plan, &snapshot.backend_sets);
+        let failures = self.userspace.apply(plan, sets).await;
+        let kernel = self
+            .kernel
+            .as_mut()
+            .map(|k| k.apply(plan, sets))
+            .unwrap_or_default();
+        self.status = Serving {
+            generation: snapshot.generation,
+            l4_kernel: kernel,
+            l4_userspace: self.userspace.addresses(),
+        };
+        failures
+    }
+}
+
+/// Serves every Plan the reloader applies, and expires the kernel's finished connections.
+async fn follow_plans(
+    mut servers: Servers,
+    state: Arc<SharedState>,
+    mut applied: tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>,
+    timeouts: crate::datapath::l4::Timeouts,
+) {
+    // Often enough that a closed connection is forgotten within ~1.5x its timeout.
+    let mut expiry = tokio::time::interval(
+        (timeouts.closing / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+    );
+    loop {
+        tokio::select! {
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(snapshot) = applied.borrow_and_update().clone() else { continue };
+                for (address, error) in servers.apply(&snapshot).await {
+                    tracing::error!(%address, generation = snapshot.generation, "listener not served: {error:#}");
+                }
+                state.set_serving(servers.status.clone());
+            }
+            _ = expiry.tick() => {
+                if let Some(kernel) = servers.kernel.as_mut() {
+                    // A sweep makes syscalls per entry, which adds up on a full table: this
+                    // worker blocks for it while the others keep serving.
+                    match tokio::task::block_in_place(|| kernel.expire(&timeouts)) {
+                        Ok((_, 0)) => {}
+                        Ok((live, removed)) => tracing::debug!(live, removed, "expired kernel L4 flows"),
+                        Err(e) => tracing::warn!("expiring kernel L4 flows failed: {e:#}"),
+                    }
+                }
+            }
+        }
+    }
+}
