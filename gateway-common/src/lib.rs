@@ -21,6 +21,8 @@ pub mod map_names {
     pub const L4_LISTENER_CNT: &str = "L4_LISTENER_CNT";
     /// Per-CPU [`crate::l4::L4Counters`] by backend id.
     pub const L4_BACKEND_CNT: &str = "L4_BACKEND_CNT";
+    /// One [`crate::l4::NatConfig`]: the source-port range of the NAT.
+    pub const L4_CONFIG: &str = "L4_CONFIG";
     /// Every map the daemon pins, in a stable order.
     pub const ALL: &[&str] = &[
         REASON_COUNTERS,
@@ -31,6 +33,7 @@ pub mod map_names {
         L4_DEVICES,
         L4_LISTENER_CNT,
         L4_BACKEND_CNT,
+        L4_CONFIG,
     ];
 }
 
@@ -226,6 +229,8 @@ unsafe impl aya::Pod for l4::FlowKey {}
 unsafe impl aya::Pod for l4::Flow {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for l4::L4Counters {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for l4::NatConfig {}
 
 /// Protocol constants shared by the parsers and the tests' packet builders.
 pub mod proto {
@@ -476,6 +481,19 @@ pub mod l4 {
         }
     }
 
+    /// Settings of the NAT the daemon writes at start (one entry of
+    /// [`crate::map_names::L4_CONFIG`]).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct NatConfig {
+        /// Source ports towards backends: `[source_port_base, + source_port_span)`, a range
+        /// the host does not allocate its own connections from (`--l4-nat-ports`). A span of
+        /// 0 (nothing written) means `select::SOURCE_PORT_BASE`/`_SPAN`.
+        pub source_port_base: u32,
+        pub source_port_span: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
+
     pub const FLOW_SYN_SENT: u8 = 1;
     pub const FLOW_ESTABLISHED: u8 = 2;
     pub const FLOW_CLOSING: u8 = 3;
@@ -512,21 +530,24 @@ pub mod select {
         finish(h)
     }
 
-    /// Source ports the gateway allocates towards backends: `[1024, 65535)`.
+    /// Source ports the gateway allocates towards backends when the daemon has not set a
+    /// range ([`crate::l4::NatConfig`]): `[1024, 65535)`.
     pub const SOURCE_PORT_BASE: u32 = 1024;
     pub const SOURCE_PORT_SPAN: u32 = 65_535 - SOURCE_PORT_BASE;
+    /// The stride between a flow's candidate ports: a prime, so the candidates are distinct
+    /// in any range whose size it does not divide.
+    pub const SOURCE_PORT_STRIDE: u32 = 7_919;
     /// Candidate source ports tried before a SYN is dropped as exhausted. With the port space
     /// half in use (a client cycling through its whole ephemeral range) 32 probes fail about
     /// once in 10^10 SYNs; 8 failed every few thousand SYNs under connection churn.
     pub const SOURCE_PORT_ATTEMPTS: u32 = 32;
 
-    /// The `attempt`th source port candidate for a new flow with hash `hash`. A prime stride,
-    /// so the candidates of one flow are distinct; a client that reuses its tuple gets the
-    /// same first candidate back.
+    /// The `attempt`th source port candidate in `[base, base + span)` for a new flow with
+    /// hash `hash` (`span` > 0). A prime stride, so the candidates of one flow are distinct;
+    /// a client that reuses its tuple gets the same first candidate back.
     #[inline(always)]
-    pub const fn source_port(hash: u32, attempt: u32) -> u16 {
-        (SOURCE_PORT_BASE + hash.wrapping_add(attempt.wrapping_mul(7_919)) % SOURCE_PORT_SPAN)
-            as u16
+    pub const fn source_port(hash: u32, attempt: u32, base: u32, span: u32) -> u16 {
+        (base + hash.wrapping_add(attempt.wrapping_mul(SOURCE_PORT_STRIDE)) % span) as u16
     }
 
     /// One round of MurmurHash3's 32-bit body.

@@ -8,7 +8,7 @@ use gateway_common::{
     Counters, REASON_COUNT,
     l4::{
         Backend, Flow, FlowKey, L4Counters, Listener, ListenerKey, MAX_BACKENDS, MAX_FLOWS,
-        MAX_LISTENERS, TABLE_ENTRIES,
+        MAX_LISTENERS, NatConfig, TABLE_ENTRIES,
     },
 };
 
@@ -61,3 +61,7 @@ pub static L4_LISTENER_CNT: PerCpuArray<L4Counters, { MAX_LISTENERS as usize }> 
 /// What the kernel forwarded per backend id.
 #[btf_map]
 pub static L4_BACKEND_CNT: PerCpuArray<L4Counters, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// The NAT's settings, written by the daemon at start.
+#[btf_map]
+pub static L4_CONFIG: Array<NatConfig, 1> = Array::new();

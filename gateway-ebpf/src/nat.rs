@@ -11,7 +11,10 @@ use gateway_common::{
         TO_BACKEND, TO_CLIENT,
     },
     proto::{ETH_HDR_LEN, IPPROTO_TCP, tcp_flags},
-    select::{MAGLEV_TABLE_SIZE, SOURCE_PORT_ATTEMPTS, flow_hash, source_port},
+    select::{
+        MAGLEV_TABLE_SIZE, SOURCE_PORT_ATTEMPTS, SOURCE_PORT_BASE, SOURCE_PORT_SPAN, flow_hash,
+        source_port,
+    },
 };
 
 use crate::{
@@ -19,7 +22,7 @@ use crate::{
     csum, fib,
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr},
     hook::Hook,
-    maps::{L4_BACKENDS, L4_FLOWS, L4_LISTENERS, L4_TABLES, SCRATCH, Scratch},
+    maps::{L4_BACKENDS, L4_CONFIG, L4_FLOWS, L4_LISTENERS, L4_TABLES, SCRATCH, Scratch},
     parse::Tcp,
 };
 
@@ -248,9 +251,15 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         protocol: IPPROTO_TCP,
         _pad: [0; 3],
     };
+    let (base, span) = match L4_CONFIG.get(0) {
+        Some(config) if config.source_port_span > 0 => {
+            (config.source_port_base, config.source_port_span)
+        }
+        _ => (SOURCE_PORT_BASE, SOURCE_PORT_SPAN),
+    };
     let mut found = false;
     for attempt in 0..SOURCE_PORT_ATTEMPTS {
-        scratch.reverse.dst_port = source_port(hash, attempt);
+        scratch.reverse.dst_port = source_port(hash, attempt, base, span);
         // SAFETY: only tests for presence.
         if unsafe { L4_FLOWS.get(&scratch.reverse) }.is_none() {
             found = true;

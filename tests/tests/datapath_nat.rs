@@ -11,7 +11,10 @@ use gateway_common::{
     l4::{FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, Listener, TO_BACKEND, TO_CLIENT},
     map_names,
     proto::{self, tcp_flags},
-    select::{MAGLEV_TABLE_SIZE, SOURCE_PORT_ATTEMPTS, flow_hash, source_port},
+    select::{
+        MAGLEV_TABLE_SIZE, SOURCE_PORT_ATTEMPTS, SOURCE_PORT_BASE, SOURCE_PORT_SPAN, flow_hash,
+        source_port,
+    },
 };
 use tests::{
     packets::{PacketBuilder, checksum_ok, pseudo_header},
@@ -566,7 +569,7 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
         };
         let hash = flow_hash(words(client), words(gw_client), 40005, 7000, 6);
         for attempt in 0..SOURCE_PORT_ATTEMPTS {
-            let port = source_port(hash, attempt);
+            let port = source_port(hash, attempt, SOURCE_PORT_BASE, SOURCE_PORT_SPAN);
             dp.put_flow(key(backend_ip, 8080, gw_backend, port), Flow::default());
         }
         let syn = tcp(

@@ -834,3 +834,70 @@ fn tc_mode_backend_removal_resets_connections() {
         "reset",
     );
 }
+
+/// The kernel NAT draws source ports from `--l4-nat-ports`, which the daemon reserves from
+/// the host: with every NAT port in use, connections the gateway host opens itself to the
+/// same backend (from the same address) take other ports, and both kinds carry their own
+/// bytes. Without the reservation about half the local connections would pick a NAT port
+/// and their replies would be NATed to a client.
+fn nat_and_local_ports_apart(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    const NAT: usize = 16;
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let gw = gateway(
+        &config(&[(backend.ip(), 100)]),
+        mode,
+        &["--l4-nat-ports", "32768-32783"],
+    );
+    let reserved = || {
+        let out = gw
+            .topology
+            .gateway
+            .exec("sysctl", &["-n", "net.ipv4.ip_local_reserved_ports"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(reserved(), "32768-32783", "{}", gw.sluice.log());
+    // Half of the host's ephemeral ports overlap the NAT range.
+    gw.topology
+        .gateway
+        .sysctl("net.ipv4.ip_local_port_range", "32768 32799");
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let echoed = echo::serve_concurrently(&gw.topology.backend, backend, 2 * NAT);
+    let nat: Vec<echo::HeldConnection> = (0..NAT)
+        .map(|_| echo::HeldConnection::open(&gw.topology.client, vip))
+        .collect();
+    let local: Vec<echo::HeldConnection> = (0..NAT)
+        .map(|_| echo::HeldConnection::open(&gw.topology.gateway, backend))
+        .collect();
+    for (i, held) in nat.iter().chain(&local).enumerate() {
+        held.exchange(i as u8);
+    }
+    assert_path(&gw, mode, &format!("0.0.0.0:{PORT}"));
+    let forwarded = gw.sluice.metric(&format!(
+        "sluice_l4_kernel_connections_total{{listener=\"0.0.0.0:{PORT}\"}}"
+    ));
+    assert_eq!(forwarded, Some(NAT as f64), "every NAT port is in use");
+    drop(nat);
+    drop(local);
+    assert_eq!(
+        echoed
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        (2 * NAT * 1000) as u64
+    );
+    let (status, log) = gw.sluice.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(reserved(), "", "released on exit:\n{log}");
+}
+
+#[test]
+fn kernel_mode_nat_and_local_ports_apart() {
+    nat_and_local_ports_apart("kernel_mode_nat_and_local_ports_apart", Mode::Xdp);
+}
+
+#[test]
+fn tc_mode_nat_and_local_ports_apart() {
+    nat_and_local_ports_apart("tc_mode_nat_and_local_ports_apart", Mode::Tc);
+}

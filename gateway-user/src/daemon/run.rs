@@ -14,7 +14,9 @@ use super::{
 };
 use crate::{
     compile,
-    datapath::{Datapath, DatapathMode, DatapathOptions, XdpModeChoice, parse_instance},
+    datapath::{
+        Datapath, DatapathMode, DatapathOptions, XdpModeChoice, parse_instance, ports::PortRange,
+    },
     proxy::l4::L4Proxy,
 };
 
@@ -79,6 +81,13 @@ pub struct RunArgs {
     /// exit removes everything.
     #[arg(long, env = "SLUICE_KEEP_DATAPATH")]
     pub keep_datapath: bool,
+
+    /// Source ports of the kernel NAT towards backends, FIRST-LAST. The daemon adds them to
+    /// `net.ipv4.ip_local_reserved_ports` while the kernel NATs, so the host's own
+    /// connections (the userspace proxies') never take a port a NAT flow holds. The default
+    /// lies below Linux's default ephemeral range (32768-60999).
+    #[arg(long, default_value_t = PortRange::DEFAULT)]
+    pub l4_nat_ports: PortRange,
 }
 
 /// A daemon whose first config is loaded, before anything is attached or bound.
@@ -126,6 +135,7 @@ impl Daemon {
             bpffs: args.bpffs.clone(),
             instance: args.instance.clone(),
             keep_on_exit: args.keep_datapath,
+            nat_ports: args.l4_nat_ports,
         };
         let mut datapath = Datapath::start(&options)?;
         let status = datapath.status();

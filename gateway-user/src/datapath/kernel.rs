@@ -25,7 +25,11 @@ use aya::{
 use gateway_common::{Counters, PacketReason, map_names, program_names};
 
 use super::ebpf_object::EBPF_OBJECT;
-use super::{Attachment, DatapathStatus, InterfaceStatus, ReasonCounters, bpffs::Bpffs};
+use super::{
+    Attachment, DatapathStatus, InterfaceStatus, ReasonCounters,
+    bpffs::Bpffs,
+    ports::{PortRange, Reservation},
+};
 
 /// Loaded programs and pinned maps, not yet attached.
 pub struct Loaded {
@@ -66,6 +70,8 @@ pub struct KernelDatapath {
     links: Vec<(String, Link)>,
     log_task: Option<tokio::task::JoinHandle<()>>,
     l4: Option<super::l4::KernelL4>,
+    /// The NAT's source ports, kept out of the host's own port choice while the kernel NATs.
+    reservation: Option<Reservation>,
 }
 
 /// Reads the per-CPU reason counters; cheap to clone, shared with the metrics endpoint.
@@ -184,6 +190,13 @@ impl KernelDatapath {
         }
         // The L4 adapter holds map fds; they close with it.
         drop(self.l4.take());
+        // A kept datapath goes on NATing from the range, so its ports stay reserved (the
+        // next run finds them so and keeps them).
+        if on_exit == OnExit::Remove
+            && let Some(reservation) = self.reservation.take()
+        {
+            reservation.release();
+        }
         match on_exit {
             OnExit::Keep => {
                 for (interface, link) in self.links.drain(..) {
@@ -234,13 +247,18 @@ impl KernelDatapath {
 impl Loaded {
     /// Attaches the ingress program to every interface, trying `order` per interface; each
     /// fallback is logged with the reason the previous attachment failed.
-    pub fn attach(self, orders: &[(String, Vec<Attachment>)]) -> anyhow::Result<KernelDatapath> {
+    pub fn attach(
+        self,
+        orders: &[(String, Vec<Attachment>)],
+        nat_ports: PortRange,
+    ) -> anyhow::Result<KernelDatapath> {
         let mut datapath = KernelDatapath {
             loaded: self,
             interfaces: Vec::new(),
             links: Vec::new(),
             log_task: None,
             l4: None,
+            reservation: None,
         };
         if let Err(e) = fs::create_dir_all(datapath.loaded.links_dir()) {
             datapath.abandon();
@@ -263,9 +281,19 @@ impl Loaded {
             .map(|i| (i.interface.clone(), i.ifindex))
             .collect();
         if !devices.is_empty() {
-            match super::l4::KernelL4::new(&mut datapath.loaded.ebpf, devices) {
+            match super::l4::KernelL4::new(&mut datapath.loaded.ebpf, devices, nat_ports) {
                 Ok(l4) => datapath.l4 = Some(l4),
                 Err(e) => tracing::warn!("the kernel L4 path is unavailable: {e:#}"),
+            }
+        }
+        if datapath.l4.is_some() {
+            // Before any listener reaches the maps: no NAT flow exists yet.
+            match Reservation::reserve(nat_ports) {
+                Ok(reservation) => datapath.reservation = Some(reservation),
+                Err(e) => {
+                    datapath.abandon();
+                    return Err(e);
+                }
             }
         }
         Ok(datapath)

@@ -17,12 +17,18 @@ use aya::{
 };
 use gateway_common::{
     addr::from_mapped,
-    l4::{Backend, FLOW_CLOSING, FLOW_SYN_SENT, Flow, FlowKey, L4Counters, Listener, ListenerKey},
+    l4::{
+        Backend, FLOW_CLOSING, FLOW_SYN_SENT, Flow, FlowKey, L4Counters, Listener, ListenerKey,
+        NatConfig,
+    },
     map_names,
     select::MAGLEV_TABLE_SIZE,
 };
 
-use super::sync::{self, DesiredListener, MapState, Op};
+use super::{
+    ports::PortRange,
+    sync::{self, DesiredListener, MapState, Op},
+};
 use crate::{
     compile::plan::{ListenerKind, Plan},
     select::{BackendRemoval, BackendSet, BackendSets},
@@ -130,13 +136,21 @@ pub struct KernelL4 {
 }
 
 impl KernelL4 {
-    /// Takes the L4 maps out of `ebpf` and registers `devices` (interfaces with an XDP or TC
-    /// program, name -> ifindex) as redirect targets.
-    pub fn new(ebpf: &mut Ebpf, devices: BTreeMap<String, u32>) -> anyhow::Result<KernelL4> {
+    /// Takes the L4 maps out of `ebpf`, registers `devices` (interfaces with an XDP or TC
+    /// program, name -> ifindex) as redirect targets, and sets the NAT's source ports.
+    pub fn new(
+        ebpf: &mut Ebpf,
+        devices: BTreeMap<String, u32>,
+        nat_ports: PortRange,
+    ) -> anyhow::Result<KernelL4> {
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("the eBPF object has no {name} map"))
         };
+        let mut config: Array<MapData, NatConfig> = Array::try_from(take(map_names::L4_CONFIG)?)?;
+        config
+            .set(0, nat_ports.config(), 0)
+            .context("writing the NAT's source-port range")?;
         let listeners = HashMap::try_from(take(map_names::L4_LISTENERS)?)?;
         let tables = Array::try_from(take(map_names::L4_TABLES)?)?;
         let backends = Array::try_from(take(map_names::L4_BACKENDS)?)?;

@@ -4,6 +4,7 @@ pub mod bpffs;
 pub mod ebpf_object;
 pub mod kernel;
 pub mod l4;
+pub mod ports;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -109,6 +110,8 @@ pub struct DatapathOptions {
     pub instance: String,
     /// `--keep-datapath`: on exit, leave the programs forwarding for the next run.
     pub keep_on_exit: bool,
+    /// `--l4-nat-ports`: the kernel NAT's source ports.
+    pub nat_ports: ports::PortRange,
 }
 
 /// One interface and how the kernel program sits on it.
@@ -207,7 +210,7 @@ impl Datapath {
             kernel::OnExit::Remove
         };
         loaded
-            .attach(&orders)
+            .attach(&orders, options.nat_ports)
             .map(|kernel| Datapath::Kernel {
                 kernel: Box::new(kernel),
                 on_exit,
@@ -376,6 +379,7 @@ mod tests {
             bpffs: PathBuf::from("/nonexistent"),
             instance: "test".into(),
             keep_on_exit: false,
+            nat_ports: ports::PortRange::DEFAULT,
         }
     }
 
