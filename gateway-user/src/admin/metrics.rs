@@ -27,6 +27,7 @@ pub fn registry(state: Arc<SharedState>) -> Registry {
         Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
     );
     state.l4.register(&mut registry);
+    state.sni.register(&mut registry);
     registry.register_collector(Box::new(StateCollector { state }));
     registry
 }

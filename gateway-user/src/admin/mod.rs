@@ -91,7 +91,19 @@ fn handle(
     }
     match req.uri().path() {
         "/ready" => match state.state() {
-            ServerState::Live => text(StatusCode::OK, "LIVE\n"),
+            ServerState::Live => {
+                let unserved = state.unserved();
+                if unserved.is_empty() {
+                    text(StatusCode::OK, "LIVE\n")
+                } else {
+                    // Envoy's states have no word for it: every listener must be served.
+                    let mut body = String::from("NOT_SERVING\n");
+                    for u in unserved {
+                        body += &format!("{}: {}\n", u.address, u.reason);
+                    }
+                    text(StatusCode::SERVICE_UNAVAILABLE, &body)
+                }
+            }
             ServerState::Initializing => text(StatusCode::SERVICE_UNAVAILABLE, "INITIALIZING\n"),
             ServerState::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n"),
         },
@@ -153,7 +165,10 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{daemon::state::DatapathView, datapath::DatapathStatus};
+    use crate::{
+        daemon::state::{DatapathView, Serving, Unserved},
+        datapath::DatapathStatus,
+    };
 
     fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
         let url = format!("http://{addr}{path}");
@@ -201,6 +216,19 @@ mod tests {
         state.set_state(ServerState::Live);
         let (status, _, body) = get_async(addr, "/ready").await;
         assert_eq!((status, body.as_str()), (200, "LIVE\n"));
+        state.set_serving(Serving {
+            unserved: vec![Unserved {
+                address: "0.0.0.0:443".parse().unwrap_or_else(|e| panic!("{e}")),
+                reason: "address in use".into(),
+            }],
+            ..Serving::default()
+        });
+        let (status, _, body) = get_async(addr, "/ready").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "NOT_SERVING\n0.0.0.0:443: address in use\n")
+        );
+        state.set_serving(Serving::default());
 
         let (status, content_type, metrics) = get_async(addr, "/stats/prometheus").await;
         assert_eq!(status, 200);

@@ -4,7 +4,7 @@
 pub mod plan;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
@@ -15,7 +15,7 @@ use crate::{
         TlsTermination, VirtualHost,
     },
     config::{
-        Diagnostic, Object, Severity, Spec,
+        Diagnostic, Object, ObjectRef, Severity, Spec,
         diagnostic::codes,
         model::{
             Destination, DestinationRuleSpec, GatewaySpec, HttpRoute as ModelHttpRoute,
@@ -54,7 +54,11 @@ pub fn compile(objects: &[Object], dns: &DnsAnswers) -> Compiled {
     compiler.check_virtual_services();
     compiler.collect_servers();
     compiler.bind_routes();
-    let mut listeners: Vec<Listener> = compiler.listeners.into_iter().map(|l| l.listener).collect();
+    let mut listeners: Vec<Listener> = compiler
+        .listeners
+        .into_iter()
+        .map(|l| catch_all_to_kernel(l.listener))
+        .collect();
     listeners.sort_by_key(|l| (l.port, l.bind));
     let mut out = compiler.out;
     out.plan.listeners = listeners;
@@ -107,6 +111,9 @@ struct PendingListener<'a> {
     class: Class,
     /// The servers merged into this listener, with their Gateway.
     servers: Vec<(&'a Object, &'a GatewaySpec, usize)>,
+    /// TLS matches bound so far (VirtualService, rule, match), and the SNI hosts they took.
+    tls_matches: HashSet<(ObjectRef, usize, usize)>,
+    sni_hosts: HashSet<String>,
 }
 
 struct Compiler<'a> {
@@ -126,6 +133,7 @@ fn placement(place: Place, why: &str) -> Placement {
 const L4_WHY: &str = "opaque TCP: the kernel forwards every packet (XDP/TC full NAT)";
 const SNI_WHY: &str =
     "TLS passthrough: userspace reads the SNI once, then the kernel splices the stream";
+const CATCH_ALL_WHY: &str = "TLS passthrough whose only route is a catch-all (sniHosts `*`): every connection goes to one destination, so the kernel forwards it without reading the SNI (XDP/TC full NAT)";
 const HTTP_WHY: &str = "HTTP routing needs the userspace proxy";
 const HTTPS_WHY: &str =
     "TLS termination and HTTP routing happen in the userspace proxy (no kernel TLS here)";
@@ -371,6 +379,8 @@ impl<'a> Compiler<'a> {
             listener,
             class,
             servers: vec![(gateway, spec, i)],
+            tls_matches: HashSet::new(),
+            sni_hosts: HashSet::new(),
         });
     }
 
@@ -503,24 +513,55 @@ impl<'a> Compiler<'a> {
         })
     }
 
+    /// TLS routes of the VirtualServices bound to `server`, as Istio's gateways build them:
+    /// each match's `sniHosts` as written (a list holding `*` is a catch-all), `port` and
+    /// `gateways` decide whether the match applies here; a match naming an SNI host that an
+    /// earlier match on this listener took is skipped, the first declared wins.
     fn bind_tls(&mut self, index: usize, gateway: &Object, server: &Server) {
         let port = self.listeners[index].listener.port;
         for (vs, spec, _) in self.bound(gateway, server) {
             for (j, rule) in spec.tls.iter().enumerate() {
-                let matches: Vec<_> = rule
-                    .matches
-                    .iter()
-                    .filter(|m| m.port.is_none_or(|p| p == u32::from(port)))
-                    .filter(|m| m.gateways.is_empty() || rule_binds(vec![&m.gateways], gateway, vs))
-                    .collect();
-                let sni_hosts: Vec<String> = matches
-                    .iter()
-                    .flat_map(|m| m.sni_hosts.iter())
-                    .filter_map(|sni| narrow(sni, gateway, server, vs.namespace()))
-                    .collect();
+                let mut sni_hosts: Vec<String> = Vec::new();
+                for (k, m) in rule.matches.iter().enumerate() {
+                    let applies = m.port.is_none_or(|p| p == u32::from(port))
+                        && (m.gateways.is_empty() || rule_binds(vec![&m.gateways], gateway, vs));
+                    // A VirtualService bound to several servers of this port is seen once.
+                    if !applies
+                        || !self.listeners[index]
+                            .tls_matches
+                            .insert((vs.reference(), j, k))
+                    {
+                        continue;
+                    }
+                    let hosts: Vec<String> = if m.sni_hosts.iter().any(|h| h == "*") {
+                        vec!["*".to_owned()]
+                    } else {
+                        m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+                    };
+                    let taken: Vec<&String> = hosts
+                        .iter()
+                        .filter(|h| {
+                            sni_hosts.contains(h) || self.listeners[index].sni_hosts.contains(*h)
+                        })
+                        .collect();
+                    if !taken.is_empty() {
+                        let reason = format!(
+                            "skipping this match on port {port} of gateway {}/{}: duplicate SNI host names {taken:?} (an earlier route serves them; the first declared wins)",
+                            gateway.namespace(),
+                            gateway.name()
+                        );
+                        let at = format!("spec.tls[{j}].match[{k}]");
+                        self.leave_out(vs, codes::LEFT_OUT, &at, reason);
+                        continue;
+                    }
+                    sni_hosts.extend(hosts);
+                }
                 if sni_hosts.is_empty() {
                     continue;
                 }
+                self.listeners[index]
+                    .sni_hosts
+                    .extend(sni_hosts.iter().cloned());
                 let at = format!("spec.tls[{j}]");
                 let Some(backends) = self.backends(vs, &at, &rule.route) else {
                     continue;
@@ -866,6 +907,33 @@ impl<'a> Compiler<'a> {
             }
             _ => None,
         })
+    }
+}
+
+/// A TLS passthrough listener whose routes send every name to one destination (only `*`
+/// catch-alls: the first one wins) needs no SNI: the kernel forwards it as L4.
+fn catch_all_to_kernel(listener: Listener) -> Listener {
+    let ListenerKind::SniRoute { routes } = &listener.kind else {
+        return listener;
+    };
+    let all_catch_all = !routes.is_empty()
+        && routes
+            .iter()
+            .all(|r| r.sni_hosts.iter().all(|h| h == "*"));
+    if !all_catch_all {
+        return listener;
+    }
+    let first = routes[0].clone();
+    Listener {
+        runs: placement(Place::Kernel, CATCH_ALL_WHY),
+        kind: ListenerKind::L4Forward {
+            route: Some(L4Route {
+                origin: first.origin,
+                runs: placement(Place::Kernel, CATCH_ALL_WHY),
+                backends: first.backends,
+            }),
+        },
+        ..listener
     }
 }
 

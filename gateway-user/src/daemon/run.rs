@@ -10,14 +10,20 @@ use super::{
     logging::LogFormat,
     reload::Reloader,
     snapshot::{self, Snapshot},
-    state::{DatapathView, ServerState, Serving, SharedState},
+    state::{DatapathView, ServerState, Serving, SharedState, Unserved},
 };
 use crate::{
     compile,
     datapath::{
-        Datapath, DatapathMode, DatapathOptions, XdpModeChoice, parse_instance, ports::PortRange,
+        Datapath, DatapathMode, DatapathOptions, DatapathStatus, XdpModeChoice, parse_instance,
+        ports::PortRange,
     },
-    proxy::l4::L4Proxy,
+    compile::plan::ListenerKind,
+    proxy::{
+        l4::L4Proxy,
+        relay,
+        sni::{SniOptions, SniProxy},
+    },
 };
 
 /// `sluice run`.
@@ -82,6 +88,17 @@ pub struct RunArgs {
     #[arg(long, env = "SLUICE_KEEP_DATAPATH")]
     pub keep_datapath: bool,
 
+    /// The longest a TLS passthrough client may take to send its whole ClientHello; slower
+    /// or silent clients are closed (and counted as `timeout`).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub client_hello_timeout: Duration,
+
+    /// How TLS passthrough bytes travel after the SNI decision: `splice` keeps them in the
+    /// kernel (splice(2) through a pipe per direction), `copy` reads them into userspace;
+    /// `auto` is splice, and copy with the userspace datapath.
+    #[arg(long, value_enum, default_value_t = SniBytePath::Auto)]
+    pub sni_byte_path: SniBytePath,
+
     /// Source ports of the kernel NAT towards backends, FIRST-LAST. The daemon adds them to
     /// `net.ipv4.ip_local_reserved_ports` while the kernel NATs, so the host's own
     /// connections (the userspace proxies') never take a port a NAT flow holds. The default
@@ -89,6 +106,17 @@ pub struct RunArgs {
     #[arg(long, default_value_t = PortRange::DEFAULT)]
     pub l4_nat_ports: PortRange,
 }
+
+/// `--sni-byte-path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SniBytePath {
+    Auto,
+    Splice,
+    Copy,
+}
+
+/// How long connecting to a backend may take (the L4 forwarder's and the SNI server's).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A daemon whose first config is loaded, before anything is attached or bound.
 pub struct Daemon {
@@ -139,6 +167,13 @@ impl Daemon {
         };
         let mut datapath = Datapath::start(&options)?;
         let status = datapath.status();
+        let sni_mode = match (args.sni_byte_path, &status) {
+            (SniBytePath::Copy, _) | (SniBytePath::Auto, DatapathStatus::Userspace { .. }) => {
+                relay::Mode::Copy
+            }
+            (SniBytePath::Splice | SniBytePath::Auto, _) => relay::Mode::Splice,
+        };
+        tracing::info!(byte_path = ?sni_mode, "TLS passthrough byte path");
         tracing::info!(mode = status.mode_label(), status = %serde_json::to_string(&status).unwrap_or_default(), "datapath running");
         state.set_datapath(DatapathView {
             status,
@@ -150,6 +185,14 @@ impl Daemon {
             kernel: datapath
                 .take_l4()
                 .map(|kernel| kernel.with_backend_removal(args.l4_backend_removal)),
+            sni: SniProxy::new(
+                state.sni.clone(),
+                SniOptions {
+                    hello_timeout: args.client_hello_timeout,
+                    connect_timeout: CONNECT_TIMEOUT,
+                    mode: sni_mode,
+                },
+            ),
             status: Serving::default(),
         };
         if let Some(kernel) = &servers.kernel {
@@ -229,28 +272,60 @@ pub async fn load_config(
     Ok((snapshot, resolved))
 }
 
-/// What serves the Plan's L4 listeners: the userspace forwarder on every one (it is also the
-/// fallback for connections the kernel does not take), and the kernel where it can.
+/// What serves the Plan's listeners: for L4 ones the userspace forwarder on every one (it
+/// is also the fallback for connections the kernel does not take) and the kernel where it
+/// can; for TLS passthrough ones the SNI server.
 struct Servers {
     userspace: L4Proxy,
     kernel: Option<crate::datapath::l4::KernelL4>,
+    sni: SniProxy,
     status: Serving,
 }
 
+/// Why an HTTP or HTTPS listener has no server.
+const NO_HTTP_SERVER: &str =
+    "HTTP and TLS-terminating listeners are not served by this version of Sluice";
+
 impl Servers {
-    /// Applies `plan`: sockets first, so the fallback exists before the kernel takes SYNs.
+    /// Applies `plan`: every removed listener is closed before any new one is bound (a
+    /// port may change server), and sockets come before the kernel maps, so the fallback
+    /// exists before the kernel takes SYNs. Returns the listeners that could not be bound.
     async fn apply(&mut self, snapshot: &Snapshot) -> Vec<(SocketAddr, anyhow::Error)> {
         let (plan, sets) = (&snapshot.plan, &snapshot.backend_sets);
-        let failures = self.userspace.apply(plan, sets).await;
+        self.userspace.close_unwanted(plan).await;
+        self.sni.close_unwanted(plan).await;
+        let mut failures = self.userspace.update(plan, sets).await;
+        failures.extend(self.sni.update(plan, sets).await);
         let kernel = self
             .kernel
             .as_mut()
             .map(|k| k.apply(plan, sets))
             .unwrap_or_default();
+        let mut unserved: Vec<Unserved> = failures
+            .iter()
+            .map(|(address, error)| Unserved {
+                address: *address,
+                reason: format!("{error:#}"),
+            })
+            .collect();
+        for listener in &plan.listeners {
+            if matches!(
+                listener.kind,
+                ListenerKind::Http { .. } | ListenerKind::Https { .. }
+            ) {
+                tracing::warn!(address = %listener.address(), "{NO_HTTP_SERVER}");
+                unserved.push(Unserved {
+                    address: listener.address(),
+                    reason: NO_HTTP_SERVER.into(),
+                });
+            }
+        }
         self.status = Serving {
             generation: snapshot.generation,
             l4_kernel: kernel,
             l4_userspace: self.userspace.addresses(),
+            sni: self.sni.addresses(),
+            unserved,
         };
         failures
     }

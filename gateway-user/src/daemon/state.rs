@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::{
     daemon::snapshot::{ConfigStatus, Rejected, Snapshot},
     datapath::{DatapathStatus, kernel::CounterReader, l4::L4KernelStats},
-    proxy::l4::L4Metrics,
+    proxy::{l4::L4Metrics, sni::metrics::SniMetrics},
 };
 
 /// Server lifecycle, reported by `/ready` as Envoy does.
@@ -43,6 +43,7 @@ pub struct SharedState {
     /// The applied config, for the parts of the daemon that serve it.
     applied: watch::Sender<Option<Arc<Snapshot>>>,
     pub l4: Arc<L4Metrics>,
+    pub sni: Arc<SniMetrics>,
     serving: RwLock<Serving>,
     kernel_l4: RwLock<Option<Arc<L4KernelStats>>>,
 }
@@ -58,6 +59,17 @@ pub struct Serving {
     /// L4 listeners bound by the userspace forwarder: all of them, as the fallback for what
     /// the kernel does not take (and the only path in userspace mode).
     pub l4_userspace: Vec<SocketAddr>,
+    /// TLS passthrough listeners bound by the SNI server.
+    pub sni: Vec<SocketAddr>,
+    /// Listeners of the Plan that nothing serves, and why; `/ready` is 503 while there are.
+    pub unserved: Vec<Unserved>,
+}
+
+/// A listener of the Plan that is not served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unserved {
+    pub address: SocketAddr,
+    pub reason: String,
 }
 
 impl SharedState {
@@ -68,6 +80,7 @@ impl SharedState {
             config: RwLock::new(ConfigStatus::default()),
             applied: watch::channel(None).0,
             l4: Arc::default(),
+            sni: Arc::default(),
             serving: RwLock::new(Serving::default()),
             kernel_l4: RwLock::new(None),
         })
@@ -109,6 +122,11 @@ impl SharedState {
 
     pub fn set_serving(&self, serving: Serving) {
         *write(&self.serving) = serving;
+    }
+
+    /// Listeners of the running Plan that nothing serves.
+    pub fn unserved(&self) -> Vec<Unserved> {
+        read(&self.serving).unserved.clone()
     }
 
     /// Follows every applied config.

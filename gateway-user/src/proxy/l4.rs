@@ -5,7 +5,6 @@
 //! connections keep the backend they started with, or with `--l4-backend-removal reset` are
 //! reset when it leaves their listener's route (or the listener goes), as in the kernel.
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -14,18 +13,17 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use tokio::{
-    net::{TcpListener, TcpSocket, TcpStream},
+    net::{TcpListener, TcpStream},
     sync::watch,
-    task::JoinHandle,
 };
 
+use super::listeners::{ListenerSet, accept_each};
 use crate::{
     compile::plan::{ListenerKind, Plan},
     select::{BackendRemoval, BackendSet, BackendSets},
@@ -106,17 +104,12 @@ impl L4Metrics {
 
 /// What one listener forwards to; swapped whole on reload.
 #[derive(Debug, Clone, Default)]
-struct Route {
+pub struct Route {
     backends: Option<Arc<BackendSet>>,
 }
 
-struct Running {
-    route: watch::Sender<Arc<Route>>,
-    accept: JoinHandle<()>,
-}
-
 pub struct L4Proxy {
-    listeners: HashMap<SocketAddr, Running>,
+    listeners: ListenerSet<Route>,
     metrics: Arc<L4Metrics>,
     removal: BackendRemoval,
 }
@@ -124,101 +117,54 @@ pub struct L4Proxy {
 impl L4Proxy {
     pub fn new(metrics: Arc<L4Metrics>, removal: BackendRemoval) -> L4Proxy {
         L4Proxy {
-            listeners: HashMap::new(),
+            listeners: ListenerSet::new("L4"),
             metrics,
             removal,
         }
     }
 
-    /// Makes the running listeners match `plan`. Returns the listeners that could not be
+    /// The Plan's L4 listeners and their routes.
+    fn wanted(plan: &Plan, sets: &BackendSets) -> Vec<(SocketAddr, Route)> {
+        plan.listeners
+            .iter()
+            .filter(|l| matches!(l.kind, ListenerKind::L4Forward { .. }))
+            .map(|l| {
+                let route = Route {
+                    backends: sets.get(l.address(), 0),
+                };
+                (l.address(), route)
+            })
+            .collect()
+    }
+
+    /// Closes the listeners `plan` no longer has (first, so another server may take their
+    /// address).
+    pub async fn close_unwanted(&mut self, plan: &Plan) {
+        let wanted = Self::wanted(plan, &BackendSets::default());
+        self.listeners
+            .close_unless(|a| wanted.iter().any(|(w, _)| w == a))
+            .await;
+    }
+
+    /// Binds and routes the Plan's L4 listeners. Returns the listeners that could not be
     /// bound (the others are served).
-    pub async fn apply(
+    pub async fn update(
         &mut self,
         plan: &Plan,
         sets: &BackendSets,
     ) -> Vec<(SocketAddr, anyhow::Error)> {
-        let wanted: HashMap<SocketAddr, Route> = plan
-            .listeners
-            .iter()
-            .filter_map(|l| match &l.kind {
-                ListenerKind::L4Forward { .. } => Some((
-                    l.address(),
-                    Route {
-                        backends: sets.get(l.address(), 0),
-                    },
-                )),
-                _ => None,
+        let (metrics, removal) = (self.metrics.clone(), self.removal);
+        self.listeners
+            .update(Self::wanted(plan, sets), |listener, address, route| {
+                accept_loop(listener, address, route, metrics.clone(), removal)
             })
-            .collect();
-        self.listeners.retain(|address, running| {
-            let keep = wanted.contains_key(address);
-            if !keep {
-                // Stops accepting; connections already forwarded run to their end.
-                running.accept.abort();
-                tracing::info!(%address, "L4 listener closed");
-            }
-            keep
-        });
-        let mut failures = Vec::new();
-        for (address, route) in wanted {
-            let route = Arc::new(route);
-            if let Some(running) = self.listeners.get(&address) {
-                running.route.send_replace(route);
-                continue;
-            }
-            match bind(address).await {
-                Ok(listener) => {
-                    let (tx, rx) = watch::channel(route);
-                    let accept = tokio::spawn(accept_loop(
-                        listener,
-                        address,
-                        rx,
-                        self.metrics.clone(),
-                        self.removal,
-                    ));
-                    tracing::info!(%address, "L4 listener bound");
-                    self.listeners
-                        .insert(address, Running { route: tx, accept });
-                }
-                Err(e) => failures.push((address, e)),
-            }
-        }
-        failures
+            .await
     }
 
     /// The addresses being served.
     pub fn addresses(&self) -> Vec<SocketAddr> {
-        let mut addresses: Vec<SocketAddr> = self.listeners.keys().copied().collect();
-        addresses.sort();
-        addresses
+        self.listeners.addresses()
     }
-}
-
-impl Drop for L4Proxy {
-    fn drop(&mut self) {
-        for running in self.listeners.values() {
-            running.accept.abort();
-        }
-    }
-}
-
-async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .with_context(|| format!("creating a socket for {address}"))?;
-    // Rebinding a port whose old connections linger in TIME_WAIT must work across reloads.
-    socket
-        .set_reuseaddr(true)
-        .with_context(|| format!("SO_REUSEADDR on {address}"))?;
-    socket
-        .bind(address)
-        .with_context(|| format!("binding the listener {address}"))?;
-    socket
-        .listen(1024)
-        .with_context(|| format!("listening on {address}"))
 }
 
 async fn accept_loop(
@@ -231,15 +177,7 @@ async fn accept_loop(
     let listener_label = ListenerLabels {
         listener: address.to_string(),
     };
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(%address, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+    accept_each(listener, address, |client, peer| {
         let current = route.borrow().clone();
         let Some(backend) = current
             .backends
@@ -247,18 +185,19 @@ async fn accept_loop(
             .and_then(|b| b.pick(peer, address))
         else {
             metrics.no_route.get_or_create(&listener_label).inc();
-            continue; // dropping the stream closes it
+            return None; // dropping the stream closes it
         };
         let metrics = metrics.clone();
         let listener_label = listener_label.clone();
         // Watched only when removals reset: otherwise nothing after the pick matters.
         let removed = (removal == BackendRemoval::Reset).then(|| route.clone());
-        tokio::spawn(async move {
+        Some(async move {
             metrics.active.get_or_create(&listener_label).inc();
             forward(client, address, backend, &metrics, removed).await;
             metrics.active.get_or_create(&listener_label).dec();
-        });
-    }
+        })
+    })
+    .await;
 }
 
 /// Resolves when `backend` is no longer in the route, or the listener is gone.
