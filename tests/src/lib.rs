@@ -15,4 +15,5 @@ pub mod router;
 pub mod servers;
 pub mod sluice;
 pub mod tap;
+pub mod tls;
 pub mod topology;

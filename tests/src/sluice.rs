@@ -18,6 +18,13 @@ use crate::{admin, netns::NetNs};
 
 pub const ADMIN_ADDR: &str = "127.0.0.1:19000";
 
+/// Counts of a process's open file descriptors by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenFds {
+    pub sockets: usize,
+    pub pipes: usize,
+}
+
 pub struct Sluice {
     child: Option<Child>,
     pub admin: SocketAddr,
@@ -167,6 +174,29 @@ impl Sluice {
             );
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// The daemon's open sockets and pipes (from `/proc/<pid>/fd`).
+    pub fn open_fds(&self) -> OpenFds {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("sluice already stopped"));
+        let dir = format!("/proc/{pid}/fd");
+        let mut fds = OpenFds::default();
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+            let Ok(target) = entry.and_then(|e| std::fs::read_link(e.path())) else {
+                continue; // closed while listing
+            };
+            let target = target.to_string_lossy();
+            if target.starts_with("socket:") {
+                fds.sockets += 1;
+            } else if target.starts_with("pipe:") {
+                fds.pipes += 1;
+            }
+        }
+        fds
     }
 
     pub fn log(&self) -> String {

@@ -916,10 +916,8 @@ fn catch_all_to_kernel(listener: Listener) -> Listener {
     let ListenerKind::SniRoute { routes } = &listener.kind else {
         return listener;
     };
-    let all_catch_all = !routes.is_empty()
-        && routes
-            .iter()
-            .all(|r| r.sni_hosts.iter().all(|h| h == "*"));
+    let all_catch_all =
+        !routes.is_empty() && routes.iter().all(|r| r.sni_hosts.iter().all(|h| h == "*"));
     if !all_catch_all {
         return listener;
     }

@@ -14,11 +14,11 @@ use super::{
 };
 use crate::{
     compile,
+    compile::plan::ListenerKind,
     datapath::{
         Datapath, DatapathMode, DatapathOptions, DatapathStatus, XdpModeChoice, parse_instance,
         ports::PortRange,
     },
-    compile::plan::ListenerKind,
     proxy::{
         l4::L4Proxy,
         relay,

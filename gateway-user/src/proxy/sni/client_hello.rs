@@ -29,7 +29,9 @@ pub enum Parsed {
     Complete(ClientHello),
     /// More is needed: nothing can change before the input is `needed` bytes long (the end
     /// of the record, or of the next record header), so a reader can sleep until then.
-    Incomplete { needed: usize },
+    Incomplete {
+        needed: usize,
+    },
 }
 
 /// What a complete ClientHello tells the router.

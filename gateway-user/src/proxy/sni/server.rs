@@ -138,7 +138,14 @@ async fn accept_loop(
 ) {
     accept_each(listener, address, |client, peer| {
         let routes = routes.borrow().clone();
-        Some(serve(client, peer, address, routes, metrics.clone(), options))
+        Some(serve(
+            client,
+            peer,
+            address,
+            routes,
+            metrics.clone(),
+            options,
+        ))
     })
     .await;
 }
