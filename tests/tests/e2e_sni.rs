@@ -188,7 +188,7 @@ fn routes_by_sni(test: &str, mode: Mode) {
     if !root::can_run(test) {
         return;
     }
-    let gw = Gateway::start(mode, &[]);
+    let gw = Gateway::start(mode, &["--access-log"]);
     let cases = [
         ("a.example.com", 0),
         ("b.example.com", 1),
@@ -503,7 +503,9 @@ fn many_connections_leak_nothing(test: &str, mode: Mode) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let now = gw.sluice.open_fds();
-        if now == before && gw.sluice.metric(&active) == Some(0.0) {
+        // No more than before (an admin connection open then may have closed since).
+        let released = now.sockets <= before.sockets && now.pipes <= before.pipes;
+        if released && gw.sluice.metric(&active) == Some(0.0) {
             break;
         }
         assert!(

@@ -55,7 +55,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run(args) => {
-            daemon::logging::init(args.log_format);
+            let _flush_logs = daemon::logging::init(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -88,6 +88,12 @@ pub struct RunArgs {
     #[arg(long, env = "SLUICE_KEEP_DATAPATH")]
     pub keep_datapath: bool,
 
+    /// Write an access-log line per TLS passthrough connection (target `access`: client,
+    /// SNI, route, backend, bytes each way, duration, how it ended), JSON with
+    /// `--log-format json`. Off by default, as Istio's `accessLogFile`.
+    #[arg(long, env = "SLUICE_ACCESS_LOG")]
+    pub access_log: bool,
+
     /// The longest a TLS passthrough client may take to send its whole ClientHello; slower
     /// or silent clients are closed (and counted as `timeout`).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -191,6 +197,7 @@ impl Daemon {
                     hello_timeout: args.client_hello_timeout,
                     connect_timeout: CONNECT_TIMEOUT,
                     mode: sni_mode,
+                    access_log: args.access_log,
                 },
             ),
             status: Serving::default(),

@@ -63,6 +63,12 @@ impl BackendSet {
 
     /// The endpoint for a flow from `client` to `listener`, as the kernel would choose it.
     pub fn pick(&self, client: SocketAddr, listener: SocketAddr) -> Option<SocketAddr> {
+        self.pick_index(client, listener)
+            .and_then(|i| self.endpoints.get(i).copied())
+    }
+
+    /// [`BackendSet::pick`] as an index into `endpoints`.
+    pub fn pick_index(&self, client: SocketAddr, listener: SocketAddr) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }
@@ -74,7 +80,7 @@ impl BackendSet {
             6,
         );
         let slot = self.table.get((hash % MAGLEV_TABLE_SIZE) as usize)?;
-        self.endpoints.get(*slot as usize).copied()
+        Some(*slot as usize).filter(|i| *i < self.endpoints.len())
     }
 }
 

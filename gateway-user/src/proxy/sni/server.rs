@@ -7,11 +7,15 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::AsRawFd,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64},
+    },
     time::{Duration, Instant},
 };
 
 use nix::sys::socket::{MsgFlags, recv};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use tokio::{
     io::Interest,
     net::{TcpListener, TcpStream},
@@ -41,20 +45,33 @@ pub struct SniOptions {
     pub connect_timeout: Duration,
     /// How the bytes travel after the decision.
     pub mode: relay::Mode,
+    /// Write an access-log line per connection (`--access-log`).
+    pub access_log: bool,
 }
 
 /// One listener's routes, swapped whole on reload.
-#[derive(Debug, Default)]
 pub struct SniListener {
     table: SniTable,
     routes: Vec<Route>,
+    /// Refusals by [`Failure::index`].
+    failures: [Counter; Failure::COUNT],
 }
 
-#[derive(Debug)]
 struct Route {
     /// `namespace/name:path` of the rule, for metrics and the access log.
     label: String,
     backends: Option<Arc<BackendSet>>,
+    active: Gauge<i64, AtomicI64>,
+    /// The metrics of each endpoint of `backends`, in its order: resolved when the route is
+    /// built, so a connection only increments atomics.
+    endpoints: Vec<EndpointMetrics>,
+}
+
+struct EndpointMetrics {
+    connections: Counter,
+    connect_failures: Counter,
+    upstream: Counter<u64, AtomicU64>,
+    downstream: Counter<u64, AtomicU64>,
 }
 
 pub fn route_label(origin: &RouteOrigin) -> String {
@@ -79,35 +96,93 @@ impl SniProxy {
         }
     }
 
-    fn wanted(plan: &Plan, sets: &BackendSets) -> Vec<(SocketAddr, SniListener)> {
+    fn wanted(&self, plan: &Plan, sets: &BackendSets) -> Vec<(SocketAddr, SniListener)> {
         plan.listeners
             .iter()
             .filter_map(|l| {
                 let ListenerKind::SniRoute { routes } = &l.kind else {
                     return None;
                 };
+                let address = l.address();
                 let listener = SniListener {
                     table: SniTable::new(routes),
                     routes: routes
                         .iter()
                         .enumerate()
-                        .map(|(i, r)| Route {
-                            label: route_label(&r.origin),
-                            backends: sets.get(l.address(), i),
+                        .map(|(i, r)| {
+                            self.route(address, route_label(&r.origin), sets.get(address, i))
                         })
                         .collect(),
+                    failures: Failure::REASONS.map(|reason| {
+                        let labels = FailureLabels {
+                            listener: address.to_string(),
+                            reason,
+                        };
+                        self.metrics
+                            .handshake_failures
+                            .get_or_create(&labels)
+                            .clone()
+                    }),
                 };
-                Some((l.address(), listener))
+                Some((address, listener))
             })
             .collect()
     }
 
+    fn route(
+        &self,
+        listener: SocketAddr,
+        label: String,
+        backends: Option<Arc<BackendSet>>,
+    ) -> Route {
+        let metrics = &self.metrics;
+        let route_labels = RouteLabels {
+            listener: listener.to_string(),
+            route: label.clone(),
+        };
+        let endpoints = backends
+            .iter()
+            .flat_map(|set| set.endpoints.iter())
+            .map(|endpoint| {
+                let labels = BackendLabels {
+                    listener: route_labels.listener.clone(),
+                    route: label.clone(),
+                    backend: endpoint.to_string(),
+                };
+                let bytes = |direction| {
+                    let labels = BytesLabels {
+                        listener: labels.listener.clone(),
+                        route: labels.route.clone(),
+                        backend: labels.backend.clone(),
+                        direction,
+                    };
+                    metrics.bytes.get_or_create(&labels).clone()
+                };
+                EndpointMetrics {
+                    connections: metrics.connections.get_or_create(&labels).clone(),
+                    connect_failures: metrics.connect_failures.get_or_create(&labels).clone(),
+                    upstream: bytes("upstream"),
+                    downstream: bytes("downstream"),
+                }
+            })
+            .collect();
+        Route {
+            active: metrics.active.get_or_create(&route_labels).clone(),
+            label,
+            backends,
+            endpoints,
+        }
+    }
+
     /// Closes the listeners `plan` no longer has.
     pub async fn close_unwanted(&mut self, plan: &Plan) {
-        let wanted = Self::wanted(plan, &BackendSets::default());
-        self.listeners
-            .close_unless(|a| wanted.iter().any(|(w, _)| w == a))
-            .await;
+        let keep: Vec<SocketAddr> = plan
+            .listeners
+            .iter()
+            .filter(|l| matches!(l.kind, ListenerKind::SniRoute { .. }))
+            .map(|l| l.address())
+            .collect();
+        self.listeners.close_unless(|a| keep.contains(a)).await;
     }
 
     /// Binds and routes the Plan's SNI listeners; returns those that could not be bound.
@@ -116,10 +191,11 @@ impl SniProxy {
         plan: &Plan,
         sets: &BackendSets,
     ) -> Vec<(SocketAddr, anyhow::Error)> {
-        let (metrics, options) = (self.metrics.clone(), self.options);
+        let options = self.options;
+        let wanted = self.wanted(plan, sets);
         self.listeners
-            .update(Self::wanted(plan, sets), |listener, address, routes| {
-                accept_loop(listener, address, routes, metrics.clone(), options)
+            .update(wanted, |listener, address, routes| {
+                accept_loop(listener, address, routes, options)
             })
             .await
     }
@@ -133,19 +209,11 @@ async fn accept_loop(
     listener: TcpListener,
     address: SocketAddr,
     routes: watch::Receiver<Arc<SniListener>>,
-    metrics: Arc<SniMetrics>,
     options: SniOptions,
 ) {
     accept_each(listener, address, |client, peer| {
         let routes = routes.borrow().clone();
-        Some(serve(
-            client,
-            peer,
-            address,
-            routes,
-            metrics.clone(),
-            options,
-        ))
+        Some(serve(client, peer, address, routes, options))
     })
     .await;
 }
@@ -163,20 +231,40 @@ enum Failure {
 }
 
 impl Failure {
-    fn reason(&self) -> &'static str {
+    const COUNT: usize = 8;
+    /// The metric labels, by [`Failure::index`].
+    const REASONS: [&'static str; Failure::COUNT] = [
+        "timeout",
+        "closed",
+        "not_tls",
+        "too_large",
+        "malformed",
+        "no_sni",
+        "no_route",
+        "no_backend",
+    ];
+
+    fn index(&self) -> usize {
         match self {
-            Failure::Timeout => "timeout",
-            Failure::Closed | Failure::Io(_) => "closed",
-            Failure::Refused(r) => r.label(),
-            Failure::NoSni => "no_sni",
-            Failure::NoRoute => "no_route",
-            Failure::NoBackend => "no_backend",
+            Failure::Timeout => 0,
+            Failure::Closed | Failure::Io(_) => 1,
+            Failure::Refused(Refusal::NotTls) => 2,
+            Failure::Refused(Refusal::TooLarge) => 3,
+            Failure::Refused(Refusal::Malformed(_)) => 4,
+            Failure::NoSni => 5,
+            Failure::NoRoute => 6,
+            Failure::NoBackend => 7,
         }
+    }
+
+    fn reason(&self) -> &'static str {
+        Failure::REASONS[self.index()]
     }
 }
 
 /// One access-log record (target `access`): a line per connection.
 struct Access<'a> {
+    enabled: bool,
     client: SocketAddr,
     listener: SocketAddr,
     sni: Option<&'a str>,
@@ -187,6 +275,9 @@ struct Access<'a> {
 
 impl Access<'_> {
     fn log(&self, relayed: Option<&Relayed>, result: &str) {
+        if !self.enabled {
+            return;
+        }
         let (up, down) = relayed.map_or((0, 0), |r| (r.upstream, r.downstream));
         tracing::info!(
             target: "access",
@@ -209,10 +300,10 @@ async fn serve(
     peer: SocketAddr,
     listener: SocketAddr,
     routes: Arc<SniListener>,
-    metrics: Arc<SniMetrics>,
     options: SniOptions,
 ) {
     let mut access = Access {
+        enabled: options.access_log,
         client: peer,
         listener,
         sni: None,
@@ -221,19 +312,15 @@ async fn serve(
         started: Instant::now(),
     };
     let refuse = |failure: Failure, access: &Access<'_>| {
-        metrics
-            .handshake_failures
-            .get_or_create(&FailureLabels {
-                listener: listener.to_string(),
-                reason: failure.reason(),
-            })
-            .inc();
-        let result = match &failure {
-            Failure::Refused(r) => format!("{}: {r}", failure.reason()),
-            Failure::Io(e) => format!("closed: {e}"),
-            _ => failure.reason().to_owned(),
-        };
-        access.log(None, &result);
+        routes.failures[failure.index()].inc();
+        if access.enabled {
+            let result = match &failure {
+                Failure::Refused(r) => format!("{}: {r}", failure.reason()),
+                Failure::Io(e) => format!("closed: {e}"),
+                _ => failure.reason().to_owned(),
+            };
+            access.log(None, &result);
+        }
     };
     let hello = match tokio::time::timeout(options.hello_timeout, read_hello(&client)).await {
         Ok(Ok(hello)) => hello,
@@ -253,53 +340,34 @@ async fn serve(
         return refuse(Failure::NoRoute, &access);
     };
     access.route = &route.label;
-    let Some(backend) = route
-        .backends
-        .as_ref()
-        .and_then(|set| set.pick(peer, listener))
-    else {
+    let picked = route.backends.as_ref().and_then(|set| {
+        let i = set.pick_index(peer, listener)?;
+        Some((*set.endpoints.get(i)?, route.endpoints.get(i)?))
+    });
+    let Some((backend, metrics)) = picked else {
         return refuse(Failure::NoBackend, &access);
     };
     access.backend = Some(backend);
-    let labels = BackendLabels {
-        listener: listener.to_string(),
-        route: route.label.clone(),
-        backend: backend.to_string(),
-    };
     let upstream =
         match tokio::time::timeout(options.connect_timeout, TcpStream::connect(backend)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                metrics.connect_failures.get_or_create(&labels).inc();
+                metrics.connect_failures.inc();
                 return access.log(None, &format!("connect failed: {e}"));
             }
             Err(_) => {
-                metrics.connect_failures.get_or_create(&labels).inc();
+                metrics.connect_failures.inc();
                 return access.log(None, "connect failed: timed out");
             }
         };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    metrics.connections.get_or_create(&labels).inc();
-    let active = RouteLabels {
-        listener: labels.listener.clone(),
-        route: labels.route.clone(),
-    };
-    metrics.active.get_or_create(&active).inc();
+    metrics.connections.inc();
+    route.active.inc();
     let relayed = relay::relay(client, upstream, options.mode).await;
-    metrics.active.get_or_create(&active).dec();
-    for (direction, bytes) in [
-        ("upstream", relayed.upstream),
-        ("downstream", relayed.downstream),
-    ] {
-        let labels = BytesLabels {
-            listener: labels.listener.clone(),
-            route: labels.route.clone(),
-            backend: labels.backend.clone(),
-            direction,
-        };
-        metrics.bytes.get_or_create(&labels).inc_by(bytes);
-    }
+    route.active.dec();
+    metrics.upstream.inc_by(relayed.upstream);
+    metrics.downstream.inc_by(relayed.downstream);
     let result = relayed.error.as_deref().unwrap_or("closed");
     access.log(Some(&relayed), result);
 }

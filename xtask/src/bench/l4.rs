@@ -1,84 +1,26 @@
-//! `cargo xtask bench`: Sluice against the direct routed path and its peers, measured in one
-//! run on the same three-namespace network (method: docs/bench.md): new connections per
-//! second with latency, kept-alive requests per second, and single-stream throughput. Each
-//! contestant gets a fresh network; every figure is the median of `--runs` runs with its
-//! min-max spread, and the ratio to the direct path's median.
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+//! The L4 suite: plain TCP through the kernel NAT (XDP, TC), the userspace forwarder,
+//! nftables and the TCP proxies, as requests over new and kept-alive connections and as
+//! iperf3 bulk; then the kernel programs' per-packet cost.
+use std::{fmt::Write as _, net::SocketAddr, path::Path, time::Duration};
 
-use anyhow::{Context as _, bail};
-use clap::Args;
+use anyhow::Context as _;
 use tests::{
     bpffs::TempBpffs,
-    load::{self, RrServer},
+    load::{self, RrServer, Transport},
     netns::NetNs,
     sluice::Sluice,
     topology::{self, Topology},
 };
 
-use crate::{
-    build::{BuildArgs, build_both, workspace_root},
-    setup,
+use super::{
+    BenchArgs, Column, Contestant, MAX_OUTSIDE_CPU_PCT, OutsideCpu, Running, WORKERS, netns_inode,
+    render, spawn_in, wait_listening,
 };
 
 const RR_PORT: u16 = 9000;
 const IPERF_PORT: u16 = 5201;
-/// Concurrent clients of the load generator.
-const WORKERS: usize = 32;
-
-#[derive(Args)]
-pub struct BenchArgs {
-    /// Runs per measurement (medians are reported).
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Length of each measurement.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Where the results table is written.
-    #[arg(long, default_value = "target/bench/results.md")]
-    pub out: PathBuf,
-    /// Measure only these (comma-separated); the direct path is always measured.
-    #[arg(long, value_delimiter = ',')]
-    only: Vec<Contestant>,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|e| format!("{text}: {e}"))?;
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Contestant {
-    Direct,
-    SluiceXdp,
-    SluiceTc,
-    SluiceUserspace,
-    Nftables,
-    Haproxy,
-    Nginx,
-    Envoy,
-}
 
 impl Contestant {
-    const ALL: [Contestant; 8] = [
-        Self::Direct,
-        Self::SluiceXdp,
-        Self::SluiceTc,
-        Self::SluiceUserspace,
-        Self::Nftables,
-        Self::Haproxy,
-        Self::Nginx,
-        Self::Envoy,
-    ];
-
     fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct (routed, no NAT)",
@@ -106,76 +48,18 @@ struct Sample {
     outside_cpu_pct: f64,
 }
 
-/// Whatever a contestant started, stopped when dropped.
-#[derive(Default)]
-struct Running {
-    sluice: Option<Sluice>,
-    process: Option<Child>,
-    _bpffs: Option<TempBpffs>,
-    _config: Option<tempfile::TempDir>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-    }
-}
-
-pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("the benchmark builds network namespaces and loads BPF programs: run it as root");
-    }
-    let mut installed = Vec::new();
-    setup::apt_install(
-        &[
-            "haproxy",
-            "nftables",
-            "iperf3",
-            "iproute2",
-            "nginx",
-            "libnginx-mod-stream",
-        ],
-        &mut installed,
-    )?;
-    let envoy = setup::envoy(&workspace_root().join("target"), &mut installed)?;
-    let (bin, object) = build_both(&BuildArgs {
-        release: true,
-        ..BuildArgs::default()
-    })?;
-    // SAFETY: set before this process starts any thread; the harness reads them to find
-    // sluice and the eBPF object (the per-packet cost loads it).
-    unsafe {
-        std::env::set_var("SLUICE_BIN", &bin);
-        std::env::set_var("SLUICE_EBPF_OBJECT", &object);
-    }
-
-    let mut results: Vec<(Contestant, Vec<Sample>)> = Vec::new();
-    let chosen = Contestant::ALL
-        .into_iter()
-        .filter(|c| *c == Contestant::Direct || args.only.is_empty() || args.only.contains(c));
-    for contestant in chosen {
+/// Measures every chosen contestant; returns the suite's tables.
+pub(super) fn run(args: &BenchArgs, envoy: &Path) -> anyhow::Result<String> {
+    let mut results: Vec<(&str, Vec<Sample>)> = Vec::new();
+    for contestant in Contestant::chosen(args, &Contestant::ALL) {
         eprintln!("bench: {}", contestant.name());
-        let samples = measure(contestant, args, &envoy)
+        let samples = measure(contestant, args, envoy)
             .with_context(|| format!("measuring {}", contestant.name()))?;
-        results.push((contestant, samples));
+        results.push((contestant.name(), samples));
     }
     eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");
     let costs = tests::packet_cost::measure(PACKET_COST_REPEAT, PACKET_COST_SYNS);
-    let table = table(&results, args) + &cost_table(&costs);
-    println!("{table}");
-    let out = workspace_root().join(&args.out);
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("bench: results written to {}", out.display());
-    Ok(())
+    Ok(table(&results, args) + &cost_table(&costs))
 }
 
 /// Runs per measured path of the per-packet cost: the kernel averages them.
@@ -196,11 +80,7 @@ fn cost_table(costs: &[tests::packet_cost::PacketCost]) -> String {
     out
 }
 
-fn measure(
-    contestant: Contestant,
-    args: &BenchArgs,
-    envoy: &std::path::Path,
-) -> anyhow::Result<Vec<Sample>> {
+fn measure(contestant: Contestant, args: &BenchArgs, envoy: &Path) -> anyhow::Result<Vec<Sample>> {
     let mut topology = Topology::builder().static_neighbours();
     if contestant != Contestant::SluiceXdp {
         // The physical limit and the peers keep TSO and checksum offload; XDP on veth cannot
@@ -240,8 +120,20 @@ fn measure(
     while samples.len() < args.runs {
         let run = samples.len() + 1;
         let outside = OutsideCpu::start(&ours);
-        let conns = load::new_connections(&topology.client, rr, WORKERS, args.duration);
-        let keep = load::keep_alive(&topology.client, rr, WORKERS, args.duration);
+        let conns = load::new_connections(
+            &topology.client,
+            rr,
+            &Transport::Plain,
+            WORKERS,
+            args.duration,
+        );
+        let keep = load::keep_alive(
+            &topology.client,
+            rr,
+            &Transport::Plain,
+            WORKERS,
+            args.duration,
+        );
         let gbit = iperf_gbit(&topology.client, host, args.duration, 1)?;
         let gbit_4_streams = iperf_gbit(&topology.client, host, args.duration, 4)?;
         let outside_cpu_pct = outside.percent();
@@ -293,7 +185,7 @@ fn measure(
 fn start(
     contestant: Contestant,
     topology: &Topology,
-    envoy: &std::path::Path,
+    envoy: &Path,
 ) -> anyhow::Result<(Running, std::net::IpAddr)> {
     let listener = topology::GATEWAY_CLIENT_V4.into();
     let backend = topology::backend_v4(0);
@@ -453,32 +345,6 @@ fn envoy_config(listener: std::net::IpAddr, backend: std::net::Ipv4Addr) -> Stri
     format!("static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}")
 }
 
-fn spawn_in(ns: &NetNs, program: &str, args: &[&str]) -> anyhow::Result<Child> {
-    ns.command(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {program}"))
-}
-
-/// Waits until something in `ns` listens on TCP `port` (`ss`), for at most 10 s.
-fn wait_listening(ns: &NetNs, port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let out = ns
-            .command("ss")
-            .args(["-Htln", &format!("sport = :{port}")])
-            .output()?;
-        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("nothing listens on port {port} in {}", ns.name)
-}
-
 fn iperf_gbit(
     client: &NetNs,
     host: std::net::IpAddr,
@@ -507,21 +373,8 @@ fn iperf_gbit(
         .with_context(|| format!("iperf3 reported no throughput: {}", report["error"]))
 }
 
-fn stats(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
-    (
-        median,
-        sorted.first().copied().unwrap_or_default(),
-        sorted.last().copied().unwrap_or_default(),
-    )
-}
-
-fn table(results: &[(Contestant, Vec<Sample>)], args: &BenchArgs) -> String {
-    type Field = fn(&Sample) -> f64;
-    // (column, value, decimals, compared with the direct path)
-    let fields: [(&str, Field, usize, bool); 7] = [
+fn table(results: &[(&str, Vec<Sample>)], args: &BenchArgs) -> String {
+    let columns: [Column<Sample>; 7] = [
         ("new conn/s", |s| s.conn_per_s, 0, true),
         ("p50 µs", |s| s.p50_us, 0, false),
         ("p99 µs", |s| s.p99_us, 0, false),
@@ -530,135 +383,14 @@ fn table(results: &[(Contestant, Vec<Sample>)], args: &BenchArgs) -> String {
         ("4-stream Gbit/s", |s| s.gbit_4_streams, 2, true),
         ("CPU outside %", |s| s.outside_cpu_pct, 1, false),
     ];
-    let direct = |field: Field| {
-        results
-            .iter()
-            .find(|(c, _)| *c == Contestant::Direct)
-            .map(|(_, s)| stats(&s.iter().map(field).collect::<Vec<_>>()).0)
-    };
-    let mut out = format!(
-        "Sluice benchmark: medians of {} runs of {:.0?} each (min-max), ratio to the direct path in brackets.\n\
-         Client, gateway and backend share this machine's {} cores; {} concurrent clients; {}-byte requests and responses.\n\n",
+    let title = format!(
+        "Sluice benchmark, L4: medians of {} runs of {:.0?} each (min-max), ratio to the direct path in brackets.\n\
+         Client, gateway and backend share this machine's {} cores; {} concurrent clients; {}-byte requests and responses.",
         args.runs,
         args.duration,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         WORKERS,
         load::MESSAGE
     );
-    out += "| contestant |";
-    for (name, _, _, _) in &fields {
-        let _ = write!(out, " {name} |");
-    }
-    out += "\n|---|";
-    out += &"---|".repeat(fields.len());
-    out += "\n";
-    for (contestant, samples) in results {
-        let _ = write!(out, "| {} |", contestant.name());
-        for (_, field, decimals, ratio) in &fields {
-            let values: Vec<f64> = samples.iter().map(field).collect();
-            let (median, min, max) = stats(&values);
-            let _ = write!(
-                out,
-                " {median:.decimals$} ({min:.decimals$}-{max:.decimals$})"
-            );
-            if *ratio && let Some(d) = direct(*field).filter(|d| *d > 0.0) {
-                let _ = write!(out, " [{:.2}x]", median / d);
-            }
-            out += " |";
-        }
-        out += "\n";
-    }
-    out
-}
-
-/// Runs over this share of CPU used outside the benchmark are repeated.
-const MAX_OUTSIDE_CPU_PCT: f64 = 5.0;
-
-/// The inode of a network namespace, which identifies it.
-fn netns_inode(path: &str) -> u64 {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata(path).map_or(0, |m| m.ino())
-}
-
-/// CPU time of the user processes outside the benchmark's namespaces (and other than this
-/// one, whose load threads enter them), from `/proc/<pid>/stat`, since `start`.
-struct OutsideCpu {
-    ours: [u64; 3],
-    before: std::collections::HashMap<u32, u64>,
-    steal_before: u64,
-    started: Instant,
-}
-
-impl OutsideCpu {
-    fn start(ours: &[u64; 3]) -> OutsideCpu {
-        OutsideCpu {
-            ours: *ours,
-            before: outside_ticks(ours),
-            steal_before: steal_ticks(),
-            started: Instant::now(),
-        }
-    }
-
-    /// Percent of all CPUs' time since `start`, the hypervisor's steal included (a virtual
-    /// machine's neighbours take CPU the same way another process does).
-    fn percent(&self) -> f64 {
-        let after = outside_ticks(&self.ours);
-        let used: u64 = after
-            .iter()
-            .map(|(pid, ticks)| ticks.saturating_sub(self.before.get(pid).copied().unwrap_or(0)))
-            .sum::<u64>()
-            + steal_ticks().saturating_sub(self.steal_before);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        100.0 * used as f64 / hz / (self.started.elapsed().as_secs_f64() * cpus)
-    }
-}
-
-/// CPU time stolen by the hypervisor, all CPUs (`steal` on the `cpu` line of /proc/stat).
-fn steal_ticks() -> u64 {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|stat| {
-            let line = stat.lines().next()?.to_owned();
-            line.split_whitespace().nth(8)?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
-/// utime + stime of each user process not in `ours`, by PID.
-fn outside_ticks(ours: &[u64; 3]) -> std::collections::HashMap<u32, u64> {
-    /// `PF_KTHREAD`: kernel threads (softirq work of the benchmark's own packets) are not noise.
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    let me = std::process::id();
-    let mut ticks = std::collections::HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return ticks;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me || ours.contains(&netns_inode(&format!("/proc/{pid}/ns/net"))) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name, which may itself hold spaces and parentheses.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-        if field(6).is_none_or(|flags| flags & PF_KTHREAD != 0) {
-            continue;
-        }
-        ticks.insert(pid, field(11).unwrap_or(0) + field(12).unwrap_or(0));
-    }
-    ticks
+    render(&title, results, &columns)
 }
