@@ -23,6 +23,11 @@ pub mod map_names {
     pub const L4_BACKEND_CNT: &str = "L4_BACKEND_CNT";
     /// One [`crate::l4::NatConfig`]: the source-port range of the NAT.
     pub const L4_CONFIG: &str = "L4_CONFIG";
+    /// SOCKHASH of TLS passthrough connections handed to the kernel:
+    /// [`crate::sockets::SockKey`] of the socket bytes arrive on -> the socket they leave by.
+    pub const SNI_SOCKETS: &str = "SNI_SOCKETS";
+    /// Per-CPU counters of the socket splice, indexed by `sockets::COUNT_*`.
+    pub const SNI_COUNTERS: &str = "SNI_COUNTERS";
     /// Every map the daemon pins, in a stable order.
     pub const ALL: &[&str] = &[
         REASON_COUNTERS,
@@ -34,6 +39,8 @@ pub mod map_names {
         L4_LISTENER_CNT,
         L4_BACKEND_CNT,
         L4_CONFIG,
+        SNI_SOCKETS,
+        SNI_COUNTERS,
     ];
 }
 
@@ -43,6 +50,9 @@ pub mod program_names {
     pub const XDP_INGRESS: &str = "sluice_xdp";
     /// TC (clsact ingress) entry point, for interfaces where XDP cannot attach.
     pub const TC_INGRESS: &str = "sluice_tc";
+    /// `sk_skb` stream verdict on [`crate::map_names::SNI_SOCKETS`]: moves a spliced
+    /// connection's bytes to its peer socket.
+    pub const SOCKET_SPLICE: &str = "sluice_sockmap";
 }
 
 /// What the datapath did with a packet, decided by the first check that classified it.
@@ -231,6 +241,8 @@ unsafe impl aya::Pod for l4::Flow {}
 unsafe impl aya::Pod for l4::L4Counters {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for l4::NatConfig {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for sockets::SockKey {}
 
 /// Protocol constants shared by the parsers and the tests' packet builders.
 pub mod proto {
@@ -572,4 +584,42 @@ pub mod select {
         h = h.wrapping_mul(0xc2b2_ae35);
         h ^ (h >> 16)
     }
+}
+
+/// Connections whose bytes the kernel moves between two sockets (TLS passthrough after the
+/// SNI decision): a SOCKHASH keyed by the receiving socket's own tuple, whose value is the
+/// socket to send out of.
+pub mod sockets {
+    /// SOCKHASH capacity: two entries per connection.
+    pub const MAX_SOCKETS: u32 = 1 << 16;
+
+    /// A socket's tuple as the `sk_skb` program reads it from `__sk_buff`: the address
+    /// family (`AF_INET` 2, `AF_INET6` 10), ports in host order, addresses as the raw
+    /// network-order words (IPv4 in word 0; a dual-stack socket's IPv4 peers are
+    /// IPv4-mapped IPv6).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SockKey {
+        pub family: u32,
+        pub local_port: u32,
+        pub remote_port: u32,
+        pub _pad: u32,
+        pub local: [u32; 4],
+        pub remote: [u32; 4],
+    }
+    const _: () = assert!(core::mem::size_of::<SockKey>() == 48);
+
+    pub const AF_INET: u32 = 2;
+    pub const AF_INET6: u32 = 10;
+
+    /// Bytes handed to the peer socket.
+    pub const COUNT_REDIRECTED: u32 = 0;
+    /// A FIN (an empty skb): left to the receiving socket, where userspace sees the EOF.
+    pub const COUNT_EOF: u32 = 1;
+    /// No peer in the map (it is closing): the bytes stay with the receiving socket.
+    pub const COUNT_NO_PEER: u32 = 2;
+    pub const COUNT_LEN: u32 = 3;
+
+    /// Per-CPU packets and bytes of one `COUNT_*` kind.
+    pub use crate::Counters;
 }

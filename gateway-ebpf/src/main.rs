@@ -17,11 +17,12 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod sockets;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, stream_verdict, xdp},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 use gateway_common::PacketReason;
 
@@ -84,3 +85,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// `sk_skb` stream verdict of the TLS passthrough socket splice (attached to the
+/// `SNI_SOCKETS` SOCKHASH): each byte a spliced socket receives leaves by its peer.
+#[stream_verdict]
+pub fn sluice_sockmap(ctx: SkBuffContext) -> u32 {
+    sockets::verdict(&ctx)
+}

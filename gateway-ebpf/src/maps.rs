@@ -1,7 +1,7 @@
 //! Every map of the kernel programs, declared with BTF so `bpftool map dump` prints field
 //! names. Names and value types come from `gateway-common`.
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, SockHash},
     macros::btf_map,
 };
 use gateway_common::{
@@ -10,6 +10,7 @@ use gateway_common::{
         Backend, Flow, FlowKey, L4Counters, Listener, ListenerKey, MAX_BACKENDS, MAX_FLOWS,
         MAX_LISTENERS, NatConfig, TABLE_ENTRIES,
     },
+    sockets::{COUNT_LEN, MAX_SOCKETS, SockKey},
 };
 
 /// Packets and bytes per `PacketReason`, per CPU.
@@ -65,3 +66,12 @@ pub static L4_BACKEND_CNT: PerCpuArray<L4Counters, { MAX_BACKENDS as usize }> = 
 /// The NAT's settings, written by the daemon at start.
 #[btf_map]
 pub static L4_CONFIG: Array<NatConfig, 1> = Array::new();
+
+/// TLS passthrough connections spliced in the kernel: the tuple of the socket bytes arrive
+/// on -> the socket they are sent out of (both directions of each connection).
+#[btf_map]
+pub static SNI_SOCKETS: SockHash<SockKey, { MAX_SOCKETS as usize }> = SockHash::new();
+
+/// What the socket splice did, per CPU, by `sockets::COUNT_*`.
+#[btf_map]
+pub static SNI_COUNTERS: PerCpuArray<Counters, { COUNT_LEN as usize }> = PerCpuArray::new();

@@ -65,15 +65,18 @@ fn config(b_backend: usize) -> String {
 enum Mode {
     /// `--datapath userspace`: the bytes are copied through the daemon.
     Userspace,
-    /// TC attached on both gateway interfaces: the bytes are spliced.
+    /// TC attached on both gateway interfaces: the bytes are spliced (splice(2)).
     Kernel,
+    /// TC attached, and the bytes moved by the kernel's socket splice (sockmap).
+    Sockmap,
 }
 
 impl Mode {
-    fn args(self) -> &'static [&'static str] {
+    fn args(self) -> Vec<&'static str> {
         match self {
-            Mode::Userspace => &["--datapath", "userspace"],
-            Mode::Kernel => topology::SLUICE_TC_ARGS,
+            Mode::Userspace => vec!["--datapath", "userspace"],
+            Mode::Kernel => topology::SLUICE_TC_ARGS.to_vec(),
+            Mode::Sockmap => [topology::SLUICE_TC_ARGS, &["--sni-byte-path", "sockmap"]].concat(),
         }
     }
 
@@ -81,6 +84,7 @@ impl Mode {
         match self {
             Mode::Userspace => "Copy",
             Mode::Kernel => "Splice",
+            Mode::Sockmap => "Sockmap",
         }
     }
 }
@@ -89,7 +93,7 @@ struct Gateway {
     topology: Topology,
     ca: TestCa,
     backends: Vec<TlsBackend>,
-    _bpffs: TempBpffs,
+    bpffs: TempBpffs,
     config: tempfile::TempDir,
     sluice: Sluice,
 }
@@ -145,7 +149,7 @@ impl Gateway {
             topology,
             ca,
             backends,
-            _bpffs: bpffs,
+            bpffs,
             config,
             sluice,
         }
@@ -161,6 +165,26 @@ impl Gateway {
         self.topology
             .client
             .run(move || TlsClient::connect(vip, &sni, config))
+    }
+
+    /// Entries of the socket splice's SOCKHASH (two per spliced connection), read with
+    /// bpftool from the pinned map.
+    fn spliced_sockets(&self) -> usize {
+        let pin = self.bpffs.pin_dir("sni").join("SNI_SOCKETS");
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&pin)
+            .output()
+            .unwrap_or_else(|e| panic!("bpftool: {e}"));
+        let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "bpftool map dump {}: {e}: {}{}",
+                pin.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        dump.as_array().map_or(0, Vec::len)
     }
 
     fn failures(&self, reason: &str) -> f64 {
@@ -497,6 +521,9 @@ fn many_connections_leak_nothing(test: &str, mode: Mode) {
         "sluice_sni_active_connections{{listener=\"{LISTENER}\",route=\"sni/vs:spec.tls[3]\"}}"
     );
     assert_eq!(gw.sluice.metric(&active), Some(SESSIONS as f64));
+    if mode == Mode::Sockmap {
+        assert_eq!(gw.spliced_sockets(), 2 * SESSIONS);
+    }
     for session in sessions {
         session.close();
     }
@@ -505,12 +532,17 @@ fn many_connections_leak_nothing(test: &str, mode: Mode) {
         let now = gw.sluice.open_fds();
         // No more than before (an admin connection open then may have closed since).
         let released = now.sockets <= before.sockets && now.pipes <= before.pipes;
-        if released && gw.sluice.metric(&active) == Some(0.0) {
+        let spliced = if mode == Mode::Sockmap {
+            gw.spliced_sockets()
+        } else {
+            0
+        };
+        if released && spliced == 0 && gw.sluice.metric(&active) == Some(0.0) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "still open: {before:?} -> {now:?}, active {:?}",
+            "still open: {before:?} -> {now:?}, active {:?}, spliced {spliced}",
             gw.sluice.metric(&active)
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -574,4 +606,37 @@ fn userspace_reload_moves_a_name() {
 #[test]
 fn kernel_mode_reload_moves_a_name() {
     reload_moves_a_name("kernel_mode_reload_moves_a_name", Mode::Kernel);
+}
+
+#[test]
+fn sockmap_mode_routes_by_sni() {
+    routes_by_sni("sockmap_mode_routes_by_sni", Mode::Sockmap);
+}
+
+#[test]
+fn sockmap_mode_bulk_100mb_both_ways() {
+    bulk("sockmap_mode_bulk_100mb_both_ways", Mode::Sockmap);
+}
+
+#[test]
+fn sockmap_mode_slow_and_silent_clients() {
+    slow_and_silent_clients("sockmap_mode_slow_and_silent_clients", Mode::Sockmap);
+}
+
+#[test]
+fn sockmap_mode_post_quantum_hello_in_two_segments() {
+    post_quantum_hello_in_two_segments(
+        "sockmap_mode_post_quantum_hello_in_two_segments",
+        Mode::Sockmap,
+    );
+}
+
+#[test]
+fn sockmap_mode_many_connections_leak_nothing() {
+    many_connections_leak_nothing("sockmap_mode_many_connections_leak_nothing", Mode::Sockmap);
+}
+
+#[test]
+fn sockmap_mode_reload_moves_a_name() {
+    reload_moves_a_name("sockmap_mode_reload_moves_a_name", Mode::Sockmap);
 }

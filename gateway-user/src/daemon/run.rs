@@ -1,7 +1,10 @@
 //! `sluice run`: load the config, start the datapath and the servers, serve until
 //! SIGINT/SIGTERM, then undo everything this run created.
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    net::TcpStream,
+    signal::unix::{SignalKind, signal},
+};
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -99,9 +102,10 @@ pub struct RunArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub client_hello_timeout: Duration,
 
-    /// How TLS passthrough bytes travel after the SNI decision: `splice` keeps them in the
-    /// kernel (splice(2) through a pipe per direction), `copy` reads them into userspace;
-    /// `auto` is splice, and copy with the userspace datapath.
+    /// How TLS passthrough bytes travel after the SNI decision: `sockmap` hands both sockets
+    /// to the kernel's socket splice (an sk_skb program; no wakeup per message), `splice`
+    /// moves them with splice(2) through a pipe per direction, `copy` reads them into
+    /// userspace; `auto` is splice, and copy with the userspace datapath.
     #[arg(long, value_enum, default_value_t = SniBytePath::Auto)]
     pub sni_byte_path: SniBytePath,
 
@@ -118,7 +122,17 @@ pub struct RunArgs {
 pub enum SniBytePath {
     Auto,
     Splice,
+    Sockmap,
     Copy,
+}
+
+/// The kernel datapath's socket splice as the SNI server's byte path.
+struct KernelSplice(Arc<crate::datapath::sockets::SocketSplice>);
+
+impl relay::Splicer for KernelSplice {
+    fn insert(&self, client: &TcpStream, backend: &TcpStream) -> std::io::Result<()> {
+        self.0.insert(client, backend)
+    }
 }
 
 /// How long connecting to a backend may take (the L4 forwarder's and the SNI server's).
@@ -173,11 +187,19 @@ impl Daemon {
         };
         let mut datapath = Datapath::start(&options)?;
         let status = datapath.status();
-        let sni_mode = match (args.sni_byte_path, &status) {
-            (SniBytePath::Copy, _) | (SniBytePath::Auto, DatapathStatus::Userspace { .. }) => {
-                relay::Mode::Copy
+        let sni_mode = match (args.sni_byte_path, &status, datapath.socket_splice()) {
+            (SniBytePath::Copy, _, _)
+            | (SniBytePath::Auto, DatapathStatus::Userspace { .. }, _) => relay::Mode::Copy,
+            (SniBytePath::Sockmap, _, Some(splice)) => {
+                relay::Mode::Sockmap(Arc::new(KernelSplice(splice)))
             }
-            (SniBytePath::Splice | SniBytePath::Auto, _) => relay::Mode::Splice,
+            (SniBytePath::Sockmap, _, None) => {
+                datapath.abandon();
+                anyhow::bail!(
+                    "--sni-byte-path sockmap needs the kernel datapath's socket splice, which is not loaded (see the log)"
+                )
+            }
+            (SniBytePath::Splice | SniBytePath::Auto, _, _) => relay::Mode::Splice,
         };
         tracing::info!(byte_path = ?sni_mode, "TLS passthrough byte path");
         tracing::info!(mode = status.mode_label(), status = %serde_json::to_string(&status).unwrap_or_default(), "datapath running");

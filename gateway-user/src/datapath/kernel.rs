@@ -72,6 +72,8 @@ pub struct KernelDatapath {
     l4: Option<super::l4::KernelL4>,
     /// The NAT's source ports, kept out of the host's own port choice while the kernel NATs.
     reservation: Option<Reservation>,
+    /// The TLS passthrough socket splice, when the kernel supports it.
+    sockets: Option<Arc<super::sockets::SocketSplice>>,
 }
 
 /// Reads the per-CPU reason counters; cheap to clone, shared with the metrics endpoint.
@@ -179,6 +181,11 @@ impl KernelDatapath {
         self.l4.take()
     }
 
+    /// The TLS passthrough socket splice, if the kernel took its program.
+    pub fn socket_splice(&self) -> Option<Arc<super::sockets::SocketSplice>> {
+        self.sockets.clone()
+    }
+
     pub fn counter_reader(&self) -> CounterReader {
         self.loaded.counters.clone()
     }
@@ -259,6 +266,7 @@ impl Loaded {
             log_task: None,
             l4: None,
             reservation: None,
+            sockets: None,
         };
         if let Err(e) = fs::create_dir_all(datapath.loaded.links_dir()) {
             datapath.abandon();
@@ -285,6 +293,10 @@ impl Loaded {
                 Ok(l4) => datapath.l4 = Some(l4),
                 Err(e) => tracing::warn!("the kernel L4 path is unavailable: {e:#}"),
             }
+        }
+        match super::sockets::SocketSplice::new(&mut datapath.loaded.ebpf) {
+            Ok(sockets) => datapath.sockets = Some(sockets),
+            Err(e) => tracing::warn!("the socket splice is unavailable: {e:#}"),
         }
         if datapath.l4.is_some() {
             // Before any listener reaches the maps: no NAT flow exists yet.

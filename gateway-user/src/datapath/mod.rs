@@ -5,6 +5,7 @@ pub mod ebpf_object;
 pub mod kernel;
 pub mod l4;
 pub mod ports;
+pub mod sockets;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -231,6 +232,14 @@ impl Datapath {
     pub fn take_l4(&mut self) -> Option<l4::KernelL4> {
         match self {
             Datapath::Kernel { kernel, .. } => kernel.take_l4(),
+            Datapath::Userspace { .. } => None,
+        }
+    }
+
+    /// The TLS passthrough socket splice; none in userspace mode or where it cannot load.
+    pub fn socket_splice(&self) -> Option<std::sync::Arc<sockets::SocketSplice>> {
+        match self {
+            Datapath::Kernel { kernel, .. } => kernel.socket_splice(),
             Datapath::Userspace { .. } => None,
         }
     }

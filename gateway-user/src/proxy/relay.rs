@@ -1,13 +1,20 @@
 //! Moving a connection's bytes between the client and the backend once the proxy has
 //! decided where they go. `Copy` reads into a userspace buffer and writes it out (the
 //! userspace datapath); `Splice` moves them socket -> pipe -> socket with splice(2), so they
-//! never enter userspace. Both keep TCP's backpressure (nothing more is read than one
-//! buffer or pipe that could not be written yet), pass a half-close on in either direction,
-//! end both directions when one fails, and count what they moved.
+//! never enter userspace; `Sockmap` hands both sockets to the kernel's socket splice (an
+//! `sk_skb` program redirects every skb to the peer socket), so the daemon is not woken by
+//! the bytes at all, only by each side's end. Copy and splice keep TCP's backpressure
+//! (nothing more is read than one buffer or pipe that could not be written yet); the
+//! socket splice has none (see docs/datapath.md). All pass a half-close on in either
+//! direction, end both directions when one fails, and count what they moved.
 use std::{
     io,
-    os::fd::{AsRawFd, OwnedFd},
-    sync::atomic::{AtomicU64, Ordering},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
@@ -27,10 +34,27 @@ const COPY_BUFFER: usize = 64 * 1024;
 const PIPE_SIZE: usize = 64 * 1024;
 
 /// How the bytes travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Mode {
     Copy,
     Splice,
+    Sockmap(Arc<dyn Splicer>),
+}
+
+impl std::fmt::Debug for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Copy => "Copy",
+            Mode::Splice => "Splice",
+            Mode::Sockmap(_) => "Sockmap",
+        })
+    }
+}
+
+/// Hands a connection's two sockets to the kernel's socket splice (the kernel datapath
+/// implements it): bytes arriving on either leave by the other.
+pub trait Splicer: Send + Sync {
+    fn insert(&self, client: &TcpStream, backend: &TcpStream) -> io::Result<()>;
 }
 
 /// How a relayed connection ended.
@@ -45,7 +69,14 @@ pub struct Relayed {
 }
 
 /// Relays until both directions have ended (or one failed).
-pub async fn relay(client: TcpStream, backend: TcpStream, mode: Mode) -> Relayed {
+pub async fn relay(client: TcpStream, backend: TcpStream, mode: &Mode) -> Relayed {
+    if let Mode::Sockmap(splicer) = mode {
+        match splicer.insert(&client, &backend) {
+            Ok(()) => return sockmap(client, backend).await,
+            // A socket that is already closing cannot be inserted: copying still works.
+            Err(e) => tracing::debug!(error = %e, "socket splice refused the pair; copying"),
+        }
+    }
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let (client_read, client_write) = client.into_split();
     let (backend_read, backend_write) = backend.into_split();
@@ -68,7 +99,7 @@ pub async fn relay(client: TcpStream, backend: TcpStream, mode: Mode) -> Relayed
                 .await
             }
         },
-        Mode::Copy => {
+        Mode::Copy | Mode::Sockmap(_) => {
             both(
                 copy_one_way(client_read, backend_write, &up),
                 copy_one_way(backend_read, client_write, &down),
@@ -165,6 +196,143 @@ async fn splice_one_way(
     }
 }
 
+/// Both sockets are in the socket splice: the daemon only waits for each side's end and
+/// passes it on once everything that side sent has been handed to the other.
+async fn sockmap(client: TcpStream, backend: TcpStream) -> Relayed {
+    // The ClientHello still queued on the client's socket goes through the verdict now
+    // (SO_RCVLOWAT runs the socket's data_ready, which the splice took over).
+    if let Err(e) = set_rcvlowat(client.as_raw_fd(), 1) {
+        return Relayed {
+            upstream: 0,
+            downstream: 0,
+            error: Some(format!("starting the socket splice: {e}")),
+        };
+    }
+    let result = both(
+        sockmap_one_way(&client, &backend),
+        sockmap_one_way(&backend, &client),
+    )
+    .await;
+    // Counted by the kernel: what each side received (its FIN aside, once seen).
+    let received = |s: &TcpStream, ended: bool| {
+        tcp_counts(s.as_raw_fd()).map_or(0, |c| c.received.saturating_sub(u64::from(ended)))
+    };
+    let ended = result.is_ok();
+    Relayed {
+        upstream: received(&client, ended),
+        downstream: received(&backend, ended),
+        error: result.err(),
+    }
+}
+
+/// How long a side's last bytes may take to be handed to the other after its EOF.
+const SPLICE_DRAIN: Duration = Duration::from_secs(30);
+
+/// Waits for `from`'s EOF, then for the kernel to have queued all `from` received on `to`,
+/// then half-closes `to`.
+async fn sockmap_one_way(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+    loop {
+        let ready = from.ready(Interest::READABLE).await?;
+        if ready.is_read_closed() {
+            break;
+        }
+        // Woken without an EOF: an error, or bytes the splice left with `from` because
+        // its peer had gone. Neither can be carried on.
+        let mut byte = [0u8; 1];
+        let peeked = from.try_io(Interest::READABLE, || {
+            nix::sys::socket::recv(
+                from.as_raw_fd(),
+                &mut byte,
+                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(0) => break,
+            Ok(_) => return Err(io::Error::other("bytes left behind by the socket splice")),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // No readiness says when the kernel has queued the last bytes on `to`: compare what
+    // `from` received (its FIN counts one) with what `to` took (acknowledged + queued).
+    let deadline = Instant::now() + SPLICE_DRAIN;
+    loop {
+        let received = tcp_counts(from.as_raw_fd())?.received.saturating_sub(1);
+        if tcp_counts(to.as_raw_fd())?.taken >= received {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the socket splice did not drain",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+        .map_err(io::Error::from)
+}
+
+/// What the kernel counted on one TCP socket.
+struct TcpCounts {
+    /// Bytes received (a FIN counts one).
+    received: u64,
+    /// Bytes written into the socket: acknowledged by the peer, or still queued.
+    taken: u64,
+}
+
+fn tcp_counts(fd: RawFd) -> io::Result<TcpCounts> {
+    // SAFETY: tcp_info is plain data; all zeroes is a valid value.
+    let mut info: nix::libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<nix::libc::tcp_info>() as nix::libc::socklen_t;
+    // SAFETY: `fd` is an open socket; `info` and `len` are valid for writes of their sizes.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            fd,
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut queued: nix::libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int to the pointer given.
+    let rc = unsafe { nix::libc::ioctl(fd, nix::libc::TIOCOUTQ, &raw mut queued) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpCounts {
+        received: info.tcpi_bytes_received,
+        taken: info.tcpi_bytes_acked + u64::try_from(queued).unwrap_or(0),
+    })
+}
+
+/// `SO_RCVLOWAT`: the bytes a TCP socket must hold before it reads as readable; setting it
+/// also runs the socket's data_ready callback (nix has no wrapper for it).
+pub fn set_rcvlowat(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let value = nix::libc::c_int::try_from(bytes).unwrap_or(nix::libc::c_int::MAX);
+    // SAFETY: `fd` is an open socket borrowed for the call; the option value is a c_int
+    // that lives across it, with its size passed alongside.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            fd,
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_RCVLOWAT,
+            (&raw const value).cast(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,7 +355,7 @@ mod tests {
     async fn round_trip(mode: Mode) {
         let (client_side, mut client) = pair().await;
         let (mut backend, backend_side) = pair().await;
-        let relay = tokio::spawn(relay(client_side, backend_side, mode));
+        let relay = tokio::spawn(async move { relay(client_side, backend_side, &mode).await });
         let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let (mut client_read, mut client_write) = client.split();
         let send = async {
@@ -233,17 +401,18 @@ mod tests {
     #[tokio::test]
     async fn a_reset_ends_both_directions() {
         for mode in [Mode::Copy, Mode::Splice] {
+            let name = format!("{mode:?}");
             let (client_side, client) = pair().await;
             let (backend, backend_side) = pair().await;
-            let relay = tokio::spawn(relay(client_side, backend_side, mode));
+            let relay = tokio::spawn(async move { relay(client_side, backend_side, &mode).await });
             // The client resets; the backend stays silent and open.
             client.set_zero_linger().unwrap_or_else(|e| panic!("{e}"));
             drop(client);
             let relayed = tokio::time::timeout(std::time::Duration::from_secs(5), relay)
                 .await
-                .unwrap_or_else(|_| panic!("{mode:?}: the relay outlived a reset"))
+                .unwrap_or_else(|_| panic!("{name}: the relay outlived a reset"))
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert!(relayed.error.is_some(), "{mode:?}: {relayed:?}");
+            assert!(relayed.error.is_some(), "{name}: {relayed:?}");
             drop(backend);
         }
     }

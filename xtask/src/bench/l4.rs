@@ -3,7 +3,7 @@
 //! iperf3 bulk; then the kernel programs' per-packet cost.
 use std::{fmt::Write as _, net::SocketAddr, path::Path, time::Duration};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use tests::{
     bpffs::TempBpffs,
     load::{self, RrServer, Transport},
@@ -17,6 +17,17 @@ use super::{
     render, spawn_in, wait_listening,
 };
 
+const CONTESTANTS: [Contestant; 8] = [
+    Contestant::Direct,
+    Contestant::SluiceXdp,
+    Contestant::SluiceTc,
+    Contestant::SluiceUserspace,
+    Contestant::Nftables,
+    Contestant::Haproxy,
+    Contestant::Nginx,
+    Contestant::Envoy,
+];
+
 const RR_PORT: u16 = 9000;
 const IPERF_PORT: u16 = 5201;
 
@@ -26,6 +37,7 @@ impl Contestant {
             Self::Direct => "direct (routed, no NAT)",
             Self::SluiceXdp => "Sluice XDP",
             Self::SluiceTc => "Sluice TC",
+            Self::SluiceSockmap => "-",
             Self::SluiceUserspace => "Sluice userspace (1 worker)",
             Self::Nftables => "nftables DNAT+SNAT",
             Self::Haproxy => "HAProxy tcp (1 thread)",
@@ -51,7 +63,7 @@ struct Sample {
 /// Measures every chosen contestant; returns the suite's tables.
 pub(super) fn run(args: &BenchArgs, envoy: &Path) -> anyhow::Result<String> {
     let mut results: Vec<(&str, Vec<Sample>)> = Vec::new();
-    for contestant in Contestant::chosen(args, &Contestant::ALL) {
+    for contestant in Contestant::chosen(args, &CONTESTANTS) {
         eprintln!("bench: {}", contestant.name());
         let samples = measure(contestant, args, envoy)
             .with_context(|| format!("measuring {}", contestant.name()))?;
@@ -280,6 +292,7 @@ fn start(
             wait_listening(&topology.gateway, RR_PORT)?;
             running._config = Some(dir);
         }
+        Contestant::SluiceSockmap => bail!("the socket splice is a TLS passthrough byte path"),
         Contestant::Envoy => {
             let dir = tempfile::tempdir()?;
             let file = dir.path().join("envoy.yaml");

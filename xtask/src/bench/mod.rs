@@ -67,6 +67,8 @@ enum Contestant {
     Direct,
     SluiceXdp,
     SluiceTc,
+    /// The SNI suite's kernel byte path through the socket splice (sockmap).
+    SluiceSockmap,
     SluiceUserspace,
     Nftables,
     Haproxy,
@@ -75,17 +77,6 @@ enum Contestant {
 }
 
 impl Contestant {
-    const ALL: [Contestant; 8] = [
-        Self::Direct,
-        Self::SluiceXdp,
-        Self::SluiceTc,
-        Self::SluiceUserspace,
-        Self::Nftables,
-        Self::Haproxy,
-        Self::Nginx,
-        Self::Envoy,
-    ];
-
     fn chosen(args: &BenchArgs, suite: &[Contestant]) -> Vec<Contestant> {
         suite
             .iter()

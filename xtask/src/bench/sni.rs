@@ -25,8 +25,9 @@ const BACKEND_PORT: u16 = 9443;
 /// The name the clients send, and the backend's certificate's.
 const SERVER_NAME: &str = "bench.example.com";
 
-const CONTESTANTS: [Contestant; 6] = [
+const CONTESTANTS: [Contestant; 7] = [
     Contestant::Direct,
+    Contestant::SluiceSockmap,
     Contestant::SluiceTc,
     Contestant::SluiceUserspace,
     Contestant::Haproxy,
@@ -37,6 +38,7 @@ const CONTESTANTS: [Contestant; 6] = [
 fn name(contestant: Contestant) -> &'static str {
     match contestant {
         Contestant::Direct => "direct (routed, no proxy)",
+        Contestant::SluiceSockmap => "Sluice, kernel byte path: sockmap (1 worker)",
         Contestant::SluiceTc => "Sluice, kernel byte path: splice (1 worker)",
         Contestant::SluiceUserspace => "Sluice, userspace copy (1 worker)",
         Contestant::Haproxy => "HAProxy req.ssl_sni (1 thread)",
@@ -160,15 +162,21 @@ fn start(
     let path = dir.path().to_string_lossy().into_owned();
     match contestant {
         Contestant::Direct => return Ok((running, backend)),
-        Contestant::SluiceTc | Contestant::SluiceUserspace => {
+        Contestant::SluiceTc | Contestant::SluiceSockmap | Contestant::SluiceUserspace => {
             std::fs::write(dir.path().join("bench.yaml"), sluice_config(backend))?;
             let bpffs = TempBpffs::new();
             let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
             let mut args = vec!["-f", &path, "--bpffs", &bpffs_arg, "--instance", "bench"];
-            if contestant == Contestant::SluiceTc {
-                args.extend(topology::SLUICE_TC_ARGS);
-            } else {
-                args.extend(["--datapath", "userspace"]);
+            match contestant {
+                Contestant::SluiceTc => {
+                    args.extend(topology::SLUICE_TC_ARGS);
+                    args.extend(["--sni-byte-path", "splice"]);
+                }
+                Contestant::SluiceSockmap => {
+                    args.extend(topology::SLUICE_TC_ARGS);
+                    args.extend(["--sni-byte-path", "sockmap"]);
+                }
+                _ => args.extend(["--datapath", "userspace"]),
             }
             running.sluice = Some(Sluice::start_with(
                 &topology.gateway,

@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// How the server treats connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SniOptions {
     /// The longest a client may take to send its whole ClientHello.
     pub hello_timeout: Duration,
@@ -191,11 +191,11 @@ impl SniProxy {
         plan: &Plan,
         sets: &BackendSets,
     ) -> Vec<(SocketAddr, anyhow::Error)> {
-        let options = self.options;
+        let options = Arc::new(self.options.clone());
         let wanted = self.wanted(plan, sets);
         self.listeners
             .update(wanted, |listener, address, routes| {
-                accept_loop(listener, address, routes, options)
+                accept_loop(listener, address, routes, options.clone())
             })
             .await
     }
@@ -209,11 +209,11 @@ async fn accept_loop(
     listener: TcpListener,
     address: SocketAddr,
     routes: watch::Receiver<Arc<SniListener>>,
-    options: SniOptions,
+    options: Arc<SniOptions>,
 ) {
     accept_each(listener, address, |client, peer| {
         let routes = routes.borrow().clone();
-        Some(serve(client, peer, address, routes, options))
+        Some(serve(client, peer, address, routes, options.clone()))
     })
     .await;
 }
@@ -300,7 +300,7 @@ async fn serve(
     peer: SocketAddr,
     listener: SocketAddr,
     routes: Arc<SniListener>,
-    options: SniOptions,
+    options: Arc<SniOptions>,
 ) {
     let mut access = Access {
         enabled: options.access_log,
@@ -364,7 +364,7 @@ async fn serve(
     let _ = upstream.set_nodelay(true);
     metrics.connections.inc();
     route.active.inc();
-    let relayed = relay::relay(client, upstream, options.mode).await;
+    let relayed = relay::relay(client, upstream, &options.mode).await;
     route.active.dec();
     metrics.upstream.inc_by(relayed.upstream);
     metrics.downstream.inc_by(relayed.downstream);
@@ -400,7 +400,7 @@ async fn read_hello(stream: &TcpStream) -> Result<ClientHello, Failure> {
                 Ok(Parsed::Incomplete { needed }) => {
                     let needed = needed.min(MAX_CLIENT_HELLO);
                     if needed != low_water {
-                        set_rcvlowat(fd, needed)?;
+                        relay::set_rcvlowat(fd, needed)?;
                         low_water = needed;
                     }
                     // Clears the readiness: the task sleeps until more has arrived.
@@ -419,31 +419,9 @@ async fn read_hello(stream: &TcpStream) -> Result<ClientHello, Failure> {
         }
     };
     if low_water != 1
-        && let Err(e) = set_rcvlowat(fd, 1)
+        && let Err(e) = relay::set_rcvlowat(fd, 1)
     {
         return Err(Failure::Io(e));
     }
     result
-}
-
-/// `SO_RCVLOWAT`: the bytes a TCP socket must hold before it reads as readable (nix has no
-/// wrapper for it).
-fn set_rcvlowat(fd: std::os::fd::RawFd, bytes: usize) -> io::Result<()> {
-    let value = nix::libc::c_int::try_from(bytes).unwrap_or(nix::libc::c_int::MAX);
-    // SAFETY: `fd` is an open socket borrowed for the call; the option value is a c_int
-    // that lives across it, with its size passed alongside.
-    let rc = unsafe {
-        nix::libc::setsockopt(
-            fd,
-            nix::libc::SOL_SOCKET,
-            nix::libc::SO_RCVLOWAT,
-            (&raw const value).cast(),
-            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
