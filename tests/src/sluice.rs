@@ -176,14 +176,17 @@ impl Sluice {
         }
     }
 
-    /// The daemon's open sockets and pipes (from `/proc/<pid>/fd`).
-    pub fn open_fds(&self) -> OpenFds {
-        let pid = self
-            .child
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child
             .as_ref()
             .map(Child::id)
-            .unwrap_or_else(|| panic!("sluice already stopped"));
-        let dir = format!("/proc/{pid}/fd");
+            .unwrap_or_else(|| panic!("sluice already stopped"))
+    }
+
+    /// The daemon's open sockets and pipes (from `/proc/<pid>/fd`).
+    pub fn open_fds(&self) -> OpenFds {
+        let dir = format!("/proc/{}/fd", self.pid());
         let mut fds = OpenFds::default();
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
             let Ok(target) = entry.and_then(|e| std::fs::read_link(e.path())) else {

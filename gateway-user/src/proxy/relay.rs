@@ -26,9 +26,12 @@ use tokio::{
     },
 };
 
-/// Bytes moved per read in copy mode: tokio's default (8 KiB) made a bulk stream cost a
-/// syscall pair per 8 KiB (`cargo xtask bench`); 64 KiB matches a GSO segment.
+/// Bytes moved per read in copy mode once a stream is bulk: tokio's default (8 KiB) made a
+/// bulk stream cost a syscall pair per 8 KiB (`cargo xtask bench`); 64 KiB matches a GSO
+/// segment.
 const COPY_BUFFER: usize = 64 * 1024;
+/// The first buffer of a direction: a TLS record's worth.
+const FIRST_BUFFER: usize = 16 * 1024;
 /// Pipe capacity per direction in splice mode (the kernel's default): the most one splice
 /// moves.
 const PIPE_SIZE: usize = 64 * 1024;
@@ -133,19 +136,32 @@ async fn both(
 }
 
 async fn copy_one_way(
-    mut from: OwnedReadHalf,
+    from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     moved: &AtomicU64,
 ) -> io::Result<()> {
-    let mut buffer = vec![0u8; COPY_BUFFER];
+    // Allocated at the first byte, small until a read fills it: an idle connection holds
+    // no buffer, a request/response one 16 KiB per direction, a bulk one 64 KiB.
+    let mut buffer: Vec<u8> = Vec::new();
     loop {
-        let n = from.read(&mut buffer).await?;
+        from.readable().await?;
+        if buffer.is_empty() {
+            buffer = vec![0u8; FIRST_BUFFER];
+        }
+        let n = match from.try_read(&mut buffer) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             // EOF: pass the half-close on; the other direction carries on.
             return to.shutdown().await;
         }
         to.write_all(&buffer[..n]).await?;
         moved.fetch_add(n as u64, Ordering::Relaxed);
+        if n == buffer.len() && buffer.len() < COPY_BUFFER {
+            buffer.resize(COPY_BUFFER, 0);
+        }
     }
 }
 

@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Measure only these (comma-separated); the direct path is always measured.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Contestant>,
+    /// Record a system-wide perf profile of each contestant's first kept-alive run and add
+    /// where the CPU went (by process, and the contestant's top symbols) to the report.
+    #[arg(long)]
+    perf: bool,
     /// The suites to run (comma-separated).
     #[arg(long, value_delimiter = ',', default_values = ["l4", "sni"])]
     suite: Vec<Suite>,
@@ -93,6 +97,92 @@ struct Running {
     process: Option<Child>,
     _bpffs: Option<TempBpffs>,
     _config: Option<tempfile::TempDir>,
+}
+
+impl Running {
+    /// The process of the contestant, if it runs one.
+    fn pid(&self) -> Option<u32> {
+        self.sluice
+            .as_ref()
+            .map(Sluice::pid)
+            .or_else(|| self.process.as_ref().map(Child::id))
+    }
+}
+
+/// A system-wide `perf record` for `duration`, started now; [`Profile::summary`] reads it.
+struct Profile {
+    file: PathBuf,
+    recording: Child,
+}
+
+impl Profile {
+    fn start(name: &str, duration: Duration) -> anyhow::Result<Profile> {
+        let dir = workspace_root().join("target/bench");
+        std::fs::create_dir_all(&dir)?;
+        let slug: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let file = dir.join(format!("perf-{slug}.data"));
+        let recording = std::process::Command::new("perf")
+            .args(["record", "-a", "-g", "-F", "499", "-o"])
+            .arg(&file)
+            .args(["--", "sleep", &format!("{:.1}", duration.as_secs_f64())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting perf record (Debian: linux-perf)")?;
+        Ok(Profile { file, recording })
+    }
+
+    /// Shares of all CPU samples by process, and the top symbols of `pid`.
+    fn summary(mut self, name: &str, pid: Option<u32>) -> anyhow::Result<String> {
+        self.recording.wait()?;
+        let report = |args: &[&str]| -> anyhow::Result<String> {
+            let out = std::process::Command::new("perf")
+                .args([
+                    "report",
+                    "--stdio",
+                    "--no-children",
+                    "-q",
+                    "-g",
+                    "none",
+                    "-i",
+                ])
+                .arg(&self.file)
+                .args(args)
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let mut out = format!(
+            "\nperf, {name}, kept-alive requests: CPU samples by process (all CPUs)\n\n```\n"
+        );
+        for line in report(&["--sort", "pid", "--percent-limit", "2"])?
+            .lines()
+            .take(12)
+        {
+            out += line.trim_end();
+            out += "\n";
+        }
+        out += "```\n";
+        if let Some(pid) = pid {
+            let _ = writeln!(
+                out,
+                "\ntop symbols of the contestant (pid {pid}), share of all samples:\n\n```"
+            );
+            let pid = pid.to_string();
+            for line in report(&["--pid", &pid, "--sort", "dso,sym", "--percent-limit", "0.5"])?
+                .lines()
+                .take(20)
+            {
+                out += line.trim_end();
+                out += "\n";
+            }
+            out += "```\n";
+        }
+        Ok(out)
+    }
 }
 
 impl Drop for Running {

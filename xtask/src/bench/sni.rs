@@ -15,8 +15,8 @@ use tests::{
 };
 
 use super::{
-    BenchArgs, Column, Contestant, MAX_OUTSIDE_CPU_PCT, OutsideCpu, Running, WORKERS, netns_inode,
-    render, spawn_in, wait_listening,
+    BenchArgs, Column, Contestant, MAX_OUTSIDE_CPU_PCT, OutsideCpu, Profile, Running, WORKERS,
+    netns_inode, render, spawn_in, wait_listening,
 };
 
 /// Where the contestants listen, and the TLS backend.
@@ -60,11 +60,13 @@ struct Sample {
 
 pub(super) fn run(args: &BenchArgs, envoy: &Path) -> anyhow::Result<String> {
     let mut results: Vec<(&str, Vec<Sample>)> = Vec::new();
+    let mut profiles = String::new();
     for contestant in Contestant::chosen(args, &CONTESTANTS) {
         eprintln!("bench (sni): {}", name(contestant));
-        let samples = measure(contestant, args, envoy)
+        let (samples, profile) = measure(contestant, args, envoy)
             .with_context(|| format!("measuring {}", name(contestant)))?;
         results.push((name(contestant), samples));
+        profiles += &profile;
     }
     let columns: [Column<Sample>; 6] = [
         ("TLS handshakes/s", |s| s.handshakes_per_s, 0, true),
@@ -83,10 +85,15 @@ pub(super) fn run(args: &BenchArgs, envoy: &Path) -> anyhow::Result<String> {
         load::MESSAGE,
         load::MESSAGE
     );
-    Ok(render(&title, &results, &columns))
+    Ok(render(&title, &results, &columns) + &profiles)
 }
 
-fn measure(contestant: Contestant, args: &BenchArgs, envoy: &Path) -> anyhow::Result<Vec<Sample>> {
+/// The samples of every run, and (with `--perf`) the profile of the first kept-alive run.
+fn measure(
+    contestant: Contestant,
+    args: &BenchArgs,
+    envoy: &Path,
+) -> anyhow::Result<(Vec<Sample>, String)> {
     let topology = Topology::builder()
         .static_neighbours()
         .default_offloads()
@@ -103,13 +110,20 @@ fn measure(contestant: Contestant, args: &BenchArgs, envoy: &Path) -> anyhow::Re
     let ours = [&topology.client, &topology.gateway, &topology.backend]
         .map(|ns| netns_inode(&format!("/run/netns/{}", ns.name)));
     let mut samples = Vec::new();
+    let mut profile = String::new();
     let mut repeats = 0;
     while samples.len() < args.runs {
         let run = samples.len() + 1;
         let outside = OutsideCpu::start(&ours);
         let handshakes =
             load::new_connections(&topology.client, target, &transport, WORKERS, args.duration);
+        let perf = (args.perf && run == 1)
+            .then(|| Profile::start(name(contestant), args.duration))
+            .transpose()?;
         let keep = load::keep_alive(&topology.client, target, &transport, WORKERS, args.duration);
+        if let Some(perf) = perf {
+            profile = perf.summary(name(contestant), running.pid())?;
+        }
         let gbit = load::bulk(&topology.client, target, &transport, args.duration);
         let outside_cpu_pct = outside.percent();
         eprintln!(
@@ -145,7 +159,7 @@ fn measure(contestant: Contestant, args: &BenchArgs, envoy: &Path) -> anyhow::Re
             eprintln!("bench:   {line}");
         }
     }
-    Ok(samples)
+    Ok((samples, profile))
 }
 
 /// Starts `contestant` on the gateway; returns what to stop afterwards and where clients
