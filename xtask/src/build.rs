@@ -148,6 +148,32 @@ pub fn run_sluice(args: &BuildArgs, sluice_args: &[String]) -> anyhow::Result<()
     Ok(())
 }
 
+/// The libFuzzer targets under `fuzz/` for `seconds` each, from the real ClientHellos in
+/// `fuzz/seeds` (copied into a scratch corpus, so the repository keeps only the seeds). The
+/// fuzz crate builds with `-Z` sanitizer flags, which the pinned stable toolchain takes with
+/// `RUSTC_BOOTSTRAP=1`, set for that build only (its own target directory).
+pub fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let corpus = tempfile::tempdir().context("creating a scratch corpus")?;
+    let seeds = workspace_root().join("fuzz/seeds/client_hello");
+    run(cargo()
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", "run", "client_hello"])
+        .arg(corpus.path())
+        .arg(&seeds)
+        .args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            // The parser's cap plus room for what follows it.
+            "-max_len=17000",
+            "-timeout=5",
+            "-rss_limit_mb=1024",
+        ]))
+    .context("fuzzing the ClientHello parser (a crash input is under fuzz/artifacts/)")
+}
+
+/// How long `cargo xtask test` fuzzes each target.
+const FUZZ_SECONDS: u64 = 60;
+
 /// Everything CI checks, in the order that fails fastest.
 pub fn test(extra: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -175,6 +201,9 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
         cmd.arg("--").args(extra);
     }
     run(&mut cmd).context("tests")?;
+    if extra.is_empty() {
+        fuzz(FUZZ_SECONDS)?;
+    }
     eprintln!(
         "xtask test: all checks passed in {:.1}s",
         started.elapsed().as_secs_f64()

@@ -40,6 +40,12 @@ enum Command {
     },
     /// A tour on real network namespaces: client, gateway running sluice, backend.
     Demo,
+    /// Run the fuzz targets (`fuzz/`) for a while each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Measure Sluice against the direct path and its peers (root; installs the peers).
     Bench(bench::BenchArgs),
 }
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
         }
         Command::Test { args } => setup::setup().and_then(|()| build::test(&args)),
         Command::Demo => setup::setup().and_then(|()| demo::demo()),
+        Command::Fuzz { seconds } => setup::setup().and_then(|()| build::fuzz(seconds)),
         Command::Bench(args) => setup::setup().and_then(|()| bench::bench(&args)),
     };
     match result {

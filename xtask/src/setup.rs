@@ -6,6 +6,8 @@ use anyhow::{Context as _, bail};
 
 /// bpf-linker built against Debian's LLVM 22 (its default feature wants LLVM 23).
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz, for the libFuzzer targets under `fuzz/`.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.1";
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages: LLVM for bpf-linker, bpftool for inspecting maps, iproute2/ethtool/procps
 /// for the test networks.
@@ -17,6 +19,7 @@ pub fn setup() -> anyhow::Result<()> {
     rust_src(&mut installed)?;
     apt_packages(&mut installed)?;
     bpf_linker(&mut installed)?;
+    cargo_fuzz(&mut installed)?;
     if installed.is_empty() {
         eprintln!(
             "xtask setup: toolchain complete ({:.1}s)",
@@ -146,6 +149,29 @@ fn bpf_linker(installed: &mut Vec<String>) -> anyhow::Result<()> {
     ]);
     step(
         &format!("bpf-linker {BPF_LINKER_VERSION}"),
+        &mut cmd,
+        installed,
+    )
+}
+
+fn cargo_fuzz(installed: &mut Vec<String>) -> anyhow::Result<()> {
+    let fuzz = cargo_bin_dir().join("cargo-fuzz");
+    let version = output(Command::new(&fuzz).arg("--version")).unwrap_or_default();
+    if version.contains(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--force",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]);
+    step(
+        &format!("cargo-fuzz {CARGO_FUZZ_VERSION}"),
         &mut cmd,
         installed,
     )
