@@ -633,3 +633,153 @@ fn a_virtual_service_validated_alone_has_at_most_warnings() {
         ["IST0101 VirtualService bookinfo-namespace/bookinfo-rule spec.gateways[0]"]
     );
 }
+
+/// A passthrough port with SNI routes from two VirtualServices: Istio's gateway rules.
+fn tls_routes(vs: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: edge}}
+spec:
+  servers:
+  - port: {{number: 443, name: tls, protocol: TLS}}
+    tls: {{mode: PASSTHROUGH}}
+    hosts: ["*.example.com"]
+  - port: {{number: 8443, name: tls-2, protocol: TLS}}
+    tls: {{mode: PASSTHROUGH}}
+    hosts: ["*.example.com"]
+---
+{vs}
+"#
+    )
+}
+
+fn sni_names(plan: &Plan, port: u16) -> Vec<(Vec<String>, String)> {
+    let ListenerKind::SniRoute { routes } = &listener(plan, port).kind else {
+        panic!("port {port} is not an SNI listener: {plan:#?}")
+    };
+    routes
+        .iter()
+        .map(|r| (r.sni_hosts.clone(), r.origin.path.clone()))
+        .collect()
+}
+
+#[test]
+fn tls_matches_take_sni_hosts_as_written_and_skip_duplicates() {
+    let text = tls_routes(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: first, namespace: edge}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [gw]
+  tls:
+  - match: [{sniHosts: [a.example.com, B.example.com]}]
+    route: [{destination: {host: 203.0.113.2, port: {number: 443}}}]
+  - match: [{sniHosts: [a.example.com], port: 443}, {sniHosts: [c.example.com], port: 8443}]
+    route: [{destination: {host: 203.0.113.3, port: {number: 443}}}]
+  - match: [{sniHosts: ["*.example.com"]}]
+    route: [{destination: {host: 203.0.113.4, port: {number: 443}}}]
+"#,
+    );
+    let checked = check_text("tls.yaml", &text);
+    assert_eq!(checked.count(Severity::Error), 0, "{:#?}", checked.diagnostics);
+    let compiled = compile(&checked.objects, &DnsAnswers::default());
+    let plan = &compiled.plan;
+    let s = |v: &[&str]| v.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+    // On 443 the second rule's only applying match repeats a.example.com: skipped, with
+    // Istio's reason; the wildcard is not a duplicate of an exact name.
+    assert_eq!(
+        sni_names(plan, 443),
+        [
+            (s(&["a.example.com", "b.example.com"]), "spec.tls[0]".into()),
+            (s(&["*.example.com"]), "spec.tls[2]".into()),
+        ]
+    );
+    // On 8443 the second rule applies through its other match.
+    assert_eq!(
+        sni_names(plan, 8443),
+        [
+            (s(&["a.example.com", "b.example.com"]), "spec.tls[0]".into()),
+            (s(&["c.example.com"]), "spec.tls[1]".into()),
+            (s(&["*.example.com"]), "spec.tls[2]".into()),
+        ]
+    );
+    let left: Vec<(&str, &str)> = plan
+        .left_out
+        .iter()
+        .map(|l| (l.path.as_str(), l.reason.as_str()))
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, "spec.tls[1].match[0]");
+    assert!(
+        left[0].1.contains("duplicate SNI host names [\"a.example.com\"]"),
+        "{}",
+        left[0].1
+    );
+}
+
+#[test]
+fn a_catch_all_only_passthrough_port_is_forwarded_by_the_kernel() {
+    let text = tls_routes(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: all, namespace: edge}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  tls:
+  - match: [{sniHosts: ["*"], port: 443}]
+    route: [{destination: {host: 203.0.113.2, port: {number: 443}}}]
+  - match: [{sniHosts: [a.example.com, "*"], port: 8443}]
+    route: [{destination: {host: 203.0.113.3, port: {number: 443}}}]
+  - match: [{sniHosts: [z.example.com], port: 8443}]
+    route: [{destination: {host: 203.0.113.4, port: {number: 443}}}]
+"#,
+    );
+    let checked = check_text("tls.yaml", &text);
+    assert_eq!(checked.count(Severity::Error), 0, "{:#?}", checked.diagnostics);
+    let plan = compile(&checked.objects, &DnsAnswers::default()).plan;
+    let only = listener(&plan, 443);
+    assert_eq!(only.runs.place, Place::Kernel, "{}", only.runs.why);
+    assert!(only.runs.why.contains("catch-all"), "{}", only.runs.why);
+    let ListenerKind::L4Forward { route: Some(route) } = &only.kind else {
+        panic!("{only:#?}")
+    };
+    assert_eq!(route.origin.path, "spec.tls[0]");
+    assert_eq!(route.backends[0].endpoints, [endpoint("203.0.113.2:443")]);
+    // A match holding `*` among other names is a catch-all too; with an exact route beside
+    // it the port still needs the SNI.
+    assert_eq!(
+        sni_names(&plan, 8443),
+        [
+            (vec!["*".to_owned()], "spec.tls[1]".into()),
+            (vec!["z.example.com".to_owned()], "spec.tls[2]".into()),
+        ]
+    );
+    assert_eq!(listener(&plan, 8443).runs.place, Place::KernelSplice);
+}
+
+#[test]
+fn istio_tls_examples_compile_without_warnings() {
+    for file in [
+        "ingress-sni-passthrough.yaml",
+        "egress-gateway-tls-passthrough.yaml",
+        "egress-wildcard-sni.yaml",
+        "multicluster-east-west.yaml",
+    ] {
+        let checked = check(&[example(file)]);
+        let compiled = compile(&checked.objects, &DnsAnswers::default());
+        let problems: Vec<String> = checked
+            .diagnostics
+            .iter()
+            .chain(&compiled.diagnostics)
+            .filter(|d| d.severity != Severity::Info)
+            .map(summary)
+            .collect();
+        assert!(problems.is_empty(), "{file}: {problems:?}");
+        assert!(compiled.plan.left_out.is_empty(), "{file}");
+        assert!(!compiled.plan.listeners.is_empty(), "{file}");
+    }
+}
