@@ -684,7 +684,12 @@ spec:
 "#,
     );
     let checked = check_text("tls.yaml", &text);
-    assert_eq!(checked.count(Severity::Error), 0, "{:#?}", checked.diagnostics);
+    assert_eq!(
+        checked.count(Severity::Error),
+        0,
+        "{:#?}",
+        checked.diagnostics
+    );
     let compiled = compile(&checked.objects, &DnsAnswers::default());
     let plan = &compiled.plan;
     let s = |v: &[&str]| v.iter().map(|h| h.to_string()).collect::<Vec<_>>();
@@ -714,7 +719,9 @@ spec:
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].0, "spec.tls[1].match[0]");
     assert!(
-        left[0].1.contains("duplicate SNI host names [\"a.example.com\"]"),
+        left[0]
+            .1
+            .contains("duplicate SNI host names [\"a.example.com\"]"),
         "{}",
         left[0].1
     );
@@ -739,7 +746,12 @@ spec:
 "#,
     );
     let checked = check_text("tls.yaml", &text);
-    assert_eq!(checked.count(Severity::Error), 0, "{:#?}", checked.diagnostics);
+    assert_eq!(
+        checked.count(Severity::Error),
+        0,
+        "{:#?}",
+        checked.diagnostics
+    );
     let plan = compile(&checked.objects, &DnsAnswers::default()).plan;
     let only = listener(&plan, 443);
     assert_eq!(only.runs.place, Place::Kernel, "{}", only.runs.why);

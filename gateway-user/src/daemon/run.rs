@@ -354,6 +354,7 @@ impl Servers {
             l4_kernel: kernel,
             l4_userspace: self.userspace.addresses(),
             sni: self.sni.addresses(),
+            sni_byte_path: self.sni.byte_path(),
             unserved,
         };
         failures

@@ -61,6 +61,8 @@ pub struct Serving {
     pub l4_userspace: Vec<SocketAddr>,
     /// TLS passthrough listeners bound by the SNI server.
     pub sni: Vec<SocketAddr>,
+    /// How their bytes travel after the SNI decision: `Sockmap`, `Splice` or `Copy`.
+    pub sni_byte_path: String,
     /// Listeners of the Plan that nothing serves, and why; `/ready` is 503 while there are.
     pub unserved: Vec<Unserved>,
 }

@@ -203,6 +203,11 @@ impl SniProxy {
     pub fn addresses(&self) -> Vec<SocketAddr> {
         self.listeners.addresses()
     }
+
+    /// The byte path's name, as `/config_dump` shows it.
+    pub fn byte_path(&self) -> String {
+        format!("{:?}", self.options.mode)
+    }
 }
 
 async fn accept_loop(
