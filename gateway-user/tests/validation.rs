@@ -106,6 +106,9 @@ fn rows() -> Vec<(&'static str, String, Expected)> {
         ("TLS route without SNI hosts", virtual_service(&format!("{VS_HEAD}  tls: [{{match: [{{port: 443}}], route: [{{destination: {{host: b}}}}]}}]\n")), vec![("spec.tls[0].match[0].sniHosts", "at least one SNI host")]),
         ("SNI host outside the VirtualService hosts", virtual_service(&format!("{VS_HEAD}  tls: [{{match: [{{sniHosts: [z.example.com]}}], route: [{{destination: {{host: b}}}}]}}]\n")), vec![("spec.tls[0].match[0].sniHosts[0]", "not a subset")]),
         ("TLS route without a match", virtual_service(&format!("{VS_HEAD}  tls: [{{route: [{{destination: {{host: b}}}}]}}]\n")), vec![("spec.tls[0].match", "at least one match")]),
+        ("sidecar-only TLS match fields are accepted", virtual_service(&format!("{VS_HEAD}  tls: [{{match: [{{sniHosts: [a.example.com], destinationSubnets: ['203.0.113.0/24', '2001:db8::1'], sourceLabels: {{app: x}}, sourceNamespace: ns}}], route: [{{destination: {{host: b}}}}]}}]\n")), vec![]),
+        ("a destination subnet that is not one", virtual_service(&format!("{VS_HEAD}  tls: [{{match: [{{sniHosts: [a.example.com], destinationSubnets: ['203.0.113.0/33', 'nope']}}], route: [{{destination: {{host: b}}}}]}}]\n")), vec![("spec.tls[0].match[0].destinationSubnets[0]", "not a valid IP address or CIDR"), ("spec.tls[0].match[0].destinationSubnets[1]", "not a valid IP address or CIDR")]),
+        ("TCP match sidecar fields", virtual_service(&format!("{VS_HEAD}  tcp: [{{match: [{{port: 7000, destinationSubnets: [192.0.2.0/24], sourceLabels: {{'': x}}}}], route: [{{destination: {{host: b}}}}]}}]\n")), vec![("spec.tcp[0].match[0].sourceLabels", "cannot be empty")]),
         ("TCP route without destinations", virtual_service(&format!("{VS_HEAD}  tcp: [{{match: [{{port: 27017}}]}}]\n")), vec![("spec.tcp[0].route", "at least one destination")]),
         // ServiceEntries
         ("valid STATIC entry", service_entry("  hosts: [db.example.com]\n  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: STATIC\n  endpoints: [{address: 203.0.113.5, labels: {v: '1'}}]\n"), vec![]),
@@ -216,5 +219,23 @@ fn every_error_of_an_object_is_reported_at_once() {
     assert!(
         checked.objects.is_empty(),
         "an object with errors is not kept"
+    );
+}
+
+#[test]
+fn sidecar_only_match_fields_are_reported_as_ignored_on_a_gateway() {
+    let text = virtual_service(&format!(
+        "{VS_HEAD}  tls: [{{match: [{{sniHosts: [a.example.com], sourceLabels: {{app: x}}}}], route: [{{destination: {{host: b}}}}]}}]\n"
+    ));
+    let checked = check_text("vs.yaml", &text);
+    let infos: Vec<(String, &str)> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Info)
+        .map(|d| (d.path.clone(), d.code))
+        .collect();
+    assert_eq!(
+        infos,
+        [("spec.tls[0].match[0].sourceLabels".to_owned(), "SLU0002")]
     );
 }

@@ -312,6 +312,13 @@ pub struct TlsMatchAttributes {
     pub port: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
+    /// Sidecar-only: validated, and ignored on a gateway as Istio ignores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_subnets: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -330,6 +337,13 @@ pub struct L4MatchAttributes {
     pub port: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
+    /// Sidecar-only: validated, and ignored on a gateway as Istio ignores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_subnets: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -481,11 +495,6 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
         ],
         "HttpRewrite" => &[("uriRegexRewrite", "")],
         "HttpRetry" => &[("retryRemoteLocalities", "")],
-        "TlsMatchAttributes" | "L4MatchAttributes" => &[
-            ("destinationSubnets", ""),
-            ("sourceLabels", "sidecar-only"),
-            ("sourceNamespace", "sidecar-only"),
-        ],
         "ServiceEntrySpec" => &[
             ("exportTo", "Sluice has no namespace visibility model"),
             ("workloadSelector", "needs a workload registry"),

@@ -33,6 +33,13 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
+    fn info(&mut self, path: &str, message: impl Into<String>) {
+        let diagnostic =
+            self.object
+                .diagnostic(Severity::Info, codes::MESH_ONLY, path, message.into());
+        self.out.push(diagnostic);
+    }
+
     fn error(&mut self, path: &str, message: impl Into<String>) {
         let diagnostic =
             self.object
@@ -340,26 +347,93 @@ fn virtual_service(c: &mut Check<'_>, spec: &VirtualServiceSpec) {
                     );
                 }
             }
-            l4_match(c, &at, m.port, &m.gateways);
+            l4_match(
+                c,
+                &at,
+                L4Match {
+                    port: m.port,
+                    gateways: &m.gateways,
+                    destination_subnets: &m.destination_subnets,
+                    source_labels: &m.source_labels,
+                    source_namespace: m.source_namespace.as_deref(),
+                },
+            );
         }
         destinations(c, &at, &route.route);
     }
     for (i, route) in spec.tcp.iter().enumerate() {
         let at = format!("spec.tcp[{i}]");
         for (j, m) in route.matches.iter().enumerate() {
-            l4_match(c, &format!("{at}.match[{j}]"), m.port, &m.gateways);
+            l4_match(
+                c,
+                &format!("{at}.match[{j}]"),
+                L4Match {
+                    port: m.port,
+                    gateways: &m.gateways,
+                    destination_subnets: &m.destination_subnets,
+                    source_labels: &m.source_labels,
+                    source_namespace: m.source_namespace.as_deref(),
+                },
+            );
         }
         destinations(c, &at, &route.route);
     }
 }
 
 /// The `port` and `gateways` of a TLS or TCP match.
-fn l4_match(c: &mut Check<'_>, at: &str, port: Option<u32>, gateways: &[String]) {
-    if let Some(port) = port {
+/// The fields `tls` and `tcp` matches share.
+struct L4Match<'m> {
+    port: Option<u32>,
+    gateways: &'m [String],
+    destination_subnets: &'m [String],
+    source_labels: &'m std::collections::BTreeMap<String, String>,
+    source_namespace: Option<&'m str>,
+}
+
+fn l4_match(c: &mut Check<'_>, at: &str, m: L4Match<'_>) {
+    if let Some(port) = m.port {
         c.port(&format!("{at}.port"), port);
     }
-    for (k, g) in gateways.iter().enumerate() {
+    for (k, g) in m.gateways.iter().enumerate() {
         gateway_reference(c, &format!("{at}.gateways[{k}]"), g);
+    }
+    for (k, subnet) in m.destination_subnets.iter().enumerate() {
+        if !is_ip_or_cidr(subnet) {
+            c.error(
+                &format!("{at}.destinationSubnets[{k}]"),
+                format!("{subnet:?} is not a valid IP address or CIDR"),
+            );
+        }
+    }
+    if m.source_labels.keys().any(String::is_empty) {
+        c.error(&format!("{at}.sourceLabels"), "label keys cannot be empty");
+    }
+    // Istio applies these to sidecars only (its gateway listeners match on port and
+    // gateways): accepted, and said so.
+    let sidecar_only = [
+        ("destinationSubnets", !m.destination_subnets.is_empty()),
+        ("sourceLabels", !m.source_labels.is_empty()),
+        ("sourceNamespace", m.source_namespace.is_some()),
+    ];
+    for (field, set) in sidecar_only {
+        if set {
+            c.info(
+                &format!("{at}.{field}"),
+                format!("{field} applies to sidecars only; a gateway ignores it, as Istio's do"),
+            );
+        }
+    }
+}
+
+/// An IP address or an address/prefix-length (`203.0.113.0/24`, `2001:db8::/32`).
+fn is_ip_or_cidr(text: &str) -> bool {
+    match text.split_once('/') {
+        None => text.parse::<std::net::IpAddr>().is_ok(),
+        Some((ip, bits)) => match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
+            (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
+            (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
+            _ => false,
+        },
     }
 }
 
