@@ -506,6 +506,12 @@ pub mod l4 {
     }
     const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
 
+    /// A closing flow (FIN or RST seen) silent for this long gives its source port up to a
+    /// new connection that finds every candidate port taken, as conntrack drops closing
+    /// entries early under pressure: otherwise a burst of short connections holds the whole
+    /// range for the closing timeout. Both of its entries go.
+    pub const RECLAIM_CLOSING_AFTER_NS: u64 = 1_000_000_000;
+
     pub const FLOW_SYN_SENT: u8 = 1;
     pub const FLOW_ESTABLISHED: u8 = 2;
     pub const FLOW_CLOSING: u8 = 3;

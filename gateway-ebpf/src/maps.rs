@@ -42,6 +42,8 @@ pub struct Scratch {
     /// A new flow's reply direction, built here before it is inserted.
     pub reverse: FlowKey,
     pub back: Flow,
+    /// The client-side key of a closing flow whose source port is reclaimed.
+    pub reclaimed: FlowKey,
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
 }
 

@@ -8,7 +8,7 @@ use gateway_common::{
     addr::ipv4_mapped,
     l4::{
         FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, FlowKey, ListenerKey,
-        TO_BACKEND, TO_CLIENT,
+        RECLAIM_CLOSING_AFTER_NS, TO_BACKEND, TO_CLIENT,
     },
     proto::{ETH_HDR_LEN, IPPROTO_TCP, tcp_flags},
     select::{
@@ -257,19 +257,50 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         }
         _ => (SOURCE_PORT_BASE, SOURCE_PORT_SPAN),
     };
+    let now = unsafe { bpf_ktime_get_ns() };
     let mut found = false;
+    // The first candidate held by a closing flow silent long enough, if none is free.
+    let mut reclaimable = SOURCE_PORT_ATTEMPTS;
     for attempt in 0..SOURCE_PORT_ATTEMPTS {
         scratch.reverse.dst_port = source_port(hash, attempt, base, span);
-        // SAFETY: only tests for presence.
-        if unsafe { L4_FLOWS.get(&scratch.reverse) }.is_none() {
-            found = true;
-            break;
+        // SAFETY: the entry's plain-data fields are read at once.
+        match unsafe { L4_FLOWS.get(&scratch.reverse) } {
+            None => {
+                found = true;
+                break;
+            }
+            Some(held) => {
+                if reclaimable == SOURCE_PORT_ATTEMPTS
+                    && held.state == FLOW_CLOSING
+                    && now.wrapping_sub(held.last_seen_ns) > RECLAIM_CLOSING_AFTER_NS
+                {
+                    reclaimable = attempt;
+                }
+            }
         }
     }
     if !found {
-        return Err(PacketReason::L4PortExhausted);
+        if reclaimable == SOURCE_PORT_ATTEMPTS {
+            return Err(PacketReason::L4PortExhausted);
+        }
+        scratch.reverse.dst_port = source_port(hash, reclaimable, base, span);
+        // The holder's client-side entry is found from its reply entry (which rewrites to
+        // the client); both go before the port is reused.
+        // SAFETY: as above.
+        let Some(held) = (unsafe { L4_FLOWS.get(&scratch.reverse) }) else {
+            return Err(PacketReason::L4PortExhausted);
+        };
+        scratch.reclaimed = FlowKey {
+            src: held.new_dst,
+            dst: held.new_src,
+            src_port: held.new_dst_port,
+            dst_port: held.new_src_port,
+            protocol: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let _ = L4_FLOWS.remove(&scratch.reclaimed);
+        let _ = L4_FLOWS.remove(&scratch.reverse);
     }
-    let now = unsafe { bpf_ktime_get_ns() };
     scratch.flow = Flow {
         new_src: backend.snat_addr,
         new_dst: backend.addr,

@@ -591,6 +591,70 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
             "ports exhausted",
         );
 
+        // 9b. Every candidate held by a closing flow silent for over a second: the first is
+        // reclaimed, its client-side entry removed with it, and the SYN goes through.
+        let hash = flow_hash(words(client), words(gw_client), 40006, 7000, 6);
+        let old_client = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9));
+        for attempt in 0..SOURCE_PORT_ATTEMPTS {
+            let port = source_port(hash, attempt, SOURCE_PORT_BASE, SOURCE_PORT_SPAN);
+            let old_port = 50_000 + attempt as u16;
+            let closing = |new_src, new_dst, new_src_port, new_dst_port| Flow {
+                new_src: to_mapped(new_src),
+                new_dst: to_mapped(new_dst),
+                new_src_port,
+                new_dst_port,
+                state: FLOW_CLOSING,
+                last_seen_ns: 0,
+                ..Flow::default()
+            };
+            dp.put_flow(
+                key(backend_ip, 8080, gw_backend, port),
+                Flow {
+                    direction: TO_CLIENT,
+                    ..closing(gw_client, old_client, 7000, old_port)
+                },
+            );
+            dp.put_flow(
+                key(old_client, old_port, gw_client, 7000),
+                closing(gw_backend, backend_ip, port, 8080),
+            );
+        }
+        let syn = tcp(
+            client,
+            40006,
+            gw_client,
+            7000,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        let reclaimed = step(
+            &mut dp,
+            hook,
+            &syn,
+            cl0,
+            actions.redirect,
+            PacketReason::L4Forwarded,
+            "a closing flow's port reclaimed",
+        );
+        let first = source_port(hash, 0, SOURCE_PORT_BASE, SOURCE_PORT_SPAN);
+        assert_eq!(inspect(&reclaimed).sport, first);
+        assert!(
+            dp.flow(&key(old_client, 50_000, gw_client, 7000)).is_none(),
+            "the reclaimed flow's client-side entry is gone"
+        );
+        let reply = dp
+            .flow(&key(backend_ip, 8080, gw_backend, first))
+            .unwrap_or_else(|| panic!("no reply entry for the new connection"));
+        assert_eq!(
+            (from_mapped(reply.new_dst), reply.new_dst_port),
+            (client, 40006)
+        );
+        assert!(
+            dp.flow(&key(old_client, 50_001, gw_client, 7000)).is_some(),
+            "only one flow is reclaimed"
+        );
+
         // 10. IPv6.
         let (client6, gw6, backend6, snat6) = (
             IpAddr::V6(v6("2001:db8:1::2")),
