@@ -19,7 +19,7 @@ use std::{
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use tokio::{
-    io::{AsyncWriteExt, Interest},
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -136,7 +136,7 @@ async fn both(
 }
 
 async fn copy_one_way(
-    from: OwnedReadHalf,
+    mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     moved: &AtomicU64,
 ) -> io::Result<()> {
@@ -144,15 +144,13 @@ async fn copy_one_way(
     // no buffer, a request/response one 16 KiB per direction, a bulk one 64 KiB.
     let mut buffer: Vec<u8> = Vec::new();
     loop {
-        from.readable().await?;
         if buffer.is_empty() {
+            from.readable().await?;
             buffer = vec![0u8; FIRST_BUFFER];
         }
-        let n = match from.try_read(&mut buffer) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
+        // `read` (not `try_read`): a short read clears the readiness it was woken with, so
+        // a message costs one read, not a read and an EAGAIN.
+        let n = from.read(&mut buffer).await?;
         if n == 0 {
             // EOF: pass the half-close on; the other direction carries on.
             return to.shutdown().await;
@@ -190,16 +188,30 @@ async fn splice_one_way(
     let source: &TcpStream = from.as_ref();
     loop {
         // The pipe is filled only when empty, so at most one pipe's worth is in flight.
-        let filled = source
-            .async_io(Interest::READABLE, || {
-                splice(source, None, &pipe.write, None, PIPE_SIZE, flags).map_err(io::Error::from)
-            })
-            .await?;
-        if filled == 0 {
-            return to.shutdown().await;
+        source.readable().await?;
+        let mut filled = None;
+        let spliced = source.try_io(Interest::READABLE, || {
+            let n = splice(source, None, &pipe.write, None, PIPE_SIZE, flags)?;
+            filled = Some(n);
+            // Less than asked for: the socket is drained. Saying WouldBlock clears the
+            // readiness it was woken with (safely: the snapshot is from before the call),
+            // so the next message costs one splice, not a splice and an EAGAIN.
+            if n > 0 && n < PIPE_SIZE {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match (spliced, filled) {
+            (Err(e), _) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            // EAGAIN: readiness cleared, wait again.
+            (_, None) => continue,
+            // EOF: pass the half-close on; the other direction carries on.
+            (_, Some(0)) => return to.shutdown().await,
+            (_, Some(_)) => {}
         }
         let sink: &TcpStream = to.as_ref();
-        let mut left = filled;
+        let mut left = filled.unwrap_or(0);
         while left > 0 {
             let sent = sink
                 .async_io(Interest::WRITABLE, || {
@@ -352,7 +364,7 @@ pub fn set_rcvlowat(fd: RawFd, bytes: usize) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::{io::AsyncReadExt, net::TcpListener};
+    use tokio::net::TcpListener;
 
     /// A connected pair on loopback: (accepted, connected).
     async fn pair() -> (TcpStream, TcpStream) {
