@@ -506,10 +506,13 @@ pub mod l4 {
     }
     const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
 
-    /// A closing flow (FIN or RST seen) silent for this long gives its source port up to a
-    /// new connection that finds every candidate port taken, as conntrack drops closing
-    /// entries early under pressure: otherwise a burst of short connections holds the whole
-    /// range for the closing timeout. Both of its entries go.
+    /// A flow closed both ways (a FIN or RST seen in each direction) and silent this long
+    /// gives its source port up to a new connection that finds every candidate port taken,
+    /// as conntrack drops closing entries early under pressure: otherwise a burst of short
+    /// connections holds the whole range for the closing timeout. Both entries go.
+    pub const RECLAIM_CLOSED_AFTER_NS: u64 = 100_000_000;
+    /// A flow closing in one direction only (a half-close, or a reset the other side never
+    /// answered) gives its port up after this long of silence.
     pub const RECLAIM_CLOSING_AFTER_NS: u64 = 1_000_000_000;
 
     pub const FLOW_SYN_SENT: u8 = 1;

@@ -8,7 +8,7 @@ use gateway_common::{
     addr::ipv4_mapped,
     l4::{
         FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, FlowKey, ListenerKey,
-        RECLAIM_CLOSING_AFTER_NS, TO_BACKEND, TO_CLIENT,
+        RECLAIM_CLOSED_AFTER_NS, RECLAIM_CLOSING_AFTER_NS, TO_BACKEND, TO_CLIENT,
     },
     proto::{ETH_HDR_LEN, IPPROTO_TCP, tcp_flags},
     select::{
@@ -271,8 +271,7 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
             }
             Some(held) => {
                 if reclaimable == SOURCE_PORT_ATTEMPTS
-                    && held.state == FLOW_CLOSING
-                    && now.wrapping_sub(held.last_seen_ns) > RECLAIM_CLOSING_AFTER_NS
+                    && reclaimable_flow(held, &mut scratch.reclaimed, now)
                 {
                     reclaimable = attempt;
                 }
@@ -290,14 +289,7 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         let Some(held) = (unsafe { L4_FLOWS.get(&scratch.reverse) }) else {
             return Err(PacketReason::L4PortExhausted);
         };
-        scratch.reclaimed = FlowKey {
-            src: held.new_dst,
-            dst: held.new_src,
-            src_port: held.new_dst_port,
-            dst_port: held.new_src_port,
-            protocol: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        client_side_key(held, &mut scratch.reclaimed);
         let _ = L4_FLOWS.remove(&scratch.reclaimed);
         let _ = L4_FLOWS.remove(&scratch.reverse);
     }
@@ -334,6 +326,45 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         return Err(PacketReason::L4PortExhausted);
     }
     Ok(true)
+}
+
+/// The client-side key of the flow whose reply entry is `reply` (which rewrites to the
+/// client, from the listener).
+#[inline(always)]
+fn client_side_key(reply: &Flow, key: &mut FlowKey) {
+    *key = FlowKey {
+        src: reply.new_dst,
+        dst: reply.new_src,
+        src_port: reply.new_dst_port,
+        dst_port: reply.new_src_port,
+        protocol: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+}
+
+/// Whether the flow whose reply entry is `reply` may give its source port up now: closed
+/// both ways and silent for `RECLAIM_CLOSED_AFTER_NS`, or closing one way and silent for
+/// `RECLAIM_CLOSING_AFTER_NS`. `room` holds a key while it looks.
+#[inline(always)]
+fn reclaimable_flow(reply: &Flow, room: &mut FlowKey, now: u64) -> bool {
+    if reply.state != FLOW_CLOSING {
+        return false;
+    }
+    let quiet = now.wrapping_sub(reply.last_seen_ns);
+    if quiet > RECLAIM_CLOSING_AFTER_NS {
+        return true;
+    }
+    client_side_key(reply, room);
+    // SAFETY: plain-data fields read at once.
+    match unsafe { L4_FLOWS.get(room) } {
+        Some(forward) => {
+            forward.state == FLOW_CLOSING
+                && quiet > RECLAIM_CLOSED_AFTER_NS
+                && now.wrapping_sub(forward.last_seen_ns) > RECLAIM_CLOSED_AFTER_NS
+        }
+        // Its other half is already gone.
+        None => quiet > RECLAIM_CLOSED_AFTER_NS,
+    }
 }
 
 /// Rewrites addresses, ports, TTL and checksums in place. `key` holds the packet's

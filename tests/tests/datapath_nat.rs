@@ -51,6 +51,13 @@ struct Out {
     hop_limit: u8,
 }
 
+/// `bpf_ktime_get_ns`'s clock.
+fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or_else(|e| panic!("clock_gettime: {e}"));
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
 fn inspect(frame: &[u8]) -> Out {
     let (dst_mac, src_mac) = (
         frame[0..6].try_into().unwrap_or_default(),
@@ -654,6 +661,70 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
             dp.flow(&key(old_client, 50_001, gw_client, 7000)).is_some(),
             "only one flow is reclaimed"
         );
+
+        // 9c. Held by flows that closed recently: closing one way only (a half-close that
+        // may still carry data) they keep their ports; once closed both ways and quiet for
+        // over 100 ms, the first goes.
+        let now = monotonic_ns();
+        let hash = flow_hash(words(client), words(gw_client), 40007, 7000, 6);
+        let hold = |dp: &mut tests::prog_test::Datapath, both: bool| {
+            for attempt in 0..SOURCE_PORT_ATTEMPTS {
+                let port = source_port(hash, attempt, SOURCE_PORT_BASE, SOURCE_PORT_SPAN);
+                let old_port = 51_000 + attempt as u16;
+                let seen = if both { now - 200_000_000 } else { now };
+                dp.put_flow(
+                    key(backend_ip, 8080, gw_backend, port),
+                    Flow {
+                        new_src: to_mapped(gw_client),
+                        new_dst: to_mapped(old_client),
+                        new_src_port: 7000,
+                        new_dst_port: old_port,
+                        state: FLOW_CLOSING,
+                        direction: TO_CLIENT,
+                        last_seen_ns: seen,
+                        ..Flow::default()
+                    },
+                );
+                dp.put_flow(
+                    key(old_client, old_port, gw_client, 7000),
+                    Flow {
+                        state: if both { FLOW_CLOSING } else { FLOW_ESTABLISHED },
+                        last_seen_ns: seen,
+                        ..Flow::default()
+                    },
+                );
+            }
+        };
+        hold(&mut dp, false);
+        let syn = tcp(
+            client,
+            40007,
+            gw_client,
+            7000,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        step(
+            &mut dp,
+            hook,
+            &syn,
+            cl0,
+            actions.drop,
+            PacketReason::L4PortExhausted,
+            "half-closed flows keep their ports",
+        );
+        hold(&mut dp, true);
+        step(
+            &mut dp,
+            hook,
+            &syn,
+            cl0,
+            actions.redirect,
+            PacketReason::L4Forwarded,
+            "a flow closed both ways gives its port up",
+        );
+        assert!(dp.flow(&key(old_client, 51_000, gw_client, 7000)).is_none());
 
         // 10. IPv6.
         let (client6, gw6, backend6, snat6) = (
