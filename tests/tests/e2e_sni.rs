@@ -640,3 +640,57 @@ fn sockmap_mode_many_connections_leak_nothing() {
 fn sockmap_mode_reload_moves_a_name() {
     reload_moves_a_name("sockmap_mode_reload_moves_a_name", Mode::Sockmap);
 }
+
+/// A reload that adds a listener whose port is taken: the rest keeps serving, `/ready` says
+/// NOT_SERVING naming the listener and the error, `/config_dump` lists it; once the port is
+/// free, the next reload binds it and `/ready` is 200 again.
+#[test]
+fn a_listener_that_cannot_be_bound_is_named_and_not_ready() {
+    if !root::can_run("a_listener_that_cannot_be_bound_is_named_and_not_ready") {
+        return;
+    }
+    let gw = Gateway::start(Mode::Userspace, &[]);
+    let squatter = gw
+        .topology
+        .gateway
+        .run(|| std::net::TcpListener::bind("0.0.0.0:9444"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let extra = "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: more, namespace: sni}\nspec:\n  servers:\n  - port: {number: 9444, name: tls, protocol: TLS}\n    tls: {mode: PASSTHROUGH}\n    hosts: ['*.example.com']\n";
+    let write = |text: &str| {
+        let file = gw.config.path().join("sni.yaml");
+        std::fs::write(file.with_extension("tmp"), text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    };
+    write(&(config(1) + extra));
+    let dump = gw
+        .sluice
+        .wait_config(Duration::from_secs(15), "generation 2", |d| {
+            d["serving"]["generation"] == 2
+        });
+    let unserved = &dump["serving"]["unserved"];
+    assert_eq!(unserved[0]["address"], "0.0.0.0:9444", "{dump:#}");
+    assert!(
+        unserved[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Address already in use")),
+        "{unserved}"
+    );
+    let (status, body) = gw.sluice.admin_get("/ready");
+    assert_eq!(status, 503);
+    assert!(body.starts_with("NOT_SERVING\n0.0.0.0:9444: "), "{body}");
+    // The listeners that were bound keep serving.
+    let session = gw
+        .connect("a.example.com")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        session.peer_certificate().as_ref(),
+        Some(&gw.backends[0].certificate)
+    );
+    drop(squatter);
+    write(&(config(1) + extra + "# touched\n"));
+    gw.sluice
+        .wait_config(Duration::from_secs(15), "generation 3", |d| {
+            d["serving"]["generation"] == 3
+        });
+    assert_eq!(gw.sluice.admin_get("/ready"), (200, "LIVE\n".to_owned()));
+}
