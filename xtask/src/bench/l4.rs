@@ -13,8 +13,7 @@ use tests::{
 };
 
 use super::{
-    BenchArgs, Column, Contestant, MAX_OUTSIDE_CPU_PCT, OutsideCpu, Running, WORKERS, netns_inode,
-    render, spawn_in, wait_listening,
+    BenchArgs, Column, Contestant, Running, WORKERS, netns_inode, render, spawn_in, wait_listening,
 };
 
 const CONTESTANTS: [Contestant; 8] = [
@@ -127,11 +126,7 @@ fn measure(contestant: Contestant, args: &BenchArgs, envoy: &Path) -> anyhow::Re
     let rr = SocketAddr::new(host, RR_PORT);
     let ours = [&topology.client, &topology.gateway, &topology.backend]
         .map(|ns| netns_inode(&format!("/run/netns/{}", ns.name)));
-    let mut samples = Vec::new();
-    let mut repeats = 0;
-    while samples.len() < args.runs {
-        let run = samples.len() + 1;
-        let outside = OutsideCpu::start(&ours);
+    let samples = super::sampled(args, &ours, |_| {
         let conns = load::new_connections(
             &topology.client,
             rr,
@@ -148,32 +143,31 @@ fn measure(contestant: Contestant, args: &BenchArgs, envoy: &Path) -> anyhow::Re
         );
         let gbit = iperf_gbit(&topology.client, host, args.duration, 1)?;
         let gbit_4_streams = iperf_gbit(&topology.client, host, args.duration, 4)?;
-        let outside_cpu_pct = outside.percent();
-        eprintln!(
-            "bench:   run {run}: {:.0} conn/s ({} errors), {:.0} req/s ({} errors), {gbit:.2} Gbit/s, \
-             {gbit_4_streams:.2} Gbit/s over 4 streams; {outside_cpu_pct:.1}% CPU outside",
+        let line = format!(
+            "{:.0} conn/s ({} errors), {:.0} req/s ({} errors), {gbit:.2} Gbit/s, \
+             {gbit_4_streams:.2} Gbit/s over 4 streams",
             conns.rate(),
             conns.errors,
             keep.rate(),
             keep.errors
         );
-        // Another process took a share of the CPUs: the run measured it too. Repeated, up to
-        // as many extra runs as asked for.
-        if outside_cpu_pct > MAX_OUTSIDE_CPU_PCT && repeats < args.runs {
-            repeats += 1;
-            eprintln!("bench:   run {run} repeated: over {MAX_OUTSIDE_CPU_PCT}% CPU outside");
-            continue;
-        }
-        samples.push(Sample {
+        let sample = Sample {
             conn_per_s: conns.rate(),
             p50_us: f64::from(conns.percentile_us(0.5)),
             p99_us: f64::from(conns.percentile_us(0.99)),
             req_per_s: keep.rate(),
             gbit_per_s: gbit,
             gbit_4_streams,
-            outside_cpu_pct,
-        });
-    }
+            outside_cpu_pct: 0.0,
+        };
+        Ok((sample, line))
+    })?
+    .into_iter()
+    .map(|(sample, outside_cpu_pct)| Sample {
+        outside_cpu_pct,
+        ..sample
+    })
+    .collect();
     if let Some(sluice) = &running.sluice {
         // What the datapath dropped or passed on, so the errors above come with a reason.
         let (_, metrics) = sluice.admin_get("/stats/prometheus");

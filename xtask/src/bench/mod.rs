@@ -241,6 +241,33 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Takes `args.runs` samples with `run(n)`, which returns a sample and its log line, each
+/// with the share of CPU used outside the benchmark meanwhile. A run during which processes
+/// outside it (or the hypervisor) took over `MAX_OUTSIDE_CPU_PCT` measured them too: it is
+/// repeated, up to as many extra runs as asked for.
+fn sampled<S>(
+    args: &BenchArgs,
+    ours: &[u64; 3],
+    mut run: impl FnMut(usize) -> anyhow::Result<(S, String)>,
+) -> anyhow::Result<Vec<(S, f64)>> {
+    let mut samples = Vec::new();
+    let mut repeats = 0;
+    while samples.len() < args.runs {
+        let n = samples.len() + 1;
+        let outside = OutsideCpu::start(ours);
+        let (sample, line) = run(n)?;
+        let outside_cpu_pct = outside.percent();
+        eprintln!("bench:   run {n}: {line}; {outside_cpu_pct:.1}% CPU outside");
+        if outside_cpu_pct > MAX_OUTSIDE_CPU_PCT && repeats < args.runs {
+            repeats += 1;
+            eprintln!("bench:   run {n} repeated: over {MAX_OUTSIDE_CPU_PCT}% CPU outside");
+            continue;
+        }
+        samples.push((sample, outside_cpu_pct));
+    }
+    Ok(samples)
+}
+
 /// A column of a results table: its heading, the value, decimals, and whether it is
 /// compared with the direct path.
 type Column<S> = (&'static str, fn(&S) -> f64, usize, bool);

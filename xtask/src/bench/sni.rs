@@ -15,8 +15,8 @@ use tests::{
 };
 
 use super::{
-    BenchArgs, Column, Contestant, MAX_OUTSIDE_CPU_PCT, OutsideCpu, Profile, Running, WORKERS,
-    netns_inode, render, spawn_in, wait_listening,
+    BenchArgs, Column, Contestant, Profile, Running, WORKERS, netns_inode, render, spawn_in,
+    wait_listening,
 };
 
 /// Where the contestants listen, and the TLS backend.
@@ -109,12 +109,8 @@ fn measure(
     let transport = Transport::tls(&ca.client_config(), SERVER_NAME);
     let ours = [&topology.client, &topology.gateway, &topology.backend]
         .map(|ns| netns_inode(&format!("/run/netns/{}", ns.name)));
-    let mut samples = Vec::new();
     let mut profile = String::new();
-    let mut repeats = 0;
-    while samples.len() < args.runs {
-        let run = samples.len() + 1;
-        let outside = OutsideCpu::start(&ours);
+    let samples = super::sampled(args, &ours, |run| {
         let handshakes =
             load::new_connections(&topology.client, target, &transport, WORKERS, args.duration);
         let perf = (args.perf && run == 1)
@@ -125,29 +121,29 @@ fn measure(
             profile = perf.summary(name(contestant), running.pid())?;
         }
         let gbit = load::bulk(&topology.client, target, &transport, args.duration);
-        let outside_cpu_pct = outside.percent();
-        eprintln!(
-            "bench:   run {run}: {:.0} handshakes/s ({} errors), {:.0} req/s ({} errors), \
-             {gbit:.2} Gbit/s; {outside_cpu_pct:.1}% CPU outside",
+        let line = format!(
+            "{:.0} handshakes/s ({} errors), {:.0} req/s ({} errors), {gbit:.2} Gbit/s",
             handshakes.rate(),
             handshakes.errors,
             keep.rate(),
             keep.errors
         );
-        if outside_cpu_pct > MAX_OUTSIDE_CPU_PCT && repeats < args.runs {
-            repeats += 1;
-            eprintln!("bench:   run {run} repeated: over {MAX_OUTSIDE_CPU_PCT}% CPU outside");
-            continue;
-        }
-        samples.push(Sample {
+        let sample = Sample {
             handshakes_per_s: handshakes.rate(),
             p50_us: f64::from(handshakes.percentile_us(0.5)),
             p99_us: f64::from(handshakes.percentile_us(0.99)),
             req_per_s: keep.rate(),
             gbit_per_s: gbit,
-            outside_cpu_pct,
-        });
-    }
+            outside_cpu_pct: 0.0,
+        };
+        Ok((sample, line))
+    })?
+    .into_iter()
+    .map(|(sample, outside_cpu_pct)| Sample {
+        outside_cpu_pct,
+        ..sample
+    })
+    .collect();
     if let Some(sluice) = &running.sluice {
         let (_, metrics) = sluice.admin_get("/stats/prometheus");
         let refused = |l: &&str| {
