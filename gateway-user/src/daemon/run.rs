@@ -135,9 +135,6 @@ impl relay::Splicer for KernelSplice {
     }
 }
 
-/// How long connecting to a backend may take (the L4 forwarder's and the SNI server's).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// A daemon whose first config is loaded, before anything is attached or bound.
 pub struct Daemon {
     state: Arc<SharedState>,
@@ -217,7 +214,7 @@ impl Daemon {
                 state.sni.clone(),
                 SniOptions {
                     hello_timeout: args.client_hello_timeout,
-                    connect_timeout: CONNECT_TIMEOUT,
+                    connect_timeout: crate::proxy::CONNECT_TIMEOUT,
                     mode: sni_mode,
                     access_log: args.access_log,
                 },

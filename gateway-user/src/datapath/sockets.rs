@@ -70,7 +70,8 @@ impl SocketSplice {
     /// Hands `client` and `backend` to the kernel: bytes arriving on one leave by the other.
     /// The backend's socket goes in first, so that no byte of the client's (the ClientHello
     /// still queued on it) meets a missing peer. Nothing is moved until the client's queue
-    /// is processed, which [`SocketSplice::kick`] does.
+    /// is processed: the caller kicks it (`SO_RCVLOWAT`, which runs the socket's
+    /// data-ready callback).
     pub fn insert(&self, client: &TcpStream, backend: &TcpStream) -> io::Result<()> {
         let client_key = key(client.local_addr()?, client.peer_addr()?);
         let backend_key = key(backend.local_addr()?, backend.peer_addr()?);

@@ -23,14 +23,15 @@ use tokio::{
     sync::watch,
 };
 
-use super::listeners::{ListenerSet, accept_each};
+use super::{
+    CONNECT_TIMEOUT,
+    listeners::{ListenerSet, accept_each},
+};
 use crate::{
     compile::plan::{ListenerKind, Plan},
     select::{BackendRemoval, BackendSet, BackendSets},
 };
 
-/// How long connecting to a backend may take before the client's connection is dropped.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes moved per read in each direction. tokio's default (8 KiB) made a bulk stream cost a
 /// syscall pair per 8 KiB, a quarter of what the peers reach on one core (`cargo xtask bench`);
 /// 64 KiB matches a GSO segment. Memory: 128 KiB per open connection.
