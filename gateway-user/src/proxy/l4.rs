@@ -10,7 +10,6 @@ use std::{
         Arc,
         atomic::{AtomicI64, AtomicU64},
     },
-    time::Duration,
 };
 
 use prometheus_client::{
