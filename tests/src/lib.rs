@@ -5,6 +5,7 @@ pub mod admin;
 pub mod bpffs;
 pub mod dns;
 pub mod echo;
+pub mod http;
 pub mod load;
 pub mod netns;
 pub mod packet_cost;

@@ -27,19 +27,33 @@ use crate::netns::NetNs;
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
+    pem: String,
     dir: tempfile::TempDir,
 }
 
-/// A leaf certificate (chain: leaf, CA) and its key.
+/// A leaf certificate (chain: leaf, CA) and its key, in DER and as PEM files would hold them.
 #[derive(Debug)]
 pub struct Identity {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    /// The leaf's certificate, then the CA's.
+    pub chain_pem: String,
+    pub key_pem: String,
 }
 
 impl Identity {
     pub fn leaf(&self) -> &CertificateDer<'static> {
         &self.chain[0]
+    }
+
+    /// Writes `<dir>/tls.crt` and `<dir>/tls.key` (a Kubernetes TLS Secret's layout);
+    /// returns their paths.
+    pub fn write(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, &self.chain_pem).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&key, &self.key_pem).unwrap_or_else(|e| panic!("{e}"));
+        (cert, key)
     }
 }
 
@@ -66,6 +80,7 @@ impl TestCa {
         TestCa {
             issuer: Issuer::new(params, key),
             cert: cert.der().clone(),
+            pem: cert.pem(),
             dir,
         }
     }
@@ -85,6 +100,8 @@ impl TestCa {
         Identity {
             chain: vec![cert.der().clone(), self.cert.clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            chain_pem: cert.pem() + &self.pem,
+            key_pem: key.serialize_pem(),
         }
     }
 

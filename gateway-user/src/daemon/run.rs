@@ -17,12 +17,12 @@ use super::{
 };
 use crate::{
     compile,
-    compile::plan::ListenerKind,
     datapath::{
         Datapath, DatapathMode, DatapathOptions, DatapathStatus, XdpModeChoice, parse_instance,
         ports::PortRange,
     },
     proxy::{
+        http::{HttpOptions, HttpProxy},
         l4::L4Proxy,
         relay,
         sni::{SniOptions, SniProxy},
@@ -96,6 +96,16 @@ pub struct RunArgs {
     /// `--log-format json`. Off by default, as Istio's `accessLogFile`.
     #[arg(long, env = "SLUICE_ACCESS_LOG")]
     pub access_log: bool,
+
+    /// Where `credentialName` certificates are found: `<dir>/<name>/tls.crt` and `tls.key`,
+    /// the layout of a Kubernetes TLS Secret mounted as a volume.
+    #[arg(long, default_value = "/etc/sluice/credentials")]
+    pub credentials_dir: PathBuf,
+
+    /// The longest an HTTP client may take to send a request's headers; slower ones are
+    /// closed (slowloris).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
 
     /// The longest a TLS passthrough client may take to send its whole ClientHello; slower
     /// or silent clients are closed (and counted as `timeout`).
@@ -219,6 +229,11 @@ impl Daemon {
                     access_log: args.access_log,
                 },
             ),
+            http: HttpProxy::new(HttpOptions {
+                credentials: args.credentials_dir.clone(),
+                header_read_timeout: args.http_header_timeout,
+                access_log: args.access_log,
+            }),
             status: Serving::default(),
         };
         if let Some(kernel) = &servers.kernel {
@@ -305,12 +320,9 @@ struct Servers {
     userspace: L4Proxy,
     kernel: Option<crate::datapath::l4::KernelL4>,
     sni: SniProxy,
+    http: HttpProxy,
     status: Serving,
 }
-
-/// Why an HTTP or HTTPS listener has no server.
-const NO_HTTP_SERVER: &str =
-    "HTTP and TLS-terminating listeners are not served by this version of Sluice";
 
 impl Servers {
     /// Applies `plan`: every removed listener is closed before any new one is bound (a
@@ -320,38 +332,29 @@ impl Servers {
         let (plan, sets) = (&snapshot.plan, &snapshot.backend_sets);
         self.userspace.close_unwanted(plan).await;
         self.sni.close_unwanted(plan).await;
+        self.http.close_unwanted(plan).await;
         let mut failures = self.userspace.update(plan, sets).await;
         failures.extend(self.sni.update(plan, sets).await);
+        failures.extend(self.http.update(plan).await);
         let kernel = self
             .kernel
             .as_mut()
             .map(|k| k.apply(plan, sets))
             .unwrap_or_default();
-        let mut unserved: Vec<Unserved> = failures
+        let unserved: Vec<Unserved> = failures
             .iter()
             .map(|(address, error)| Unserved {
                 address: *address,
                 reason: format!("{error:#}"),
             })
             .collect();
-        for listener in &plan.listeners {
-            if matches!(
-                listener.kind,
-                ListenerKind::Http { .. } | ListenerKind::Https { .. }
-            ) {
-                tracing::warn!(address = %listener.address(), "{NO_HTTP_SERVER}");
-                unserved.push(Unserved {
-                    address: listener.address(),
-                    reason: NO_HTTP_SERVER.into(),
-                });
-            }
-        }
         self.status = Serving {
             generation: snapshot.generation,
             l4_kernel: kernel,
             l4_userspace: self.userspace.addresses(),
             sni: self.sni.addresses(),
             sni_byte_path: self.sni.byte_path(),
+            http: self.http.addresses(),
             unserved,
         };
         failures

@@ -63,6 +63,8 @@ pub struct Serving {
     pub sni: Vec<SocketAddr>,
     /// How their bytes travel after the SNI decision: `Sockmap`, `Splice` or `Copy`.
     pub sni_byte_path: String,
+    /// HTTP and HTTPS listeners bound by the HTTP proxy.
+    pub http: Vec<SocketAddr>,
     /// Listeners of the Plan that nothing serves, and why; `/ready` is 503 while there are.
     pub unserved: Vec<Unserved>,
 }

@@ -3,6 +3,7 @@
 /// How long connecting to a backend may take before the client's connection is closed.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+pub mod http;
 pub mod l4;
 pub mod listeners;
 pub mod relay;

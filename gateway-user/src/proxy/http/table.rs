@@ -1,0 +1,322 @@
+//! An HTTP listener's routes as a lookup structure built once per config: virtual hosts by
+//! domain (exact, then the longest `*.` suffix, then `*`, as Envoy's virtual host selection
+//! that Istio's gateways use; the port of the request's authority is ignored), then each
+//! virtual host's routes in order, the first whose match applies winning. Regexes are
+//! compiled here, once, with RE2's full-match semantics (Envoy's `safe_regex`).
+use std::collections::HashMap;
+
+use regex::Regex;
+
+use super::upstream::Destinations;
+use crate::{
+    compile::plan::{HttpAction, HttpRoute, VirtualHost},
+    config::model::{HttpMatchRequest, StringMatch},
+};
+
+/// The parts of a request routing looks at, borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// Path without the query string.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// The Host header or `:authority`, as sent (port included).
+    pub authority: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// A string matcher of the Istio API.
+#[derive(Debug, Clone)]
+pub enum StrMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+    /// An empty `StringMatch`: the value only has to be present.
+    Present,
+}
+
+impl StrMatch {
+    /// Compiles `m`; a regex the validator accepted always compiles, so `None` only comes
+    /// from a config that was never validated.
+    pub fn new(m: &StringMatch, ignore_case: bool) -> Option<StrMatch> {
+        let fold = |s: &str| {
+            if ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_owned()
+            }
+        };
+        Some(match (&m.exact, &m.prefix, &m.regex) {
+            (Some(e), _, _) => StrMatch::Exact(fold(e)),
+            (_, Some(p), _) => StrMatch::Prefix(fold(p)),
+            (_, _, Some(r)) => StrMatch::Regex(Regex::new(&format!("^(?:{r})$")).ok()?),
+            _ => StrMatch::Present,
+        })
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StrMatch::Exact(e) => value == e,
+            StrMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StrMatch::Regex(r) => r.is_match(value),
+            StrMatch::Present => true,
+        }
+    }
+}
+
+/// One `HTTPMatchRequest`, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMatch {
+    uri: Option<StrMatch>,
+    ignore_uri_case: bool,
+    scheme: Option<StrMatch>,
+    method: Option<StrMatch>,
+    authority: Option<StrMatch>,
+    headers: Vec<(String, StrMatch)>,
+    without_headers: Vec<(String, StrMatch)>,
+    query: Vec<(String, StrMatch)>,
+}
+
+impl RequestMatch {
+    pub fn new(m: &HttpMatchRequest) -> Option<RequestMatch> {
+        // None: a regex that does not compile; Some(None): no such match.
+        let one = |s: &Option<StringMatch>, fold| match s {
+            None => Some(None),
+            Some(s) => StrMatch::new(s, fold).map(Some),
+        };
+        let many = |map: &std::collections::BTreeMap<String, StringMatch>| {
+            map.iter()
+                .map(|(k, v)| Some((k.to_ascii_lowercase(), StrMatch::new(v, false)?)))
+                .collect::<Option<Vec<_>>>()
+        };
+        Some(RequestMatch {
+            uri: one(&m.uri, m.ignore_uri_case)?,
+            ignore_uri_case: m.ignore_uri_case,
+            scheme: one(&m.scheme, false)?,
+            method: one(&m.method, false)?,
+            authority: one(&m.authority, false)?,
+            headers: many(&m.headers)?,
+            without_headers: many(&m.without_headers)?,
+            query: m
+                .query_params
+                .iter()
+                .map(|(k, v)| Some((k.clone(), StrMatch::new(v, false)?)))
+                .collect::<Option<Vec<_>>>()?,
+        })
+    }
+
+    pub fn matches(&self, r: &RequestView<'_>) -> bool {
+        if let Some(uri) = &self.uri {
+            let folded;
+            let path = if self.ignore_uri_case {
+                folded = r.path.to_ascii_lowercase();
+                folded.as_str()
+            } else {
+                r.path
+            };
+            if !uri.matches(path) {
+                return false;
+            }
+        }
+        let simple = [
+            (&self.scheme, r.scheme),
+            (&self.method, r.method),
+            (&self.authority, r.authority),
+        ];
+        if simple
+            .iter()
+            .any(|(m, value)| m.as_ref().is_some_and(|m| !m.matches(value)))
+        {
+            return false;
+        }
+        let header_matches = |name: &str, m: &StrMatch| {
+            r.headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| m.matches(v)))
+        };
+        if !self.headers.iter().all(|(n, m)| header_matches(n, m)) {
+            return false;
+        }
+        if self
+            .without_headers
+            .iter()
+            .any(|(n, m)| header_matches(n, m))
+        {
+            return false;
+        }
+        self.query
+            .iter()
+            .all(|(name, m)| query_values(r.query, name).any(|v| m.matches(&v)))
+    }
+
+    /// The prefix a `rewrite.uri` replaces: the matched prefix, the whole path for an
+    /// exact match, and `/` when the match says nothing of the path (as Istio compiles a
+    /// rewrite to Envoy's `prefix_rewrite`).
+    pub fn rewrite_prefix<'p>(&self, path: &'p str) -> &'p str {
+        match &self.uri {
+            Some(StrMatch::Prefix(p)) => &path[..p.len().min(path.len())],
+            Some(StrMatch::Exact(_)) | Some(StrMatch::Regex(_)) => path,
+            _ => &path[..path.len().min(1)],
+        }
+    }
+}
+
+/// The values of query parameter `name` (percent-decoding `+` and `%xx`).
+fn query_values<'q>(query: Option<&'q str>, name: &'q str) -> impl Iterator<Item = String> + 'q {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k) == name).then(|| decode(v))
+        })
+}
+
+fn decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A route with its matches compiled and its destinations ready to pick from.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub matches: Vec<RequestMatch>,
+    pub route: HttpRoute,
+    pub destinations: Destinations,
+}
+
+/// A virtual host's routes, in order.
+#[derive(Debug)]
+pub struct CompiledHost {
+    pub https_redirect: bool,
+    pub routes: Vec<CompiledRoute>,
+}
+
+/// Virtual hosts by domain.
+#[derive(Debug, Default)]
+pub struct HttpTable {
+    exact: HashMap<String, usize>,
+    /// `.example.com` for `*.example.com`, longest first.
+    suffixes: Vec<(String, usize)>,
+    any: Option<usize>,
+    pub hosts: Vec<CompiledHost>,
+}
+
+impl HttpTable {
+    pub fn new(virtual_hosts: &[VirtualHost]) -> HttpTable {
+        let mut table = HttpTable::default();
+        for (index, vh) in virtual_hosts.iter().enumerate() {
+            for domain in &vh.domains {
+                let domain = domain.to_ascii_lowercase();
+                if domain == "*" {
+                    table.any.get_or_insert(index);
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    if !table.suffixes.iter().any(|(s, _)| s == suffix) {
+                        table.suffixes.push((suffix.to_owned(), index));
+                    }
+                } else {
+                    table.exact.entry(domain).or_insert(index);
+                }
+            }
+            let routes = vh
+                .routes
+                .iter()
+                .filter_map(|route| {
+                    let matches = route
+                        .matches
+                        .iter()
+                        .map(RequestMatch::new)
+                        .collect::<Option<Vec<_>>>()?;
+                    let destinations = match &route.action {
+                        HttpAction::Route { backends } => Destinations::new(backends),
+                        _ => Destinations::default(),
+                    };
+                    Some(CompiledRoute {
+                        matches,
+                        route: route.clone(),
+                        destinations,
+                    })
+                })
+                .collect();
+            table.hosts.push(CompiledHost {
+                https_redirect: vh.https_redirect,
+                routes,
+            });
+        }
+        // Longest suffix first; stable, so the first declared wins among equals.
+        table
+            .suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        table
+    }
+
+    /// The virtual host for an authority (`host` or `host:port`).
+    pub fn host(&self, authority: &str) -> Option<&CompiledHost> {
+        let host = strip_port(authority).to_ascii_lowercase();
+        let index = self
+            .exact
+            .get(&host)
+            .copied()
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(suffix, _)| {
+                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                    })
+                    .map(|(_, i)| *i)
+            })
+            .or(self.any)?;
+        self.hosts.get(index)
+    }
+}
+
+impl CompiledHost {
+    /// The first route one of whose matches applies (a route without matches takes every
+    /// request), with the match that applied.
+    pub fn route(
+        &self,
+        request: &RequestView<'_>,
+    ) -> Option<(&CompiledRoute, Option<&RequestMatch>)> {
+        self.routes.iter().find_map(|route| {
+            if route.matches.is_empty() {
+                return Some((route, None));
+            }
+            route
+                .matches
+                .iter()
+                .find(|m| m.matches(request))
+                .map(|m| (route, Some(m)))
+        })
+    }
+}
+
+/// `host` of `host:port` (and of `[v6]:port`).
+pub fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split_once(']').map_or(authority, |(h, _)| h);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}

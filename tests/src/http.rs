@@ -1,0 +1,129 @@
+//! An HTTP test backend: answers every request with its id and what it received (method,
+//! path with query, and every header, one per line), so tests can see rewrites and header
+//! operations as the upstream saw them. `GET /delay/<ms>` answers after that long,
+//! `/status/<code>` with that status.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::netns::NetNs;
+
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    pub id: String,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpBackend {
+    /// Serves HTTP/1.1 and h2c on `addr` in `ns`; returns once bound.
+    pub fn start(ns: &NetNs, addr: SocketAddr, id: &str) -> HttpBackend {
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn({
+            let (stop, requests, id) = (stop.clone(), requests.clone(), id.to_owned());
+            move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap_or_else(|e| panic!("{e}"));
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .unwrap_or_else(|e| panic!("binding {addr}: {e}"));
+                    let _ = bound_tx.send(());
+                    while !stop.load(Ordering::Acquire) {
+                        let Ok(Ok((stream, _))) =
+                            tokio::time::timeout(Duration::from_millis(100), listener.accept())
+                                .await
+                        else {
+                            continue;
+                        };
+                        let (requests, id) = (requests.clone(), id.clone());
+                        tokio::spawn(async move {
+                            let service = service_fn(move |request: Request<Incoming>| {
+                                requests.fetch_add(1, Ordering::Relaxed);
+                                let id = id.clone();
+                                async move { Ok::<_, Infallible>(answer(&id, request).await) }
+                            });
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                        });
+                    }
+                });
+            }
+        });
+        bound_rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{addr} did not bind: {e}"));
+        HttpBackend {
+            addr,
+            id: id.to_owned(),
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn answer(id: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let mut status = 200;
+    if let Some(ms) = path
+        .strip_prefix("/delay/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.min(30_000))).await;
+    }
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        status = code;
+    }
+    let mut body = format!(
+        "{id}\n{} {}\n",
+        request.method(),
+        request.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    for (name, value) in request.headers() {
+        body += &format!("{name}: {}\n", value.to_str().unwrap_or("?"));
+    }
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    if let Ok(value) = hyper::header::HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-backend", value);
+    }
+    response
+}
