@@ -362,6 +362,32 @@ fn routes(test: &str, mode: Mode) {
             .any(|l| l.contains("INFO access") && l.contains("status=418")),
         "{log}"
     );
+
+    // Counted by route and status class; nothing left in flight.
+    let requests = |route: &str, class: &str| {
+        web.sluice
+            .metric(&format!(
+                "sluice_http_requests_total{{listener=\"0.0.0.0:{HTTP}\",route=\"{route}\",code_class=\"{class}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    assert_eq!(requests("web/bookinfo:spec.http[2]", "2xx"), 1000.0);
+    assert_eq!(requests("web/bookinfo:spec.http[5]", "4xx"), 1.0);
+    assert_eq!(requests("web/bookinfo:spec.http[3]", "3xx"), 1.0);
+    assert_eq!(requests("web/bookinfo:spec.http[6]", "5xx"), 1.0);
+    assert_eq!(requests("-", "4xx"), 3.0);
+    assert_eq!(
+        web.sluice.metric(&format!(
+            "sluice_http_request_duration_seconds_count{{listener=\"0.0.0.0:{HTTP}\",route=\"web/bookinfo:spec.http[2]\"}}"
+        )),
+        Some(1000.0)
+    );
+    assert_eq!(
+        web.sluice.metric(&format!(
+            "sluice_http_active_requests{{listener=\"0.0.0.0:{HTTP}\"}}"
+        )),
+        Some(0.0)
+    );
 }
 
 #[test]

@@ -89,6 +89,17 @@ pub struct RouteOrigin {
     pub path: String,
 }
 
+/// `namespace/name:path`, the route label of metrics and logs.
+impl std::fmt::Display for RouteOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}:{}",
+            self.object.namespace, self.object.name, self.path
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct L4Route {
     pub origin: RouteOrigin,

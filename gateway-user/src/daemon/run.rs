@@ -229,11 +229,14 @@ impl Daemon {
                     access_log: args.access_log,
                 },
             ),
-            http: HttpProxy::new(HttpOptions {
-                credentials: args.credentials_dir.clone(),
-                header_read_timeout: args.http_header_timeout,
-                access_log: args.access_log,
-            }),
+            http: HttpProxy::new(
+                state.http.clone(),
+                HttpOptions {
+                    credentials: args.credentials_dir.clone(),
+                    header_read_timeout: args.http_header_timeout,
+                    access_log: args.access_log,
+                },
+            ),
             status: Serving::default(),
         };
         if let Some(kernel) = &servers.kernel {

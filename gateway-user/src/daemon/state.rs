@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::{
     daemon::snapshot::{ConfigStatus, Rejected, Snapshot},
     datapath::{DatapathStatus, kernel::CounterReader, l4::L4KernelStats},
-    proxy::{l4::L4Metrics, sni::metrics::SniMetrics},
+    proxy::{http::metrics::HttpMetrics, l4::L4Metrics, sni::metrics::SniMetrics},
 };
 
 /// Server lifecycle, reported by `/ready` as Envoy does.
@@ -44,6 +44,7 @@ pub struct SharedState {
     applied: watch::Sender<Option<Arc<Snapshot>>>,
     pub l4: Arc<L4Metrics>,
     pub sni: Arc<SniMetrics>,
+    pub http: Arc<HttpMetrics>,
     serving: RwLock<Serving>,
     kernel_l4: RwLock<Option<Arc<L4KernelStats>>>,
 }
@@ -85,6 +86,7 @@ impl SharedState {
             applied: watch::channel(None).0,
             l4: Arc::default(),
             sni: Arc::default(),
+            http: Arc::default(),
             serving: RwLock::new(Serving::default()),
             kernel_l4: RwLock::new(None),
         })

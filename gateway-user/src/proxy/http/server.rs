@@ -9,7 +9,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicI64},
     time::{Duration, Instant},
 };
 
@@ -24,7 +24,12 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::watch};
 
-use super::table::{CompiledRoute, HttpTable, RequestMatch, RequestView};
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::{
+    metrics::{HttpMetrics, RouteMetrics},
+    table::{CompiledRoute, HttpTable, RequestMatch, RequestView},
+};
 use crate::{
     compile::plan::{HttpAction, ListenerKind, Plan},
     config::model::{HeaderOperations, HttpRedirect},
@@ -49,6 +54,9 @@ pub struct HttpOptions {
 /// One listener: its routes and, for HTTPS, its TLS configuration.
 pub struct HttpListener {
     table: HttpTable,
+    /// Requests no route took.
+    unrouted: RouteMetrics,
+    active: Gauge<i64, AtomicI64>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     port: u16,
 }
@@ -57,10 +65,11 @@ pub struct HttpProxy {
     listeners: ListenerSet<HttpListener>,
     options: Arc<HttpOptions>,
     client: Client<HttpConnector, Incoming>,
+    metrics: Arc<HttpMetrics>,
 }
 
 impl HttpProxy {
-    pub fn new(options: HttpOptions) -> HttpProxy {
+    pub fn new(metrics: Arc<HttpMetrics>, options: HttpOptions) -> HttpProxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(crate::proxy::CONNECT_TIMEOUT));
@@ -72,6 +81,7 @@ impl HttpProxy {
             listeners: ListenerSet::new("HTTP"),
             options: Arc::new(options),
             client,
+            metrics,
         }
     }
 
@@ -95,10 +105,13 @@ impl HttpProxy {
                 },
                 _ => continue,
             };
+            let name = l.address().to_string();
             wanted.push((
                 l.address(),
                 HttpListener {
-                    table: HttpTable::new(virtual_hosts),
+                    table: HttpTable::new(virtual_hosts, &self.metrics, &name),
+                    unrouted: self.metrics.route(&name, "-"),
+                    active: self.metrics.active(&name),
                     tls,
                     port: l.port,
                 },
@@ -186,14 +199,20 @@ async fn serve<I>(
         async move {
             let started = Instant::now();
             let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-            let response = handle(request, &listener, peer, scheme, &client).await;
+            let in_flight = InFlight::new(&listener.active);
+            let (response, route) = handle(request, &listener, peer, scheme, &client).await;
+            drop(in_flight);
+            let status = response.status().as_u16();
+            route
+                .map_or(&listener.unrouted, |r| &r.metrics)
+                .record(status, started.elapsed().as_secs_f64());
             if options.access_log {
                 tracing::info!(
                     target: "access",
                     client = %peer,
                     method = %method,
                     path,
-                    status = response.status().as_u16(),
+                    status,
                     duration_ms = started.elapsed().as_millis() as u64,
                     "http"
                 );
@@ -211,6 +230,22 @@ async fn serve<I>(
     }
 }
 
+/// Counts a request in progress until dropped, also when the client goes away first.
+struct InFlight<'g>(&'g Gauge<i64, AtomicI64>);
+
+impl<'g> InFlight<'g> {
+    fn new(gauge: &'g Gauge<i64, AtomicI64>) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// A response made here, as Envoy makes its own (plain text).
 fn local(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(
@@ -225,13 +260,14 @@ fn local(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
-async fn handle(
+/// The response to `request`, and the route that made it.
+async fn handle<'l>(
     request: Request<Incoming>,
-    listener: &HttpListener,
+    listener: &'l HttpListener,
     peer: SocketAddr,
     scheme: &'static str,
     client: &Client<HttpConnector, Incoming>,
-) -> Response<Body> {
+) -> (Response<Body>, Option<&'l CompiledRoute>) {
     let authority = request
         .uri()
         .authority()
@@ -245,7 +281,7 @@ async fn handle(
         })
         .unwrap_or_default();
     let Some(host) = listener.table.host(&authority) else {
-        return local(StatusCode::NOT_FOUND, "");
+        return (local(StatusCode::NOT_FOUND, ""), None);
     };
     if host.https_redirect && scheme == "http" {
         let location = format!(
@@ -253,7 +289,7 @@ async fn handle(
             super::table::strip_port(&authority),
             request.uri().path_and_query().map_or("/", |p| p.as_str())
         );
-        return redirect(StatusCode::MOVED_PERMANENTLY, &location);
+        return (redirect(StatusCode::MOVED_PERMANENTLY, &location), None);
     }
     let view = RequestView {
         path: request.uri().path(),
@@ -264,7 +300,7 @@ async fn handle(
         headers: request.headers(),
     };
     let Some((route, matched)) = host.route(&view) else {
-        return local(StatusCode::NOT_FOUND, "");
+        return (local(StatusCode::NOT_FOUND, ""), None);
     };
     let mut response = match &route.route.action {
         HttpAction::Redirect(r) => redirect_to(r, &request, &authority, scheme, listener.port),
@@ -285,7 +321,7 @@ async fn handle(
     if let Some(ops) = &route.route.response_headers {
         apply(ops, response.headers_mut());
     }
-    response
+    (response, Some(route))
 }
 
 fn redirect(status: StatusCode, location: &str) -> Response<Body> {

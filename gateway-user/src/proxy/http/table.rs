@@ -7,7 +7,10 @@ use std::collections::HashMap;
 
 use regex::Regex;
 
-use super::upstream::Destinations;
+use super::{
+    metrics::{HttpMetrics, RouteMetrics},
+    upstream::Destinations,
+};
 use crate::{
     compile::plan::{HttpAction, HttpRoute, VirtualHost},
     config::model::{HttpMatchRequest, StringMatch},
@@ -203,6 +206,7 @@ pub struct CompiledRoute {
     pub matches: Vec<RequestMatch>,
     pub route: HttpRoute,
     pub destinations: Destinations,
+    pub metrics: RouteMetrics,
 }
 
 /// A virtual host's routes, in order.
@@ -223,7 +227,8 @@ pub struct HttpTable {
 }
 
 impl HttpTable {
-    pub fn new(virtual_hosts: &[VirtualHost]) -> HttpTable {
+    /// The table of the virtual hosts of `listener`, each route with its counters.
+    pub fn new(virtual_hosts: &[VirtualHost], metrics: &HttpMetrics, listener: &str) -> HttpTable {
         let mut table = HttpTable::default();
         for (index, vh) in virtual_hosts.iter().enumerate() {
             for domain in &vh.domains {
@@ -255,6 +260,7 @@ impl HttpTable {
                         matches,
                         route: route.clone(),
                         destinations,
+                        metrics: metrics.route(listener, &route.origin.to_string()),
                     })
                 })
                 .collect();
@@ -318,5 +324,194 @@ pub fn strip_port(authority: &str) -> &str {
     match authority.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+
+    use super::*;
+
+    fn request_match(yaml: &str) -> RequestMatch {
+        let m: HttpMatchRequest =
+            serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        RequestMatch::new(&m).unwrap_or_else(|| panic!("{yaml} does not compile"))
+    }
+
+    /// `path?query` with `name: value` headers, GET over http to example.com.
+    fn matches(m: &RequestMatch, target: &str, headers: &[(&str, &str)]) -> bool {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+                v.parse().unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        m.matches(&RequestView {
+            path,
+            query,
+            method: "GET",
+            scheme: "http",
+            authority: "example.com",
+            headers: &map,
+        })
+    }
+
+    #[test]
+    fn request_matches_as_envoy_applies_them() {
+        // (match, path?query, headers, matches)
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            bool,
+        );
+        let cases: &[Case] = &[
+            ("uri: {exact: /a}", "/a", &[], true),
+            ("uri: {exact: /a}", "/a/", &[], false),
+            ("uri: {exact: /a}", "/a?x=1", &[], true),
+            ("uri: {prefix: /api}", "/apiary", &[], true),
+            ("uri: {prefix: /api}", "/ap", &[], false),
+            // Regexes match the whole path, not a part of it.
+            ("uri: {regex: '/v[0-9]+'}", "/v12", &[], true),
+            ("uri: {regex: '/v[0-9]+'}", "/v12/x", &[], false),
+            (
+                "{uri: {prefix: /API}, ignoreUriCase: true}",
+                "/api/x",
+                &[],
+                true,
+            ),
+            ("{uri: {exact: /A}, ignoreUriCase: true}", "/a", &[], true),
+            ("uri: {prefix: /API}", "/api/x", &[], false),
+            ("method: {exact: GET}", "/", &[], true),
+            ("method: {exact: POST}", "/", &[], false),
+            ("scheme: {exact: https}", "/", &[], false),
+            ("authority: {regex: '.*\\.com'}", "/", &[], true),
+            // Header names are case-insensitive; any of several values may match.
+            (
+                "headers: {X-User: {exact: jason}}",
+                "/",
+                &[("x-user", "jason")],
+                true,
+            ),
+            (
+                "headers: {x-user: {exact: jason}}",
+                "/",
+                &[("x-user", "a"), ("x-user", "jason")],
+                true,
+            ),
+            ("headers: {x-user: {exact: jason}}", "/", &[], false),
+            ("headers: {x-user: {}}", "/", &[("x-user", "")], true),
+            (
+                "headers: {x-user: {prefix: ja}}",
+                "/",
+                &[("x-user", "jason")],
+                true,
+            ),
+            (
+                "withoutHeaders: {x-debug: {}}",
+                "/",
+                &[("x-debug", "1")],
+                false,
+            ),
+            ("withoutHeaders: {x-debug: {}}", "/", &[], true),
+            (
+                "withoutHeaders: {x-debug: {exact: '1'}}",
+                "/",
+                &[("x-debug", "2")],
+                true,
+            ),
+            // Query parameters are decoded before they are compared.
+            ("queryParams: {q: {exact: a b}}", "/?q=a+b", &[], true),
+            ("queryParams: {q: {exact: a/b}}", "/?x=1&q=a%2Fb", &[], true),
+            ("queryParams: {q: {exact: a}}", "/?qq=a", &[], false),
+            ("queryParams: {q: {regex: '[0-9]+'}}", "/?q=42", &[], true),
+            ("queryParams: {q: {exact: a}}", "/", &[], false),
+            // Every field of one match must hold.
+            (
+                "{uri: {prefix: /}, headers: {a: {exact: b}}}",
+                "/x",
+                &[],
+                false,
+            ),
+        ];
+        for (yaml, target, headers, want) in cases {
+            assert_eq!(
+                matches(&request_match(yaml), target, headers),
+                *want,
+                "{yaml} on {target} {headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rewrite_replaces_what_the_match_took() {
+        let cases = [
+            ("uri: {prefix: /api/v1}", "/api/v1/items", "/api/v1"),
+            ("uri: {exact: /login}", "/login", "/login"),
+            ("method: {exact: GET}", "/x/y", "/"),
+        ];
+        for (yaml, path, prefix) in cases {
+            assert_eq!(request_match(yaml).rewrite_prefix(path), prefix, "{yaml}");
+        }
+    }
+
+    fn host(domains: &[&str]) -> VirtualHost {
+        VirtualHost {
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            https_redirect: false,
+            routes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn virtual_host_by_exact_then_longest_wildcard_then_any() {
+        let hosts = [
+            host(&["bookinfo.example.com"]),
+            host(&["*.example.com"]),
+            host(&["*.api.example.com"]),
+            host(&["*"]),
+        ];
+        let table = HttpTable::new(&hosts, &HttpMetrics::default(), "test");
+        let index = |authority: &str| {
+            table
+                .host(authority)
+                .map(|h| std::ptr::from_ref(h) as usize - table.hosts.as_ptr() as usize)
+                .map(|offset| offset / std::mem::size_of::<CompiledHost>())
+        };
+        let cases = [
+            ("bookinfo.example.com", 0),
+            ("BookInfo.Example.com:8080", 0),
+            ("x.example.com", 1),
+            ("a.b.example.com", 1),
+            ("v1.api.example.com", 2),
+            ("api.example.com", 1),
+            ("example.com", 3),
+            ("other.test", 3),
+            ("[2001:db8::1]:80", 3),
+        ];
+        for (authority, want) in cases {
+            assert_eq!(index(authority), Some(want), "{authority}");
+        }
+        let without_any = HttpTable::new(&hosts[..1], &HttpMetrics::default(), "test");
+        assert!(without_any.host("other.test").is_none());
+    }
+
+    #[test]
+    fn port_is_stripped_from_authorities() {
+        for (authority, host) in [
+            ("a.test", "a.test"),
+            ("a.test:8080", "a.test"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("a.test:x", "a.test:x"),
+        ] {
+            assert_eq!(strip_port(authority), host);
+        }
     }
 }

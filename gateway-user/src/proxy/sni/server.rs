@@ -28,7 +28,7 @@ use super::{
     table::SniTable,
 };
 use crate::{
-    compile::plan::{ListenerKind, Plan, RouteOrigin},
+    compile::plan::{ListenerKind, Plan},
     proxy::{
         listeners::{ListenerSet, accept_each},
         relay::{self, Relayed},
@@ -74,13 +74,6 @@ struct EndpointMetrics {
     downstream: Counter<u64, AtomicU64>,
 }
 
-pub fn route_label(origin: &RouteOrigin) -> String {
-    format!(
-        "{}/{}:{}",
-        origin.object.namespace, origin.object.name, origin.path
-    )
-}
-
 pub struct SniProxy {
     listeners: ListenerSet<SniListener>,
     metrics: Arc<SniMetrics>,
@@ -110,7 +103,7 @@ impl SniProxy {
                         .iter()
                         .enumerate()
                         .map(|(i, r)| {
-                            self.route(address, route_label(&r.origin), sets.get(address, i))
+                            self.route(address, r.origin.to_string(), sets.get(address, i))
                         })
                         .collect(),
                     failures: Failure::REASONS.map(|reason| {
