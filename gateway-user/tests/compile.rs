@@ -774,12 +774,19 @@ spec:
 }
 
 #[test]
-fn istio_tls_examples_compile_without_warnings() {
+fn istio_tls_and_http_examples_compile_without_warnings() {
     for file in [
         "ingress-sni-passthrough.yaml",
         "egress-gateway-tls-passthrough.yaml",
         "egress-wildcard-sni.yaml",
         "multicluster-east-west.yaml",
+        "ingress-bookinfo.yaml",
+        "ingress-httpbin.yaml",
+        "ingress-httpbin-any-host.yaml",
+        "ingress-helloworld.yaml",
+        "secure-ingress.yaml",
+        "secure-ingress-file-mount.yaml",
+        "secure-ingress-mutual.yaml",
     ] {
         let checked = check(&[example(file)]);
         let compiled = compile(&checked.objects, &DnsAnswers::default());

@@ -178,7 +178,7 @@ proptest! {
 
     #[test]
     fn mutated_examples_never_panic(cuts in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
-        let examples = ["seed-gateway.yaml", "bookinfo.yaml", "passthrough.yaml", "egress.yaml", "mongo.yaml"];
+        let examples = ["seed-gateway.yaml", "bookinfo.yaml", "passthrough.yaml", "egress.yaml", "mongo.yaml", "secure-ingress.yaml"];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
         let mut text: Vec<u8> = examples.iter().flat_map(|e| {
             let mut t = std::fs::read(dir.join(e)).unwrap_or_default();

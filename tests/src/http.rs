@@ -127,3 +127,57 @@ async fn answer(id: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     response
 }
+
+/// What curl got: the first response's status line parts, headers (lower-case names) and
+/// everything after its head.
+#[derive(Debug)]
+pub struct Got {
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub version: String,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `curl -sS -i --max-time 10 <args>` in `ns`; an error (curl's own message) when no
+/// response came.
+pub fn curl(ns: &NetNs, args: &[&str]) -> Result<Got, String> {
+    let mut all = vec!["-sS", "-i", "--max-time", "10"];
+    all.extend(args);
+    let out = ns
+        .command("curl")
+        .args(&all)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let mut status_line = lines.next().unwrap_or_default().split_whitespace();
+    let version = status_line.next().unwrap_or_default().to_owned();
+    let Some(status) = status_line.next().and_then(|s| s.parse().ok()) else {
+        return Err(format!(
+            "curl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            text
+        ));
+    };
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    Ok(Got {
+        version,
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod bpffs;
 pub mod dns;
 pub mod echo;
+pub mod example;
 pub mod http;
 pub mod load;
 pub mod netns;

@@ -96,11 +96,25 @@ impl Sluice {
     /// Polls `/ready` (the daemon's readiness signal) until 200, the process exits, or the
     /// timeout passes.
     pub fn wait_ready(&mut self, timeout: Duration) {
+        let (status, body) = self.wait_live(timeout);
+        assert_eq!(
+            status,
+            200,
+            "sluice is live but not ready: {body}\n{}",
+            self.log()
+        );
+    }
+
+    /// Polls `/ready` until the daemon has applied its config and bound what it could: 200,
+    /// or 503 `NOT_SERVING` with the listeners it could not serve. Returns that answer.
+    pub fn wait_live(&mut self, timeout: Duration) -> (u16, String) {
         let deadline = Instant::now() + timeout;
         let ns = self.ns();
         loop {
-            if let Ok((200, _)) = admin::get(&ns, self.admin, "/ready") {
-                return;
+            match admin::get(&ns, self.admin, "/ready") {
+                Ok((200, body)) => return (200, body),
+                Ok((503, body)) if body.starts_with("NOT_SERVING") => return (503, body),
+                _ => {}
             }
             if let Some(status) = self.exited() {
                 panic!(

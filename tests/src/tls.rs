@@ -55,6 +55,32 @@ impl Identity {
         std::fs::write(&key, &self.key_pem).unwrap_or_else(|e| panic!("{e}"));
         (cert, key)
     }
+
+    /// Writes `<dir>/tls.crt`, `tls.key` and the `extra` files as the kubelet mounts a
+    /// Secret and updates it: the files live in a fresh `..<n>` directory, each name is a
+    /// symlink through `..data`, and `..data` is swapped to the new directory by a rename.
+    pub fn mount(&self, dir: &Path, extra: &[(&str, &str)]) {
+        use std::os::unix::fs::symlink;
+        static VERSION: AtomicUsize = AtomicUsize::new(0);
+        let version = format!("..{}", VERSION.fetch_add(1, Ordering::Relaxed));
+        let fresh = dir.join(&version);
+        std::fs::create_dir_all(&fresh).unwrap_or_else(|e| panic!("{}: {e}", fresh.display()));
+        let files = [
+            ("tls.crt", self.chain_pem.as_str()),
+            ("tls.key", &self.key_pem),
+        ];
+        for (name, content) in files.iter().chain(extra) {
+            std::fs::write(fresh.join(name), content).unwrap_or_else(|e| panic!("{e}"));
+            let link = dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(Path::new("..data").join(name), &link).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        let staged = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&staged);
+        symlink(&version, &staged).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&staged, dir.join("..data")).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 impl Default for TestCa {
@@ -103,6 +129,11 @@ impl TestCa {
             chain_pem: cert.pem() + &self.pem,
             key_pem: key.serialize_pem(),
         }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> &str {
+        &self.pem
     }
 
     /// The CA certificate as a PEM file (`curl --cacert`, `openssl s_client -CAfile`).
@@ -307,6 +338,38 @@ impl TlsClient {
             .split_once("\r\n\r\n")
             .map(|(_, body)| body.to_owned())
             .ok_or_else(|| io::Error::other(format!("not an HTTP response: {response:?}")))
+    }
+
+    /// `GET <path>` for `host` on this connection, kept alive: (status, body). The
+    /// response must carry a `content-length`.
+    pub fn request(&mut self, host: &str, path: &str) -> io::Result<(u16, String)> {
+        write!(self.stream, "GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n")?;
+        self.stream.flush()?;
+        let mut reader = BufReader::new(&mut self.stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("not an HTTP status line: {line:?}")))?;
+        let mut length = 0;
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().map_err(io::Error::other)?;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// Sends `data` in chunks and checks each chunk comes back unchanged.

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use tests::{
     bpffs::TempBpffs,
-    http::HttpBackend,
+    http::{self, HttpBackend},
     root,
     sluice::Sluice,
     tls::TestCa,
@@ -98,22 +98,6 @@ enum Mode {
     Kernel,
 }
 
-/// What curl got: status, headers (lower-case names), body.
-struct Got {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 struct Web {
     topology: Topology,
     ca: TestCa,
@@ -188,16 +172,12 @@ impl Web {
     }
 
     /// `curl -i` from the client host, `host` resolved to the gateway.
-    fn curl(&self, scheme: &str, host: &str, path: &str, extra: &[&str]) -> Got {
+    fn curl(&self, scheme: &str, host: &str, path: &str, extra: &[&str]) -> http::Got {
         let port = if scheme == "https" { HTTPS } else { HTTP };
         let url = format!("{scheme}://{host}:{port}{path}");
         let resolve = format!("{host}:{port}:{}", topology::GATEWAY_CLIENT_V4);
         let ca = self.ca.pem_path();
         let mut args = vec![
-            "-sS",
-            "-i",
-            "--max-time",
-            "10",
             "--cacert",
             ca.to_str().unwrap_or_default(),
             "--resolve",
@@ -205,24 +185,8 @@ impl Web {
         ];
         args.extend(extra);
         args.push(&url);
-        let out = self.topology.client.exec("curl", &args);
-        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-        let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no response for {url}: {text}\n{}", self.sluice.log()));
-        let headers = lines
-            .filter_map(|l| l.split_once(": "))
-            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_owned()))
-            .collect();
-        Got {
-            status,
-            headers,
-            body: body.to_owned(),
-        }
+        http::curl(&self.topology.client, &args)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.sluice.log()))
     }
 }
 

@@ -7,138 +7,16 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::Path,
 };
 
 use tests::{
-    bpffs::TempBpffs,
-    dns::{DnsServer, NetnsResolvConf},
-    echo, root,
-    sluice::Sluice,
-    tls::{self, TestCa, TlsBackend},
-    topology::{self, Topology},
+    echo,
+    example::{Example, Mode},
+    tls::{self, TlsBackend},
+    topology,
 };
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    Userspace,
-    Kernel,
-}
-
-struct Example {
-    topology: Topology,
-    ca: TestCa,
-    _dns: Option<(NetnsResolvConf, DnsServer)>,
-    _bpffs: TempBpffs,
-    _config: tempfile::TempDir,
-    sluice: Option<Sluice>,
-}
-
-impl Example {
-    /// The network, with `addresses` added to the backend host and, when `dns` names some,
-    /// a DNS server in the gateway namespace answering them.
-    fn network(addresses: &[Ipv4Addr], dns: &[(&str, Ipv4Addr)]) -> Example {
-        let topology = Topology::builder().ipv4_only().default_offloads().build();
-        for address in addresses {
-            topology.backend.ip(&[
-                "addr",
-                "add",
-                &format!("{address}/24"),
-                "dev",
-                topology::BACKEND_IF,
-            ]);
-        }
-        let dns = (!dns.is_empty()).then(|| {
-            let resolv = NetnsResolvConf::new(&topology.gateway, Ipv4Addr::LOCALHOST);
-            let server = DnsServer::start(
-                &topology.gateway,
-                "127.0.0.1:53".parse().unwrap_or_else(|e| panic!("{e}")),
-            );
-            for (name, address) in dns {
-                server.set(name, &[*address], 300);
-            }
-            (resolv, server)
-        });
-        Example {
-            topology,
-            ca: TestCa::new(),
-            _dns: dns,
-            _bpffs: TempBpffs::new(),
-            _config: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
-            sluice: None,
-        }
-    }
-
-    /// Runs sluice on `config/examples/<file>`.
-    fn serve(&mut self, file: &str, mode: Mode) {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../config/examples")
-            .join(file);
-        std::fs::copy(&source, self._config.path().join(file))
-            .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
-        let mut args: Vec<String> = [
-            "-f",
-            &self._config.path().to_string_lossy(),
-            "--bpffs",
-            &self._bpffs.path().to_string_lossy(),
-            "--instance",
-            "istio",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let datapath: &[&str] = match mode {
-            Mode::Userspace => &["--datapath", "userspace"],
-            Mode::Kernel => topology::SLUICE_TC_ARGS,
-        };
-        args.extend(datapath.iter().map(|s| s.to_string()));
-        self.sluice = Some(Sluice::start(&self.topology.gateway, &args));
-    }
-
-    fn sluice(&self) -> &Sluice {
-        self.sluice
-            .as_ref()
-            .unwrap_or_else(|| panic!("sluice not started"))
-    }
-
-    /// `curl -v https://<host>:<port><path>` through the gateway, verifying against the
-    /// test CA: (status code, the certificate subject curl printed).
-    fn curl(&self, host: &str, port: u16, path: &str) -> (String, String) {
-        let out = self.topology.client.exec(
-            "curl",
-            &[
-                "-sS",
-                "-v",
-                "--max-time",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--cacert",
-                &self.ca.pem_path().to_string_lossy(),
-                "--resolve",
-                &format!("{host}:{port}:{}", topology::GATEWAY_CLIENT_V4),
-                &format!("https://{host}:{port}{path}"),
-            ],
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let subject = stderr
-            .lines()
-            .find_map(|l| {
-                let l = l.strip_prefix('*')?.trim_start();
-                l.strip_prefix("subject: ")
-            })
-            .unwrap_or_default()
-            .to_owned();
-        (String::from_utf8_lossy(&out.stdout).into_owned(), subject)
-    }
-}
-
-fn ingress_sni_passthrough(test: &str, mode: Mode) {
-    if !root::can_run(test) {
-        return;
-    }
+fn ingress_sni_passthrough(mode: Mode) {
     let nginx = Ipv4Addr::new(203, 0, 113, 10);
     let mut ex = Example::network(&[nginx], &[]);
     let _backend = TlsBackend::start(
@@ -150,25 +28,14 @@ fn ingress_sni_passthrough(test: &str, mode: Mode) {
     ex.serve("ingress-sni-passthrough.yaml", mode);
     // The task: curl --resolve nginx.example.com:$SECURE_INGRESS_PORT:$INGRESS_HOST
     // --cacert example.com.crt https://nginx.example.com -> 200 and nginx's own certificate.
-    let (status, subject) = ex.curl("nginx.example.com", 443, "/");
+    let (status, subject) = ex.curl_tls("nginx.example.com", 443, "/");
     assert_eq!(status, "200", "{}", ex.sluice().log());
     assert_eq!(subject, "CN=nginx.example.com");
 }
 
-#[test]
-fn userspace_ingress_sni_passthrough_example() {
-    ingress_sni_passthrough("userspace_ingress_sni_passthrough_example", Mode::Userspace);
-}
+tests::in_both_datapaths!(ingress_sni_passthrough: userspace_ingress_sni_passthrough_example, kernel_mode_ingress_sni_passthrough_example);
 
-#[test]
-fn kernel_mode_ingress_sni_passthrough_example() {
-    ingress_sni_passthrough("kernel_mode_ingress_sni_passthrough_example", Mode::Kernel);
-}
-
-fn egress_gateway_tls_passthrough(test: &str, mode: Mode) {
-    if !root::can_run(test) {
-        return;
-    }
+fn egress_gateway_tls_passthrough(mode: Mode) {
     let cnn = Ipv4Addr::new(203, 0, 113, 11);
     let mut ex = Example::network(&[cnn], &[("edition.cnn.com", cnn)]);
     let _backend = TlsBackend::start(
@@ -179,31 +46,14 @@ fn egress_gateway_tls_passthrough(test: &str, mode: Mode) {
     );
     ex.serve("egress-gateway-tls-passthrough.yaml", mode);
     // The task: curl -sSL -o /dev/null -D - https://edition.cnn.com/politics -> 200.
-    let (status, subject) = ex.curl("edition.cnn.com", 443, "/politics");
+    let (status, subject) = ex.curl_tls("edition.cnn.com", 443, "/politics");
     assert_eq!(status, "200", "{}", ex.sluice().log());
     assert_eq!(subject, "CN=edition.cnn.com");
 }
 
-#[test]
-fn userspace_egress_gateway_tls_passthrough_example() {
-    egress_gateway_tls_passthrough(
-        "userspace_egress_gateway_tls_passthrough_example",
-        Mode::Userspace,
-    );
-}
+tests::in_both_datapaths!(egress_gateway_tls_passthrough: userspace_egress_gateway_tls_passthrough_example, kernel_mode_egress_gateway_tls_passthrough_example);
 
-#[test]
-fn kernel_mode_egress_gateway_tls_passthrough_example() {
-    egress_gateway_tls_passthrough(
-        "kernel_mode_egress_gateway_tls_passthrough_example",
-        Mode::Kernel,
-    );
-}
-
-fn egress_wildcard_sni(test: &str, mode: Mode) {
-    if !root::can_run(test) {
-        return;
-    }
+fn egress_wildcard_sni(mode: Mode) {
     let wikipedia = Ipv4Addr::new(203, 0, 113, 12);
     let mut ex = Example::network(&[wikipedia], &[("www.wikipedia.org", wikipedia)]);
     let backend = TlsBackend::start(
@@ -216,22 +66,14 @@ fn egress_wildcard_sni(test: &str, mode: Mode) {
     // The task: https://en.wikipedia.org/wiki/Main_Page and https://de.wikipedia.org/...
     // both reach the one server, the SNI passed through unchanged.
     for host in ["en.wikipedia.org", "de.wikipedia.org"] {
-        let (status, subject) = ex.curl(host, 443, "/wiki/Main_Page");
+        let (status, subject) = ex.curl_tls(host, 443, "/wiki/Main_Page");
         assert_eq!(status, "200", "{host}\n{}", ex.sluice().log());
         assert_eq!(subject, "CN=*.wikipedia.org");
     }
     assert_eq!(backend.handshakes(), 2);
 }
 
-#[test]
-fn userspace_egress_wildcard_sni_example() {
-    egress_wildcard_sni("userspace_egress_wildcard_sni_example", Mode::Userspace);
-}
-
-#[test]
-fn kernel_mode_egress_wildcard_sni_example() {
-    egress_wildcard_sni("kernel_mode_egress_wildcard_sni_example", Mode::Kernel);
-}
+tests::in_both_datapaths!(egress_wildcard_sni: userspace_egress_wildcard_sni_example, kernel_mode_egress_wildcard_sni_example);
 
 /// Sends a ClientHello for `sni` and returns what came back (the echo backends return it).
 fn hello_through(ex: &Example, port: u16, sni: &str) -> std::io::Result<Vec<u8>> {
@@ -247,10 +89,7 @@ fn hello_through(ex: &Example, port: u16, sni: &str) -> std::io::Result<Vec<u8>>
     })
 }
 
-fn multicluster_east_west(test: &str, mode: Mode) {
-    if !root::can_run(test) {
-        return;
-    }
+fn multicluster_east_west(mode: Mode) {
     let (v1, v2, istiod) = (
         Ipv4Addr::new(203, 0, 113, 20),
         Ipv4Addr::new(203, 0, 113, 21),
@@ -337,12 +176,4 @@ fn multicluster_east_west(test: &str, mode: Mode) {
     );
 }
 
-#[test]
-fn userspace_multicluster_east_west_example() {
-    multicluster_east_west("userspace_multicluster_east_west_example", Mode::Userspace);
-}
-
-#[test]
-fn kernel_mode_multicluster_east_west_example() {
-    multicluster_east_west("kernel_mode_multicluster_east_west_example", Mode::Kernel);
-}
+tests::in_both_datapaths!(multicluster_east_west: userspace_multicluster_east_west_example, kernel_mode_multicluster_east_west_example);

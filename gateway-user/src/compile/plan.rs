@@ -193,7 +193,7 @@ pub struct Endpoint {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct TlsTermination {
     /// The SNI names this certificate serves (the server's hosts).
     pub hosts: Vec<String>,
@@ -209,7 +209,7 @@ pub struct TlsTermination {
     pub cipher_suites: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CertificateSource {
     Files {

@@ -258,7 +258,17 @@ impl Daemon {
             syn: Duration::from_secs(30),
             idle: args.l4_idle_timeout,
         };
-        let serving = tokio::spawn(follow_plans(servers, state.clone(), applied, timeouts));
+        let certificates = servers.http.watch_certificates().unwrap_or_else(|e| {
+            tracing::warn!("certificates will not be reloaded when their files change: {e:#}");
+            tokio::sync::watch::channel(0).1
+        });
+        let serving = tokio::spawn(follow_plans(
+            servers,
+            state.clone(),
+            applied,
+            certificates,
+            timeouts,
+        ));
         state.set_state(ServerState::Live);
         tracing::info!("sluice is ready");
         let (stop_reloads, stopped) = tokio::sync::watch::channel(false);
@@ -346,6 +356,7 @@ impl Servers {
             .unwrap_or_default();
         let unserved: Vec<Unserved> = failures
             .iter()
+            .chain(self.http.unserved())
             .map(|(address, error)| Unserved {
                 address: *address,
                 reason: format!("{error:#}"),
@@ -364,13 +375,16 @@ impl Servers {
     }
 }
 
-/// Serves every Plan the reloader applies, and expires the kernel's finished connections.
+/// Serves every Plan the reloader applies, tries HTTPS servers whose certificates did not
+/// load again when certificate files change, and expires the kernel's finished connections.
 async fn follow_plans(
     mut servers: Servers,
     state: Arc<SharedState>,
     mut applied: tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>,
+    mut certificates: tokio::sync::watch::Receiver<u64>,
     timeouts: crate::datapath::l4::Timeouts,
 ) {
+    let mut current = state.config().current;
     // Often enough that a closed connection is forgotten within ~1.5x its timeout.
     let mut expiry = tokio::time::interval(
         (timeouts.closing / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
@@ -384,6 +398,24 @@ async fn follow_plans(
                 let Some(snapshot) = applied.borrow_and_update().clone() else { continue };
                 for (address, error) in servers.apply(&snapshot).await {
                     tracing::error!(%address, generation = snapshot.generation, "listener not served: {error:#}");
+                }
+                for (address, error) in servers.http.unserved() {
+                    tracing::error!(%address, generation = snapshot.generation, "HTTPS server not served: {error:#}");
+                }
+                state.set_serving(servers.status.clone());
+                current = Some(snapshot);
+            }
+            Ok(()) = certificates.changed() => {
+                if servers.http.unserved().is_empty() {
+                    continue;
+                }
+                let Some(snapshot) = current.clone() else { continue };
+                let before = servers.http.unserved().len();
+                for (address, error) in servers.apply(&snapshot).await {
+                    tracing::error!(%address, "listener not served: {error:#}");
+                }
+                if servers.http.unserved().len() < before {
+                    tracing::info!("HTTPS servers whose certificates appeared are served");
                 }
                 state.set_serving(servers.status.clone());
             }

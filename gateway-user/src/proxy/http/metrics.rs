@@ -29,6 +29,17 @@ pub struct ListenerLabels {
     pub listener: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 /// Latency buckets in seconds, 1 ms to 10 s.
 fn buckets() -> impl Iterator<Item = f64> {
     [
@@ -42,6 +53,8 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     active: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
+    tls_refused: Family<RefusedLabels, Counter>,
+    certificate_reloads: Family<ResultLabels, Counter>,
 }
 
 impl Default for HttpMetrics {
@@ -50,6 +63,8 @@ impl Default for HttpMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(buckets())),
             active: Family::default(),
+            tls_refused: Family::default(),
+            certificate_reloads: Family::default(),
         }
     }
 }
@@ -88,6 +103,18 @@ impl HttpMetrics {
             "HTTP requests in progress, by listener",
             self.active.clone(),
         );
+        http.register(
+            "tls_refused",
+            "TLS connections refused before a request, by listener and reason (timeout, \
+             no_server: no server takes the SNI, handshake: the handshake failed)",
+            self.tls_refused.clone(),
+        );
+        registry.register(
+            "tls_certificate_reloads",
+            "Server certificates reloaded after their files changed, by result (ok, error: the \
+             previous certificate stays)",
+            self.certificate_reloads.clone(),
+        );
     }
 
     /// The handles of `route` (`-` for requests no route took) on `listener`.
@@ -111,6 +138,22 @@ impl HttpMetrics {
                 })
                 .clone(),
         }
+    }
+
+    pub fn tls_refused(&self, listener: &str, reason: &'static str) {
+        self.tls_refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn certificate_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.certificate_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn active(&self, listener: &str) -> Gauge<i64, AtomicI64> {

@@ -26,9 +26,14 @@ use tokio::{net::TcpListener, sync::watch};
 
 use prometheus_client::metrics::gauge::Gauge;
 
+use rustls::server::Acceptor;
+use tokio_rustls::LazyConfigAcceptor;
+
 use super::{
+    certificates::CertificateStore,
     metrics::{HttpMetrics, RouteMetrics},
     table::{CompiledRoute, HttpTable, RequestMatch, RequestView},
+    tls::ListenerTls,
 };
 use crate::{
     compile::plan::{HttpAction, ListenerKind, Plan},
@@ -51,13 +56,15 @@ pub struct HttpOptions {
     pub access_log: bool,
 }
 
-/// One listener: its routes and, for HTTPS, its TLS configuration.
+/// One listener: its routes and, for HTTPS, its servers' TLS.
 pub struct HttpListener {
+    name: String,
     table: HttpTable,
     /// Requests no route took.
     unrouted: RouteMetrics,
     active: Gauge<i64, AtomicI64>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    metrics: Arc<HttpMetrics>,
+    tls: Option<ListenerTls>,
     port: u16,
 }
 
@@ -66,6 +73,9 @@ pub struct HttpProxy {
     options: Arc<HttpOptions>,
     client: Client<HttpConnector, Incoming>,
     metrics: Arc<HttpMetrics>,
+    certificates: Arc<CertificateStore>,
+    /// HTTPS servers left out of the last update because their TLS did not load.
+    unserved: Failures,
 }
 
 impl HttpProxy {
@@ -79,14 +89,23 @@ impl HttpProxy {
             .build(connector);
         HttpProxy {
             listeners: ListenerSet::new("HTTP"),
-            options: Arc::new(options),
+            options: Arc::new(options.clone()),
             client,
+            certificates: CertificateStore::new(options.credentials.clone(), metrics.clone()),
             metrics,
+            unserved: Vec::new(),
         }
     }
 
-    /// The Plan's HTTP listeners; an HTTPS listener whose certificates cannot be loaded is
-    /// left out with the reason.
+    /// Watches certificate files from now on (needs the tokio runtime); returns what
+    /// advances when they change.
+    pub fn watch_certificates(&self) -> anyhow::Result<watch::Receiver<u64>> {
+        self.certificates.watch()?;
+        Ok(self.certificates.subscribe())
+    }
+
+    /// The Plan's HTTP listeners. An HTTPS server whose TLS does not load is left out with
+    /// the reason, and the listener serves the others.
     fn wanted(&self, plan: &Plan) -> (Vec<(SocketAddr, HttpListener)>, Failures) {
         let mut wanted = Vec::new();
         let mut failed = Vec::new();
@@ -96,13 +115,25 @@ impl HttpProxy {
                 ListenerKind::Https {
                     certificates,
                     virtual_hosts,
-                } => match super::tls::server_config(certificates, &self.options.credentials) {
-                    Ok(config) => (virtual_hosts, Some(tokio_rustls::TlsAcceptor::from(config))),
-                    Err(e) => {
-                        failed.push((l.address(), e));
+                } => {
+                    let mut servers = Vec::new();
+                    for termination in certificates {
+                        match self.certificates.get(termination) {
+                            Ok(loaded) => servers.push((termination.hosts.clone(), loaded)),
+                            Err(e) => failed.push((
+                                l.address(),
+                                e.context(format!(
+                                    "the TLS of the server for {:?}",
+                                    termination.hosts
+                                )),
+                            )),
+                        }
+                    }
+                    if servers.is_empty() {
                         continue;
                     }
-                },
+                    (virtual_hosts, Some(ListenerTls::new(servers)))
+                }
                 _ => continue,
             };
             let name = l.address().to_string();
@@ -112,6 +143,8 @@ impl HttpProxy {
                     table: HttpTable::new(virtual_hosts, &self.metrics, &name),
                     unrouted: self.metrics.route(&name, "-"),
                     active: self.metrics.active(&name),
+                    metrics: self.metrics.clone(),
+                    name,
                     tls,
                     port: l.port,
                 },
@@ -135,18 +168,22 @@ impl HttpProxy {
         self.listeners.close_unless(|a| keep.contains(a)).await;
     }
 
-    /// Binds and routes the Plan's HTTP listeners; returns those that could not be served.
+    /// Binds and routes the Plan's HTTP listeners; returns those that could not be bound.
+    /// Servers whose TLS did not load are in [`HttpProxy::unserved`].
     pub async fn update(&mut self, plan: &Plan) -> Failures {
-        let (wanted, mut failed) = self.wanted(plan);
+        let (wanted, unserved) = self.wanted(plan);
+        self.unserved = unserved;
         let (options, client) = (self.options.clone(), self.client.clone());
-        failed.extend(
-            self.listeners
-                .update(wanted, |listener, address, routes| {
-                    accept_loop(listener, address, routes, options.clone(), client.clone())
-                })
-                .await,
-        );
-        failed
+        self.listeners
+            .update(wanted, |listener, address, routes| {
+                accept_loop(listener, address, routes, options.clone(), client.clone())
+            })
+            .await
+    }
+
+    /// Why servers of the last update are not served (their TLS did not load).
+    pub fn unserved(&self) -> &[(SocketAddr, anyhow::Error)] {
+        &self.unserved
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {
@@ -166,15 +203,29 @@ async fn accept_loop(
         let (options, client) = (options.clone(), client.clone());
         Some(async move {
             let _ = stream.set_nodelay(true);
-            let tls = routes.borrow().tls.clone();
-            match tls {
-                None => serve(TokioIo::new(stream), peer, "http", routes, options, client).await,
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => {
-                        serve(TokioIo::new(stream), peer, "https", routes, options, client).await
-                    }
-                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                },
+            let listener = routes.borrow().clone();
+            let Some(tls) = &listener.tls else {
+                return serve(TokioIo::new(stream), peer, "http", routes, options, client).await;
+            };
+            // The handshake has the header read timeout too: a slow ClientHello is slowloris.
+            let handshake = tokio::time::timeout(options.header_read_timeout, async {
+                let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
+                    .await
+                    .map_err(|_| "handshake")?;
+                let config = tls
+                    .config(start.client_hello().server_name())
+                    .ok_or("no_server")?;
+                start.into_stream(config).await.map_err(|_| "handshake")
+            });
+            match handshake.await {
+                Ok(Ok(stream)) => {
+                    serve(TokioIo::new(stream), peer, "https", routes, options, client).await
+                }
+                Ok(Err(reason)) => {
+                    listener.metrics.tls_refused(&listener.name, reason);
+                    tracing::debug!(%peer, reason, "TLS connection refused");
+                }
+                Err(_) => listener.metrics.tls_refused(&listener.name, "timeout"),
             }
         })
     })

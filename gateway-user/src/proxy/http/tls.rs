@@ -1,134 +1,344 @@
-//! TLS termination for HTTPS listeners: each server's certificate (files, or a
-//! `credentialName` looked up under `--credentials-dir` as a mounted Kubernetes TLS Secret:
-//! `<dir>/<name>/tls.crt`, `tls.key`), chosen per handshake by the ClientHello's SNI against
-//! the server's hosts (exact, then the longest wildcard suffix, then a `*` server or the
-//! first one), with the protocol versions the servers allow and ALPN `h2`, `http/1.1`.
-use std::{collections::HashMap, path::Path, sync::Arc};
+//! TLS termination for HTTPS listeners. Each Gateway server's `tls` becomes its own rustls
+//! configuration (certificate, protocol versions, cipher suites, client certificates for
+//! MUTUAL and OPTIONAL_MUTUAL), chosen per handshake by the ClientHello's SNI against the
+//! servers' hosts (exact, then the longest wildcard suffix, then a `*` server), as Envoy
+//! chooses a filter chain by server name: a name no server takes, or no SNI where no server
+//! has `*`, is refused.
+//! Certificates come from files, or from a `credentialName` looked up under
+//! `--credentials-dir` as a mounted Kubernetes TLS Secret (`<dir>/<name>/tls.crt`, `tls.key`,
+//! `ca.crt`, or the CA in `<dir>/<name>-cacert/ca.crt`).
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context as _, bail};
 use rustls::{
-    ServerConfig,
+    CipherSuite, RootCertStore, ServerConfig, SupportedCipherSuite,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::{ClientHello, ResolvesServerCert},
-    sign::CertifiedKey,
+    server::WebPkiClientVerifier,
 };
 
+use super::certificates::Termination;
 use crate::compile::plan::{CertificateSource, TlsTermination};
 
-/// Certificates by server name.
-#[derive(Debug, Default)]
-struct ByName {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    /// `.example.com` for `*.example.com`, longest first.
-    suffixes: Vec<(String, Arc<CertifiedKey>)>,
-    fallback: Option<Arc<CertifiedKey>>,
+/// The files a server's TLS is made of: certificate chain, private key, and the CA that
+/// signs client certificates (MUTUAL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub ca: Option<PathBuf>,
 }
 
-impl ResolvesServerCert for ByName {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = hello.server_name() else {
-            return self.fallback.clone();
-        };
-        let name = name.to_ascii_lowercase();
-        self.exact
-            .get(&name)
-            .or_else(|| {
-                self.suffixes
-                    .iter()
-                    .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
-                    .map(|(_, k)| k)
-            })
-            .or(self.fallback.as_ref())
-            .cloned()
-    }
-}
-
-/// The rustls configuration of one HTTPS listener.
-pub fn server_config(
-    terminations: &[TlsTermination],
-    credentials: &Path,
-) -> anyhow::Result<Arc<ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut names = ByName::default();
-    let (mut min, mut max) = ("1.3", "1.2");
-    for termination in terminations {
-        let key = Arc::new(
-            load(&termination.certificate, credentials, &provider).with_context(|| {
-                format!("the certificate of the server for {:?}", termination.hosts)
-            })?,
-        );
-        min = min.min(termination.min_version.as_str());
-        max = max.max(termination.max_version.as_str());
-        for host in &termination.hosts {
-            let host = crate::config::names::split_namespace(host)
-                .1
-                .to_ascii_lowercase();
-            if host == "*" {
-                names.fallback.get_or_insert_with(|| key.clone());
-            } else if let Some(suffix) = host.strip_prefix('*') {
-                names.suffixes.push((suffix.to_owned(), key.clone()));
-            } else {
-                names.exact.entry(host).or_insert_with(|| key.clone());
+impl TlsFiles {
+    /// Where `termination`'s files are, credentials looked up under `credentials`.
+    pub fn of(termination: &TlsTermination, credentials: &Path) -> TlsFiles {
+        let mutual = termination.mode != "SIMPLE";
+        match &termination.certificate {
+            CertificateSource::Files {
+                certificate,
+                private_key,
+            } => TlsFiles {
+                certificate: certificate.into(),
+                private_key: private_key.into(),
+                ca: termination
+                    .ca_certificates
+                    .as_ref()
+                    .filter(|_| mutual)
+                    .map(PathBuf::from),
+            },
+            CertificateSource::Credential { name } => {
+                let dir = credentials.join(name);
+                let ca = mutual.then(|| {
+                    // Istio takes `ca.crt` from the Secret itself, else from `<name>-cacert`.
+                    let own = dir.join("ca.crt");
+                    if own.exists() {
+                        own
+                    } else {
+                        credentials.join(format!("{name}-cacert")).join("ca.crt")
+                    }
+                });
+                TlsFiles {
+                    certificate: dir.join("tls.crt"),
+                    private_key: dir.join("tls.key"),
+                    ca,
+                }
             }
         }
-        // A ClientHello without SNI gets the first server's certificate.
-        names.fallback.get_or_insert(key);
     }
-    names
-        .suffixes
-        .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        [
+            Some(&self.certificate),
+            Some(&self.private_key),
+            self.ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+    }
+}
+
+/// Envoy's (BoringSSL's) names of the TLS 1.2 suites rustls implements.
+const CIPHER_SUITES: [(&str, CipherSuite); 6] = [
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ),
+    (
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ),
+    (
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    ),
+    (
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ),
+    (
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ),
+    (
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ),
+];
+
+/// The provider's suites, TLS 1.2 ones narrowed to `names` when given (as Envoy's
+/// `cipherSuites`, which leave TLS 1.3's alone).
+fn cipher_suites(names: &[String]) -> anyhow::Result<Vec<SupportedCipherSuite>> {
+    let all = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
+    if names.is_empty() {
+        return Ok(all);
+    }
+    let mut wanted = Vec::new();
+    for name in names {
+        let Some((_, suite)) = CIPHER_SUITES.iter().find(|(n, _)| n == name) else {
+            bail!("cipher suite {name} is not one rustls implements");
+        };
+        wanted.push(*suite);
+    }
+    Ok(all
+        .into_iter()
+        .filter(|s| matches!(s, SupportedCipherSuite::Tls13(_)) || wanted.contains(&s.suite()))
+        .collect())
+}
+
+/// The rustls configuration of one server, read from `files`.
+pub fn server_config(
+    termination: &TlsTermination,
+    files: &TlsFiles,
+) -> anyhow::Result<Arc<ServerConfig>> {
+    let provider = Arc::new(CryptoProvider {
+        cipher_suites: cipher_suites(&termination.cipher_suites)?,
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    });
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
         ("1.2", &rustls::version::TLS12),
         ("1.3", &rustls::version::TLS13),
     ]
     .into_iter()
-    .filter(|(v, _)| *v >= min && *v <= max)
+    .filter(|(v, _)| {
+        *v >= termination.min_version.as_str() && *v <= termination.max_version.as_str()
+    })
     .map(|(_, v)| v)
     .collect();
     if versions.is_empty() {
-        bail!("the servers' protocol versions leave none: from TLS {min} to {max}");
+        bail!(
+            "the server's protocol versions leave none: from TLS {} to {}",
+            termination.min_version,
+            termination.max_version
+        );
     }
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let chain = certificates(&files.certificate)?;
+    let key = PrivateKeyDer::from_pem_file(&files.private_key)
+        .with_context(|| format!("reading the private key {}", files.private_key.display()))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(names));
+        .context("TLS protocol versions")?;
+    let builder = match &files.ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in certificates(ca)? {
+                roots
+                    .add(certificate)
+                    .with_context(|| format!("a CA certificate in {}", ca.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if termination.mode == "OPTIONAL_MUTUAL" {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .with_context(|| format!("the client CA {}", ca.display()))?,
+            )
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).with_context(|| {
+        format!(
+            "the key in {} does not match the certificate in {}",
+            files.private_key.display(),
+            files.certificate.display()
+        )
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-fn load(
-    source: &CertificateSource,
-    credentials: &Path,
-    provider: &CryptoProvider,
-) -> anyhow::Result<CertifiedKey> {
-    let (cert, key) = match source {
-        CertificateSource::Files {
-            certificate,
-            private_key,
-        } => (
-            Path::new(certificate).to_path_buf(),
-            Path::new(private_key).to_path_buf(),
-        ),
-        CertificateSource::Credential { name } => {
-            let dir = credentials.join(name);
-            (dir.join("tls.crt"), dir.join("tls.key"))
-        }
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .with_context(|| format!("reading {}", cert.display()))?
+fn certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
+        .with_context(|| format!("parsing {}", path.display()))?;
     if chain.is_empty() {
-        bail!("{} holds no certificate", cert.display());
+        bail!("{} holds no certificate", path.display());
     }
-    let key = PrivateKeyDer::from_pem_file(&key)
-        .with_context(|| format!("reading the private key {}", key.display()))?;
-    CertifiedKey::from_der(chain, key, provider).with_context(|| {
-        format!(
-            "the key in {} does not match its certificate",
-            cert.display()
-        )
-    })
+    Ok(chain)
+}
+
+/// The servers of one HTTPS listener by the names they serve.
+#[derive(Default)]
+pub struct ListenerTls {
+    exact: HashMap<String, Arc<Termination>>,
+    /// `.example.com` for `*.example.com`, longest first.
+    suffixes: Vec<(String, Arc<Termination>)>,
+    any: Option<Arc<Termination>>,
+}
+
+impl ListenerTls {
+    /// `servers` in Gateway order, each with the hosts it serves.
+    pub fn new(servers: Vec<(Vec<String>, Arc<Termination>)>) -> ListenerTls {
+        let mut tls = ListenerTls::default();
+        for (hosts, server) in servers {
+            for host in hosts {
+                let host = crate::config::names::split_namespace(&host)
+                    .1
+                    .to_ascii_lowercase();
+                if host == "*" {
+                    tls.any.get_or_insert_with(|| server.clone());
+                } else if let Some(suffix) = host.strip_prefix('*') {
+                    if !tls.suffixes.iter().any(|(s, _)| s == suffix) {
+                        tls.suffixes.push((suffix.to_owned(), server.clone()));
+                    }
+                } else {
+                    tls.exact.entry(host).or_insert_with(|| server.clone());
+                }
+            }
+        }
+        tls.suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        tls
+    }
+
+    /// The configuration for a ClientHello naming `server_name`.
+    pub fn config(&self, server_name: Option<&str>) -> Option<Arc<ServerConfig>> {
+        let chosen = server_name.and_then(|name| {
+            let name = name.to_ascii_lowercase();
+            self.exact.get(&name).or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
+                    .map(|(_, t)| t)
+            })
+        });
+        chosen.or(self.any.as_ref()).map(|t| t.config())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn termination(mode: &str, certificate: CertificateSource, ca: Option<&str>) -> TlsTermination {
+        TlsTermination {
+            hosts: vec!["a.example.com".into()],
+            mode: mode.into(),
+            certificate,
+            ca_certificates: ca.map(str::to_owned),
+            min_version: "1.2".into(),
+            max_version: "1.3".into(),
+            cipher_suites: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn files_of_a_server_as_istio_finds_them() {
+        let credentials = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = credentials.path();
+        std::fs::create_dir_all(dir.join("own/")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join("own/ca.crt"), "").unwrap_or_else(|e| panic!("{e}"));
+        let credential = |name: &str| CertificateSource::Credential { name: name.into() };
+        let files = CertificateSource::Files {
+            certificate: "/c.pem".into(),
+            private_key: "/k.pem".into(),
+        };
+        let cases = [
+            (
+                termination("SIMPLE", credential("own"), None),
+                "own/tls.crt",
+                None,
+            ),
+            (
+                termination("MUTUAL", credential("own"), None),
+                "own/tls.crt",
+                Some(dir.join("own/ca.crt")),
+            ),
+            // No ca.crt in the Secret: Istio's `<name>-cacert` Secret.
+            (
+                termination("MUTUAL", credential("other"), None),
+                "other/tls.crt",
+                Some(dir.join("other-cacert/ca.crt")),
+            ),
+            (
+                termination("SIMPLE", files.clone(), Some("/ca.pem")),
+                "/c.pem",
+                None,
+            ),
+            (
+                termination("OPTIONAL_MUTUAL", files, Some("/ca.pem")),
+                "/c.pem",
+                Some("/ca.pem".into()),
+            ),
+        ];
+        for (t, certificate, ca) in cases {
+            let got = TlsFiles::of(&t, dir);
+            assert_eq!(got.certificate, dir.join(certificate), "{t:?}");
+            assert_eq!(got.ca, ca, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn cipher_suites_narrow_tls12_only() {
+        let all = cipher_suites(&[]).unwrap_or_else(|e| panic!("{e}"));
+        let tls13 = all
+            .iter()
+            .filter(|s| matches!(s, SupportedCipherSuite::Tls13(_)))
+            .count();
+        let chosen = cipher_suites(&["ECDHE-RSA-AES128-GCM-SHA256".into()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(chosen.len(), tls13 + 1);
+        assert!(
+            chosen
+                .iter()
+                .any(|s| s.suite() == CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)
+        );
+        let Err(refused) = cipher_suites(&["AES128-SHA".into()]) else {
+            panic!("AES128-SHA accepted");
+        };
+        assert!(refused.to_string().contains("AES128-SHA"), "{refused}");
+        // Every name the validator lets through maps to a suite.
+        for name in crate::config::names::RUSTLS_CIPHER_SUITES {
+            assert!(cipher_suites(&[name.to_string()]).is_ok(), "{name}");
+        }
+    }
 }
