@@ -5,12 +5,16 @@
 //! responses, rewrites and header operations as the upstream and the client see them; 404
 //! without a route; 503 when the endpoint refuses; 504 at the route's timeout; TLS
 //! termination with certificate files and a `credentialName`, chosen by SNI; httpsRedirect.
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
 
 use tests::{
     bpffs::TempBpffs,
+    example::Mode,
     http::{self, HttpBackend},
-    root,
     sluice::Sluice,
     tls::TestCa,
     topology::{self, Topology},
@@ -92,12 +96,6 @@ spec:
     text
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    Userspace,
-    Kernel,
-}
-
 struct Web {
     topology: Topology,
     ca: TestCa,
@@ -109,6 +107,11 @@ struct Web {
 
 impl Web {
     fn start(mode: Mode) -> Web {
+        Web::start_with(mode, &[])
+    }
+
+    /// With `extra` arguments for sluice.
+    fn start_with(mode: Mode, extra: &[&str]) -> Web {
         let topology = Topology::builder()
             .backends(3)
             .ipv4_only()
@@ -155,11 +158,7 @@ impl Web {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let datapath: &[&str] = match mode {
-            Mode::Userspace => &["--datapath", "userspace"],
-            Mode::Kernel => topology::SLUICE_TC_ARGS,
-        };
-        args.extend(datapath.iter().map(|s| s.to_string()));
+        args.extend(mode.args().iter().chain(extra).map(|s| s.to_string()));
         let sluice = Sluice::start(&topology.gateway, &args);
         Web {
             topology,
@@ -190,10 +189,7 @@ impl Web {
     }
 }
 
-fn routes(test: &str, mode: Mode) {
-    if !root::can_run(test) {
-        return;
-    }
+fn routes(mode: Mode) {
     let web = Web::start(mode);
     let host = "bookinfo.example.com";
 
@@ -354,12 +350,177 @@ fn routes(test: &str, mode: Mode) {
     );
 }
 
-#[test]
-fn userspace_http_routes() {
-    routes("userspace_http_routes", Mode::Userspace);
+tests::in_both_datapaths!(routes: userspace_http_routes, kernel_mode_http_routes);
+
+/// Reads from `stream` until the peer closes it (or 10 s pass): how long that took.
+fn closed_after(mut stream: TcpStream) -> Duration {
+    let started = Instant::now();
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+    started.elapsed()
 }
 
-#[test]
-fn kernel_mode_http_routes() {
-    routes("kernel_mode_http_routes", Mode::Kernel);
+/// Reads HTTP/2 frames from `stream` until the peer closes it (or 10 s pass): when a
+/// GOAWAY came, and when the close.
+fn goaway_and_close(mut stream: TcpStream) -> (Option<Duration>, Duration) {
+    let started = Instant::now();
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let (mut buffer, mut goaway) = (Vec::new(), None);
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        // Frames: 3 bytes length, 1 type (GOAWAY is 7), 1 flags, 4 stream id, payload.
+        while buffer.len() >= 9 {
+            let length =
+                usize::from(buffer[0]) << 16 | usize::from(buffer[1]) << 8 | usize::from(buffer[2]);
+            if buffer.len() < 9 + length {
+                break;
+            }
+            if buffer[3] == 7 {
+                goaway.get_or_insert(started.elapsed());
+            }
+            buffer.drain(..9 + length);
+        }
+    }
+    (goaway, started.elapsed())
 }
+
+fn connect(web: &Web) -> TcpStream {
+    let target = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), HTTP);
+    web.topology
+        .client
+        .run(move || TcpStream::connect_timeout(&target, Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+/// Protection: a slowloris client is cut at the header timeout while 50 others are served;
+/// an oversized head is a 431; idle HTTP/2 connections get closed; connections and requests
+/// over their limits are refused and counted.
+fn limits(mode: Mode) {
+    let web = Web::start_with(
+        mode,
+        &[
+            "--http-header-timeout",
+            "1s",
+            "--http-idle-timeout",
+            "600ms",
+            "--http-max-requests",
+            "50",
+        ],
+    );
+    let host = "bookinfo.example.com";
+
+    // A client that sends its request head one byte every 100 ms never finishes it.
+    let slow = connect(&web);
+    let slowloris = std::thread::spawn(move || {
+        let mut writer = slow.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let drip = std::thread::spawn(move || {
+            for byte in b"GET /productpage HTTP/1.1\r\nhost: bookinfo.example.com\r\nx-slow: " {
+                if writer.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let closed = closed_after(slow);
+        let _ = drip.join();
+        closed
+    });
+    // Meanwhile 50 clients at once, each served.
+    let got = web.curl(
+        "http",
+        host,
+        "/productpage?n=[1-50]",
+        &["--parallel", "--parallel-max", "50", "--parallel-immediate"],
+    );
+    let served = got.body.matches("productpage\nGET /productpage?n=").count();
+    assert_eq!(served, 50, "{}", got.body);
+    let closed = slowloris
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(3),
+        "slowloris closed after {closed:?}"
+    );
+
+    // A request head over the limit (60 KiB by default).
+    let big = format!("x-big: {}", "a".repeat(70 * 1024));
+    assert_eq!(
+        web.curl("http", host, "/productpage", &["-H", &big]).status,
+        431
+    );
+
+    // An idle HTTP/2 connection (prior knowledge, no request) gets a GOAWAY at the idle
+    // timeout, and is closed at the end of the drain time (5 s) as this client never
+    // answers the server's PING.
+    let mut h2 = connect(&web);
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (goaway, closed) = goaway_and_close(h2);
+    let goaway = goaway.unwrap_or_else(|| panic!("no GOAWAY before the close ({closed:?})"));
+    assert!(
+        goaway >= Duration::from_millis(500) && goaway < Duration::from_secs(2),
+        "GOAWAY after {goaway:?}"
+    );
+    assert!(
+        closed > Duration::from_secs(5) && closed < Duration::from_secs(8),
+        "closed after {closed:?}"
+    );
+
+    // Over --http-max-requests in flight: 503 with x-envoy-overloaded, counted.
+    let got = web.curl(
+        "http",
+        host,
+        "/delay/1000?n=[1-51]",
+        &["--parallel", "--parallel-max", "51", "--parallel-immediate"],
+    );
+    let text = format!("{:?}\n{}", got.headers, got.body);
+    assert_eq!(text.matches("x-envoy-overloaded").count(), 1, "{text}");
+    assert_eq!(
+        web.sluice
+            .metric("sluice_http_overloaded_total{reason=\"requests\"}"),
+        Some(1.0)
+    );
+    drop(web);
+
+    // Over --http-max-connections: closed as accepted, counted; served again once the
+    // first connection is gone.
+    let web = Web::start_with(mode, &["--http-max-connections", "1"]);
+    let held = connect(&web);
+    let refused = closed_after(connect(&web));
+    assert!(refused < Duration::from_secs(1), "{refused:?}");
+    assert_eq!(
+        web.sluice
+            .metric("sluice_http_overloaded_total{reason=\"connections\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        web.sluice.metric(&format!(
+            "sluice_http_active_connections{{listener=\"0.0.0.0:{HTTP}\"}}"
+        )),
+        Some(1.0)
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while web.sluice.metric(&format!(
+        "sluice_http_active_connections{{listener=\"0.0.0.0:{HTTP}\"}}"
+    )) != Some(0.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the held connection is still counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(web.curl("http", host, "/productpage", &[]).status, 200);
+}
+
+tests::in_both_datapaths!(limits: userspace_http_limits, kernel_mode_http_limits);

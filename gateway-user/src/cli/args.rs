@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: load and attach the datapath, serve the config, run the admin server.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate config: every object on its own (like `istioctl validate`) and the set as a
     /// whole (like `istioctl analyze`). Exit status 1 on any error.
     Validate(ValidateArgs),

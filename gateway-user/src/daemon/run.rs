@@ -102,10 +102,35 @@ pub struct RunArgs {
     #[arg(long, default_value = "/etc/sluice/credentials")]
     pub credentials_dir: PathBuf,
 
-    /// The longest an HTTP client may take to send a request's headers; slower ones are
-    /// closed (slowloris).
+    /// The longest an HTTP client may take to send a request's headers (and, over TLS, its
+    /// handshake); slower ones are closed (slowloris). An HTTP/1.1 connection waiting for
+    /// its next request is closed after this long too.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub http_header_timeout: Duration,
+
+    /// An HTTP connection with no request in progress for this long is closed (HTTP/2 with
+    /// a GOAWAY), as Envoy's idle timeout.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// The largest request head (HTTP/1.1) or header list (HTTP/2) accepted, in bytes;
+    /// larger ones are answered 431. Envoy's default is 60 KiB.
+    #[arg(long, default_value_t = 60 * 1024, value_parser = clap::value_parser!(u32).range(8192..=1 << 20))]
+    pub http_max_header_bytes: u32,
+
+    /// HTTP/2 streams one client connection may have open at once.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http2_max_concurrent_streams: u32,
+
+    /// HTTP connections served at once; connections beyond are closed as they are accepted
+    /// (counted as `sluice_http_overloaded_total{reason="connections"}`).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+
+    /// HTTP requests in progress at once; requests beyond are answered 503 with
+    /// `x-envoy-overloaded: true` (counted as `reason="requests"`).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_requests: u32,
 
     /// The longest a TLS passthrough client may take to send its whole ClientHello; slower
     /// or silent clients are closed (and counted as `timeout`).
@@ -234,6 +259,11 @@ impl Daemon {
                 HttpOptions {
                     credentials: args.credentials_dir.clone(),
                     header_read_timeout: args.http_header_timeout,
+                    idle_timeout: args.http_idle_timeout,
+                    max_header_bytes: args.http_max_header_bytes as usize,
+                    max_concurrent_streams: args.http2_max_concurrent_streams,
+                    max_connections: args.http_max_connections as usize,
+                    max_requests: args.http_max_requests as usize,
                     access_log: args.access_log,
                 },
             ),

@@ -36,6 +36,11 @@ pub struct RefusedLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -53,6 +58,8 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     active: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
+    connections: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
+    overloaded: Family<ReasonLabels, Counter>,
     tls_refused: Family<RefusedLabels, Counter>,
     certificate_reloads: Family<ResultLabels, Counter>,
 }
@@ -63,6 +70,8 @@ impl Default for HttpMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(buckets())),
             active: Family::default(),
+            connections: Family::default(),
+            overloaded: Family::default(),
             tls_refused: Family::default(),
             certificate_reloads: Family::default(),
         }
@@ -102,6 +111,17 @@ impl HttpMetrics {
             "active_requests",
             "HTTP requests in progress, by listener",
             self.active.clone(),
+        );
+        http.register(
+            "active_connections",
+            "HTTP connections open, by listener",
+            self.connections.clone(),
+        );
+        http.register(
+            "overloaded",
+            "Connections closed at accept (reason connections: --http-max-connections) and \
+             requests answered 503 (reason requests: --http-max-requests) for overload",
+            self.overloaded.clone(),
         );
         http.register(
             "tls_refused",
@@ -149,6 +169,20 @@ impl HttpMetrics {
             .inc();
     }
 
+    pub fn overloaded(&self, reason: &'static str) {
+        self.overloaded
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn connections(&self, listener: &str) -> Gauge<i64, AtomicI64> {
+        self.connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
     pub fn certificate_reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.certificate_reloads
@@ -162,5 +196,22 @@ impl HttpMetrics {
                 listener: listener.to_owned(),
             })
             .clone()
+    }
+}
+
+/// Counts one (a request, a connection) in a gauge until dropped, also when the client
+/// goes away first.
+pub struct Gauged<'g>(&'g Gauge<i64, AtomicI64>);
+
+impl<'g> Gauged<'g> {
+    pub fn new(gauge: &'g Gauge<i64, AtomicI64>) -> Self {
+        gauge.inc();
+        Gauged(gauge)
+    }
+}
+
+impl Drop for Gauged<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -2,6 +2,7 @@
 //! routing as Istio's gateways apply it.
 pub mod certificates;
 pub mod metrics;
+pub mod request;
 pub mod server;
 pub mod table;
 pub mod tls;

@@ -1,47 +1,46 @@
-//! The HTTP gateway: serves the Plan's `Http` and `Https` listeners (HTTP/1.1 and HTTP/2,
-//! h2c by prior knowledge, TLS terminated with rustls and ALPN), picks a virtual host by
-//! authority and the first route whose match applies, and answers as Envoy does for Istio:
-//! a redirect, a direct response, or the request forwarded to a destination chosen by
-//! weight and load balancer over pooled upstream connections, bodies streamed both ways.
-//! No route is a 404; no endpoint 503 "no healthy upstream"; a failed connect 503; a timeout
-//! 504.
+//! The HTTP gateway's listeners and connections: serves the Plan's `Http` and `Https`
+//! listeners (HTTP/1.1 and HTTP/2, h2c by prior knowledge, TLS terminated with rustls and
+//! ALPN) within the limits of [`HttpOptions`] (connections, requests in flight, header size
+//! and read time, streams per connection, idle time), and hands each request to
+//! [`super::request::handle`].
 use std::{
     convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, atomic::AtomicI64},
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, sync::watch};
-
 use prometheus_client::metrics::gauge::Gauge;
-
 use rustls::server::Acceptor;
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::{
     certificates::CertificateStore,
-    metrics::{HttpMetrics, RouteMetrics},
-    table::{CompiledRoute, HttpTable, RequestMatch, RequestView},
+    metrics::{Gauged, HttpMetrics, RouteMetrics},
+    request::{Body, handle, local},
+    table::HttpTable,
     tls::ListenerTls,
 };
 use crate::{
-    compile::plan::{HttpAction, ListenerKind, Plan},
-    config::model::{HeaderOperations, HttpRedirect},
+    compile::plan::{ListenerKind, Plan},
     proxy::listeners::{ListenerSet, accept_each},
 };
 
-type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// Listeners that could not be served, and why.
 type Failures = Vec<(SocketAddr, anyhow::Error)>;
 
@@ -50,10 +49,33 @@ type Failures = Vec<(SocketAddr, anyhow::Error)>;
 pub struct HttpOptions {
     /// Where `credentialName` certificates live (`<dir>/<name>/tls.crt`, `tls.key`).
     pub credentials: PathBuf,
-    /// The longest a client may take to send a request's headers (slowloris).
+    /// The longest a client may take to send a request's headers, and the TLS handshake
+    /// before them (slowloris). An HTTP/1.1 connection waiting for its next request is
+    /// closed after this long too.
     pub header_read_timeout: Duration,
+    /// A connection without a request in progress for this long is closed (HTTP/2 with a
+    /// GOAWAY).
+    pub idle_timeout: Duration,
+    /// The largest request head (HTTP/1.1) or header list (HTTP/2) accepted; bigger ones
+    /// are answered 431.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams a client may open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Connections served at once; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// Requests in progress at once; more are answered 503 (`x-envoy-overloaded`).
+    pub max_requests: usize,
     /// Write an access-log line per request.
     pub access_log: bool,
+}
+
+/// What every connection of the proxy shares.
+struct Shared {
+    options: HttpOptions,
+    client: Client<HttpConnector, Incoming>,
+    metrics: Arc<HttpMetrics>,
+    connections: Arc<Semaphore>,
+    requests: Semaphore,
 }
 
 /// One listener: its routes and, for HTTPS, its servers' TLS.
@@ -62,16 +84,16 @@ pub struct HttpListener {
     table: HttpTable,
     /// Requests no route took.
     unrouted: RouteMetrics,
+    /// Requests in progress.
     active: Gauge<i64, AtomicI64>,
-    metrics: Arc<HttpMetrics>,
+    connections: Gauge<i64, AtomicI64>,
     tls: Option<ListenerTls>,
     port: u16,
 }
 
 pub struct HttpProxy {
     listeners: ListenerSet<HttpListener>,
-    options: Arc<HttpOptions>,
-    client: Client<HttpConnector, Incoming>,
+    shared: Arc<Shared>,
     metrics: Arc<HttpMetrics>,
     certificates: Arc<CertificateStore>,
     /// HTTPS servers left out of the last update because their TLS did not load.
@@ -89,9 +111,14 @@ impl HttpProxy {
             .build(connector);
         HttpProxy {
             listeners: ListenerSet::new("HTTP"),
-            options: Arc::new(options.clone()),
-            client,
             certificates: CertificateStore::new(options.credentials.clone(), metrics.clone()),
+            shared: Arc::new(Shared {
+                connections: Arc::new(Semaphore::new(options.max_connections)),
+                requests: Semaphore::new(options.max_requests),
+                options,
+                client,
+                metrics: metrics.clone(),
+            }),
             metrics,
             unserved: Vec::new(),
         }
@@ -143,7 +170,7 @@ impl HttpProxy {
                     table: HttpTable::new(virtual_hosts, &self.metrics, &name),
                     unrouted: self.metrics.route(&name, "-"),
                     active: self.metrics.active(&name),
-                    metrics: self.metrics.clone(),
+                    connections: self.metrics.connections(&name),
                     name,
                     tls,
                     port: l.port,
@@ -173,10 +200,10 @@ impl HttpProxy {
     pub async fn update(&mut self, plan: &Plan) -> Failures {
         let (wanted, unserved) = self.wanted(plan);
         self.unserved = unserved;
-        let (options, client) = (self.options.clone(), self.client.clone());
+        let shared = self.shared.clone();
         self.listeners
             .update(wanted, |listener, address, routes| {
-                accept_loop(listener, address, routes, options.clone(), client.clone())
+                accept_loop(listener, address, routes, shared.clone())
             })
             .await
     }
@@ -195,20 +222,25 @@ async fn accept_loop(
     listener: TcpListener,
     address: SocketAddr,
     routes: watch::Receiver<Arc<HttpListener>>,
-    options: Arc<HttpOptions>,
-    client: Client<HttpConnector, Incoming>,
+    shared: Arc<Shared>,
 ) {
     accept_each(listener, address, |stream, peer| {
-        let routes = routes.clone();
-        let (options, client) = (options.clone(), client.clone());
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            // Over --http-max-connections: closed at once, as Envoy's connection limit does.
+            shared.metrics.overloaded("connections");
+            return None;
+        };
+        let (routes, shared) = (routes.clone(), shared.clone());
         Some(async move {
+            let _permit = permit;
             let _ = stream.set_nodelay(true);
             let listener = routes.borrow().clone();
+            let _connected = Gauged::new(&listener.connections);
             let Some(tls) = &listener.tls else {
-                return serve(TokioIo::new(stream), peer, "http", routes, options, client).await;
+                return serve(TokioIo::new(stream), peer, "http", routes, shared).await;
             };
             // The handshake has the header read timeout too: a slow ClientHello is slowloris.
-            let handshake = tokio::time::timeout(options.header_read_timeout, async {
+            let handshake = tokio::time::timeout(shared.options.header_read_timeout, async {
                 let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
                     .await
                     .map_err(|_| "handshake")?;
@@ -218,18 +250,64 @@ async fn accept_loop(
                 start.into_stream(config).await.map_err(|_| "handshake")
             });
             match handshake.await {
-                Ok(Ok(stream)) => {
-                    serve(TokioIo::new(stream), peer, "https", routes, options, client).await
-                }
+                Ok(Ok(stream)) => serve(TokioIo::new(stream), peer, "https", routes, shared).await,
                 Ok(Err(reason)) => {
-                    listener.metrics.tls_refused(&listener.name, reason);
+                    shared.metrics.tls_refused(&listener.name, reason);
                     tracing::debug!(%peer, reason, "TLS connection refused");
                 }
-                Err(_) => listener.metrics.tls_refused(&listener.name, "timeout"),
+                Err(_) => shared.metrics.tls_refused(&listener.name, "timeout"),
             }
         })
     })
     .await;
+}
+
+/// Requests in progress on one connection, and since when it has had none.
+struct Streams {
+    active: AtomicUsize,
+    /// Milliseconds since `epoch`.
+    idle_since: AtomicU64,
+    epoch: Instant,
+}
+
+impl Streams {
+    fn new() -> Streams {
+        Streams {
+            active: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        (self.active.load(Ordering::Acquire) == 0).then(|| {
+            Duration::from_millis(
+                self.now()
+                    .saturating_sub(self.idle_since.load(Ordering::Acquire)),
+            )
+        })
+    }
+}
+
+/// One request on a connection's [`Streams`], until dropped.
+struct Stream<'s>(&'s Streams);
+
+impl<'s> Stream<'s> {
+    fn new(streams: &'s Streams) -> Self {
+        streams.active.fetch_add(1, Ordering::AcqRel);
+        Stream(streams)
+    }
+}
+
+impl Drop for Stream<'_> {
+    fn drop(&mut self) {
+        self.0.idle_since.store(self.0.now(), Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 async fn serve<I>(
@@ -237,345 +315,117 @@ async fn serve<I>(
     peer: SocketAddr,
     scheme: &'static str,
     routes: watch::Receiver<Arc<HttpListener>>,
-    options: Arc<HttpOptions>,
-    client: Client<HttpConnector, Incoming>,
+    shared: Arc<Shared>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let header_read_timeout = options.header_read_timeout;
-    let service = service_fn(move |request: Request<Incoming>| {
-        // The routes in force when the request arrived: a reload changes the next one.
-        let listener = routes.borrow().clone();
-        let (client, options) = (client.clone(), options.clone());
-        async move {
-            let started = Instant::now();
-            let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-            let in_flight = InFlight::new(&listener.active);
-            let (response, route) = handle(request, &listener, peer, scheme, &client).await;
-            drop(in_flight);
-            let status = response.status().as_u16();
-            route
-                .map_or(&listener.unrouted, |r| &r.metrics)
-                .record(status, started.elapsed().as_secs_f64());
-            if options.access_log {
-                tracing::info!(
-                    target: "access",
-                    client = %peer,
-                    method = %method,
-                    path,
-                    status,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "http"
-                );
+    let options = &shared.options;
+    let streams = Arc::new(Streams::new());
+    let service = service_fn({
+        let (shared, streams) = (shared.clone(), streams.clone());
+        move |request: Request<Incoming>| {
+            // The routes in force when the request arrived: a reload changes the next one.
+            let listener = routes.borrow().clone();
+            let (shared, streams) = (shared.clone(), streams.clone());
+            async move {
+                let _stream = Stream::new(&streams);
+                Ok::<_, Infallible>(respond(request, &listener, &shared, peer, scheme).await)
             }
-            Ok::<_, Infallible>(response)
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes.max(MIN_BUF_SIZE));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .max_header_list_size(options.max_header_bytes as u32);
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let idle_timeout = options.idle_timeout;
+    let mut check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drained: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = check.tick(), if drained.is_none() => {
+                if streams.idle_for().is_some_and(|idle| idle >= idle_timeout) {
+                    // Envoy's idle timeout: no request for this long. HTTP/1.1 is closed,
+                    // HTTP/2 gets a GOAWAY and the drain time to finish.
+                    connection.as_mut().graceful_shutdown();
+                    drained = Some(Box::pin(tokio::time::sleep(DRAIN_TIME)));
+                }
+            }
+            _ = async { drained.as_mut()?.await; Some(()) }, if drained.is_some() => {
+                tracing::debug!(%peer, "HTTP connection closed at the end of its drain time");
+                return;
+            }
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
 }
 
-/// Counts a request in progress until dropped, also when the client goes away first.
-struct InFlight<'g>(&'g Gauge<i64, AtomicI64>);
+/// How long an HTTP/2 client has after a GOAWAY before its connection is closed
+/// (Envoy's `drain_timeout`).
+const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-impl<'g> InFlight<'g> {
-    fn new(gauge: &'g Gauge<i64, AtomicI64>) -> Self {
-        gauge.inc();
-        InFlight(gauge)
-    }
-}
+/// hyper's smallest HTTP/1.1 read buffer.
+const MIN_BUF_SIZE: usize = 8192;
 
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// A response made here, as Envoy makes its own (plain text).
-fn local(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response
-}
-
-/// The response to `request`, and the route that made it.
-async fn handle<'l>(
+/// One request through the listener's routes, counted and logged; over
+/// `--http-max-requests` in flight, a 503 as Envoy's overload manager answers.
+async fn respond(
     request: Request<Incoming>,
-    listener: &'l HttpListener,
+    listener: &HttpListener,
+    shared: &Shared,
     peer: SocketAddr,
     scheme: &'static str,
-    client: &Client<HttpConnector, Incoming>,
-) -> (Response<Body>, Option<&'l CompiledRoute>) {
-    let authority = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    let Some(host) = listener.table.host(&authority) else {
-        return (local(StatusCode::NOT_FOUND, ""), None);
+) -> Response<Body> {
+    let started = Instant::now();
+    let Ok(_permit) = shared.requests.try_acquire() else {
+        shared.metrics.overloaded("requests");
+        let mut response = local(StatusCode::SERVICE_UNAVAILABLE, "envoy overloaded");
+        response
+            .headers_mut()
+            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        listener
+            .unrouted
+            .record(503, started.elapsed().as_secs_f64());
+        return response;
     };
-    if host.https_redirect && scheme == "http" {
-        let location = format!(
-            "https://{}{}",
-            super::table::strip_port(&authority),
-            request.uri().path_and_query().map_or("/", |p| p.as_str())
-        );
-        return (redirect(StatusCode::MOVED_PERMANENTLY, &location), None);
-    }
-    let view = RequestView {
-        path: request.uri().path(),
-        query: request.uri().query(),
-        method: request.method().as_str(),
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let in_flight = Gauged::new(&listener.active);
+    let (response, route) = handle(
+        request,
+        &listener.table,
+        listener.port,
+        peer,
         scheme,
-        authority: &authority,
-        headers: request.headers(),
-    };
-    let Some((route, matched)) = host.route(&view) else {
-        return (local(StatusCode::NOT_FOUND, ""), None);
-    };
-    let mut response = match &route.route.action {
-        HttpAction::Redirect(r) => redirect_to(r, &request, &authority, scheme, listener.port),
-        HttpAction::DirectResponse { status, body } => {
-            let mut response = Response::new(
-                Full::new(Bytes::from(body.clone().unwrap_or_default()))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            );
-            *response.status_mut() =
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            response
-        }
-        HttpAction::Route { .. } => {
-            forward(request, route, matched, &authority, peer, scheme, client).await
-        }
-    };
-    if let Some(ops) = &route.route.response_headers {
-        apply(ops, response.headers_mut());
-    }
-    (response, Some(route))
-}
-
-fn redirect(status: StatusCode, location: &str) -> Response<Body> {
-    let mut response = local(status, "");
-    if let Ok(value) = HeaderValue::from_str(location) {
-        response.headers_mut().insert(header::LOCATION, value);
+        &shared.client,
+    )
+    .await;
+    drop(in_flight);
+    let status = response.status().as_u16();
+    route
+        .map_or(&listener.unrouted, |r| &r.metrics)
+        .record(status, started.elapsed().as_secs_f64());
+    if shared.options.access_log {
+        tracing::info!(
+            target: "access",
+            client = %peer,
+            method = %method,
+            path,
+            status,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "http"
+        );
     }
     response
-}
-
-/// An Istio `HTTPRedirect`: each part replaced when given, the request's otherwise (the
-/// query string kept), code 301 by default.
-fn redirect_to(
-    r: &HttpRedirect,
-    request: &Request<Incoming>,
-    authority: &str,
-    scheme: &str,
-    listener_port: u16,
-) -> Response<Body> {
-    let scheme = r.scheme.as_deref().unwrap_or(scheme);
-    let host = r
-        .authority
-        .as_deref()
-        .unwrap_or_else(|| super::table::strip_port(authority));
-    let request_port = authority
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok());
-    let port = match (r.port, r.derive_port.as_deref()) {
-        (Some(p), _) => Some(p as u16),
-        (None, Some("FROM_REQUEST_PORT")) => request_port.or(Some(listener_port)),
-        (None, Some("FROM_PROTOCOL_DEFAULT")) => None,
-        // An authority that replaces the host drops the request's port.
-        (None, _) if r.authority.is_some() => None,
-        (None, _) => request_port,
-    };
-    let default_port = if scheme == "https" { 443 } else { 80 };
-    let port = port
-        .filter(|p| *p != default_port)
-        .map_or(String::new(), |p| format!(":{p}"));
-    let path = r.uri.as_deref().unwrap_or_else(|| request.uri().path());
-    let query = request
-        .uri()
-        .query()
-        .filter(|_| !path.contains('?'))
-        .map_or(String::new(), |q| format!("?{q}"));
-    let status = r
-        .redirect_code
-        .and_then(|c| StatusCode::from_u16(c as u16).ok())
-        .unwrap_or(StatusCode::MOVED_PERMANENTLY);
-    redirect(status, &format!("{scheme}://{host}{port}{path}{query}"))
-}
-
-/// Headers that belong to one connection and are not forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-fn apply(ops: &HeaderOperations, headers: &mut HeaderMap) {
-    for name in &ops.remove {
-        headers.remove(name.as_str());
-    }
-    for (name, value) in &ops.set {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(n, v);
-        }
-    }
-    for (name, value) in &ops.add {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.append(n, v);
-        }
-    }
-}
-
-async fn forward(
-    request: Request<Incoming>,
-    route: &CompiledRoute,
-    matched: Option<&RequestMatch>,
-    authority: &str,
-    peer: SocketAddr,
-    scheme: &str,
-    client: &Client<HttpConnector, Incoming>,
-) -> Response<Body> {
-    let picked = match route.destinations.pick() {
-        Ok(picked) => picked,
-        Err(_) => return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-    };
-    let (mut parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().map(str::to_owned);
-    let rewritten = match route.route.rewrite.as_ref().and_then(|r| r.uri.as_deref()) {
-        Some(new_prefix) => {
-            let prefix = matched.map_or(&path[..path.len().min(1)], |m| m.rewrite_prefix(&path));
-            format!("{new_prefix}{}", &path[prefix.len()..])
-        }
-        None => path,
-    };
-    let path_and_query = match query {
-        Some(q) => format!("{rewritten}?{q}"),
-        None => rewritten,
-    };
-    let Ok(uri) = format!("http://{}{path_and_query}", picked.endpoint.address).parse::<Uri>()
-    else {
-        return local(StatusCode::BAD_REQUEST, "");
-    };
-    parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
-    let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
-    let host = route
-        .route
-        .rewrite
-        .as_ref()
-        .and_then(|r| r.authority.as_deref())
-        .unwrap_or(authority);
-    if let Ok(value) = HeaderValue::from_str(host) {
-        headers.insert(header::HOST, value);
-    }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
-    }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
-    );
-    if !headers.contains_key("x-request-id")
-        && let Ok(value) = HeaderValue::from_str(&request_id())
-    {
-        headers.insert("x-request-id", value);
-    }
-    if let Some(ops) = &route.route.request_headers {
-        apply(ops, headers);
-    }
-    let upstream = client.request(Request::from_parts(parts, body));
-    let result = match route.route.timeout_ms {
-        Some(ms) if ms > 0 => match tokio::time::timeout(Duration::from_millis(ms), upstream).await
-        {
-            Ok(result) => result,
-            Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-        },
-        _ => upstream.await,
-    };
-    drop(picked);
-    match result {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.map_err(Into::into).boxed())
-        }
-        Err(e) if e.is_connect() => local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-        ),
-        Err(_) => local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-        ),
-    }
-}
-
-/// A random version-4 UUID, as Envoy generates `x-request-id`.
-fn request_id() -> String {
-    let bits = fastrand::u128(..);
-    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }

@@ -1,0 +1,304 @@
+//! One request: its virtual host and route, and the answer Envoy would give for Istio: a
+//! redirect, a direct response, or the request forwarded to a destination chosen by weight
+//! and load balancer, hop-by-hop headers dropped and `x-forwarded-*`/`x-request-id` added,
+//! bodies streamed both ways. No route is a 404; no endpoint 503 "no healthy upstream"; a
+//! failed connect 503; a timeout 504.
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+
+use super::table::{CompiledRoute, HttpTable, RequestMatch, RequestView};
+use crate::{
+    compile::plan::HttpAction,
+    config::model::{HeaderOperations, HttpRedirect},
+};
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A response made here, as Envoy makes its own (plain text).
+pub fn local(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// The response to `request`, and the route that made it.
+pub async fn handle<'l>(
+    request: Request<Incoming>,
+    table: &'l HttpTable,
+    listener_port: u16,
+    peer: SocketAddr,
+    scheme: &'static str,
+    client: &Client<HttpConnector, Incoming>,
+) -> (Response<Body>, Option<&'l CompiledRoute>) {
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let Some(host) = table.host(&authority) else {
+        return (local(StatusCode::NOT_FOUND, ""), None);
+    };
+    if host.https_redirect && scheme == "http" {
+        let location = format!(
+            "https://{}{}",
+            super::table::strip_port(&authority),
+            request.uri().path_and_query().map_or("/", |p| p.as_str())
+        );
+        return (redirect(StatusCode::MOVED_PERMANENTLY, &location), None);
+    }
+    let view = RequestView {
+        path: request.uri().path(),
+        query: request.uri().query(),
+        method: request.method().as_str(),
+        scheme,
+        authority: &authority,
+        headers: request.headers(),
+    };
+    let Some((route, matched)) = host.route(&view) else {
+        return (local(StatusCode::NOT_FOUND, ""), None);
+    };
+    let mut response = match &route.route.action {
+        HttpAction::Redirect(r) => redirect_to(r, &request, &authority, scheme, listener_port),
+        HttpAction::DirectResponse { status, body } => {
+            let mut response = Response::new(
+                Full::new(Bytes::from(body.clone().unwrap_or_default()))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            *response.status_mut() =
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            response
+        }
+        HttpAction::Route { .. } => {
+            forward(request, route, matched, &authority, peer, scheme, client).await
+        }
+    };
+    if let Some(ops) = &route.route.response_headers {
+        apply(ops, response.headers_mut());
+    }
+    (response, Some(route))
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut response = local(status, "");
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// An Istio `HTTPRedirect`: each part replaced when given, the request's otherwise (the
+/// query string kept), code 301 by default.
+fn redirect_to(
+    r: &HttpRedirect,
+    request: &Request<Incoming>,
+    authority: &str,
+    scheme: &str,
+    listener_port: u16,
+) -> Response<Body> {
+    let scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let host = r
+        .authority
+        .as_deref()
+        .unwrap_or_else(|| super::table::strip_port(authority));
+    let request_port = authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let port = match (r.port, r.derive_port.as_deref()) {
+        (Some(p), _) => Some(p as u16),
+        (None, Some("FROM_REQUEST_PORT")) => request_port.or(Some(listener_port)),
+        (None, Some("FROM_PROTOCOL_DEFAULT")) => None,
+        // An authority that replaces the host drops the request's port.
+        (None, _) if r.authority.is_some() => None,
+        (None, _) => request_port,
+    };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let port = port
+        .filter(|p| *p != default_port)
+        .map_or(String::new(), |p| format!(":{p}"));
+    let path = r.uri.as_deref().unwrap_or_else(|| request.uri().path());
+    let query = request
+        .uri()
+        .query()
+        .filter(|_| !path.contains('?'))
+        .map_or(String::new(), |q| format!("?{q}"));
+    let status = r
+        .redirect_code
+        .and_then(|c| StatusCode::from_u16(c as u16).ok())
+        .unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    redirect(status, &format!("{scheme}://{host}{port}{path}{query}"))
+}
+
+/// Headers that belong to one connection and are not forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn apply(ops: &HeaderOperations, headers: &mut HeaderMap) {
+    for name in &ops.remove {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in &ops.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in &ops.add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+}
+
+async fn forward(
+    request: Request<Incoming>,
+    route: &CompiledRoute,
+    matched: Option<&RequestMatch>,
+    authority: &str,
+    peer: SocketAddr,
+    scheme: &str,
+    client: &Client<HttpConnector, Incoming>,
+) -> Response<Body> {
+    let picked = match route.destinations.pick() {
+        Ok(picked) => picked,
+        Err(_) => return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+    };
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(str::to_owned);
+    let rewritten = match route.route.rewrite.as_ref().and_then(|r| r.uri.as_deref()) {
+        Some(new_prefix) => {
+            let prefix = matched.map_or(&path[..path.len().min(1)], |m| m.rewrite_prefix(&path));
+            format!("{new_prefix}{}", &path[prefix.len()..])
+        }
+        None => path,
+    };
+    let path_and_query = match query {
+        Some(q) => format!("{rewritten}?{q}"),
+        None => rewritten,
+    };
+    let Ok(uri) = format!("http://{}{path_and_query}", picked.endpoint.address).parse::<Uri>()
+    else {
+        return local(StatusCode::BAD_REQUEST, "");
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    let host = route
+        .route
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.authority.as_deref())
+        .unwrap_or(authority);
+    if let Ok(value) = HeaderValue::from_str(host) {
+        headers.insert(header::HOST, value);
+    }
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+    );
+    if !headers.contains_key("x-request-id")
+        && let Ok(value) = HeaderValue::from_str(&request_id())
+    {
+        headers.insert("x-request-id", value);
+    }
+    if let Some(ops) = &route.route.request_headers {
+        apply(ops, headers);
+    }
+    let upstream = client.request(Request::from_parts(parts, body));
+    let result = match route.route.timeout_ms {
+        Some(ms) if ms > 0 => match tokio::time::timeout(Duration::from_millis(ms), upstream).await
+        {
+            Ok(result) => result,
+            Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+        },
+        _ => upstream.await,
+    };
+    drop(picked);
+    match result {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.map_err(Into::into).boxed())
+        }
+        Err(e) if e.is_connect() => local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+        ),
+        Err(_) => local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+        ),
+    }
+}
+
+/// A random version-4 UUID, as Envoy generates `x-request-id`.
+fn request_id() -> String {
+    let bits = fastrand::u128(..);
+    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
