@@ -1,10 +1,12 @@
 //! `cargo xtask bench`: Sluice against the direct routed path and its peers, measured in one
 //! run on the same three-namespace network (method: docs/bench.md). Two suites: `l4` (new
 //! connections per second with latency, kept-alive requests per second, bulk throughput,
-//! and the kernel programs' per-packet cost) and `sni` (TLS passthrough: handshakes per
-//! second, TLS requests per second, bulk after the handshake). Each contestant gets a fresh
+//! and the kernel programs' per-packet cost), `sni` (TLS passthrough: handshakes per
+//! second, TLS requests per second, bulk after the handshake) and `http` (the L7 proxy:
+//! HTTP/1.1 kept alive and per connection, h2c, HTTPS kept alive and per handshake). Each contestant gets a fresh
 //! network; every figure is the median of `--runs` runs with its min-max spread, and the
 //! ratio to the direct path's median.
+mod http;
 mod l4;
 mod sni;
 
@@ -46,7 +48,7 @@ pub struct BenchArgs {
     #[arg(long)]
     perf: bool,
     /// The suites to run (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values = ["l4", "sni"])]
+    #[arg(long, value_delimiter = ',', default_values = ["l4", "sni", "http"])]
     suite: Vec<Suite>,
 }
 
@@ -56,6 +58,8 @@ enum Suite {
     L4,
     /// TLS passthrough by SNI.
     Sni,
+    /// The L7 proxy: HTTP/1.1, h2c and HTTPS through Sluice and the HTTP proxies.
+    Http,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -210,6 +214,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "iproute2",
             "nginx",
             "libnginx-mod-stream",
+            "wrk",
+            "nghttp2-client",
         ],
         &mut installed,
     )?;
@@ -230,6 +236,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.suite.contains(&Suite::Sni) {
         report += &sni::run(args, &envoy)?;
+    }
+    if args.suite.contains(&Suite::Http) {
+        report += &http::run(args, &envoy)?;
     }
     println!("{report}");
     let out = workspace_root().join(&args.out);
