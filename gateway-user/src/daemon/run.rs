@@ -108,6 +108,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub http_header_timeout: Duration,
 
+    /// Threads serving HTTP and HTTPS connections, each with its own single-threaded
+    /// runtime; a connection stays on the worker that accepted it. Default: one per CPU.
+    #[arg(long, env = "SLUICE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
     /// An HTTP connection with no request in progress for this long is closed (HTTP/2 with
     /// a GOAWAY), as Envoy's idle timeout.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
@@ -240,6 +245,16 @@ impl Daemon {
             counters: datapath.counter_reader(),
         });
         // Listeners are bound before /ready turns 200.
+        let workers = std::sync::Arc::new(
+            crate::proxy::workers::Workers::start(
+                args.workers.map_or_else(
+                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    usize::from,
+                ),
+                "sluice-http",
+            )
+            .context("starting the HTTP workers")?,
+        );
         let mut servers = Servers {
             userspace: L4Proxy::new(state.l4.clone(), args.l4_backend_removal),
             kernel: datapath
@@ -266,6 +281,7 @@ impl Daemon {
                     max_requests: args.http_max_requests as usize,
                     access_log: args.access_log,
                 },
+                workers.clone(),
             ),
             status: Serving::default(),
         };

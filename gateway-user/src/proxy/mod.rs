@@ -8,3 +8,4 @@ pub mod l4;
 pub mod listeners;
 pub mod relay;
 pub mod sni;
+pub mod workers;

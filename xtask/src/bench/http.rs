@@ -141,12 +141,18 @@ fn measure(
             .transpose()?;
         let keep = wrk(&topology.client, &url("http", HTTP), false, args.duration)?;
         if let Some(perf) = perf {
-            profile = perf.summary(name(contestant), running.pid())?;
+            profile = perf.summary(name(contestant), "HTTP/1.1 kept-alive requests", running.pid())?;
         }
         let close = wrk(&topology.client, &url("http", HTTP), true, args.duration)?;
         let h2c = h2load(&topology.client, &url("http", H2C), args.duration)?;
         let tls_keep = wrk(&topology.client, &url("https", TLS), false, args.duration)?;
+        let perf = (args.perf && run == 1)
+            .then(|| Profile::start(&format!("{} TLS", name(contestant)), args.duration))
+            .transpose()?;
         let tls_new = wrk(&topology.client, &url("https", TLS), true, args.duration)?;
+        if let Some(perf) = perf {
+            profile += &perf.summary(name(contestant), "HTTPS, a new handshake per request", running.pid())?;
+        }
         let line = format!(
             "keep-alive {:.0} req/s ({} errors), new connections {:.0} ({}), h2c {:.0} ({}), HTTPS {:.0} ({}), HTTPS new {:.0} ({})",
             keep.rps,
@@ -265,7 +271,16 @@ fn start(
             std::fs::write(dir.path().join("bench.yaml"), sluice_config(backend, files))?;
             let bpffs = TempBpffs::new();
             let bpffs_arg = bpffs.path().to_string_lossy().into_owned();
-            let mut args = vec!["-f", &path, "--bpffs", &bpffs_arg, "--instance", "bench"];
+            let mut args = vec![
+                "-f",
+                &path,
+                "--bpffs",
+                &bpffs_arg,
+                "--instance",
+                "bench",
+                "--workers",
+                "1",
+            ];
             if contestant == Contestant::SluiceTc {
                 args.extend(topology::SLUICE_TC_ARGS);
             } else {

@@ -141,7 +141,7 @@ impl Profile {
     }
 
     /// Shares of all CPU samples by process, and the top symbols of `pid`.
-    fn summary(mut self, name: &str, pid: Option<u32>) -> anyhow::Result<String> {
+    fn summary(mut self, name: &str, what: &str, pid: Option<u32>) -> anyhow::Result<String> {
         self.recording.wait()?;
         let report = |args: &[&str]| -> anyhow::Result<String> {
             let out = std::process::Command::new("perf")
@@ -159,9 +159,7 @@ impl Profile {
                 .output()?;
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         };
-        let mut out = format!(
-            "\nperf, {name}, kept-alive requests: CPU samples by process (all CPUs)\n\n```\n"
-        );
+        let mut out = format!("\nperf, {name}, {what}: CPU samples by process (all CPUs)\n\n```\n");
         for line in report(&["--sort", "pid", "--percent-limit", "2"])?
             .lines()
             .take(12)

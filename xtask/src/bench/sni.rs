@@ -118,7 +118,7 @@ fn measure(
             .transpose()?;
         let keep = load::keep_alive(&topology.client, target, &transport, WORKERS, args.duration);
         if let Some(perf) = perf {
-            profile = perf.summary(name(contestant), running.pid())?;
+            profile = perf.summary(name(contestant), "kept-alive requests", running.pid())?;
         }
         let gbit = load::bulk(&topology.client, target, &transport, args.duration);
         let line = format!(

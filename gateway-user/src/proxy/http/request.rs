@@ -6,7 +6,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header,
+    uri::PathAndQuery,
+};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -38,7 +41,7 @@ pub async fn handle<'l>(
     request: Request<Incoming>,
     table: &'l HttpTable,
     listener_port: u16,
-    peer: SocketAddr,
+    peer: &Peer,
     scheme: &'static str,
     client: &Client<HttpConnector, Incoming>,
 ) -> (Response<Body>, Option<&'l CompiledRoute>) {
@@ -160,7 +163,21 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of a lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -203,7 +220,7 @@ async fn forward(
     route: &CompiledRoute,
     matched: Option<&RequestMatch>,
     authority: &str,
-    peer: SocketAddr,
+    peer: &Peer,
     scheme: &str,
     client: &Client<HttpConnector, Incoming>,
 ) -> Response<Body> {
@@ -212,51 +229,72 @@ async fn forward(
         Err(_) => return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
     };
     let (mut parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().map(str::to_owned);
-    let rewritten = match route.route.rewrite.as_ref().and_then(|r| r.uri.as_deref()) {
+    let authority_in_uri = parts.uri.authority().is_some();
+    let path_and_query = match route.route.rewrite.as_ref().and_then(|r| r.uri.as_deref()) {
         Some(new_prefix) => {
-            let prefix = matched.map_or(&path[..path.len().min(1)], |m| m.rewrite_prefix(&path));
-            format!("{new_prefix}{}", &path[prefix.len()..])
+            let path = parts.uri.path();
+            let prefix = matched.map_or(&path[..path.len().min(1)], |m| m.rewrite_prefix(path));
+            let rewritten = match parts.uri.query() {
+                Some(q) => format!("{new_prefix}{}?{q}", &path[prefix.len()..]),
+                None => format!("{new_prefix}{}", &path[prefix.len()..]),
+            };
+            match PathAndQuery::try_from(rewritten) {
+                Ok(p) => Some(p),
+                Err(_) => return local(StatusCode::BAD_REQUEST, ""),
+            }
         }
-        None => path,
+        None => parts.uri.path_and_query().cloned(),
     };
-    let path_and_query = match query {
-        Some(q) => format!("{rewritten}?{q}"),
-        None => rewritten,
-    };
-    let Ok(uri) = format!("http://{}{path_and_query}", picked.endpoint.address).parse::<Uri>()
-    else {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(picked.endpoint.authority.clone());
+    uri.path_and_query = path_and_query.or_else(|| Some(PathAndQuery::from_static("/")));
+    let Ok(uri) = Uri::from_parts(uri) else {
         return local(StatusCode::BAD_REQUEST, "");
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    let host = route
+    match route
         .route
         .rewrite
         .as_ref()
         .and_then(|r| r.authority.as_deref())
-        .unwrap_or(authority);
-    if let Ok(value) = HeaderValue::from_str(host) {
-        headers.insert(header::HOST, value);
+    {
+        Some(host) => {
+            if let Ok(value) = HeaderValue::from_str(host) {
+                headers.insert(header::HOST, value);
+            }
+        }
+        // HTTP/2 (and an absolute-form request) carries the authority in the URI, which
+        // wins over a Host header: HTTP/1.1 upstreams get it as Host.
+        None if authority_in_uri || !headers.contains_key(header::HOST) => {
+            if let Ok(value) = HeaderValue::from_str(authority) {
+                headers.insert(header::HOST, value);
+            }
+        }
+        None => {}
     }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(previous) => {
+            let mut value = Vec::with_capacity(previous.len() + 2 + peer.ip.len());
+            value.extend_from_slice(previous);
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(peer.ip.as_bytes());
+            HeaderValue::from_bytes(&value).ok()
+        }
+        None => Some(peer.ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
     );
-    if !headers.contains_key("x-request-id")
-        && let Ok(value) = HeaderValue::from_str(&request_id())
-    {
-        headers.insert("x-request-id", value);
+    if !headers.contains_key(X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID, request_id());
     }
     if let Some(ops) = &route.route.request_headers {
         apply(ops, headers);
@@ -288,17 +326,86 @@ async fn forward(
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The client of a connection, its address also as a header value (made once).
+pub struct Peer {
+    pub address: SocketAddr,
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(address: SocketAddr) -> Peer {
+        let ip = HeaderValue::from_str(&address.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { address, ip }
+    }
+}
+
 /// A random version-4 UUID, as Envoy generates `x-request-id`.
-fn request_id() -> String {
+fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = fastrand::u128(..);
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut text = [b'-'; 36];
+    let digits = (0..36).filter(|i| !matches!(i, 8 | 13 | 18 | 23));
+    for (n, at) in digits.enumerate() {
+        text[at] = HEX[((bits >> (124 - 4 * n)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = request_id();
+            let id = id.to_str().unwrap_or_else(|e| panic!("{e}"));
+            let groups: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{id}"
+            );
+            assert!(
+                id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()),
+                "{id}"
+            );
+            assert!(groups[2].starts_with('4'), "version: {id}");
+            assert!(
+                matches!(&groups[3][..1], "8" | "9" | "a" | "b"),
+                "variant: {id}"
+            );
+            seen.insert(id.to_owned());
+        }
+        assert_eq!(seen.len(), 1000);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-kept", "1"),
+            ("host", "a.test"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept", "host"]);
+    }
 }

@@ -32,13 +32,16 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::{
     certificates::CertificateStore,
     metrics::{Gauged, HttpMetrics, RouteMetrics},
-    request::{Body, handle, local},
+    request::{Body, Peer, handle, local},
     table::HttpTable,
     tls::ListenerTls,
 };
 use crate::{
     compile::plan::{ListenerKind, Plan},
-    proxy::listeners::{ListenerSet, accept_each},
+    proxy::{
+        listeners::{ListenerSet, accept_each},
+        workers::Workers,
+    },
 };
 
 /// Listeners that could not be served, and why.
@@ -72,7 +75,8 @@ pub struct HttpOptions {
 /// What every connection of the proxy shares.
 struct Shared {
     options: HttpOptions,
-    client: Client<HttpConnector, Incoming>,
+    /// One per worker: a pooled upstream connection stays with the worker that made it.
+    clients: Vec<Client<HttpConnector, Incoming>>,
     metrics: Arc<HttpMetrics>,
     connections: Arc<Semaphore>,
     requests: Semaphore,
@@ -93,6 +97,7 @@ pub struct HttpListener {
 
 pub struct HttpProxy {
     listeners: ListenerSet<HttpListener>,
+    workers: Arc<Workers>,
     shared: Arc<Shared>,
     metrics: Arc<HttpMetrics>,
     certificates: Arc<CertificateStore>,
@@ -101,14 +106,21 @@ pub struct HttpProxy {
 }
 
 impl HttpProxy {
-    pub fn new(metrics: Arc<HttpMetrics>, options: HttpOptions) -> HttpProxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(crate::proxy::CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+    /// The proxy, serving connections on `workers`.
+    pub fn new(
+        metrics: Arc<HttpMetrics>,
+        options: HttpOptions,
+        workers: Arc<Workers>,
+    ) -> HttpProxy {
+        let client = || {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(crate::proxy::CONNECT_TIMEOUT));
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_timer(TokioTimer::new())
+                .build(connector)
+        };
         HttpProxy {
             listeners: ListenerSet::new("HTTP"),
             certificates: CertificateStore::new(options.credentials.clone(), metrics.clone()),
@@ -116,9 +128,10 @@ impl HttpProxy {
                 connections: Arc::new(Semaphore::new(options.max_connections)),
                 requests: Semaphore::new(options.max_requests),
                 options,
-                client,
+                clients: (0..workers.count()).map(|_| client()).collect(),
                 metrics: metrics.clone(),
             }),
+            workers,
             metrics,
             unserved: Vec::new(),
         }
@@ -200,10 +213,10 @@ impl HttpProxy {
     pub async fn update(&mut self, plan: &Plan) -> Failures {
         let (wanted, unserved) = self.wanted(plan);
         self.unserved = unserved;
-        let shared = self.shared.clone();
+        let (shared, workers) = (self.shared.clone(), self.workers.clone());
         self.listeners
             .update(wanted, |listener, address, routes| {
-                accept_loop(listener, address, routes, shared.clone())
+                accept_on_workers(listener, address, routes, shared.clone(), workers.clone())
             })
             .await
     }
@@ -218,11 +231,42 @@ impl HttpProxy {
     }
 }
 
+/// Accepts on every worker (each with its own copy of the listening socket) until aborted.
+async fn accept_on_workers(
+    listener: TcpListener,
+    address: SocketAddr,
+    routes: watch::Receiver<Arc<HttpListener>>,
+    shared: Arc<Shared>,
+    workers: Arc<Workers>,
+) {
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(%address, "the HTTP listener cannot move to the workers: {e}");
+            return;
+        }
+    };
+    let _accepting = workers.spawn_each(|worker| {
+        let copy = listener.try_clone();
+        let (routes, shared) = (routes.clone(), shared.clone());
+        async move {
+            match copy.and_then(TcpListener::from_std) {
+                Ok(listener) => accept_loop(listener, address, routes, shared, worker).await,
+                Err(e) => tracing::error!(%address, worker, "HTTP worker cannot accept: {e}"),
+            }
+        }
+    });
+    drop(listener);
+    // Until the listener is closed (this task aborted), which ends the workers' loops.
+    std::future::pending::<()>().await;
+}
+
 async fn accept_loop(
     listener: TcpListener,
     address: SocketAddr,
     routes: watch::Receiver<Arc<HttpListener>>,
     shared: Arc<Shared>,
+    worker: usize,
 ) {
     accept_each(listener, address, |stream, peer| {
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
@@ -237,7 +281,7 @@ async fn accept_loop(
             let listener = routes.borrow().clone();
             let _connected = Gauged::new(&listener.connections);
             let Some(tls) = &listener.tls else {
-                return serve(TokioIo::new(stream), peer, "http", routes, shared).await;
+                return serve(TokioIo::new(stream), peer, "http", routes, shared, worker).await;
             };
             // The handshake has the header read timeout too: a slow ClientHello is slowloris.
             let handshake = tokio::time::timeout(shared.options.header_read_timeout, async {
@@ -250,7 +294,9 @@ async fn accept_loop(
                 start.into_stream(config).await.map_err(|_| "handshake")
             });
             match handshake.await {
-                Ok(Ok(stream)) => serve(TokioIo::new(stream), peer, "https", routes, shared).await,
+                Ok(Ok(stream)) => {
+                    serve(TokioIo::new(stream), peer, "https", routes, shared, worker).await
+                }
                 Ok(Err(reason)) => {
                     shared.metrics.tls_refused(&listener.name, reason);
                     tracing::debug!(%peer, reason, "TLS connection refused");
@@ -316,20 +362,24 @@ async fn serve<I>(
     scheme: &'static str,
     routes: watch::Receiver<Arc<HttpListener>>,
     shared: Arc<Shared>,
+    worker: usize,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let options = &shared.options;
     let streams = Arc::new(Streams::new());
+    let client = Arc::new(Peer::new(peer));
     let service = service_fn({
         let (shared, streams) = (shared.clone(), streams.clone());
         move |request: Request<Incoming>| {
             // The routes in force when the request arrived: a reload changes the next one.
             let listener = routes.borrow().clone();
-            let (shared, streams) = (shared.clone(), streams.clone());
+            let (shared, streams, client) = (shared.clone(), streams.clone(), client.clone());
             async move {
                 let _stream = Stream::new(&streams);
-                Ok::<_, Infallible>(respond(request, &listener, &shared, peer, scheme).await)
+                Ok::<_, Infallible>(
+                    respond(request, &listener, &shared, &client, scheme, worker).await,
+                )
             }
         }
     });
@@ -385,8 +435,9 @@ async fn respond(
     request: Request<Incoming>,
     listener: &HttpListener,
     shared: &Shared,
-    peer: SocketAddr,
+    peer: &Peer,
     scheme: &'static str,
+    worker: usize,
 ) -> Response<Body> {
     let started = Instant::now();
     let Ok(_permit) = shared.requests.try_acquire() else {
@@ -408,7 +459,7 @@ async fn respond(
         listener.port,
         peer,
         scheme,
-        &shared.client,
+        &shared.clients[worker],
     )
     .await;
     drop(in_flight);
@@ -419,7 +470,7 @@ async fn respond(
     if shared.options.access_log {
         tracing::info!(
             target: "access",
-            client = %peer,
+            client = %peer.address,
             method = %method,
             path,
             status,

@@ -19,6 +19,8 @@ enum Policy {
 #[derive(Debug)]
 pub struct Endpoint {
     pub address: SocketAddr,
+    /// `address` as a URI authority, made once rather than per request.
+    pub authority: http::uri::Authority,
     weight: u32,
     in_flight: AtomicU32,
 }
@@ -65,10 +67,13 @@ impl Destinations {
                 let endpoints: Vec<Endpoint> = b
                     .endpoints
                     .iter()
-                    .map(|e| Endpoint {
-                        address: e.address,
-                        weight: e.weight,
-                        in_flight: AtomicU32::new(0),
+                    .filter_map(|e| {
+                        Some(Endpoint {
+                            address: e.address,
+                            authority: e.address.to_string().parse().ok()?,
+                            weight: e.weight,
+                            in_flight: AtomicU32::new(0),
+                        })
                     })
                     .collect();
                 let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
