@@ -19,3 +19,4 @@ pub mod sluice;
 pub mod tap;
 pub mod tls;
 pub mod topology;
+pub mod websocket;

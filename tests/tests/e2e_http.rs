@@ -18,10 +18,12 @@ use tests::{
     sluice::Sluice,
     tls::TestCa,
     topology::{self, Topology},
+    websocket::WsEcho,
 };
 
 const HTTP: u16 = 8080;
 const HTTPS: u16 = 8443;
+const WS_PORT: u16 = 9090;
 
 fn config(cert: &str, key: &str) -> String {
     let se = |name: &str, address: Ipv4Addr, port: u16| {
@@ -77,6 +79,8 @@ spec:
     route: [{{destination: {{host: productpage.web.test}}}}]
   - match: [{{uri: {{prefix: /dead}}}}]
     route: [{{destination: {{host: dead.web.test}}}}]
+  - match: [{{uri: {{prefix: /ws}}}}]
+    route: [{{destination: {{host: ws.web.test}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -93,6 +97,7 @@ spec:
     text += &se("reviews-v1", topology::backend_v4(1), 9080);
     text += &se("reviews-v2", topology::backend_v4(2), 9080);
     text += &se("dead", topology::backend_v4(0), 9999);
+    text += &se("ws", topology::backend_v4(1), WS_PORT);
     text
 }
 
@@ -100,6 +105,7 @@ struct Web {
     topology: Topology,
     ca: TestCa,
     _backends: Vec<HttpBackend>,
+    _ws: WsEcho,
     _bpffs: TempBpffs,
     _dir: tempfile::TempDir,
     sluice: Sluice,
@@ -128,6 +134,10 @@ impl Web {
                 )
             })
             .collect();
+        let ws = WsEcho::start(
+            &topology.backend,
+            SocketAddr::new(topology::backend_v4(1).into(), WS_PORT),
+        );
         let ca = TestCa::new();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (cert, key) = ca
@@ -164,6 +174,7 @@ impl Web {
             topology,
             ca,
             _backends: backends,
+            _ws: ws,
             _bpffs: bpffs,
             _dir: dir,
             sluice,
@@ -322,6 +333,51 @@ fn routes(mode: Mode) {
             .any(|l| l.contains("INFO access") && l.contains("status=418")),
         "{log}"
     );
+
+    // WebSocket: the upgrade reaches the upstream with the route's path, then messages
+    // flow both ways through the tunnel.
+    let gateway = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), HTTP);
+    let (handshake, echoed) = web
+        .topology
+        .client
+        .run(move || -> Result<(String, Vec<String>), String> {
+            let stream = TcpStream::connect(gateway).map_err(|e| e.to_string())?;
+            let url = format!("ws://bookinfo.example.com:{HTTP}/ws/chat?room=1");
+            let (mut socket, response) =
+                tungstenite::client(url.as_str(), stream).map_err(|e| e.to_string())?;
+            if response.status() != 101 {
+                return Err(format!("{response:?}"));
+            }
+            let first = socket.read().map_err(|e| e.to_string())?;
+            let mut echoed = Vec::new();
+            let big = "x".repeat(200_000);
+            for text in ["hello", "world", big.as_str()] {
+                socket
+                    .send(tungstenite::Message::text(text))
+                    .map_err(|e| e.to_string())?;
+                let back = socket.read().map_err(|e| e.to_string())?;
+                echoed.push(back.into_text().map_err(|e| e.to_string())?.to_string());
+            }
+            socket.close(None).map_err(|e| e.to_string())?;
+            Ok((
+                first.into_text().map_err(|e| e.to_string())?.to_string(),
+                echoed,
+            ))
+        })
+        .unwrap_or_else(|e| panic!("websocket: {e}\n{}", web.sluice.log()));
+    assert!(handshake.starts_with("/ws/chat?room=1\n"), "{handshake}");
+    for seen in [
+        "upgrade: websocket",
+        "x-forwarded-for: 198.51.100.2",
+        "sec-websocket-key: ",
+    ] {
+        assert!(
+            handshake.to_ascii_lowercase().contains(seen),
+            "{seen}: {handshake}"
+        );
+    }
+    assert_eq!(echoed[..2], ["hello", "world"]);
+    assert_eq!(echoed[2].len(), 200_000);
 
     // Counted by route and status class; nothing left in flight.
     let requests = |route: &str, class: &str| {

@@ -12,7 +12,10 @@ use http::{
 };
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioIo,
+};
 
 use super::table::{CompiledRoute, HttpTable, RequestMatch, RequestView};
 use crate::{
@@ -215,8 +218,45 @@ fn apply(ops: &HeaderOperations, headers: &mut HeaderMap) {
     }
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with
+/// `Upgrade: <protocol>`), such as `websocket`.
+fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_says_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// After a `101 Switching Protocols`, the client's and the upstream's connections are
+/// joined and bytes copied both ways until either side closes (WebSocket, as Envoy's
+/// `upgrade_configs` that Istio's gateways enable).
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    peer: SocketAddr,
+) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(%peer, error = %e, "upgraded connection ended with an error");
+        }
+    });
+}
+
 async fn forward(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     route: &CompiledRoute,
     matched: Option<&RequestMatch>,
     authority: &str,
@@ -228,6 +268,8 @@ async fn forward(
         Ok(picked) => picked,
         Err(_) => return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
     };
+    let upgrade = upgrade_asked(request.headers())
+        .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
     let (mut parts, body) = request.into_parts();
     let authority_in_uri = parts.uri.authority().is_some();
     let path_and_query = match route.route.rewrite.as_ref().and_then(|r| r.uri.as_deref()) {
@@ -256,6 +298,10 @@ async fn forward(
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    if let Some((protocol, _)) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
     match route
         .route
         .rewrite
@@ -310,9 +356,29 @@ async fn forward(
     };
     drop(picked);
     match result {
-        Ok(response) => {
+        Ok(mut response) => {
+            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
             let (mut parts, body) = response.into_parts();
+            let protocol = parts.headers.get(header::UPGRADE).cloned();
             strip_hop_by_hop(&mut parts.headers);
+            match (upgrade, upstream_upgrade, protocol) {
+                (Some((_, client)), Some(upstream), Some(protocol)) => {
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    parts.headers.insert(header::UPGRADE, protocol);
+                    tunnel(client, upstream, peer.address);
+                }
+                // A 101 nobody asked for cannot be relayed.
+                (None, Some(_), _) | (_, Some(_), None) => {
+                    return local(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream switched protocols unasked",
+                    );
+                }
+                _ => {}
+            }
             Response::from_parts(parts, body.map_err(Into::into).boxed())
         }
         Err(e) if e.is_connect() => local(
