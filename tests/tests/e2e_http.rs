@@ -327,12 +327,72 @@ fn routes(mode: Mode) {
         );
         assert!(verbose.contains("< HTTP/2 200"), "ALPN h2: {verbose}");
     }
-    let log = web.sluice.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("INFO access") && l.contains("status=418")),
-        "{log}"
+    // A request body is counted in the access log.
+    let body = "b".repeat(1000);
+    let got = web.curl(
+        "http",
+        host,
+        "/productpage?posted",
+        &["--data-binary", &body],
     );
+    assert!(
+        got.body
+            .starts_with("productpage\nPOST /productpage?posted\n"),
+        "{}",
+        got.body
+    );
+
+    // One access-log line per request, with Envoy's fields and response flags.
+    let log = web.sluice.log();
+    let line = |path: &str| {
+        log.lines()
+            .find(|l| l.contains("INFO access") && l.contains(&format!(" path={path} ")))
+            .unwrap_or_else(|| panic!("no access log line for {path}:\n{log}"))
+    };
+    for (path, wanted) in [
+        (
+            "/teapot",
+            &[
+                "response_code=418",
+                "response_flags=\"-\"",
+                "route_name=web/bookinfo:spec.http[5]",
+                "bytes_sent=15",
+                "upstream_host=-",
+            ][..],
+        ),
+        (
+            "/nothing-here",
+            &["response_code=404", "response_flags=\"NR\"", "route_name=-"],
+        ),
+        (
+            "/dead",
+            &[
+                "response_code=503",
+                "response_flags=\"UF\"",
+                "upstream_host=203.0.113.2:9999",
+            ],
+        ),
+        (
+            "/delay/3000",
+            &["response_code=504", "response_flags=\"UT\""],
+        ),
+        (
+            "/productpage?posted",
+            &[
+                "method=POST",
+                "bytes_received=1000",
+                "upstream_host=203.0.113.2:9080",
+                "protocol=\"HTTP/1.1\"",
+                "user_agent=curl/",
+            ],
+        ),
+    ] {
+        let line = line(path);
+        for field in wanted {
+            assert!(line.contains(field), "{path}: no {field} in {line}");
+        }
+        assert!(line.contains("x_request_id="), "{line}");
+    }
 
     // WebSocket: the upgrade reaches the upstream with the route's path, then messages
     // flow both ways through the tunnel.
@@ -378,6 +438,14 @@ fn routes(mode: Mode) {
     }
     assert_eq!(echoed[..2], ["hello", "world"]);
     assert_eq!(echoed[2].len(), 200_000);
+    let log = web.sluice.log();
+    assert!(
+        log.lines().any(|l| l.contains("INFO access")
+            && l.contains(" path=/ws/chat?room=1 ")
+            && l.contains("response_code=101")
+            && l.contains("upstream_host=203.0.113.3:9090")),
+        "{log}"
+    );
 
     // Counted by route and status class; nothing left in flight.
     let requests = |route: &str, class: &str| {

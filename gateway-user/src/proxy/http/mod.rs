@@ -1,5 +1,6 @@
 //! The HTTP gateway: HTTP/1.1 and HTTP/2 listeners, TLS termination, and VirtualService HTTP
 //! routing as Istio's gateways apply it.
+pub mod access_log;
 pub mod certificates;
 pub mod metrics;
 pub mod request;

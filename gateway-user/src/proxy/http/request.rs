@@ -11,13 +11,15 @@ use http::{
     uri::PathAndQuery,
 };
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioIo,
 };
 
-use super::table::{CompiledRoute, HttpTable, RequestMatch, RequestView};
+use super::{
+    access_log::Counted,
+    table::{CompiledRoute, HttpTable, RequestMatch, RequestView},
+};
 use crate::{
     compile::plan::HttpAction,
     config::model::{HeaderOperations, HttpRedirect},
@@ -39,15 +41,37 @@ pub fn local(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
-/// The response to `request`, and the route that made it.
+/// How a request was served, beyond its response.
+#[derive(Default)]
+pub struct Outcome<'l> {
+    /// The route that took it.
+    pub route: Option<&'l CompiledRoute>,
+    /// The endpoint it was forwarded to.
+    pub upstream: Option<SocketAddr>,
+    /// Envoy's response flag: `NR` no route, `UH` no healthy upstream, `UF` upstream
+    /// connection failure, `UC` upstream connection termination, `UT` upstream request
+    /// timeout; `-` none.
+    pub flags: &'static str,
+}
+
+impl<'l> Outcome<'l> {
+    fn flagged(flags: &'static str) -> Outcome<'l> {
+        Outcome {
+            flags,
+            ..Outcome::default()
+        }
+    }
+}
+
+/// The response to `request`, and how it was served.
 pub async fn handle<'l>(
-    request: Request<Incoming>,
+    request: Request<Counted>,
     table: &'l HttpTable,
     listener_port: u16,
     peer: &Peer,
     scheme: &'static str,
-    client: &Client<HttpConnector, Incoming>,
-) -> (Response<Body>, Option<&'l CompiledRoute>) {
+    client: &Client<HttpConnector, Counted>,
+) -> (Response<Body>, Outcome<'l>) {
     let authority = request
         .uri()
         .authority()
@@ -61,7 +85,7 @@ pub async fn handle<'l>(
         })
         .unwrap_or_default();
     let Some(host) = table.host(&authority) else {
-        return (local(StatusCode::NOT_FOUND, ""), None);
+        return (local(StatusCode::NOT_FOUND, ""), Outcome::flagged("NR"));
     };
     if host.https_redirect && scheme == "http" {
         let location = format!(
@@ -69,7 +93,10 @@ pub async fn handle<'l>(
             super::table::strip_port(&authority),
             request.uri().path_and_query().map_or("/", |p| p.as_str())
         );
-        return (redirect(StatusCode::MOVED_PERMANENTLY, &location), None);
+        return (
+            redirect(StatusCode::MOVED_PERMANENTLY, &location),
+            Outcome::flagged("-"),
+        );
     }
     let view = RequestView {
         path: request.uri().path(),
@@ -80,7 +107,12 @@ pub async fn handle<'l>(
         headers: request.headers(),
     };
     let Some((route, matched)) = host.route(&view) else {
-        return (local(StatusCode::NOT_FOUND, ""), None);
+        return (local(StatusCode::NOT_FOUND, ""), Outcome::flagged("NR"));
+    };
+    let mut outcome = Outcome {
+        route: Some(route),
+        upstream: None,
+        flags: "-",
     };
     let mut response = match &route.route.action {
         HttpAction::Redirect(r) => redirect_to(r, &request, &authority, scheme, listener_port),
@@ -95,13 +127,17 @@ pub async fn handle<'l>(
             response
         }
         HttpAction::Route { .. } => {
-            forward(request, route, matched, &authority, peer, scheme, client).await
+            let (response, upstream, flags) =
+                forward(request, route, matched, &authority, peer, scheme, client).await;
+            outcome.upstream = upstream;
+            outcome.flags = flags;
+            response
         }
     };
     if let Some(ops) = &route.route.response_headers {
         apply(ops, response.headers_mut());
     }
-    (response, Some(route))
+    (response, outcome)
 }
 
 fn redirect(status: StatusCode, location: &str) -> Response<Body> {
@@ -114,9 +150,9 @@ fn redirect(status: StatusCode, location: &str) -> Response<Body> {
 
 /// An Istio `HTTPRedirect`: each part replaced when given, the request's otherwise (the
 /// query string kept), code 301 by default.
-fn redirect_to(
+fn redirect_to<B>(
     r: &HttpRedirect,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     authority: &str,
     scheme: &str,
     listener_port: u16,
@@ -255,19 +291,25 @@ fn tunnel(
     });
 }
 
+/// The upstream's response (or the local one for its failure), the endpoint, and Envoy's
+/// response flag.
 async fn forward(
-    mut request: Request<Incoming>,
+    mut request: Request<Counted>,
     route: &CompiledRoute,
     matched: Option<&RequestMatch>,
     authority: &str,
     peer: &Peer,
     scheme: &str,
-    client: &Client<HttpConnector, Incoming>,
-) -> Response<Body> {
+    client: &Client<HttpConnector, Counted>,
+) -> (Response<Body>, Option<SocketAddr>, &'static str) {
     let picked = match route.destinations.pick() {
         Ok(picked) => picked,
-        Err(_) => return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+        Err(_) => {
+            let response = local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            return (response, None, "UH");
+        }
     };
+    let upstream = Some(picked.endpoint.address);
     let upgrade = upgrade_asked(request.headers())
         .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
     let (mut parts, body) = request.into_parts();
@@ -282,7 +324,7 @@ async fn forward(
             };
             match PathAndQuery::try_from(rewritten) {
                 Ok(p) => Some(p),
-                Err(_) => return local(StatusCode::BAD_REQUEST, ""),
+                Err(_) => return (local(StatusCode::BAD_REQUEST, ""), upstream, "-"),
             }
         }
         None => parts.uri.path_and_query().cloned(),
@@ -292,7 +334,7 @@ async fn forward(
     uri.authority = Some(picked.endpoint.authority.clone());
     uri.path_and_query = path_and_query.or_else(|| Some(PathAndQuery::from_static("/")));
     let Ok(uri) = Uri::from_parts(uri) else {
-        return local(StatusCode::BAD_REQUEST, "");
+        return (local(StatusCode::BAD_REQUEST, ""), upstream, "-");
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
@@ -345,14 +387,16 @@ async fn forward(
     if let Some(ops) = &route.route.request_headers {
         apply(ops, headers);
     }
-    let upstream = client.request(Request::from_parts(parts, body));
+    let sent = client.request(Request::from_parts(parts, body));
     let result = match route.route.timeout_ms {
-        Some(ms) if ms > 0 => match tokio::time::timeout(Duration::from_millis(ms), upstream).await
-        {
+        Some(ms) if ms > 0 => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
             Ok(result) => result,
-            Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            Err(_) => {
+                let response = local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+                return (response, upstream, "UT");
+            }
         },
-        _ => upstream.await,
+        _ => sent.await,
     };
     drop(picked);
     match result {
@@ -363,31 +407,41 @@ async fn forward(
             let protocol = parts.headers.get(header::UPGRADE).cloned();
             strip_hop_by_hop(&mut parts.headers);
             match (upgrade, upstream_upgrade, protocol) {
-                (Some((_, client)), Some(upstream), Some(protocol)) => {
+                (Some((_, client)), Some(upstream_io), Some(protocol)) => {
                     parts
                         .headers
                         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                     parts.headers.insert(header::UPGRADE, protocol);
-                    tunnel(client, upstream, peer.address);
+                    tunnel(client, upstream_io, peer.address);
                 }
                 // A 101 nobody asked for cannot be relayed.
                 (None, Some(_), _) | (_, Some(_), None) => {
-                    return local(
+                    let response = local(
                         StatusCode::BAD_GATEWAY,
                         "upstream switched protocols unasked",
                     );
+                    return (response, upstream, "UPE");
                 }
                 _ => {}
             }
-            Response::from_parts(parts, body.map_err(Into::into).boxed())
+            let response = Response::from_parts(parts, body.map_err(Into::into).boxed());
+            (response, upstream, "-")
         }
-        Err(e) if e.is_connect() => local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+        Err(e) if e.is_connect() => (
+            local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            ),
+            upstream,
+            "UF",
         ),
-        Err(_) => local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+        Err(_) => (
+            local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            ),
+            upstream,
+            "UC",
         ),
     }
 }
@@ -411,7 +465,7 @@ impl Peer {
 }
 
 /// A random version-4 UUID, as Envoy generates `x-request-id`.
-fn request_id() -> HeaderValue {
+pub fn request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = fastrand::u128(..);
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);

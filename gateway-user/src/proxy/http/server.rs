@@ -30,9 +30,11 @@ use tokio::{
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::{
+    access_log::{Counted, Entry, Logged},
     certificates::CertificateStore,
     metrics::{Gauged, HttpMetrics, RouteMetrics},
     request::{Body, Peer, handle, local},
+    table::CompiledRoute,
     table::HttpTable,
     tls::ListenerTls,
 };
@@ -76,7 +78,7 @@ pub struct HttpOptions {
 struct Shared {
     options: HttpOptions,
     /// One per worker: a pooled upstream connection stays with the worker that made it.
-    clients: Vec<Client<HttpConnector, Incoming>>,
+    clients: Vec<Client<HttpConnector, Counted>>,
     metrics: Arc<HttpMetrics>,
     connections: Arc<Semaphore>,
     requests: Semaphore,
@@ -432,7 +434,7 @@ const MIN_BUF_SIZE: usize = 8192;
 /// One request through the listener's routes, counted and logged; over
 /// `--http-max-requests` in flight, a 503 as Envoy's overload manager answers.
 async fn respond(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     listener: &HttpListener,
     shared: &Shared,
     peer: &Peer,
@@ -440,6 +442,15 @@ async fn respond(
     worker: usize,
 ) -> Response<Body> {
     let started = Instant::now();
+    let entry = shared.options.access_log.then(|| {
+        // The log names the request by the id the upstream sees.
+        if !request.headers().contains_key("x-request-id") {
+            request
+                .headers_mut()
+                .insert("x-request-id", super::request::request_id());
+        }
+        Entry::begin(&request, &listener.name, peer.address)
+    });
     let Ok(_permit) = shared.requests.try_acquire() else {
         shared.metrics.overloaded("requests");
         let mut response = local(StatusCode::SERVICE_UNAVAILABLE, "envoy overloaded");
@@ -449,11 +460,12 @@ async fn respond(
         listener
             .unrouted
             .record(503, started.elapsed().as_secs_f64());
-        return response;
+        return logged(response, entry, "OM", None, None);
     };
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let received = entry.as_ref().map(Entry::received);
+    let request = request.map(|body| Counted::new(body, received));
     let in_flight = Gauged::new(&listener.active);
-    let (response, route) = handle(
+    let (response, outcome) = handle(
         request,
         &listener.table,
         listener.port,
@@ -464,19 +476,31 @@ async fn respond(
     .await;
     drop(in_flight);
     let status = response.status().as_u16();
-    route
+    outcome
+        .route
         .map_or(&listener.unrouted, |r| &r.metrics)
         .record(status, started.elapsed().as_secs_f64());
-    if shared.options.access_log {
-        tracing::info!(
-            target: "access",
-            client = %peer.address,
-            method = %method,
-            path,
-            status,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "http"
-        );
-    }
-    response
+    logged(
+        response,
+        entry,
+        outcome.flags,
+        outcome.upstream,
+        outcome.route,
+    )
+}
+
+/// `response`, writing its access-log line once sent when there is an entry.
+fn logged(
+    response: Response<Body>,
+    entry: Option<Entry>,
+    flags: &'static str,
+    upstream: Option<SocketAddr>,
+    route: Option<&CompiledRoute>,
+) -> Response<Body> {
+    let Some(entry) = entry else {
+        return response;
+    };
+    let route = route.map_or_else(|| "-".to_owned(), |r| r.route.origin.to_string());
+    let entry = entry.answered(response.status().as_u16(), flags, upstream, route);
+    response.map(|body| http_body_util::BodyExt::boxed(Logged::new(body, entry)))
 }
