@@ -8,6 +8,7 @@ use anyhow::{Context as _, bail};
 use tests::{
     bpffs::TempBpffs,
     echo,
+    http::{self, HttpBackend},
     sluice::Sluice,
     tls::{TestCa, TlsBackend, TlsClient},
     topology::{self, GATEWAY_BACKEND_IF, GATEWAY_CLIENT_IF, Topology},
@@ -16,6 +17,7 @@ use tests::{
 use crate::build::{BuildArgs, build, workspace_root};
 
 const CONFIG: &str = include_str!("../../config/demo/gateway.yaml");
+const HTTP_CONFIG: &str = include_str!("../../config/demo/http.yaml");
 const CONNECTIONS: usize = 10;
 const BYTES: usize = 256 * 1024;
 
@@ -44,11 +46,22 @@ pub fn demo() -> anyhow::Result<()> {
     let config_dir = tempfile::tempdir().context("creating a config directory")?;
     let config = config_dir.path().join("gateway.yaml");
     std::fs::write(&config, CONFIG).context("writing the demo config")?;
+    let http_config = config_dir.path().join("http.yaml");
+    std::fs::write(&http_config, HTTP_CONFIG).context("writing the demo's HTTP config")?;
+    // The HTTPS server's credential, laid out as a mounted Kubernetes TLS Secret.
+    let ca = TestCa::new();
+    let credentials = config_dir.path().join("credentials");
+    ca.issue(&["secure.demo.example"])
+        .write(&credentials.join("demo-secure-cred"));
 
     section("sluice run");
     let args = [
         "--config",
         &config.to_string_lossy(),
+        "--config",
+        &http_config.to_string_lossy(),
+        "--credentials-dir",
+        &credentials.to_string_lossy(),
         "--interface",
         GATEWAY_CLIENT_IF,
         "--interface",
@@ -109,6 +122,7 @@ pub fn demo() -> anyhow::Result<()> {
     );
 
     tls_passthrough(&topology, &sluice, &bpffs)?;
+    http_gateway(&topology, &sluice, &ca)?;
 
     section("GET /stats/prometheus (datapath, L4 and config series)");
     let (_, metrics) = sluice.admin_get("/stats/prometheus");
@@ -116,6 +130,7 @@ pub fn demo() -> anyhow::Result<()> {
         (l.starts_with("sluice_datapath")
             || l.starts_with("sluice_l4")
             || l.starts_with("sluice_sni")
+            || l.starts_with("sluice_http_requests_total")
             || l.starts_with("sluice_config_generation"))
             && !l.ends_with(" 0")
     };
@@ -272,6 +287,105 @@ fn tls_passthrough(topology: &Topology, sluice: &Sluice, bpffs: &TempBpffs) -> a
         .lines()
         .filter(|l| l.contains("tls passthrough"))
         .take(4)
+    {
+        println!("access log: {line}");
+    }
+    Ok(())
+}
+
+/// The HTTP stop: a Bookinfo-style gateway answering by host and path on :8080 (80/20
+/// weights between two reviews versions), httpsRedirect, the HTTPS host with its own
+/// certificate on :8444, and the access-log lines those requests wrote.
+fn http_gateway(topology: &Topology, sluice: &Sluice, ca: &TestCa) -> anyhow::Result<()> {
+    section("HTTP: bookinfo.demo.example on :8080, secure.demo.example on :8444 (HTTPS)");
+    let backends = [
+        (0, 9080, "productpage"),
+        (0, 9081, "reviews-v1"),
+        (1, 9081, "reviews-v2"),
+    ]
+    .map(|(i, port, id)| {
+        HttpBackend::start(
+            &topology.backend,
+            SocketAddr::new(topology::backend_v4(i).into(), port),
+            id,
+        )
+    });
+    let gateway = topology::GATEWAY_CLIENT_V4;
+    let curl = |args: &[&str]| http::curl(&topology.client, args).map_err(anyhow::Error::msg);
+    let bookinfo = format!("bookinfo.demo.example:8080:{gateway}");
+    for path in ["/productpage", "/static/app.css", "/nothing-here"] {
+        let got = curl(&[
+            "--resolve",
+            &bookinfo,
+            &format!("http://bookinfo.demo.example:8080{path}"),
+        ])?;
+        let first = got.body.lines().next().unwrap_or_default();
+        println!(
+            "GET http://bookinfo.demo.example:8080{path} -> {} {}",
+            got.status,
+            if got.status == 200 {
+                format!("(answered by {first})")
+            } else {
+                "(no route: Envoy's 404)".to_owned()
+            }
+        );
+    }
+    let got = curl(&[
+        "--resolve",
+        &bookinfo,
+        "http://bookinfo.demo.example:8080/reviews/[1-100]",
+    ])?;
+    println!(
+        "100 x GET /reviews/N (weights 80/20): reviews-v1 answered {}, reviews-v2 {}",
+        got.body.matches("reviews-v1\nGET").count(),
+        got.body.matches("reviews-v2\nGET").count()
+    );
+    let got = curl(&[
+        "--resolve",
+        &format!("secure.demo.example:8080:{gateway}"),
+        "http://secure.demo.example:8080/productpage",
+    ])?;
+    println!(
+        "GET http://secure.demo.example:8080/productpage -> {} location: {}",
+        got.status,
+        got.header("location").unwrap_or("-")
+    );
+    let out = topology
+        .client
+        .command("curl")
+        .args([
+            "-sS",
+            "-v",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .args(["--resolve", &format!("secure.demo.example:8444:{gateway}")])
+        .arg("--cacert")
+        .arg(ca.pem_path())
+        .arg("https://secure.demo.example:8444/productpage")
+        .output()?;
+    let subject = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| {
+            l.trim_start_matches("* ")
+                .trim()
+                .strip_prefix("subject: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    println!(
+        "GET https://secure.demo.example:8444/productpage -> {} (status, HTTP version); certificate {subject}, verified by the demo CA",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let served: usize = backends.iter().map(HttpBackend::requests).sum();
+    println!("the backends answered {served} requests");
+    for line in sluice
+        .log()
+        .lines()
+        .filter(|l| l.contains("INFO access: http "))
+        .take(5)
     {
         println!("access log: {line}");
     }
