@@ -23,7 +23,7 @@ fn validate_accepts_the_demo_config() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "6 objects in 1 files: 0 errors, 0 warnings: valid"
+        "11 objects in 2 files: 0 errors, 0 warnings: valid"
     );
 }
 
