@@ -55,6 +55,7 @@ fn backend(host: &str, port: u16, weight: u32, endpoints: &[&str]) -> Backend {
         weight,
         load_balancer: "LEAST_REQUEST".into(),
         endpoints: endpoints.iter().map(|e| endpoint(e)).collect(),
+        ..Backend::default()
     }
 }
 
@@ -208,10 +209,10 @@ fn reference_gateway_with_bookinfo_and_mongo() {
         &[TlsTermination {
             hosts: vec!["uk.bookinfo.com".into(), "eu.bookinfo.com".into()],
             mode: "SIMPLE".into(),
-            certificate: CertificateSource::Files {
+            certificates: vec![CertificateSource::Files {
                 certificate: "/etc/certs/servercert.pem".into(),
                 private_key: "/etc/certs/privatekey.pem".into()
-            },
+            }],
             ca_certificates: None,
             min_version: "1.2".into(),
             max_version: "1.3".into(),
@@ -234,10 +235,10 @@ fn reference_gateway_with_bookinfo_and_mongo() {
         panic!("{https9443:#?}")
     };
     assert_eq!(
-        certificates[0].certificate,
-        CertificateSource::Credential {
+        certificates[0].certificates,
+        [CertificateSource::Credential {
             name: "bookinfo-secret".into()
-        }
+        }]
     );
     assert_eq!(certificates[0].hosts, ["bookinfo-namespace/*.bookinfo.com"]);
     // Only hosts under *.bookinfo.com, and only from VirtualServices in bookinfo-namespace.

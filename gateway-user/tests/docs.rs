@@ -9,6 +9,7 @@ const STRUCTS: &[&str] = &[
     "HttpRoute",
     "HttpMatchRequest",
     "HttpRewrite",
+    "HttpRedirect",
     "HttpRetry",
     "TlsMatchAttributes",
     "L4MatchAttributes",
@@ -17,6 +18,8 @@ const STRUCTS: &[&str] = &[
     "DestinationRuleSpec",
     "TrafficPolicy",
     "LoadBalancerSettings",
+    "ConnectionPoolSettings",
+    "HttpPoolSettings",
 ];
 
 #[test]

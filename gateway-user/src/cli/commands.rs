@@ -129,8 +129,8 @@ pub fn plan_text(plan: &Plan) -> String {
                     for c in certificates {
                         let _ = writeln!(
                             out,
-                            "  tls {} hosts {:?} certificate {:?} TLS {}..{}",
-                            c.mode, c.hosts, c.certificate, c.min_version, c.max_version
+                            "  tls {} hosts {:?} certificates {:?} TLS {}..{}",
+                            c.mode, c.hosts, c.certificates, c.min_version, c.max_version
                         );
                     }
                 }

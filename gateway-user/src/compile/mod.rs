@@ -8,18 +8,21 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
+
 use crate::{
     compile::plan::{
-        Backend, CertificateSource, Endpoint, HttpAction, HttpRoute, L4Route, LeftOut, Listener,
-        ListenerKind, Place, Placement, Plan, Retries, RouteOrigin, ServerOrigin, SniRoute,
-        TlsTermination, VirtualHost,
+        Backend, CertificateSource, ConsistentHash, Endpoint, HashKey, HashTable, HttpAction,
+        HttpRoute, L4Route, LeftOut, Listener, ListenerKind, Place, Placement, Plan, Retries,
+        RouteOrigin, ServerOrigin, SniRoute, TlsTermination, VirtualHost,
     },
     config::{
         Diagnostic, Object, ObjectRef, Severity, Spec,
         diagnostic::codes,
         model::{
-            Destination, DestinationRuleSpec, GatewaySpec, HttpRoute as ModelHttpRoute,
-            PortSelector, RouteDestination, Server, ServiceEntrySpec, VirtualServiceSpec, Weighted,
+            Delegate, Destination, DestinationRuleSpec, GatewaySpec, HttpMatchRequest,
+            HttpRedirect, HttpRoute as ModelHttpRoute, PortSelector, RouteDestination, Server,
+            ServiceEntrySpec, TrafficPolicy, VirtualServiceSpec, Weighted,
         },
         names::{self, host_matches, hosts_overlap},
     },
@@ -441,14 +444,13 @@ impl<'a> Compiler<'a> {
                 ) {
                     continue;
                 }
-                let matches: Vec<_> = rule
-                    .matches
-                    .iter()
-                    .filter(|m| m.port.is_none_or(|p| p == u32::from(port)))
-                    .cloned()
-                    .collect();
-                if !rule.matches.is_empty() && matches.is_empty() {
-                    continue; // every match names another port
+                let Some(matches) = matches_on_port(rule, port) else {
+                    continue;
+                };
+                if let Some(delegate) = &rule.delegate {
+                    let at = format!("spec.http[{j}].delegate");
+                    routes.extend(self.delegated(vs, &at, delegate, &matches, port));
+                    continue;
                 }
                 if let Some(route) = self.http_route(vs, &format!("spec.http[{j}]"), rule, matches)
                 {
@@ -468,20 +470,82 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// The routes of a `delegate` VirtualService, each of its matches merged with the root
+    /// rule's as Istio merges them (a pair that conflicts is dropped).
+    fn delegated(
+        &mut self,
+        root: &Object,
+        at: &str,
+        delegate: &Delegate,
+        root_matches: &[HttpMatchRequest],
+        port: u16,
+    ) -> Vec<HttpRoute> {
+        let namespace = delegate.namespace.as_deref().unwrap_or(root.namespace());
+        let found = self
+            .virtual_services()
+            .find(|(o, _)| o.namespace() == namespace && o.name() == delegate.name);
+        let Some((vs, spec)) = found else {
+            let reason = format!(
+                "delegate VirtualService {namespace}/{} not found",
+                delegate.name
+            );
+            self.leave_out(root, codes::REFERENCE_NOT_FOUND, at, reason);
+            return Vec::new();
+        };
+        if !spec.hosts.is_empty() || !spec.gateways.is_empty() {
+            let reason = format!(
+                "VirtualService {namespace}/{} has hosts or gateways, so it cannot be a delegate",
+                delegate.name
+            );
+            self.leave_out(root, codes::LEFT_OUT, at, reason);
+            return Vec::new();
+        }
+        let mut routes = Vec::new();
+        for (k, rule) in spec.http.iter().enumerate() {
+            let path = format!("spec.http[{k}]");
+            if rule.delegate.is_some() {
+                let reason = "a delegate VirtualService cannot delegate again".to_owned();
+                self.leave_out(vs, codes::LEFT_OUT, &path, reason);
+                continue;
+            }
+            let Some(own) = matches_on_port(rule, port) else {
+                continue;
+            };
+            let matches = merge_matches(root_matches, &own);
+            if matches.is_empty() && !(root_matches.is_empty() && own.is_empty()) {
+                continue; // every pair conflicts
+            }
+            if let Some(route) = self.http_route(vs, &path, rule, matches) {
+                routes.push(route);
+            }
+        }
+        routes
+    }
+
     fn http_route(
         &mut self,
         vs: &Object,
         at: &str,
         rule: &ModelHttpRoute,
-        matches: Vec<crate::config::model::HttpMatchRequest>,
+        matches: Vec<HttpMatchRequest>,
     ) -> Option<HttpRoute> {
         let action = if let Some(redirect) = &rule.redirect {
-            HttpAction::Redirect(redirect.clone())
+            // Istio reads a zero port or code as unset.
+            HttpAction::Redirect(HttpRedirect {
+                port: redirect.port.filter(|p| *p != 0),
+                redirect_code: redirect.redirect_code.filter(|c| *c != 0),
+                ..redirect.clone()
+            })
         } else if let Some(response) = &rule.direct_response {
-            let body = response
-                .body
-                .as_ref()
-                .and_then(|b| b.string.clone().or_else(|| b.bytes.clone()));
+            let body =
+                response
+                    .body
+                    .as_ref()
+                    .map_or_else(Vec::new, |b| match (&b.string, &b.bytes) {
+                        (Some(text), _) => text.clone().into_bytes(),
+                        (None, Some(encoded)) => BASE64.decode(encoded).unwrap_or_default(),
+                        (None, None) => Vec::new(),
+                    });
             HttpAction::DirectResponse {
                 status: u16::try_from(response.status).unwrap_or(500),
                 body,
@@ -523,7 +587,7 @@ impl<'a> Compiler<'a> {
             for (j, rule) in spec.tls.iter().enumerate() {
                 let mut sni_hosts: Vec<String> = Vec::new();
                 for (k, m) in rule.matches.iter().enumerate() {
-                    let applies = m.port.is_none_or(|p| p == u32::from(port))
+                    let applies = m.port.is_none_or(|p| p == 0 || p == u32::from(port))
                         && (m.gateways.is_empty() || rule_binds(vec![&m.gateways], gateway, vs));
                     // A VirtualService bound to several servers of this port is seen once.
                     if !applies
@@ -649,7 +713,7 @@ impl<'a> Compiler<'a> {
             for (j, rule) in spec.tcp.iter().enumerate() {
                 let applies = rule.matches.is_empty()
                     || rule.matches.iter().any(|m| {
-                        m.port.is_none_or(|p| p == u32::from(port))
+                        m.port.is_none_or(|p| p == 0 || p == u32::from(port))
                             && (m.gateways.is_empty() || rule_binds(vec![&m.gateways], gateway, vs))
                     });
                 if !applies {
@@ -717,7 +781,10 @@ impl<'a> Compiler<'a> {
             };
             let path = format!("{at}.route[{k}].destination");
             match self.backend(object, destination, weight) {
-                Ok(backend) => backends.push(backend),
+                Ok(backend) => backends.push(Backend {
+                    headers: route.headers().cloned(),
+                    ..backend
+                }),
                 Err((code, reason)) => {
                     self.leave_out(object, code, &path, reason);
                     return None;
@@ -755,6 +822,7 @@ impl<'a> Compiler<'a> {
                     address: SocketAddr::new(ip, port),
                     weight: 1,
                 }],
+                ..Backend::default()
             });
         }
         let (se_object, se, host) = self
@@ -798,10 +866,14 @@ impl<'a> Compiler<'a> {
                 ),
             ));
         }
-        let (load_balancer, labels) = match &destination.subset {
+        // The subset's traffic policy wins over the rule's, field by field.
+        let (policies, labels) = match &destination.subset {
             None => (
-                self.destination_rule(&host, object.namespace())
-                    .and_then(|(_, dr)| lb_of(dr.traffic_policy.as_ref())),
+                [
+                    None,
+                    self.destination_rule(&host, object.namespace())
+                        .and_then(|(_, dr)| dr.traffic_policy.as_ref()),
+                ],
                 None,
             ),
             Some(subset) => {
@@ -811,11 +883,18 @@ impl<'a> Compiler<'a> {
                 let found = dr.subsets.iter().find(|s| &s.name == subset).ok_or_else(|| {
                     (codes::REFERENCE_NOT_FOUND, format!("Referenced subset not found: {subset:?} in the DestinationRule for host {host:?}"))
                 })?;
-                let lb = lb_of(found.traffic_policy.as_ref())
-                    .or_else(|| lb_of(dr.traffic_policy.as_ref()));
-                (lb, Some(&found.labels))
+                (
+                    [found.traffic_policy.as_ref(), dr.traffic_policy.as_ref()],
+                    Some(&found.labels),
+                )
             }
         };
+        let load_balancer = policies.iter().find_map(|p| lb_of(*p));
+        let consistent_hash = policies.iter().find_map(|p| affinity(*p));
+        let upgrade = policies.iter().find_map(|p| h2_upgrade_policy(*p));
+        let protocol = service_port.protocol.to_ascii_uppercase();
+        let http2 = matches!(protocol.as_str(), "HTTP2" | "GRPC" | "GRPC-WEB")
+            || (protocol == "HTTP" && upgrade == Some("UPGRADE"));
         let mut endpoints = Vec::new();
         let target = service_port
             .target_port
@@ -854,6 +933,9 @@ impl<'a> Compiler<'a> {
             port: u16::try_from(service_port.number).unwrap_or(0),
             weight,
             load_balancer: load_balancer.unwrap_or(DEFAULT_LOAD_BALANCER).to_owned(),
+            consistent_hash,
+            http2,
+            headers: None,
             endpoints,
         })
     }
@@ -935,9 +1017,53 @@ fn catch_all_to_kernel(listener: Listener) -> Listener {
     }
 }
 
-fn lb_of(policy: Option<&crate::config::model::TrafficPolicy>) -> Option<&'static str> {
+fn lb_of(policy: Option<&TrafficPolicy>) -> Option<&'static str> {
     let simple = policy?.load_balancer.as_ref()?.simple.as_deref()?;
     names::one_of(simple, names::LOAD_BALANCERS).filter(|lb| *lb != "UNSPECIFIED")
+}
+
+fn h2_upgrade_policy(policy: Option<&TrafficPolicy>) -> Option<&'static str> {
+    let http = policy?.connection_pool.as_ref()?.http.as_ref()?;
+    let upgrade = http.h2_upgrade_policy.as_deref()?;
+    names::one_of(upgrade, names::H2_UPGRADE_POLICIES).filter(|p| *p != "DEFAULT")
+}
+
+/// A `consistentHash` load balancer as the proxy applies it: the hash key and the table
+/// (ring by default, with Envoy's default of 1024 points; Maglev's default 65537 slots).
+fn affinity(policy: Option<&TrafficPolicy>) -> Option<ConsistentHash> {
+    let hash = policy?.load_balancer.as_ref()?.consistent_hash.as_ref()?;
+    let key = if let Some(name) = &hash.http_header_name {
+        HashKey::Header(name.to_ascii_lowercase())
+    } else if let Some(cookie) = &hash.http_cookie {
+        HashKey::Cookie {
+            name: cookie.name.clone(),
+            path: cookie.path.clone(),
+            ttl_s: cookie
+                .ttl
+                .as_deref()
+                .and_then(names::parse_duration)
+                .map(|d| d.as_secs())
+                .filter(|s| *s > 0),
+        }
+    } else if hash.use_source_ip == Some(true) {
+        HashKey::SourceIp
+    } else {
+        HashKey::QueryParameter(hash.http_query_parameter_name.clone()?)
+    };
+    let table = match (&hash.maglev, &hash.ring_hash) {
+        (Some(maglev), _) => HashTable::Maglev {
+            size: maglev.table_size.filter(|s| *s > 0).unwrap_or(65537),
+        },
+        (None, ring) => HashTable::Ring {
+            minimum_size: ring
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(hash.minimum_ring_size)
+                .filter(|s| *s > 0)
+                .unwrap_or(1024),
+        },
+    };
+    Some(ConsistentHash { key, table })
 }
 
 /// `host` and, for Kubernetes short names, its fully qualified forms.
@@ -963,6 +1089,99 @@ fn rule_gateways<'r>(matches: impl Iterator<Item = &'r Vec<String>>) -> Vec<&'r 
 
 /// Whether a rule whose matches name `gateways` (none: the VirtualService's own) applies
 /// on `gateway`.
+/// The matches of `rule` that apply on `port` (a match's port 0 or none: any); `None` when
+/// every match names another port.
+fn matches_on_port(rule: &ModelHttpRoute, port: u16) -> Option<Vec<HttpMatchRequest>> {
+    let matches: Vec<HttpMatchRequest> = rule
+        .matches
+        .iter()
+        .filter(|m| m.port.is_none_or(|p| p == 0 || p == u32::from(port)))
+        .cloned()
+        .collect();
+    (rule.matches.is_empty() || !matches.is_empty()).then_some(matches)
+}
+
+/// A delegate rule's matches under its root rule's: every pair merged, conflicts dropped.
+/// Either side without matches leaves the other's as they are.
+fn merge_matches(
+    root: &[HttpMatchRequest],
+    delegate: &[HttpMatchRequest],
+) -> Vec<HttpMatchRequest> {
+    match (root.is_empty(), delegate.is_empty()) {
+        (true, _) => delegate.to_vec(),
+        (false, true) => root.to_vec(),
+        (false, false) => root
+            .iter()
+            .flat_map(|r| delegate.iter().filter_map(move |d| merge_match(r, d)))
+            .collect(),
+    }
+}
+
+/// Istio's merge of a root match with a delegate's (`mergeHTTPMatchRequest`): what the
+/// delegate leaves unset it inherits from the root; a URI both set must lie within the
+/// root's (a root regex takes no delegate URI), and every other field both set must agree.
+/// `None` when they conflict.
+fn merge_match(root: &HttpMatchRequest, delegate: &HttpMatchRequest) -> Option<HttpMatchRequest> {
+    let mut out = delegate.clone();
+    if let (Some(r), Some(d)) = (&root.uri, &delegate.uri) {
+        let within = match (&r.exact, &r.prefix, &d.exact, &d.prefix) {
+            (Some(re), _, Some(de), _) => re == de,
+            (_, Some(rp), Some(de), _) => de.starts_with(rp.as_str()),
+            (_, Some(rp), _, Some(dp)) => dp.starts_with(rp.as_str()),
+            _ => false,
+        };
+        if !within {
+            return None;
+        }
+    }
+    fn inherit<T: Clone + PartialEq>(root: &Option<T>, out: &mut Option<T>) -> bool {
+        match (root, &*out) {
+            (Some(r), Some(d)) => r == d,
+            (Some(r), None) => {
+                *out = Some(r.clone());
+                true
+            }
+            _ => true,
+        }
+    }
+    if out.uri.is_none() {
+        out.uri = root.uri.clone();
+    }
+    let agree = inherit(&root.scheme, &mut out.scheme)
+        && inherit(&root.method, &mut out.method)
+        && inherit(&root.authority, &mut out.authority)
+        && inherit(&root.port, &mut out.port);
+    if !agree {
+        return None;
+    }
+    for (root_map, out_map) in [
+        (&root.headers, &mut out.headers),
+        (&root.query_params, &mut out.query_params),
+        (&root.without_headers, &mut out.without_headers),
+    ] {
+        for (key, value) in root_map {
+            match out_map.get(key) {
+                Some(v) if v != value => return None,
+                Some(_) => {}
+                None => {
+                    out_map.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+    if root.ignore_uri_case {
+        out.ignore_uri_case = true;
+    }
+    out.name = match (&root.name, &delegate.name) {
+        (Some(r), Some(d)) => Some(format!("{r}-{d}")),
+        (r, d) => d.clone().or_else(|| r.clone()),
+    };
+    if out.gateways.is_empty() {
+        out.gateways = root.gateways.clone();
+    }
+    Some(out)
+}
+
 fn rule_binds(gateways: Vec<&Vec<String>>, gateway: &Object, vs: &Object) -> bool {
     gateways.is_empty()
         || gateways.iter().flat_map(|g| g.iter()).any(|g| {
@@ -1023,18 +1242,32 @@ fn narrowed_hosts(
 
 fn termination(server: &Server) -> Option<TlsTermination> {
     let tls = server.tls.as_ref()?;
-    let certificate = match (
-        &tls.credential_name,
-        &tls.server_certificate,
-        &tls.private_key,
-    ) {
-        (Some(name), _, _) => CertificateSource::Credential { name: name.clone() },
-        (None, Some(cert), Some(key)) => CertificateSource::Files {
+    let credential = |name: &String| CertificateSource::Credential { name: name.clone() };
+    let files = |cert: &Option<String>, key: &Option<String>| match (cert, key) {
+        (Some(cert), Some(key)) => Some(CertificateSource::Files {
             certificate: cert.clone(),
             private_key: key.clone(),
-        },
-        _ => return None,
+        }),
+        _ => None,
     };
+    let certificates: Vec<CertificateSource> = if let Some(name) = &tls.credential_name {
+        vec![credential(name)]
+    } else if !tls.credential_names.is_empty() {
+        tls.credential_names.iter().map(credential).collect()
+    } else if !tls.tls_certificates.is_empty() {
+        tls.tls_certificates
+            .iter()
+            .map(|c| files(&c.server_certificate, &c.private_key))
+            .collect::<Option<_>>()?
+    } else {
+        vec![files(&tls.server_certificate, &tls.private_key)?]
+    };
+    // The client CA: the server's, else the first certificate pair's.
+    let ca_certificates = tls.ca_certificates.clone().or_else(|| {
+        tls.tls_certificates
+            .iter()
+            .find_map(|c| c.ca_certificates.clone())
+    });
     let version = |v: Option<&str>, default: &str| match v.map(str::to_ascii_uppercase).as_deref() {
         Some("TLSV1_3") => "1.3".to_owned(),
         Some("TLSV1_2") => "1.2".to_owned(),
@@ -1043,10 +1276,75 @@ fn termination(server: &Server) -> Option<TlsTermination> {
     Some(TlsTermination {
         hosts: server.hosts.clone(),
         mode: tls.mode.clone().unwrap_or_default().to_ascii_uppercase(),
-        certificate,
-        ca_certificates: tls.ca_certificates.clone(),
+        certificates,
+        ca_certificates,
         min_version: version(tls.min_protocol_version.as_deref(), "1.2"),
         max_version: version(tls.max_protocol_version.as_deref(), "1.3"),
         cipher_suites: tls.cipher_suites.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(yaml: &str) -> HttpMatchRequest {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
+    }
+
+    #[test]
+    fn delegate_matches_merge_as_istio_merges_them() {
+        // (root, delegate, merged or None for a conflict)
+        let cases = [
+            (
+                "{uri: {prefix: /reviews}}",
+                "{uri: {prefix: /reviews/v2}}",
+                Some("{uri: {prefix: /reviews/v2}}"),
+            ),
+            (
+                "{uri: {prefix: /reviews}, headers: {x-a: {exact: '1'}}}",
+                "{method: {exact: GET}}",
+                Some(
+                    "{uri: {prefix: /reviews}, method: {exact: GET}, headers: {x-a: {exact: '1'}}}",
+                ),
+            ),
+            (
+                "{uri: {prefix: /reviews}}",
+                "{uri: {prefix: /ratings}}",
+                None,
+            ),
+            (
+                "{uri: {prefix: /reviews}}",
+                "{uri: {exact: /reviews/1}}",
+                Some("{uri: {exact: /reviews/1}}"),
+            ),
+            ("{uri: {exact: /a}}", "{uri: {exact: /b}}", None),
+            ("{uri: {regex: '/a.*'}}", "{uri: {prefix: /a}}", None),
+            (
+                "{headers: {x-a: {exact: '1'}}}",
+                "{headers: {x-a: {exact: '2'}}}",
+                None,
+            ),
+            ("{port: 80}", "{port: 8080}", None),
+            (
+                "{name: root, queryParams: {q: {exact: a}}}",
+                "{name: leaf}",
+                Some("{name: root-leaf, queryParams: {q: {exact: a}}}"),
+            ),
+        ];
+        for (root, delegate, want) in cases {
+            let got = merge_match(&m(root), &m(delegate));
+            assert_eq!(got, want.map(m), "{root} + {delegate}");
+        }
+        // Either side without matches keeps the other's.
+        assert_eq!(merge_matches(&[], &[m("{uri: {prefix: /a}}")]).len(), 1);
+        assert_eq!(merge_matches(&[m("{uri: {prefix: /a}}")], &[]).len(), 1);
+        assert_eq!(
+            merge_matches(
+                &[m("{uri: {prefix: /a}}"), m("{uri: {prefix: /b}}")],
+                &[m("{uri: {prefix: /a/1}}"), m("{uri: {prefix: /b/1}}")]
+            ),
+            [m("{uri: {prefix: /a/1}}"), m("{uri: {prefix: /b/1}}")]
+        );
+    }
 }

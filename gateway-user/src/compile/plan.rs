@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::{
     ObjectRef,
-    model::{HeaderOperations, HttpMatchRequest, HttpRedirect},
+    model::{HeaderOperations, Headers, HttpMatchRequest, HttpRedirect},
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -158,9 +158,15 @@ pub enum HttpAction {
     Redirect(HttpRedirect),
     DirectResponse {
         status: u16,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        body: Option<String>,
+        /// The body as sent: `body.string`, or `body.bytes` decoded from base64.
+        #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_text")]
+        body: Vec<u8>,
     },
+}
+
+/// Bytes shown as text (invalid UTF-8 replaced) in `sluice plan` and `/config_dump`.
+fn as_text<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&String::from_utf8_lossy(bytes))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -173,7 +179,7 @@ pub struct Retries {
 }
 
 /// One weighted destination of a route: a service port and the endpoints behind it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Backend {
     pub host: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,7 +190,49 @@ pub struct Backend {
     pub weight: u32,
     /// `ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM`… from the DestinationRule.
     pub load_balancer: String,
+    /// Session affinity from the DestinationRule's `consistentHash` (HTTP routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
+    /// Speak HTTP/2 to the endpoints: the service port's protocol is HTTP2 or GRPC, or the
+    /// DestinationRule says `h2UpgradePolicy: UPGRADE` (HTTP routes).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
+    /// This destination's own header operations, applied after the route's (HTTP routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// What a request is hashed on, and the structure the hash is looked up in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsistentHash {
+    pub key: HashKey,
+    pub table: HashTable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    Header(String),
+    /// A cookie; with a `ttl`, a client without it is given one (Envoy's generated cookie).
+    Cookie {
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ttl_s: Option<u64>,
+    },
+    SourceIp,
+    QueryParameter(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashTable {
+    /// Ketama-style ring with at least this many points.
+    Ring { minimum_size: u64 },
+    /// Maglev lookup table of this many slots (a prime).
+    Maglev { size: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -199,7 +247,9 @@ pub struct TlsTermination {
     pub hosts: Vec<String>,
     /// `SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL`.
     pub mode: String,
-    pub certificate: CertificateSource,
+    /// One certificate, or two of different key types (`tlsCertificates`,
+    /// `credentialNames`) chosen per handshake by what the client can verify.
+    pub certificates: Vec<CertificateSource>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_certificates: Option<String>,
     /// Lowest and highest TLS version, `1.2` or `1.3`.

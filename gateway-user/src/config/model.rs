@@ -108,6 +108,25 @@ pub struct ServerTlsSettings {
     pub max_protocol_version: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cipher_suites: Vec<String>,
+    /// Up to two credentials (an RSA and an ECDSA certificate), in place of
+    /// `credentialName`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_names: Vec<String>,
+    /// Up to two certificate/key pairs (an RSA and an ECDSA one), in place of
+    /// `serverCertificate`/`privateKey`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_certificates: Vec<TlsCertificate>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCertificate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -149,6 +168,19 @@ pub struct HttpRoute {
     pub retries: Option<HttpRetry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+    /// Routes taken from another VirtualService (one without hosts or gateways).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate: Option<Delegate>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delegate {
+    #[serde(default)]
+    pub name: String,
+    /// The root VirtualService's namespace when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -176,6 +208,12 @@ pub struct HttpMatchRequest {
     pub without_headers: BTreeMap<String, StringMatch>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
+    /// Sidecar-only: validated, and ignored on a gateway as Istio ignores it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    /// Sidecar-only, as `sourceLabels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
 }
 
 /// Istio's `StringMatch`: exactly one of the three.
@@ -261,6 +299,18 @@ pub struct HttpRewrite {
     pub uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// A regex over the path and its replacement (`\1` names a group, as RE2 and Envoy).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegexRewrite {
+    #[serde(default, rename = "match")]
+    pub regex: String,
+    #[serde(default)]
+    pub rewrite: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -274,7 +324,7 @@ pub struct HttpRetry {
     pub retry_on: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Headers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,7 +333,7 @@ pub struct Headers {
     pub response: Option<HeaderOperations>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderOperations {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -358,6 +408,10 @@ pub struct RouteDestination {
 pub trait Weighted {
     fn destination(&self) -> Option<&Destination>;
     fn weight(&self) -> Option<i64>;
+    /// The destination's own header operations (HTTP only).
+    fn headers(&self) -> Option<&Headers> {
+        None
+    }
 }
 
 impl Weighted for HttpRouteDestination {
@@ -366,6 +420,9 @@ impl Weighted for HttpRouteDestination {
     }
     fn weight(&self) -> Option<i64> {
         self.weight
+    }
+    fn headers(&self) -> Option<&Headers> {
+        self.headers.as_ref()
     }
 }
 
@@ -445,6 +502,23 @@ pub struct DestinationRuleSpec {
 pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPoolSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpPoolSettings>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpPoolSettings {
+    /// `DEFAULT`, `DO_NOT_UPGRADE` or `UPGRADE` (HTTP/1.1 upstreams spoken to in HTTP/2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2_upgrade_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -452,6 +526,54 @@ pub struct TrafficPolicy {
 pub struct LoadBalancerSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simple: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHashLb>,
+}
+
+/// Session affinity: the endpoint follows a hash of one request property.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHashLb {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cookie: Option<HttpCookie>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_query_parameter_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MagLev>,
+    /// Deprecated by Istio in favour of `ringHash.minimumRingSize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCookie {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RingHash {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MagLev {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -475,8 +597,6 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
             ("subjectAltNames", ""),
             ("verifyCertificateSpki", ""),
             ("verifyCertificateHash", ""),
-            ("credentialNames", ""),
-            ("tlsCertificates", ""),
         ],
         "VirtualServiceSpec" => &[("exportTo", "Sluice has no namespace visibility model")],
         "HttpRoute" => &[
@@ -485,16 +605,15 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
             ("mirrorPercentage", ""),
             ("mirrorPercent", ""),
             ("fault", ""),
-            ("delegate", ""),
             ("corsPolicy", ""),
         ],
-        "HttpMatchRequest" => &[
-            ("sourceLabels", "sidecar-only"),
-            ("sourceNamespace", "sidecar-only"),
-            ("statPrefix", ""),
+        "HttpMatchRequest" => &[("statPrefix", "")],
+        "HttpRedirect" => &[("prefixRewrite", "")],
+        "HttpRetry" => &[
+            ("retryRemoteLocalities", ""),
+            ("backoff", ""),
+            ("retryIgnorePreviousHosts", ""),
         ],
-        "HttpRewrite" => &[("uriRegexRewrite", "")],
-        "HttpRetry" => &[("retryRemoteLocalities", "")],
         "ServiceEntrySpec" => &[
             ("exportTo", "Sluice has no namespace visibility model"),
             ("workloadSelector", "needs a workload registry"),
@@ -506,15 +625,26 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
             ("workloadSelector", "sidecar-only"),
         ],
         "TrafficPolicy" => &[
-            ("connectionPool", ""),
             ("outlierDetection", ""),
             ("tls", "TLS origination"),
             ("portLevelSettings", ""),
             ("tunnel", ""),
             ("proxyProtocol", ""),
+            ("retryBudget", ""),
+        ],
+        "ConnectionPoolSettings" => &[("tcp", "")],
+        "HttpPoolSettings" => &[
+            ("http1MaxPendingRequests", ""),
+            ("http2MaxRequests", ""),
+            ("maxRequestsPerConnection", ""),
+            ("maxRetries", ""),
+            ("idleTimeout", ""),
+            ("maxConcurrentStreams", ""),
+            ("useClientProtocol", ""),
         ],
         "LoadBalancerSettings" => &[
-            ("consistentHash", ""),
+            ("zoneAwareLbSetting", ""),
+            ("backendUtilization", ""),
             ("localityLbSetting", ""),
             ("warmupDurationSecs", ""),
             ("warmup", ""),

@@ -52,6 +52,8 @@ pub const LOAD_BALANCERS: &[&str] = &[
     "LEAST_REQUEST",
     "LEAST_CONN",
 ];
+/// `connectionPool.http.h2UpgradePolicy` values.
+pub const H2_UPGRADE_POLICIES: &[&str] = &["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"];
 /// Protocols a ServiceEntry port may declare.
 pub const SERVICE_PROTOCOLS: &[&str] = &[
     "HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "TLS", "MONGO", "REDIS", "MYSQL", "UDP",
@@ -146,24 +148,43 @@ pub fn split_namespace(host: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// Parses a protobuf duration as Istio writes it (`1s`, `1.5s`, `300ms`, `2m`, `1h`).
+/// Parses a duration as Istio reads one (Go's `time.ParseDuration`): one or more decimal
+/// numbers each with a unit (`h`, `m`, `s`, `ms`, `us`/`µs`, `ns`), as `1.5s`, `300ms`,
+/// `1m30s`. `None` for anything else, a negative value, or one past `u64` seconds.
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    if !value.is_finite() || value < 0.0 {
+    use std::time::Duration;
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
         return None;
     }
-    let seconds = match unit {
-        "h" => value * 3600.0,
-        "m" => value * 60.0,
-        "s" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "ns" => value / 1e9,
-        _ => return None,
-    };
-    Some(std::time::Duration::from_secs_f64(seconds))
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(number_len);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let value: f64 = number.parse().ok()?;
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" | "μs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        let part = Duration::try_from_secs_f64(value * scale).ok()?;
+        total = total.checked_add(part)?;
+        rest = tail;
+    }
+    Some(total)
 }
 
 #[cfg(test)]
@@ -221,7 +242,27 @@ mod tests {
             parse_duration("2m"),
             Some(std::time::Duration::from_secs(120))
         );
-        for bad in ["", "5", "s", "-1s", "1d", "abc"] {
+        assert_eq!(
+            parse_duration("1m30s"),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("1h0m0.5s"),
+            Some(std::time::Duration::from_millis(3_600_500))
+        );
+        // Past what a Duration holds: refused, never a panic.
+        for bad in [
+            "",
+            "5",
+            "s",
+            "-1s",
+            "1d",
+            "abc",
+            "1.2.3s",
+            "100000000000000000000s",
+            "1e400h",
+            "s1",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }

@@ -6,8 +6,10 @@ use super::{
     diagnostic::{Diagnostic, Severity, codes},
     load::{Object, Spec},
     model::{
-        DestinationRuleSpec, GatewaySpec, HttpRoute, Server, ServerTlsSettings, ServiceEntrySpec,
-        StringMatch, TrafficPolicy, VirtualServiceSpec, Weighted,
+        ConsistentHashLb, DestinationRuleSpec, GatewaySpec, Headers, HttpDirectResponse,
+        HttpMatchRequest, HttpRedirect, HttpRetry, HttpRewrite, HttpRoute, Server,
+        ServerTlsSettings, ServiceEntrySpec, StringMatch, TrafficPolicy, VirtualServiceSpec,
+        Weighted,
     },
     names::{self, one_of},
 };
@@ -18,6 +20,7 @@ pub fn validate(object: &Object) -> Vec<Diagnostic> {
         object,
         out: Vec::new(),
     };
+    object_name(&mut check);
     match &object.spec {
         Spec::Gateway(spec) => gateway(&mut check, spec),
         Spec::VirtualService(spec) => virtual_service(&mut check, spec),
@@ -37,6 +40,13 @@ impl Check<'_> {
         let diagnostic =
             self.object
                 .diagnostic(Severity::Info, codes::MESH_ONLY, path, message.into());
+        self.out.push(diagnostic);
+    }
+
+    fn warn(&mut self, path: &str, message: impl Into<String>) {
+        let diagnostic =
+            self.object
+                .diagnostic(Severity::Warning, codes::SCHEMA, path, message.into());
         self.out.push(diagnostic);
     }
 
@@ -74,6 +84,28 @@ impl Check<'_> {
                 format!("port number {number} is out of range 1..65535"),
             );
         }
+    }
+}
+
+/// Kubernetes names: a Gateway's is a DNS-1123 label (Istio refers to it as
+/// `namespace/name`, so no dots), other objects' a DNS-1123 subdomain; the namespace a label.
+fn object_name(c: &mut Check<'_>) {
+    let (name, namespace) = (c.object.name(), c.object.namespace());
+    let lower = |s: &str| !s.bytes().any(|b| b.is_ascii_uppercase());
+    if name.is_empty() {
+        // Reported when the envelope is read.
+    } else if matches!(c.object.spec, Spec::Gateway(_)) {
+        if !(names::is_dns_label(name) && lower(name)) {
+            c.error("metadata.name", format!("invalid gateway name: {name:?}"));
+        }
+    } else if !(name.len() <= 253 && name.split('.').all(names::is_dns_label) && lower(name)) {
+        c.error("metadata.name", format!("invalid name {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"));
+    }
+    if !(names::is_dns_label(namespace) && lower(namespace)) {
+        c.error(
+            "metadata.namespace",
+            format!("invalid namespace {namespace:?}: a lowercase RFC 1123 label"),
+        );
     }
 }
 
@@ -197,17 +229,26 @@ fn server_tls(
         Some(mode) => c.one_of(&format!("{at}.mode"), "TLS mode", mode, names::TLS_MODES),
         None => Some("PASSTHROUGH"),
     };
-    let has_files = tls.server_certificate.is_some() || tls.private_key.is_some();
+    certificate_lists(c, at, tls);
+    let has_files = tls.server_certificate.is_some()
+        || tls.private_key.is_some()
+        || !tls.tls_certificates.is_empty();
     let has_credential = tls
         .credential_name
         .as_deref()
-        .is_some_and(|n| !n.is_empty());
+        .is_some_and(|n| !n.is_empty())
+        || !tls.credential_names.is_empty();
+    let has_ca = tls.ca_certificates.is_some()
+        || tls
+            .tls_certificates
+            .iter()
+            .any(|t| t.ca_certificates.is_some());
     match mode {
         Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") => {
             let mode = mode.unwrap_or_default();
             if has_credential && has_files {
                 c.error(at, format!("{mode} TLS takes a credentialName or serverCertificate/privateKey, not both"));
-            } else if !has_credential {
+            } else if !has_credential && tls.tls_certificates.is_empty() {
                 if tls.server_certificate.is_none() {
                     c.error(
                         &format!("{at}.serverCertificate"),
@@ -221,7 +262,7 @@ fn server_tls(
                     );
                 }
             }
-            if mode != "SIMPLE" && !has_credential && tls.ca_certificates.is_none() {
+            if mode != "SIMPLE" && !has_credential && !has_ca {
                 c.error(&format!("{at}.caCertificates"), format!("{mode} TLS requires caCertificates to verify clients (or a credentialName with ca.crt)"));
             }
         }
@@ -279,6 +320,64 @@ fn server_tls(
     }
 }
 
+/// `credentialNames` and `tlsCertificates`: each instead of its singular form, at most two
+/// (Envoy serves one RSA and one ECDSA certificate per server), each pair complete.
+fn certificate_lists(c: &mut Check<'_>, at: &str, tls: &ServerTlsSettings) {
+    if !tls.credential_names.is_empty() {
+        let path = format!("{at}.credentialNames");
+        if tls.credential_name.is_some() {
+            c.error(
+                &path,
+                "only one of credentialName or credentialNames can be set",
+            );
+        }
+        if tls.credential_names.len() > 2 {
+            c.error(
+                &path,
+                "credentialNames can have at most 2 entries (an RSA and an ECDSA certificate)",
+            );
+        }
+        if tls.credential_names.iter().any(String::is_empty) {
+            c.error(&path, "credential names cannot be empty");
+        }
+    }
+    if !tls.tls_certificates.is_empty() {
+        let path = format!("{at}.tlsCertificates");
+        if tls.server_certificate.is_some() || tls.private_key.is_some() {
+            c.error(
+                &path,
+                "only one of serverCertificate/privateKey or tlsCertificates can be set",
+            );
+        }
+        if !tls.credential_names.is_empty() || tls.credential_name.is_some() {
+            c.error(
+                &path,
+                "only one of credentialName(s) or tlsCertificates can be set",
+            );
+        }
+        if tls.tls_certificates.len() > 2 {
+            c.error(
+                &path,
+                "tlsCertificates can have at most 2 entries (an RSA and an ECDSA certificate)",
+            );
+        }
+        for (i, pair) in tls.tls_certificates.iter().enumerate() {
+            if pair.server_certificate.as_deref().is_none_or(str::is_empty) {
+                c.error(
+                    &format!("{path}[{i}].serverCertificate"),
+                    "a TLS certificate requires serverCertificate",
+                );
+            }
+            if pair.private_key.as_deref().is_none_or(str::is_empty) {
+                c.error(
+                    &format!("{path}[{i}].privateKey"),
+                    "a TLS certificate requires privateKey",
+                );
+            }
+        }
+    }
+}
+
 /// The version's rank (1.2 = 12, 1.3 = 13), or an error for versions rustls cannot serve.
 fn tls_version(c: &mut Check<'_>, path: &str, version: &str) -> Option<u8> {
     match c.one_of(path, "TLS version", version, names::TLS_VERSIONS)? {
@@ -298,13 +397,53 @@ fn tls_version(c: &mut Check<'_>, path: &str, version: &str) -> Option<u8> {
 // VirtualService
 
 fn virtual_service(c: &mut Check<'_>, spec: &VirtualServiceSpec) {
-    if spec.hosts.is_empty() {
-        c.error("spec.hosts", "virtual service must have at least one host");
+    // Without hosts it is a delegate: its HTTP routes are taken by a root's `delegate`.
+    let delegate = spec.hosts.is_empty();
+    if delegate {
+        if !spec.gateways.is_empty() {
+            c.error(
+                "spec.gateways",
+                "delegate virtual service must have no gateways specified",
+            );
+        }
+        if !spec.tls.is_empty() {
+            c.error(
+                "spec.tls",
+                "delegate virtual service must have no tls route specified",
+            );
+        }
+        if !spec.tcp.is_empty() {
+            c.error(
+                "spec.tcp",
+                "delegate virtual service must have no tcp route specified",
+            );
+        }
     }
     for (i, host) in spec.hosts.iter().enumerate() {
-        if let Some(problem) = names::wildcard_host_problem(host) {
-            c.error(&format!("spec.hosts[{i}]"), problem);
+        let path = format!("spec.hosts[{i}]");
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            continue;
         }
+        if let Some(problem) = names::wildcard_host_problem(host) {
+            c.error(&path, problem);
+            continue;
+        }
+        if let Some(earlier) = spec.hosts[..i]
+            .iter()
+            .find(|h| names::hosts_overlap(h, host))
+        {
+            c.error(
+                &path,
+                format!("duplicate hosts in virtual service: {earlier} & {host}"),
+            );
+        }
+    }
+    let mesh_bound = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
+    if !delegate && mesh_bound && spec.hosts.iter().any(|h| h == "*") {
+        c.error(
+            "spec.hosts",
+            "wildcard host * is not allowed for virtual services bound to the mesh gateway",
+        );
     }
     for (i, gateway) in spec.gateways.iter().enumerate() {
         gateway_reference(c, &format!("spec.gateways[{i}]"), gateway);
@@ -316,7 +455,14 @@ fn virtual_service(c: &mut Check<'_>, spec: &VirtualServiceSpec) {
         );
     }
     for (i, route) in spec.http.iter().enumerate() {
-        http_route(c, &format!("spec.http[{i}]"), route);
+        let at = format!("spec.http[{i}]");
+        if delegate && route.delegate.is_some() {
+            c.error(
+                &format!("{at}.delegate"),
+                "delegate HTTP route cannot contain delegate",
+            );
+        }
+        http_route(c, &at, route);
     }
     for (i, route) in spec.tls.iter().enumerate() {
         let at = format!("spec.tls[{i}]");
@@ -453,176 +599,467 @@ fn gateway_reference(c: &mut Check<'_>, path: &str, reference: &str) {
 }
 
 fn http_route(c: &mut Check<'_>, at: &str, route: &HttpRoute) {
-    let actions = [
-        !route.route.is_empty(),
-        route.redirect.is_some(),
-        route.direct_response.is_some(),
-    ];
-    match actions.iter().filter(|a| **a).count() {
-        0 => c.error(
-            at,
-            "HTTP route must have exactly one of route, redirect or directResponse; it has none",
-        ),
-        1 => {}
-        _ => c.error(
-            at,
-            "HTTP route must have exactly one of route, redirect or directResponse; it has several",
-        ),
+    let name = route.name.as_deref().unwrap_or("");
+    if route.delegate.is_some() {
+        // A root route: the delegate brings the action.
+        if !route.route.is_empty() {
+            c.error(
+                &format!("{at}.route"),
+                format!("root HTTP route {name} must not specify route"),
+            );
+        }
+        if route.redirect.is_some() {
+            c.error(
+                &format!("{at}.redirect"),
+                format!("root HTTP route {name} must not specify redirect"),
+            );
+        }
+        if let Some(delegate) = &route.delegate
+            && delegate.name.is_empty()
+        {
+            c.error(&format!("{at}.delegate.name"), "delegate name is required");
+        }
+    } else {
+        let (has_route, has_redirect, has_direct) = (
+            !route.route.is_empty(),
+            route.redirect.is_some(),
+            route.direct_response.is_some(),
+        );
+        if !has_route && !has_redirect && !has_direct {
+            c.error(at, "HTTP route, redirect or direct_response is required");
+        }
+        if has_route && has_redirect {
+            c.error(at, "HTTP route cannot contain both route and redirect");
+        }
+        if has_route && has_direct {
+            c.error(
+                at,
+                "HTTP route cannot contain both route and direct_response",
+            );
+        }
+        if has_direct && has_redirect {
+            c.error(
+                at,
+                "HTTP route rule cannot contain both direct_response and redirect",
+            );
+        }
     }
-    if route.redirect.is_some() && route.rewrite.is_some() {
+    if route.rewrite.is_some() && route.redirect.is_some() {
         c.error(
             &format!("{at}.rewrite"),
-            "HTTP route cannot have both redirect and rewrite",
+            "HTTP route rule cannot contain both rewrite and redirect",
+        );
+    }
+    if route.rewrite.is_some() && route.direct_response.is_some() {
+        c.error(
+            &format!("{at}.rewrite"),
+            "HTTP route rule cannot contain both rewrite and direct_response",
         );
     }
     for (j, m) in route.matches.iter().enumerate() {
-        let mat = format!("{at}.match[{j}]");
-        for (field, value) in [
-            ("uri", &m.uri),
-            ("scheme", &m.scheme),
-            ("method", &m.method),
-            ("authority", &m.authority),
-        ] {
-            if let Some(value) = value {
-                string_match(c, &format!("{mat}.{field}"), value);
-            }
-        }
-        for (field, map) in [
-            ("headers", &m.headers),
-            ("queryParams", &m.query_params),
-            ("withoutHeaders", &m.without_headers),
-        ] {
-            for (name, value) in map {
-                let path = format!("{mat}.{field}.{name}");
-                if name.is_empty() {
-                    c.error(&path, "header and query parameter names cannot be empty");
-                }
-                string_match(c, &path, value);
-            }
-        }
-        if let Some(port) = m.port {
-            c.port(&format!("{mat}.port"), port);
-        }
-        for (k, g) in m.gateways.iter().enumerate() {
-            gateway_reference(c, &format!("{mat}.gateways[{k}]"), g);
-        }
+        http_match(c, &format!("{at}.match[{j}]"), m);
     }
     if !route.route.is_empty() {
         destinations(c, at, &route.route);
+        for (k, destination) in route.route.iter().enumerate() {
+            if let Some(headers) = &destination.headers {
+                header_operations(c, &format!("{at}.route[{k}].headers"), headers);
+            }
+        }
+    }
+    if let Some(headers) = &route.headers {
+        header_operations(c, &format!("{at}.headers"), headers);
+    }
+    if let Some(rewrite) = &route.rewrite {
+        http_rewrite(c, &format!("{at}.rewrite"), rewrite);
+        authority_set_once(c, at, route);
     }
     if let Some(redirect) = &route.redirect {
-        let path = format!("{at}.redirect");
-        if redirect.uri.is_none()
-            && redirect.authority.is_none()
-            && redirect.scheme.is_none()
-            && redirect.port.is_none()
-            && redirect.derive_port.is_none()
-        {
-            c.error(
-                &path,
-                "redirect must specify uri, authority, scheme, port or derivePort",
-            );
-        }
-        if redirect.port.is_some() && redirect.derive_port.is_some() {
-            c.error(
-                &format!("{path}.derivePort"),
-                "redirect cannot have both port and derivePort",
-            );
-        }
-        if let Some(port) = redirect.port {
-            c.port(&format!("{path}.port"), port);
-        }
-        if let Some(derive) = &redirect.derive_port {
-            c.one_of(
-                &format!("{path}.derivePort"),
-                "derivePort",
-                derive,
-                &["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"],
-            );
-        }
-        if let Some(code) = redirect.redirect_code
-            && !(300..=399).contains(&code)
-        {
-            c.error(
-                &format!("{path}.redirectCode"),
-                format!("{code} is not a valid redirect code, must be 3xx"),
-            );
-        }
+        http_redirect(c, &format!("{at}.redirect"), redirect);
     }
     if let Some(response) = &route.direct_response {
-        let path = format!("{at}.directResponse");
-        if !(200..=599).contains(&response.status) {
-            c.error(
-                &format!("{path}.status"),
-                format!("status {} is out of range 200..599", response.status),
-            );
-        }
-        if let Some(body) = &response.body
-            && body.string.is_some() == body.bytes.is_some()
-        {
-            c.error(
-                &format!("{path}.body"),
-                "body must have exactly one of string or bytes",
-            );
-        }
+        direct_response(c, &format!("{at}.directResponse"), response);
     }
     if let Some(timeout) = &route.timeout {
         duration(c, &format!("{at}.timeout"), timeout);
     }
     if let Some(retries) = &route.retries {
-        let path = format!("{at}.retries");
-        if retries.attempts < 0 {
-            c.error(&format!("{path}.attempts"), "attempts cannot be negative");
+        http_retry(c, &format!("{at}.retries"), retries);
+    }
+}
+
+fn http_match(c: &mut Check<'_>, at: &str, m: &HttpMatchRequest) {
+    for (field, value) in [
+        ("uri", &m.uri),
+        ("scheme", &m.scheme),
+        ("method", &m.method),
+        ("authority", &m.authority),
+    ] {
+        if let Some(value) = value {
+            string_match(c, &format!("{at}.{field}"), field, value);
         }
-        if let Some(timeout) = &retries.per_try_timeout {
-            duration(c, &format!("{path}.perTryTimeout"), timeout);
-        }
-        if let Some(retry_on) = &retries.retry_on {
-            for policy in retry_on.split(',').map(str::trim) {
-                let is_status = policy.len() == 3
-                    && policy
-                        .parse::<u16>()
-                        .is_ok_and(|s| (100..=599).contains(&s));
-                if !is_status && !names::RETRY_ON.contains(&policy) {
-                    c.error(
-                        &format!("{path}.retryOn"),
-                        format!("unknown retry policy {policy:?}"),
-                    );
-                }
+    }
+    for (field, map) in [
+        ("headers", &m.headers),
+        ("withoutHeaders", &m.without_headers),
+    ] {
+        for (name, value) in map {
+            let path = format!("{at}.{field}.{name}");
+            if name.is_empty() {
+                c.error(&path, "header name cannot be empty");
+            } else if name.starts_with("@request.auth.claims") {
+                c.error(&path, "JWT claim based routing is not supported yet (it needs request authentication)");
+            } else if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
+                c.error(
+                    &path,
+                    format!("header name {name} is not a valid header name"),
+                );
             }
+            // `withoutHeaders: {x: {regex: "*"}}` is Istio's "present".
+            if !(field == "withoutHeaders" && value.regex.as_deref() == Some("*")) {
+                string_match(c, &path, field, value);
+            }
+        }
+    }
+    for (name, value) in &m.query_params {
+        string_match(c, &format!("{at}.queryParams.{name}"), "queryParams", value);
+    }
+    if let Some(port) = m.port.filter(|p| *p != 0) {
+        c.port(&format!("{at}.port"), port);
+    }
+    for (k, g) in m.gateways.iter().enumerate() {
+        gateway_reference(c, &format!("{at}.gateways[{k}]"), g);
+    }
+    if m.source_labels.keys().any(String::is_empty) {
+        c.error(&format!("{at}.sourceLabels"), "label keys cannot be empty");
+    }
+    for (field, set) in [
+        ("sourceLabels", !m.source_labels.is_empty()),
+        ("sourceNamespace", m.source_namespace.is_some()),
+    ] {
+        if set {
+            c.info(
+                &format!("{at}.{field}"),
+                format!("{field} applies to sidecars only; a gateway ignores it, as Istio's do"),
+            );
         }
     }
 }
 
-fn string_match(c: &mut Check<'_>, path: &str, value: &StringMatch) {
+/// Istio's rules for a `StringMatch` (`where` names the field in its messages). Setting
+/// none of exact, prefix and regex is allowed: the value only has to be present.
+fn string_match(c: &mut Check<'_>, path: &str, what: &str, value: &StringMatch) {
     let set = [
         value.exact.is_some(),
         value.prefix.is_some(),
         value.regex.is_some(),
     ];
-    if set.iter().filter(|s| **s).count() != 1 {
+    if set.iter().filter(|s| **s).count() > 1 {
         c.error(
             path,
-            "a string match must have exactly one of exact, prefix or regex",
+            "a string match may have only one of exact, prefix or regex",
         );
     }
-    if let Some(regex) = &value.regex
-        && let Err(e) = regex::Regex::new(regex)
+    if value.prefix.as_deref() == Some("") && what != "uri" {
+        c.error(
+            &format!("{path}.prefix"),
+            format!("{what:?}: prefix string match should not be empty"),
+        );
+    }
+    if let Some(regex) = &value.regex {
+        regex_rule(c, &format!("{path}.regex"), what, regex);
+    }
+}
+
+/// A regex as Istio checks one: not empty, at most 1024 characters, and valid.
+fn regex_rule(c: &mut Check<'_>, path: &str, what: &str, regex: &str) {
+    if regex.is_empty() {
+        c.error(
+            path,
+            format!("{what:?}: regex string match should not be empty"),
+        );
+    } else if regex.len() > 1024 {
+        c.error(
+            path,
+            format!("{what:?}: regex is too large, max length allowed is 1024"),
+        );
+    } else if let Err(e) = regex::Regex::new(regex) {
+        c.error(path, format!("{what:?}: {e}; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)"));
+    }
+}
+
+fn http_rewrite(c: &mut Check<'_>, at: &str, rewrite: &HttpRewrite) {
+    let uri = rewrite.uri.as_deref().is_some_and(|u| !u.is_empty());
+    let authority = rewrite.authority.as_deref().is_some_and(|a| !a.is_empty());
+    let regex = rewrite.uri_regex_rewrite.as_ref();
+    if !uri && !authority && regex.is_none() {
+        c.error(at, "rewrite must specify at least one of URI, UriRegexRewrite, or authority. Only one of URI or UriRegexRewrite may be specified");
+    }
+    if uri && regex.is_some() {
+        c.error(at, "rewrite may only contain one of URI or UriRegexRewrite");
+    }
+    if let Some(r) = regex {
+        let path = format!("{at}.uriRegexRewrite");
+        if r.regex.is_empty() || r.rewrite.is_empty() {
+            c.error(
+                &path,
+                "UriRegexRewrite requires both Rewrite and Match fields to be specified",
+            );
+        } else {
+            regex_rule(
+                c,
+                &format!("{path}.match"),
+                "HTTPRewrite.UriRegexRewrite.Match",
+                &r.regex,
+            );
+        }
+    }
+}
+
+/// The authority is set by at most one of `rewrite.authority` and the request's `host` or
+/// `:authority` header operations.
+fn authority_set_once(c: &mut Check<'_>, at: &str, route: &HttpRoute) {
+    let Some(first) = route.rewrite.as_ref().and_then(|r| r.authority.as_deref()) else {
+        return;
+    };
+    let ops = route.headers.as_ref().and_then(|h| h.request.as_ref());
+    for (name, value) in ops.iter().flat_map(|o| o.set.iter().chain(&o.add)) {
+        if name.eq_ignore_ascii_case("host") || name == ":authority" {
+            c.error(
+                &format!("{at}.headers.request"),
+                format!("authority header cannot be set multiple times: have {first:?}, attempting to set {value:?}"),
+            );
+        }
+    }
+}
+
+fn http_redirect(c: &mut Check<'_>, path: &str, redirect: &HttpRedirect) {
+    let port = redirect.port.filter(|p| *p != 0);
+    if redirect.uri.is_none()
+        && redirect.authority.is_none()
+        && redirect.scheme.is_none()
+        && port.is_none()
+        && redirect.derive_port.is_none()
     {
         c.error(
-            &format!("{path}.regex"),
-            format!("invalid regex {regex:?}: {e}"),
+            path,
+            "redirect must specify URI, authority, scheme, or port",
         );
+    }
+    if port.is_some() && redirect.derive_port.is_some() {
+        c.error(
+            &format!("{path}.derivePort"),
+            "redirect cannot have both port and derivePort",
+        );
+    }
+    if let Some(port) = port {
+        c.port(&format!("{path}.port"), port);
+    }
+    if let Some(scheme) = &redirect.scheme
+        && scheme != "http"
+        && scheme != "https"
+    {
+        c.error(
+            &format!("{path}.scheme"),
+            "invalid redirect scheme, must be \"http\" or \"https\"",
+        );
+    }
+    if let Some(derive) = &redirect.derive_port {
+        c.one_of(
+            &format!("{path}.derivePort"),
+            "derivePort",
+            derive,
+            &["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"],
+        );
+    }
+    if let Some(code) = redirect.redirect_code.filter(|c| *c != 0)
+        && !(300..=399).contains(&code)
+    {
+        c.error(
+            &format!("{path}.redirectCode"),
+            format!("{code} is not a valid redirect code, must be 3xx"),
+        );
+    }
+}
+
+/// Direct responses are held in memory and sent for every request: the size Istio allows
+/// (an error past 1 MiB, a warning past 100 KiB).
+fn direct_response(c: &mut Check<'_>, path: &str, response: &HttpDirectResponse) {
+    if !(200..=599).contains(&response.status) {
+        c.error(
+            &format!("{path}.status"),
+            format!("HTTP status {} is not in range 200-599", response.status),
+        );
+    }
+    let Some(body) = &response.body else { return };
+    if body.string.is_some() && body.bytes.is_some() {
+        c.error(
+            &format!("{path}.body"),
+            "body may have only one of string or bytes",
+        );
+    }
+    let size = match (&body.string, &body.bytes) {
+        (Some(text), _) => text.len(),
+        (None, Some(encoded)) => {
+            use base64::Engine as _;
+            match base64::engine::general_purpose::STANDARD.decode(encoded) {
+                Ok(bytes) => bytes.len(),
+                Err(e) => {
+                    c.error(
+                        &format!("{path}.body.bytes"),
+                        format!("illegal base64 data: {e}"),
+                    );
+                    0
+                }
+            }
+        }
+        (None, None) => 0,
+    };
+    if size > 1 << 20 {
+        c.error(
+            &format!("{path}.body"),
+            "large direct_responses may impact control plane performance, must be less than 1MB",
+        );
+    } else if size > 100 << 10 {
+        c.warn(
+            &format!("{path}.body"),
+            "large direct_responses may impact control plane performance",
+        );
+    }
+}
+
+fn http_retry(c: &mut Check<'_>, path: &str, retries: &HttpRetry) {
+    if retries.attempts < 0 {
+        c.error(&format!("{path}.attempts"), "attempts cannot be negative");
+    }
+    if retries.attempts == 0 && (retries.per_try_timeout.is_some() || retries.retry_on.is_some()) {
+        c.error(
+            path,
+            "http retry policy configured when attempts are set to 0 (disabled)",
+        );
+    }
+    if let Some(timeout) = &retries.per_try_timeout {
+        duration(c, &format!("{path}.perTryTimeout"), timeout);
+    }
+    if let Some(retry_on) = &retries.retry_on {
+        for policy in retry_on.split(',') {
+            let is_status = policy.len() == 3
+                && policy
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|s| http::StatusCode::from_u16(s).ok())
+                    .is_some_and(|s| s.canonical_reason().is_some());
+            if !is_status && !names::RETRY_ON.contains(&policy) {
+                c.error(
+                    &format!("{path}.retryOn"),
+                    format!("{policy:?} is not a valid retryOn policy"),
+                );
+            }
+        }
+    }
+}
+
+/// Header operations as Istio checks them: names not empty and without a `:` prefix (the
+/// request's `:authority` and `host` may be set or added), `host` not removed nor touched
+/// on responses, values without control characters, `%` only as `%%`.
+fn header_operations(c: &mut Check<'_>, at: &str, headers: &Headers) {
+    for (side, ops) in [
+        ("request", &headers.request),
+        ("response", &headers.response),
+    ] {
+        let Some(ops) = ops else { continue };
+        let path = format!("{at}.{side}");
+        let written = ops.set.iter().map(|(n, v)| ("set", n, Some(v)));
+        let added = ops.add.iter().map(|(n, v)| ("add", n, Some(v)));
+        let removed = ops.remove.iter().map(|n| ("remove", n, None));
+        for (op, name, value) in written.chain(added).chain(removed) {
+            let at = format!("{path}.{op}");
+            let may_set_authority = side == "request" && op != "remove";
+            if name.is_empty() {
+                c.error(&at, "header name cannot be empty");
+            } else if may_set_authority
+                && (name == ":authority" || name.eq_ignore_ascii_case("host"))
+            {
+                // The authority the upstream sees.
+            } else if name.eq_ignore_ascii_case("host") {
+                c.error(
+                    &at,
+                    format!("invalid header {name:?}: cannot set Host header"),
+                );
+            } else if name.starts_with(':') {
+                c.error(
+                    &at,
+                    format!("invalid header {name:?}: header cannot have \":\" prefix"),
+                );
+            } else if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
+                c.error(
+                    &at,
+                    format!("header name {name} is not a valid header name"),
+                );
+            }
+            if let Some(value) = value {
+                header_value(c, &at, value);
+            }
+        }
+    }
+}
+
+/// A header value: visible characters, spaces and tabs; `%` escaped as `%%` (Envoy's
+/// `%VARIABLE%` expressions are not supported: Sluice sends values as written).
+fn header_value(c: &mut Check<'_>, at: &str, value: &str) {
+    if value.chars().any(|ch| ch.is_control() && ch != '\t') {
+        c.error(at, format!("header value configuration {value} is invalid"));
+        return;
+    }
+    let mut rest = value;
+    while let Some(i) = rest.find('%') {
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('%') {
+            rest = tail;
+            continue;
+        }
+        match after.find('%') {
+            Some(end)
+                if end > 0
+                    && after[..end].bytes().all(|b| {
+                        b.is_ascii_uppercase()
+                            || b == b'_'
+                            || b.is_ascii_digit()
+                            || b == b'('
+                            || b == b')'
+                            || b == b':'
+                            || b == b'-'
+                            || b == b'.'
+                    }) =>
+            {
+                c.error(at, format!("header value {value:?}: the variable %{}% is not supported yet (Sluice sends header values as written)", &after[..end]));
+                return;
+            }
+            Some(_) => {
+                c.error(
+                    at,
+                    "header value configuration: invalid header configuration. Un-escaped %",
+                );
+                return;
+            }
+            None => {
+                c.error(at, format!("header value configuration: invalid header configuration. Un-terminated variable expression '{}'", &rest[i..]));
+                return;
+            }
+        }
     }
 }
 
 fn duration(c: &mut Check<'_>, path: &str, text: &str) {
     match names::parse_duration(text) {
+        Some(d) if d.subsec_nanos() % 1_000_000 != 0 => {
+            c.error(path, "only durations to ms precision are supported")
+        }
         Some(d) if d >= std::time::Duration::from_millis(1) => {}
-        Some(_) => c.error(path, format!("duration {text:?} is below 1ms")),
+        Some(_) => c.error(path, "duration must be greater than 1ms"),
         None => c.error(
             path,
-            format!("invalid duration {text:?}; write e.g. 1.5s, 300ms, 2m"),
+            format!("invalid duration {text:?}; write e.g. 1.5s, 300ms, 1m30s"),
         ),
     }
 }
@@ -644,19 +1081,22 @@ fn destinations<W: Weighted>(c: &mut Check<'_>, at: &str, routes: &[W]) {
         match destination {
             None => c.error(&format!("{path}.destination"), "destination is required"),
             Some(d) => {
+                let host_path = format!("{path}.destination.host");
                 if d.host.is_empty() {
-                    c.error(
-                        &format!("{path}.destination.host"),
-                        "destination host is required",
-                    );
+                    c.error(&host_path, "destination host is required");
+                } else if d.host == "*" {
+                    c.error(&host_path, "invalid destination host *");
                 } else if d.host.parse::<std::net::IpAddr>().is_err()
                     && let Some(problem) = names::wildcard_host_problem(&d.host)
                 {
-                    c.error(&format!("{path}.destination.host"), problem);
-                } else if d.host.contains('*') {
+                    c.error(&host_path, problem);
+                }
+                if let Some(subset) = &d.subset
+                    && !names::is_dns_label(subset)
+                {
                     c.error(
-                        &format!("{path}.destination.host"),
-                        "destination host cannot be a wildcard",
+                        &format!("{path}.destination.subset"),
+                        format!("subset name is invalid: {subset}"),
                     );
                 }
                 if let Some(port) = &d.port {
@@ -676,12 +1116,8 @@ fn destinations<W: Weighted>(c: &mut Check<'_>, at: &str, routes: &[W]) {
             None => {}
         }
     }
-    let any_weight = routes.iter().any(|(_, w)| w.is_some());
-    if routes.len() > 1 && any_weight && total == 0 {
-        c.error(
-            &format!("{at}.route"),
-            "the destination weights add up to 0",
-        );
+    if routes.len() > 1 && total == 0 {
+        c.error(&format!("{at}.route"), "total destination weight = 0");
     }
 }
 
@@ -828,16 +1264,109 @@ fn destination_rule(c: &mut Check<'_>, spec: &DestinationRuleSpec) {
 }
 
 fn traffic_policy(c: &mut Check<'_>, at: &str, policy: &TrafficPolicy) {
-    if let Some(simple) = policy
-        .load_balancer
+    if policy == &TrafficPolicy::default() {
+        c.error(at, "traffic policy must have at least one field");
+    }
+    if let Some(lb) = &policy.load_balancer {
+        let path = format!("{at}.loadBalancer");
+        if let Some(simple) = &lb.simple {
+            c.one_of(
+                &format!("{path}.simple"),
+                "load balancer",
+                simple,
+                names::LOAD_BALANCERS,
+            );
+        }
+        if lb.simple.is_some() && lb.consistent_hash.is_some() {
+            c.error(
+                &path,
+                "load balancer may have only one of simple or consistentHash",
+            );
+        }
+        if let Some(hash) = &lb.consistent_hash {
+            consistent_hash(c, &format!("{path}.consistentHash"), hash);
+        }
+    }
+    if let Some(upgrade) = policy
+        .connection_pool
         .as_ref()
-        .and_then(|lb| lb.simple.as_ref())
+        .and_then(|p| p.http.as_ref())
+        .and_then(|h| h.h2_upgrade_policy.as_ref())
     {
         c.one_of(
-            &format!("{at}.loadBalancer.simple"),
-            "load balancer",
-            simple,
-            names::LOAD_BALANCERS,
+            &format!("{at}.connectionPool.http.h2UpgradePolicy"),
+            "h2UpgradePolicy",
+            upgrade,
+            names::H2_UPGRADE_POLICIES,
         );
     }
+}
+
+fn consistent_hash(c: &mut Check<'_>, at: &str, hash: &ConsistentHashLb) {
+    let keys = [
+        hash.http_header_name.is_some(),
+        hash.http_cookie.is_some(),
+        hash.use_source_ip.is_some(),
+        hash.http_query_parameter_name.is_some(),
+    ];
+    if keys.iter().filter(|k| **k).count() > 1 {
+        c.error(at, "consistentHash may have only one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName");
+    }
+    if let Some(name) = &hash.http_header_name
+        && http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err()
+    {
+        c.error(
+            &format!("{at}.httpHeaderName"),
+            format!("header name {name} is not a valid header name"),
+        );
+    }
+    if let Some(cookie) = &hash.http_cookie {
+        if cookie.name.is_empty() {
+            c.error(
+                &format!("{at}.httpCookie.name"),
+                "name required for HttpCookie",
+            );
+        }
+        if let Some(ttl) = &cookie.ttl
+            && names::parse_duration(ttl).is_none()
+        {
+            c.error(
+                &format!("{at}.httpCookie.ttl"),
+                format!("invalid duration {ttl:?}; write e.g. 1.5s, 300ms, 1m30s"),
+            );
+        }
+    }
+    if hash.minimum_ring_size.is_some() {
+        if hash.ring_hash.is_some() || hash.maglev.is_some() {
+            c.error(
+                at,
+                "only one of MinimumRingSize or Maglev/Ringhash can be specified",
+            );
+        } else {
+            c.warn(&format!("{at}.minimumRingSize"), "consistent hash MinimumRingSize is deprecated, use ConsistentHashLB's RingHash configuration instead");
+        }
+    }
+    if hash.ring_hash.is_some() && hash.maglev.is_some() {
+        c.error(at, "consistentHash may have only one of ringHash or maglev");
+    }
+    if let Some(maglev) = &hash.maglev {
+        let path = format!("{at}.maglev.tableSize");
+        match maglev.table_size.unwrap_or(0) {
+            0 => c.error(&path, "tableSize must be set for maglev"),
+            size if size >= 5_000_011 => {
+                c.error(&path, "tableSize must be less than 5000011 for maglev")
+            }
+            size if !is_prime(size) => {
+                c.error(&path, "tableSize must be a prime number for maglev")
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }

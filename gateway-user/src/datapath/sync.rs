@@ -262,6 +262,7 @@ mod tests {
                     address: address.parse().unwrap_or_else(|e| panic!("{e}")),
                     weight: 1,
                 }],
+                ..PlanBackend::default()
             })
             .collect();
         BackendSet::new(&backends)

@@ -146,6 +146,7 @@ mod tests {
                     weight: *w,
                 })
                 .collect(),
+            ..Backend::default()
         }
     }
 

@@ -188,7 +188,7 @@ impl CertificateStore {
             .filter_map(Weak::upgrade)
             .collect();
         for termination in live {
-            let certificate = termination.files.certificate.display().to_string();
+            let certificate = termination.files.first_certificate();
             match termination.reload_if_changed() {
                 None => {}
                 Some(Ok(())) => {

@@ -11,14 +11,12 @@ use http::{
     uri::PathAndQuery,
 };
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioIo,
-};
+use hyper_util::rt::TokioIo;
 
 use super::{
     access_log::Counted,
     table::{CompiledRoute, HttpTable, RequestMatch, RequestView},
+    upstream::{Clients, HashInput},
 };
 use crate::{
     compile::plan::HttpAction,
@@ -70,7 +68,7 @@ pub async fn handle<'l>(
     listener_port: u16,
     peer: &Peer,
     scheme: &'static str,
-    client: &Client<HttpConnector, Counted>,
+    clients: &Clients,
 ) -> (Response<Body>, Outcome<'l>) {
     let authority = request
         .uri()
@@ -118,7 +116,7 @@ pub async fn handle<'l>(
         HttpAction::Redirect(r) => redirect_to(r, &request, &authority, scheme, listener_port),
         HttpAction::DirectResponse { status, body } => {
             let mut response = Response::new(
-                Full::new(Bytes::from(body.clone().unwrap_or_default()))
+                Full::new(Bytes::from(body.clone()))
                     .map_err(|never| match never {})
                     .boxed(),
             );
@@ -128,7 +126,7 @@ pub async fn handle<'l>(
         }
         HttpAction::Route { .. } => {
             let (response, upstream, flags) =
-                forward(request, route, matched, &authority, peer, scheme, client).await;
+                forward(request, route, matched, &authority, peer, scheme, clients).await;
             outcome.upstream = upstream;
             outcome.flags = flags;
             response
@@ -300,9 +298,14 @@ async fn forward(
     authority: &str,
     peer: &Peer,
     scheme: &str,
-    client: &Client<HttpConnector, Counted>,
+    clients: &Clients,
 ) -> (Response<Body>, Option<SocketAddr>, &'static str) {
-    let picked = match route.destinations.pick() {
+    let hash_input = HashInput {
+        headers: request.headers(),
+        query: request.uri().query(),
+        source: peer.address.ip(),
+    };
+    let picked = match route.destinations.pick(&hash_input) {
         Ok(picked) => picked,
         Err(_) => {
             let response = local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
@@ -314,20 +317,9 @@ async fn forward(
         .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
     let (mut parts, body) = request.into_parts();
     let authority_in_uri = parts.uri.authority().is_some();
-    let path_and_query = match route.route.rewrite.as_ref().and_then(|r| r.uri.as_deref()) {
-        Some(new_prefix) => {
-            let path = parts.uri.path();
-            let prefix = matched.map_or(&path[..path.len().min(1)], |m| m.rewrite_prefix(path));
-            let rewritten = match parts.uri.query() {
-                Some(q) => format!("{new_prefix}{}?{q}", &path[prefix.len()..]),
-                None => format!("{new_prefix}{}", &path[prefix.len()..]),
-            };
-            match PathAndQuery::try_from(rewritten) {
-                Ok(p) => Some(p),
-                Err(_) => return (local(StatusCode::BAD_REQUEST, ""), upstream, "-"),
-            }
-        }
-        None => parts.uri.path_and_query().cloned(),
+    let path_and_query = match rewritten(route, matched, &parts.uri) {
+        Ok(rewritten) => rewritten.or_else(|| parts.uri.path_and_query().cloned()),
+        Err(()) => return (local(StatusCode::BAD_REQUEST, ""), upstream, "-"),
     };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);
@@ -337,10 +329,23 @@ async fn forward(
         return (local(StatusCode::BAD_REQUEST, ""), upstream, "-");
     };
     parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
+    let http2 = picked.destination.http2;
+    parts.version = if http2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
     let headers = &mut parts.headers;
+    // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+    let te_trailers = http2
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(headers);
-    if let Some((protocol, _)) = &upgrade {
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some((protocol, _)) = upgrade.as_ref().filter(|_| !http2) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
@@ -387,7 +392,14 @@ async fn forward(
     if let Some(ops) = &route.route.request_headers {
         apply(ops, headers);
     }
-    let sent = client.request(Request::from_parts(parts, body));
+    let destination_ops = picked.destination.headers.as_ref();
+    if let Some(ops) = destination_ops.and_then(|h| h.request.as_ref()) {
+        apply(ops, headers);
+    }
+    let set_cookie = picked.set_cookie.clone();
+    let sent = clients
+        .of(picked.destination)
+        .request(Request::from_parts(parts, body));
     let result = match route.route.timeout_ms {
         Some(ms) if ms > 0 => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
             Ok(result) => result,
@@ -424,6 +436,12 @@ async fn forward(
                 }
                 _ => {}
             }
+            if let Some(ops) = destination_ops.and_then(|h| h.response.as_ref()) {
+                apply(ops, &mut parts.headers);
+            }
+            if let Some(cookie) = set_cookie {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
             let response = Response::from_parts(parts, body.map_err(Into::into).boxed());
             (response, upstream, "-")
         }
@@ -444,6 +462,32 @@ async fn forward(
             "UC",
         ),
     }
+}
+
+/// The path and query the upstream sees: `rewrite.uri` replacing the matched prefix, or
+/// `rewrite.uriRegexRewrite` substituting every match in the path (the query kept), as
+/// Envoy's `prefix_rewrite` and `regex_rewrite`. `Ok(None)`: unchanged; `Err`: the result
+/// is not a valid path.
+fn rewritten(
+    route: &CompiledRoute,
+    matched: Option<&RequestMatch>,
+    uri: &Uri,
+) -> Result<Option<PathAndQuery>, ()> {
+    let path = uri.path();
+    let new_path =
+        if let Some(new_prefix) = route.route.rewrite.as_ref().and_then(|r| r.uri.as_deref()) {
+            let prefix = matched.map_or(&path[..path.len().min(1)], |m| m.rewrite_prefix(path));
+            format!("{new_prefix}{}", &path[prefix.len()..])
+        } else if let Some((regex, replacement)) = &route.regex_rewrite {
+            regex.replace_all(path, replacement.as_str()).into_owned()
+        } else {
+            return Ok(None);
+        };
+    let with_query = match uri.query() {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    PathAndQuery::try_from(with_query).map(Some).map_err(|_| ())
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -17,7 +17,6 @@ use std::{
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
@@ -37,6 +36,7 @@ use super::{
     table::CompiledRoute,
     table::HttpTable,
     tls::ListenerTls,
+    upstream::Clients,
 };
 use crate::{
     compile::plan::{ListenerKind, Plan},
@@ -78,7 +78,7 @@ pub struct HttpOptions {
 struct Shared {
     options: HttpOptions,
     /// One per worker: a pooled upstream connection stays with the worker that made it.
-    clients: Vec<Client<HttpConnector, Counted>>,
+    clients: Vec<Clients>,
     metrics: Arc<HttpMetrics>,
     connections: Arc<Semaphore>,
     requests: Semaphore,
@@ -114,15 +114,6 @@ impl HttpProxy {
         options: HttpOptions,
         workers: Arc<Workers>,
     ) -> HttpProxy {
-        let client = || {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(crate::proxy::CONNECT_TIMEOUT));
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .pool_timer(TokioTimer::new())
-                .build(connector)
-        };
         HttpProxy {
             listeners: ListenerSet::new("HTTP"),
             certificates: CertificateStore::new(options.credentials.clone(), metrics.clone()),
@@ -130,7 +121,7 @@ impl HttpProxy {
                 connections: Arc::new(Semaphore::new(options.max_connections)),
                 requests: Semaphore::new(options.max_requests),
                 options,
-                clients: (0..workers.count()).map(|_| client()).collect(),
+                clients: (0..workers.count()).map(|_| Clients::new()).collect(),
                 metrics: metrics.clone(),
             }),
             workers,

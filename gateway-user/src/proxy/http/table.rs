@@ -54,6 +54,8 @@ impl StrMatch {
         Some(match (&m.exact, &m.prefix, &m.regex) {
             (Some(e), _, _) => StrMatch::Exact(fold(e)),
             (_, Some(p), _) => StrMatch::Prefix(fold(p)),
+            // Istio's `regex: "*"` (accepted unchecked in withoutHeaders) means present.
+            (_, _, Some(r)) if r == "*" => StrMatch::Present,
             (_, _, Some(r)) => StrMatch::Regex(Regex::new(&format!("^(?:{r})$")).ok()?),
             _ => StrMatch::Present,
         })
@@ -167,8 +169,36 @@ impl RequestMatch {
     }
 }
 
+/// An RE2 rewrite (`\1` for a group, as Envoy's `regex_rewrite`) in the regex crate's
+/// syntax (`${1}`, a literal `$` doubled).
+pub fn substitution(re2: &str) -> String {
+    let mut out = String::with_capacity(re2.len() + 8);
+    let mut chars = re2.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek().copied() {
+                Some(d) if d.is_ascii_digit() => {
+                    chars.next();
+                    out.push_str(&format!("${{{d}}}"));
+                }
+                Some('\\') => {
+                    chars.next();
+                    out.push('\\');
+                }
+                _ => out.push('\\'),
+            },
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The values of query parameter `name` (percent-decoding `+` and `%xx`).
-fn query_values<'q>(query: Option<&'q str>, name: &'q str) -> impl Iterator<Item = String> + 'q {
+pub(super) fn query_values<'q>(
+    query: Option<&'q str>,
+    name: &'q str,
+) -> impl Iterator<Item = String> + 'q {
     query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -205,6 +235,8 @@ fn decode(s: &str) -> String {
 pub struct CompiledRoute {
     pub matches: Vec<RequestMatch>,
     pub route: HttpRoute,
+    /// `rewrite.uriRegexRewrite`: the regex and its replacement in the regex crate's syntax.
+    pub regex_rewrite: Option<(Regex, String)>,
     pub destinations: Destinations,
     pub metrics: RouteMetrics,
 }
@@ -256,9 +288,18 @@ impl HttpTable {
                         HttpAction::Route { backends } => Destinations::new(backends),
                         _ => Destinations::default(),
                     };
+                    let regex_rewrite = match route
+                        .rewrite
+                        .as_ref()
+                        .and_then(|r| r.uri_regex_rewrite.as_ref())
+                    {
+                        Some(r) => Some((Regex::new(&r.regex).ok()?, substitution(&r.rewrite))),
+                        None => None,
+                    };
                     Some(CompiledRoute {
                         matches,
                         route: route.clone(),
+                        regex_rewrite,
                         destinations,
                         metrics: metrics.route(listener, &route.origin.to_string()),
                     })
@@ -332,6 +373,24 @@ mod tests {
     use http::HeaderMap;
 
     use super::*;
+
+    #[test]
+    fn re2_rewrites_in_the_regex_crate_syntax() {
+        for (re2, ours) in [
+            ("\\2/instance/\\1", "${2}/instance/${1}"),
+            ("/cost$1", "/cost$$1"),
+            ("/a\\\\b", "/a\\b"),
+            ("/plain", "/plain"),
+        ] {
+            assert_eq!(substitution(re2), ours, "{re2}");
+        }
+        let regex = Regex::new("^/service/([^/]+)(/.*)$").unwrap_or_else(|e| panic!("{e}"));
+        let replaced = regex.replace_all(
+            "/service/foo/v1/api",
+            substitution("\\2/instance/\\1").as_str(),
+        );
+        assert_eq!(replaced, "/v1/api/instance/foo");
+    }
 
     fn request_match(yaml: &str) -> RequestMatch {
         let m: HttpMatchRequest =

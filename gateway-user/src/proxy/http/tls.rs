@@ -15,70 +15,96 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use rustls::{
-    CipherSuite, RootCertStore, ServerConfig, SupportedCipherSuite,
+    CipherSuite, RootCertStore, ServerConfig, SignatureAlgorithm, SupportedCipherSuite,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::WebPkiClientVerifier,
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
 };
 
 use super::certificates::Termination;
 use crate::compile::plan::{CertificateSource, TlsTermination};
 
-/// The files a server's TLS is made of: certificate chain, private key, and the CA that
-/// signs client certificates (MUTUAL).
+/// The files a server's TLS is made of: certificate chains with their private keys (one,
+/// or an RSA and an ECDSA pair), and the CA that signs client certificates (MUTUAL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
+    pub pairs: Vec<KeyPair>,
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPair {
     pub certificate: PathBuf,
     pub private_key: PathBuf,
-    pub ca: Option<PathBuf>,
 }
 
 impl TlsFiles {
     /// Where `termination`'s files are, credentials looked up under `credentials`.
     pub fn of(termination: &TlsTermination, credentials: &Path) -> TlsFiles {
         let mutual = termination.mode != "SIMPLE";
-        match &termination.certificate {
-            CertificateSource::Files {
-                certificate,
-                private_key,
-            } => TlsFiles {
-                certificate: certificate.into(),
-                private_key: private_key.into(),
-                ca: termination
-                    .ca_certificates
-                    .as_ref()
-                    .filter(|_| mutual)
-                    .map(PathBuf::from),
-            },
-            CertificateSource::Credential { name } => {
-                let dir = credentials.join(name);
-                let ca = mutual.then(|| {
-                    // Istio takes `ca.crt` from the Secret itself, else from `<name>-cacert`.
-                    let own = dir.join("ca.crt");
-                    if own.exists() {
-                        own
-                    } else {
-                        credentials.join(format!("{name}-cacert")).join("ca.crt")
-                    }
-                });
-                TlsFiles {
-                    certificate: dir.join("tls.crt"),
-                    private_key: dir.join("tls.key"),
-                    ca,
-                }
+        let pairs = termination
+            .certificates
+            .iter()
+            .map(|source| match source {
+                CertificateSource::Files {
+                    certificate,
+                    private_key,
+                } => KeyPair {
+                    certificate: certificate.into(),
+                    private_key: private_key.into(),
+                },
+                CertificateSource::Credential { name } => KeyPair {
+                    certificate: credentials.join(name).join("tls.crt"),
+                    private_key: credentials.join(name).join("tls.key"),
+                },
+            })
+            .collect();
+        let ca = match termination.certificates.first() {
+            _ if !mutual => None,
+            Some(CertificateSource::Credential { name }) => {
+                // Istio takes `ca.crt` from the Secret itself, else from `<name>-cacert`.
+                let own = credentials.join(name).join("ca.crt");
+                Some(if own.exists() {
+                    own
+                } else {
+                    credentials.join(format!("{name}-cacert")).join("ca.crt")
+                })
             }
-        }
+            _ => termination.ca_certificates.as_ref().map(PathBuf::from),
+        };
+        TlsFiles { pairs, ca }
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        [
-            Some(&self.certificate),
-            Some(&self.private_key),
-            self.ca.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(PathBuf::as_path)
+        self.pairs
+            .iter()
+            .flat_map(|p| [&p.certificate, &p.private_key])
+            .chain(&self.ca)
+            .map(PathBuf::as_path)
+    }
+
+    /// The first certificate file, to name the server in logs.
+    pub fn first_certificate(&self) -> String {
+        self.pairs
+            .first()
+            .map_or_else(String::new, |p| p.certificate.display().to_string())
+    }
+}
+
+/// A server's certificates, the one for a handshake chosen by the signature schemes the
+/// client offers: ECDSA when it can verify it (as Envoy prefers), else the next one.
+#[derive(Debug)]
+struct ByKeyType(Vec<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for ByKeyType {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let schemes = hello.signature_schemes();
+        self.0
+            .iter()
+            .find(|k| k.key.choose_scheme(schemes).is_some())
+            .or(self.0.first())
+            .cloned()
     }
 }
 
@@ -156,9 +182,24 @@ pub fn server_config(
             termination.max_version
         );
     }
-    let chain = certificates(&files.certificate)?;
-    let key = PrivateKeyDer::from_pem_file(&files.private_key)
-        .with_context(|| format!("reading the private key {}", files.private_key.display()))?;
+    let mut keys = Vec::new();
+    for pair in &files.pairs {
+        let chain = certificates(&pair.certificate)?;
+        let key = PrivateKeyDer::from_pem_file(&pair.private_key)
+            .with_context(|| format!("reading the private key {}", pair.private_key.display()))?;
+        let key = CertifiedKey::from_der(chain, key, &provider).with_context(|| {
+            format!(
+                "the key in {} does not match the certificate in {}",
+                pair.private_key.display(),
+                pair.certificate.display()
+            )
+        })?;
+        keys.push(Arc::new(key));
+    }
+    if keys.is_empty() {
+        bail!("the server has no certificate");
+    }
+    keys.sort_by_key(|k| k.key.algorithm() != SignatureAlgorithm::ECDSA);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .context("TLS protocol versions")?;
@@ -184,13 +225,7 @@ pub fn server_config(
             )
         }
     };
-    let mut config = builder.with_single_cert(chain, key).with_context(|| {
-        format!(
-            "the key in {} does not match the certificate in {}",
-            files.private_key.display(),
-            files.certificate.display()
-        )
-    })?;
+    let mut config = builder.with_cert_resolver(Arc::new(ByKeyType(keys)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -263,7 +298,7 @@ mod tests {
         TlsTermination {
             hosts: vec!["a.example.com".into()],
             mode: mode.into(),
-            certificate,
+            certificates: vec![certificate],
             ca_certificates: ca.map(str::to_owned),
             min_version: "1.2".into(),
             max_version: "1.3".into(),
@@ -312,7 +347,7 @@ mod tests {
         ];
         for (t, certificate, ca) in cases {
             let got = TlsFiles::of(&t, dir);
-            assert_eq!(got.certificate, dir.join(certificate), "{t:?}");
+            assert_eq!(got.pairs[0].certificate, dir.join(certificate), "{t:?}");
             assert_eq!(got.ca, ca, "{t:?}");
         }
     }

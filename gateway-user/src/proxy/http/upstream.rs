@@ -1,13 +1,73 @@
 //! Where a routed request goes: one of the route's destinations by weight, then one of its
 //! endpoints by the DestinationRule's load balancer (`ROUND_ROBIN`, `LEAST_REQUEST`, Istio's
-//! default, as power of two choices over requests in flight, or `RANDOM`). Built once per
-//! config; the request path only touches atomics.
+//! default, as power of two choices over requests in flight, or `RANDOM`), or by a hash of
+//! the request (`consistentHash` on a header, a cookie, the source IP or a query parameter,
+//! looked up in a ring or a Maglev table). Built once per config; the request path only
+//! touches atomics. The upstream clients, HTTP/1.1 and HTTP/2, live here too.
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::atomic::{AtomicU32, AtomicUsize, Ordering},
+    time::Duration,
 };
 
-use crate::compile::plan::Backend;
+use http::{HeaderMap, HeaderValue, header};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use super::access_log::Counted;
+use crate::{
+    compile::plan::{Backend, ConsistentHash, HashKey, HashTable},
+    config::model::Headers,
+    select::maglev,
+};
+
+/// One worker's upstream connection pools: HTTP/1.1, and HTTP/2 (prior knowledge, for
+/// destinations whose port says HTTP2 or GRPC), each keeping connections alive.
+pub struct Clients {
+    http1: Client<HttpConnector, Counted>,
+    http2: Client<HttpConnector, Counted>,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        let connector = || {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(crate::proxy::CONNECT_TIMEOUT));
+            connector
+        };
+        let builder = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_timer(TokioTimer::new());
+            builder
+        };
+        Clients {
+            http1: builder().build(connector()),
+            http2: builder()
+                .http2_only(true)
+                .timer(TokioTimer::new())
+                .build(connector()),
+        }
+    }
+
+    pub fn of(&self, destination: &Destination) -> &Client<HttpConnector, Counted> {
+        if destination.http2 {
+            &self.http2
+        } else {
+            &self.http1
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Policy {
@@ -29,12 +89,40 @@ pub struct Endpoint {
 pub struct Destination {
     /// `host:port` of the service, for logs and metrics.
     pub name: String,
+    /// Spoken to in HTTP/2.
+    pub http2: bool,
+    /// Header operations of this destination.
+    pub headers: Option<Headers>,
     weight: u32,
     endpoints: Vec<Endpoint>,
     /// Endpoint indexes repeated by weight, for round robin.
     rotation: Vec<usize>,
     policy: Policy,
+    affinity: Option<Affinity>,
     next: AtomicUsize,
+}
+
+/// A `consistentHash` load balancer, its table built.
+#[derive(Debug)]
+struct Affinity {
+    key: HashKey,
+    lookup: Lookup,
+}
+
+#[derive(Debug)]
+enum Lookup {
+    /// Points on the ring (hash, endpoint index), sorted by hash.
+    Ring(Vec<(u64, usize)>),
+    /// Maglev slots holding endpoint indexes.
+    Maglev(Vec<u32>),
+}
+
+/// What a request offers the hash: its headers, query string and client address.
+#[derive(Debug, Clone, Copy)]
+pub struct HashInput<'r> {
+    pub headers: &'r HeaderMap,
+    pub query: Option<&'r str>,
+    pub source: IpAddr,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +136,8 @@ pub struct Destinations {
 pub struct Picked<'a> {
     pub destination: &'a Destination,
     pub endpoint: &'a Endpoint,
+    /// A cookie the client is to keep (a `consistentHash` cookie with a ttl it lacked).
+    pub set_cookie: Option<HeaderValue>,
 }
 
 impl Drop for Picked<'_> {
@@ -86,11 +176,18 @@ impl Destinations {
                         std::iter::repeat_n(i, slots as usize)
                     })
                     .collect();
+                let affinity = b
+                    .consistent_hash
+                    .as_ref()
+                    .map(|hash| Affinity::new(hash, &endpoints));
                 Destination {
                     name: format!("{}:{}", b.host, b.port),
+                    http2: b.http2,
+                    headers: b.headers.clone(),
                     weight: b.weight,
                     endpoints,
                     rotation,
+                    affinity,
                     policy: match b.load_balancer.as_str() {
                         "ROUND_ROBIN" => Policy::RoundRobin,
                         "RANDOM" => Policy::Random,
@@ -108,15 +205,30 @@ impl Destinations {
 
     /// A destination by weight, then an endpoint of it. `Err` with the destination's name
     /// when it has no endpoint (Envoy's "no healthy upstream").
-    pub fn pick(&self) -> Result<Picked<'_>, Option<&str>> {
+    pub fn pick(&self, request: &HashInput<'_>) -> Result<Picked<'_>, Option<&str>> {
         let destination = self.weighted().ok_or(None)?;
-        let endpoint = destination
-            .endpoint()
-            .ok_or(Some(destination.name.as_str()))?;
+        let no_endpoint = Some(destination.name.as_str());
+        if destination.rotation.is_empty() {
+            return Err(no_endpoint);
+        }
+        let (endpoint, set_cookie) = match &destination.affinity {
+            Some(affinity) => match affinity.hash(request) {
+                Some((hash, set_cookie)) => {
+                    (affinity.lookup(hash, &destination.endpoints), set_cookie)
+                }
+                // Nothing to hash on: any endpoint, as Envoy's hash balancers do.
+                None => (None, None),
+            },
+            None => (None, None),
+        };
+        let endpoint = endpoint
+            .or_else(|| destination.endpoint())
+            .ok_or(no_endpoint)?;
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(Picked {
             destination,
             endpoint,
+            set_cookie,
         })
     }
 
@@ -159,6 +271,119 @@ impl Destination {
     }
 }
 
+impl Affinity {
+    fn new(hash: &ConsistentHash, endpoints: &[Endpoint]) -> Affinity {
+        let lookup = match hash.table {
+            HashTable::Ring { minimum_size } => Lookup::Ring(ring(endpoints, minimum_size)),
+            HashTable::Maglev { size } => {
+                let entries: Vec<maglev::Entry> = endpoints
+                    .iter()
+                    .map(|e| maglev::Entry {
+                        key: e.address.to_string(),
+                        weight: e.weight,
+                    })
+                    .collect();
+                let size = u32::try_from(size).unwrap_or(65537);
+                Lookup::Maglev(maglev::table(&entries, size))
+            }
+        };
+        Affinity {
+            key: hash.key.clone(),
+            lookup,
+        }
+    }
+
+    /// The request's hash, and the cookie to hand out when the hash is on a generated one.
+    fn hash(&self, request: &HashInput<'_>) -> Option<(u64, Option<HeaderValue>)> {
+        match &self.key {
+            HashKey::Header(name) => {
+                let value = request.headers.get(name.as_str())?;
+                Some((hash64(value.as_bytes()), None))
+            }
+            HashKey::SourceIp => Some((hash64(request.source.to_string().as_bytes()), None)),
+            HashKey::QueryParameter(name) => {
+                let value = super::table::query_values(request.query, name).next()?;
+                Some((hash64(value.as_bytes()), None))
+            }
+            HashKey::Cookie { name, path, ttl_s } => {
+                if let Some(value) = cookie(request.headers, name) {
+                    return Some((hash64(value.as_bytes()), None));
+                }
+                // As Envoy: a value made from the client's address, so racing requests of
+                // one client get the same one, and the hash of that value.
+                let ttl = (*ttl_s)?;
+                let value = format!("{:016x}", hash64(request.source.to_string().as_bytes()));
+                let path = path
+                    .as_deref()
+                    .map_or(String::new(), |p| format!("; Path={p}"));
+                let set = format!("{name}=\"{value}\"; Max-Age={ttl}{path}; HttpOnly");
+                Some((hash64(value.as_bytes()), HeaderValue::from_str(&set).ok()))
+            }
+        }
+    }
+
+    fn lookup<'e>(&self, hash: u64, endpoints: &'e [Endpoint]) -> Option<&'e Endpoint> {
+        let index = match &self.lookup {
+            Lookup::Ring(points) => {
+                let at = points.partition_point(|(point, _)| *point < hash);
+                points.get(at).or(points.first())?.1
+            }
+            Lookup::Maglev(slots) => {
+                let len = u64::try_from(slots.len()).ok().filter(|l| *l > 0)?;
+                *slots.get(usize::try_from(hash % len).ok()?)? as usize
+            }
+        };
+        endpoints.get(index)
+    }
+}
+
+/// A ring of at least `minimum` points, each endpoint holding a share by weight (Envoy's
+/// ring hash: a point per `address_n`, hashed).
+fn ring(endpoints: &[Endpoint], minimum: u64) -> Vec<(u64, usize)> {
+    let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    // Bounded: Envoy caps the ring at 8M points; a smaller cap keeps a config cheap.
+    let minimum = minimum.clamp(1, 1 << 20);
+    let mut points = Vec::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let count = (minimum * u64::from(e.weight)).div_ceil(total);
+        let address = e.address.to_string();
+        for n in 0..count {
+            points.push((hash64(format!("{address}_{n}").as_bytes()), i));
+        }
+    }
+    points.sort_unstable();
+    points
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// FNV-1a with a final avalanche (splitmix64's), so near keys land far apart on the ring.
+fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +403,16 @@ mod tests {
                     weight: *w,
                 })
                 .collect(),
+            ..Backend::default()
+        }
+    }
+
+    fn anyone() -> HashInput<'static> {
+        static HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+        HashInput {
+            headers: HEADERS.get_or_init(HeaderMap::new),
+            query: None,
+            source: IpAddr::from([192, 0, 2, 1]),
         }
     }
 
@@ -193,7 +428,7 @@ mod tests {
         ]);
         let mut counts = std::collections::HashMap::new();
         for _ in 0..10_000 {
-            let picked = d.pick().unwrap_or_else(|e| panic!("{e:?}"));
+            let picked = d.pick(&anyone()).unwrap_or_else(|e| panic!("{e:?}"));
             *counts
                 .entry(picked.endpoint.address.to_string())
                 .or_insert(0) += 1;
@@ -211,7 +446,7 @@ mod tests {
             "LEAST_REQUEST",
             &[("203.0.113.2:80", 1), ("203.0.113.3:80", 1)],
         )]);
-        let held: Vec<Picked<'_>> = (0..50).filter_map(|_| d.pick().ok()).collect();
+        let held: Vec<Picked<'_>> = (0..50).filter_map(|_| d.pick(&anyone()).ok()).collect();
         let busy = |a: &str| {
             held.iter()
                 .filter(|p| p.endpoint.address.to_string() == a)
@@ -228,10 +463,118 @@ mod tests {
         );
     }
 
+    fn hashed(table: HashTable, key: HashKey) -> Destinations {
+        let mut b = backend(
+            100,
+            "ROUND_ROBIN",
+            &[
+                ("203.0.113.2:80", 1),
+                ("203.0.113.3:80", 1),
+                ("203.0.113.4:80", 2),
+            ],
+        );
+        b.consistent_hash = Some(ConsistentHash { key, table });
+        Destinations::new(&[b])
+    }
+
+    #[test]
+    fn consistent_hash_sticks_to_an_endpoint_and_spreads_by_weight() {
+        for table in [
+            HashTable::Ring { minimum_size: 1024 },
+            HashTable::Maglev { size: 65537 },
+        ] {
+            let d = hashed(table.clone(), HashKey::Header("x-user".into()));
+            let mut counts = std::collections::HashMap::new();
+            for user in 0..2000 {
+                let mut headers = HeaderMap::new();
+                headers.insert("x-user", HeaderValue::from(user));
+                let input = HashInput {
+                    headers: &headers,
+                    ..anyone()
+                };
+                let first = d.pick(&input).map(|p| p.endpoint.address);
+                // The same key, the same endpoint, every time.
+                for _ in 0..3 {
+                    assert_eq!(d.pick(&input).map(|p| p.endpoint.address), first);
+                }
+                *counts.entry(first.ok()).or_insert(0) += 1;
+            }
+            let share = |a: &str| f64::from(counts[&a.parse().ok()]) / 2000.0;
+            assert!(
+                (share("203.0.113.4:80") - 0.5).abs() < 0.08,
+                "{table:?} {counts:?}"
+            );
+            assert!(
+                (share("203.0.113.2:80") - 0.25).abs() < 0.08,
+                "{table:?} {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hash_keys_from_query_source_and_cookie() {
+        let query = hashed(
+            HashTable::Ring { minimum_size: 64 },
+            HashKey::QueryParameter("user".into()),
+        );
+        let at = |q: &'static str| {
+            query
+                .pick(&HashInput {
+                    query: Some(q),
+                    ..anyone()
+                })
+                .map(|p| p.endpoint.address)
+        };
+        assert_eq!(at("a=1&user=jason"), at("user=jason"));
+        let source = hashed(HashTable::Maglev { size: 251 }, HashKey::SourceIp);
+        let from = |ip: [u8; 4]| {
+            source
+                .pick(&HashInput {
+                    source: IpAddr::from(ip),
+                    ..anyone()
+                })
+                .map(|p| p.endpoint.address)
+        };
+        assert_eq!(from([192, 0, 2, 7]), from([192, 0, 2, 7]));
+        let cookie = hashed(
+            HashTable::Ring { minimum_size: 64 },
+            HashKey::Cookie {
+                name: "session".into(),
+                path: Some("/".into()),
+                ttl_s: Some(60),
+            },
+        );
+        // No cookie: one is handed out, and bringing it back lands on the same endpoint.
+        let first = cookie.pick(&anyone()).unwrap_or_else(|e| panic!("{e:?}"));
+        let set = first
+            .set_cookie
+            .clone()
+            .unwrap_or_else(|| panic!("no cookie"));
+        let set = set.to_str().unwrap_or_default().to_owned();
+        assert!(
+            set.starts_with("session=\"") && set.contains("Max-Age=60; Path=/"),
+            "{set}"
+        );
+        let value = set.split(';').next().unwrap_or_default().to_owned();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("a=b; {value}")).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let again = cookie
+            .pick(&HashInput {
+                headers: &headers,
+                ..anyone()
+            })
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(again.endpoint.address, first.endpoint.address);
+        assert!(again.set_cookie.is_none());
+    }
+
     #[test]
     fn no_endpoint_is_no_healthy_upstream() {
         let d = Destinations::new(&[backend(100, "ROUND_ROBIN", &[])]);
-        assert_eq!(d.pick().err(), Some(Some("h100:80")));
-        assert_eq!(Destinations::default().pick().err(), Some(None));
+        assert_eq!(d.pick(&anyone()).err(), Some(Some("h100:80")));
+        assert_eq!(Destinations::default().pick(&anyone()).err(), Some(None));
     }
 }
