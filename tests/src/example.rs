@@ -15,6 +15,19 @@ use crate::{
     topology::{self, Topology},
 };
 
+/// A STATIC ServiceEntry `<name>.web.test` in namespace `web` with one port and these
+/// endpoints, as a YAML document (with its leading `---`).
+pub fn service_entry(name: &str, endpoints: &[Ipv4Addr], port: u16, protocol: &str) -> String {
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|a| format!("{{address: '{a}'}}"))
+        .collect();
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: web}}\nspec:\n  hosts: [{name}.web.test]\n  ports: [{{number: {port}, name: p, protocol: {protocol}}}]\n  resolution: STATIC\n  endpoints: [{}]\n",
+        endpoints.join(", ")
+    )
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Mode {
     Userspace,
@@ -102,8 +115,20 @@ impl Example {
             .join(file);
         let text = std::fs::read_to_string(&source)
             .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        self.serve_text(file, &edit(text), mode, args)
+    }
+
+    /// Runs sluice with `args` on `text` (written as `file`), and waits until it is live;
+    /// returns its `/ready` answer.
+    pub fn serve_text(
+        &mut self,
+        file: &str,
+        text: &str,
+        mode: Mode,
+        args: &[&str],
+    ) -> (u16, String) {
         let config = self.dir("config");
-        std::fs::write(config.join(file), edit(text)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(config.join(file), text).unwrap_or_else(|e| panic!("{e}"));
         let all: Vec<String> = [
             "-f",
             &config.to_string_lossy(),

@@ -125,6 +125,10 @@ async fn answer(id: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Ok(value) = hyper::header::HeaderValue::from_str(id) {
         response.headers_mut().insert("x-backend", value);
     }
+    let protocol = format!("{:?}", request.version());
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&protocol) {
+        response.headers_mut().insert("x-backend-protocol", value);
+    }
     response
 }
 

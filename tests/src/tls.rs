@@ -16,7 +16,9 @@ use std::{
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::{
     ClientConfig, ClientConnection, NamedGroup, RootCertStore, ServerConfig, ServerConnection,
-    StreamOwned,
+    SignatureAlgorithm, StreamOwned,
+    client::WebPkiServerVerifier,
+    crypto::WebPkiSupportedAlgorithms,
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
 };
 
@@ -111,15 +113,36 @@ impl TestCa {
         }
     }
 
-    /// A certificate for `names` (the first is also the common name).
+    /// A certificate for `names` (the first is also the common name), ECDSA P-256.
     pub fn issue(&self, names: &[&str]) -> Identity {
+        let key = KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
+        self.issue_with(names, key)
+    }
+
+    /// As [`TestCa::issue`], with a 2048-bit RSA key.
+    pub fn issue_rsa(&self, names: &[&str]) -> Identity {
+        // rcgen generates no RSA keys: aws-lc-rs does, rcgen signs with it.
+        use aws_lc_rs::encoding::AsDer as _;
+        let generated = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .unwrap_or_else(|e| panic!("RSA key: {e}"));
+        let der = generated
+            .as_der()
+            .unwrap_or_else(|e| panic!("RSA key as PKCS#8: {e}"));
+        let key = KeyPair::from_pkcs8_der_and_sign_algo(
+            &PrivatePkcs8KeyDer::from(der.as_ref().to_vec()),
+            &rcgen::PKCS_RSA_SHA256,
+        )
+        .unwrap_or_else(|e| panic!("RSA key: {e}"));
+        self.issue_with(names, key)
+    }
+
+    fn issue_with(&self, names: &[&str], key: KeyPair) -> Identity {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap_or_else(|e| panic!("params for {names:?}: {e}"));
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or("-"));
-        let key = KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
         let cert = params
             .signed_by(&key, &self.issuer)
             .unwrap_or_else(|e| panic!("certificate for {names:?}: {e}"));
@@ -149,6 +172,50 @@ impl TestCa {
         Arc::new(
             ClientConfig::builder()
                 .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// A client that offers only `algorithm`'s signature schemes, so a server holding
+    /// certificates of several key types has to show it that kind.
+    pub fn client_config_verifying(&self, algorithm: SignatureAlgorithm) -> Arc<ClientConfig> {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let supported = provider.signature_verification_algorithms;
+        let mapping: Vec<_> = supported
+            .mapping
+            .iter()
+            .filter(|(scheme, _)| {
+                let name = format!("{scheme:?}");
+                match algorithm {
+                    SignatureAlgorithm::RSA => name.starts_with("RSA_"),
+                    SignatureAlgorithm::ECDSA => name.starts_with("ECDSA_"),
+                    _ => false,
+                }
+            })
+            .copied()
+            .collect();
+        let provider = Arc::new(rustls::crypto::CryptoProvider {
+            signature_verification_algorithms: WebPkiSupportedAlgorithms {
+                all: supported.all,
+                // Leaked: one small list per test client.
+                mapping: Vec::leak(mapping),
+            },
+            ..provider
+        });
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.cert.clone())
+            .unwrap_or_else(|e| panic!("CA root: {e}"));
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .unwrap_or_else(|e| panic!("verifier: {e}"));
+        Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
                 .with_no_client_auth(),
         )
     }

@@ -27,9 +27,7 @@ const WS_PORT: u16 = 9090;
 
 fn config(cert: &str, key: &str) -> String {
     let se = |name: &str, address: Ipv4Addr, port: u16| {
-        format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: web}}\nspec:\n  hosts: [{name}.web.test]\n  ports: [{{number: {port}, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: '{address}'}}]\n"
-        )
+        tests::example::service_entry(name, &[address], port, "HTTP")
     };
     let mut text = format!(
         r#"apiVersion: networking.istio.io/v1

@@ -20,9 +20,10 @@ use crate::{
         Diagnostic, Object, ObjectRef, Severity, Spec,
         diagnostic::codes,
         model::{
-            Delegate, Destination, DestinationRuleSpec, GatewaySpec, HttpMatchRequest,
-            HttpRedirect, HttpRoute as ModelHttpRoute, PortSelector, RouteDestination, Server,
-            ServiceEntrySpec, TrafficPolicy, VirtualServiceSpec, Weighted,
+            Delegate, Destination, DestinationRuleSpec, GatewaySpec, HeaderOperations, Headers,
+            HttpMatchRequest, HttpRedirect, HttpRoute as ModelHttpRoute, PortSelector,
+            RouteDestination, Server, ServiceEntrySpec, TrafficPolicy, VirtualServiceSpec,
+            Weighted,
         },
         names::{self, host_matches, hosts_overlap},
     },
@@ -572,8 +573,16 @@ impl<'a> Compiler<'a> {
                 per_try_timeout_ms: r.per_try_timeout.as_deref().and_then(millis),
                 retry_on: r.retry_on.clone(),
             }),
-            request_headers: rule.headers.as_ref().and_then(|h| h.request.clone()),
-            response_headers: rule.headers.as_ref().and_then(|h| h.response.clone()),
+            request_headers: rule
+                .headers
+                .as_ref()
+                .and_then(|h| h.request.as_ref())
+                .map(as_sent),
+            response_headers: rule
+                .headers
+                .as_ref()
+                .and_then(|h| h.response.as_ref())
+                .map(as_sent),
         })
     }
 
@@ -782,7 +791,10 @@ impl<'a> Compiler<'a> {
             let path = format!("{at}.route[{k}].destination");
             match self.backend(object, destination, weight) {
                 Ok(backend) => backends.push(Backend {
-                    headers: route.headers().cloned(),
+                    headers: route.headers().map(|h| Headers {
+                        request: h.request.as_ref().map(as_sent),
+                        response: h.response.as_ref().map(as_sent),
+                    }),
                     ..backend
                 }),
                 Err((code, reason)) => {
@@ -1089,6 +1101,25 @@ fn rule_gateways<'r>(matches: impl Iterator<Item = &'r Vec<String>>) -> Vec<&'r 
 
 /// Whether a rule whose matches name `gateways` (none: the VirtualService's own) applies
 /// on `gateway`.
+/// Header operations as the proxy applies them: values with Envoy's `%%` escape undone
+/// (validation refused every other `%`), and `:authority` written as the `host` header an
+/// HTTP/1.1 upstream sees.
+fn as_sent(ops: &HeaderOperations) -> HeaderOperations {
+    let name = |n: &String| {
+        if n == ":authority" {
+            "host".to_owned()
+        } else {
+            n.to_ascii_lowercase()
+        }
+    };
+    let value = |v: &String| v.replace("%%", "%");
+    HeaderOperations {
+        set: ops.set.iter().map(|(n, v)| (name(n), value(v))).collect(),
+        add: ops.add.iter().map(|(n, v)| (name(n), value(v))).collect(),
+        remove: ops.remove.iter().map(name).collect(),
+    }
+}
+
 /// The matches of `rule` that apply on `port` (a match's port 0 or none: any); `None` when
 /// every match names another port.
 fn matches_on_port(rule: &ModelHttpRoute, port: u16) -> Option<Vec<HttpMatchRequest>> {
@@ -1337,6 +1368,15 @@ mod tests {
             assert_eq!(got, want.map(m), "{root} + {delegate}");
         }
         // Either side without matches keeps the other's.
+        let sent = as_sent(
+            &serde_yaml::from_str::<HeaderOperations>(
+                "{set: {':authority': a.test, X-Pct: '100%%'}, remove: [X-Old]}",
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!(sent.set.get("host").map(String::as_str), Some("a.test"));
+        assert_eq!(sent.set.get("x-pct").map(String::as_str), Some("100%"));
+        assert_eq!(sent.remove, ["x-old"]);
         assert_eq!(merge_matches(&[], &[m("{uri: {prefix: /a}}")]).len(), 1);
         assert_eq!(merge_matches(&[m("{uri: {prefix: /a}}")], &[]).len(), 1);
         assert_eq!(

@@ -1,0 +1,355 @@
+//! Where the HTTP gateway sends a request and how, end to end in both datapaths: a
+//! `uriRegexRewrite` seen by the upstream, header operations per destination seen both
+//! ways, a `delegate` VirtualService's routes under its root's match, `consistentHash`
+//! affinity on a header and on a generated cookie, HTTP/2 upstreams (`h2UpgradePolicy`) and
+//! gRPC through a GRPC port (unary, an error status in trailers, a 1 MiB message, a
+//! bidirectional stream in lockstep) with tonic on both ends, and `tlsCertificates` /
+//! `credentialNames` serving the RSA or the ECDSA certificate by what the client verifies.
+use std::{
+    collections::{HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use rustls::SignatureAlgorithm;
+use tests::{
+    example::{Example, Mode, service_entry},
+    grpc::{self, GrpcEcho},
+    http::{self, Got, HttpBackend},
+    tls::TlsClient,
+    topology,
+};
+
+const A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
+const B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 31);
+const C: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 32);
+const HTTP: u16 = 8080;
+const GRPC: u16 = 8081;
+const HTTPS: u16 = 8443;
+
+fn config(rsa: (&str, &str), ecdsa: (&str, &str)) -> String {
+    let rule = |name: &str, policy: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: web}}\nspec:\n  host: {name}.web.test\n  trafficPolicy: {policy}\n"
+        )
+    };
+    let mut text = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: web}}
+spec:
+  servers:
+  - port: {{number: {HTTP}, name: http, protocol: HTTP}}
+    hosts: [shop.example.com]
+  - port: {{number: {GRPC}, name: grpc, protocol: GRPC}}
+    hosts: [grpc.example.com]
+  - port: {{number: {HTTPS}, name: https-dual, protocol: HTTPS}}
+    hosts: [dual.example.com]
+    tls:
+      mode: SIMPLE
+      tlsCertificates:
+      - {{serverCertificate: {}, privateKey: {}}}
+      - {{serverCertificate: {}, privateKey: {}}}
+  - port: {{number: {HTTPS}, name: https-creds, protocol: HTTPS}}
+    hosts: [creds.example.com]
+    tls: {{mode: SIMPLE, credentialNames: [creds-rsa, creds-ecdsa]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: web}}
+spec:
+  hosts: [shop.example.com, dual.example.com, creds.example.com]
+  gateways: [gw]
+  http:
+  - match: [{{uri: {{prefix: /svc/}}}}]
+    rewrite:
+      uriRegexRewrite: {{match: '^/svc/([^/]+)(/.*)$', rewrite: '\2/instance/\1'}}
+    route: [{{destination: {{host: a.web.test}}}}]
+  - match: [{{uri: {{prefix: /split}}}}]
+    headers: {{request: {{set: {{x-route: split}}}}}}
+    route:
+    - destination: {{host: a.web.test}}
+      weight: 50
+      headers: {{request: {{set: {{x-dest: a}}}}, response: {{add: {{x-dest-seen: a}}}}}}
+    - destination: {{host: b.web.test}}
+      weight: 50
+      headers: {{request: {{set: {{x-dest: b}}, remove: [x-route]}}, response: {{add: {{x-dest-seen: b}}}}}}
+  - match: [{{uri: {{prefix: /reviews}}}}]
+    delegate: {{name: reviews}}
+  - match: [{{uri: {{prefix: /sticky}}}}]
+    route: [{{destination: {{host: sticky.web.test}}}}]
+  - match: [{{uri: {{prefix: /cookie}}}}]
+    route: [{{destination: {{host: cookie.web.test}}}}]
+  - match: [{{uri: {{prefix: /h2}}}}]
+    route: [{{destination: {{host: h2.web.test}}}}]
+  - route: [{{destination: {{host: c.web.test}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: web}}
+spec:
+  http:
+  - match: [{{uri: {{prefix: /reviews/v2}}}}]
+    route: [{{destination: {{host: b.web.test}}}}]
+  - match: [{{uri: {{prefix: /ratings}}}}]
+    route: [{{destination: {{host: a.web.test}}}}]
+  - route: [{{destination: {{host: c.web.test}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: grpc, namespace: web}}
+spec:
+  hosts: [grpc.example.com]
+  gateways: [gw]
+  http:
+  - match: [{{uri: {{prefix: /sluice.test.Echo/}}}}]
+    route: [{{destination: {{host: echo.web.test}}}}]
+"#,
+        rsa.0, rsa.1, ecdsa.0, ecdsa.1
+    );
+    for (name, address) in [("a", A), ("b", B), ("c", C)] {
+        text += &service_entry(name, &[address], 9080, "HTTP");
+    }
+    text += &service_entry("sticky", &[A, B, C], 9080, "HTTP");
+    text += &service_entry("cookie", &[A, B, C], 9080, "HTTP");
+    text += &service_entry("h2", &[C], 9080, "HTTP");
+    text += &service_entry("echo", &[A], 50051, "GRPC");
+    text += &rule(
+        "sticky",
+        "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}",
+    );
+    text += &rule(
+        "cookie",
+        "{loadBalancer: {consistentHash: {httpCookie: {name: session, path: /, ttl: 60s}, maglev: {tableSize: 65537}}}}",
+    );
+    text += &rule("h2", "{connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}");
+    text
+}
+
+fn curl(ex: &Example, path: &str, args: &[&str]) -> Got {
+    let url = format!("http://shop.example.com:{HTTP}{path}");
+    let resolve = format!("shop.example.com:{HTTP}:{}", topology::GATEWAY_CLIENT_V4);
+    let mut all = vec!["--resolve", resolve.as_str()];
+    all.extend(args);
+    all.push(&url);
+    http::curl(&ex.topology.client, &all).unwrap_or_else(|e| panic!("{e}\n{}", ex.sluice().log()))
+}
+
+fn destinations(mode: Mode) {
+    let mut ex = Example::network(&[A, B, C], &[]);
+    let _backends: Vec<HttpBackend> = [(A, "a"), (B, "b"), (C, "c")]
+        .iter()
+        .map(|(address, id)| {
+            HttpBackend::start(
+                &ex.topology.backend,
+                SocketAddr::new((*address).into(), 9080),
+                id,
+            )
+        })
+        .collect();
+    let _echo = GrpcEcho::start(&ex.topology.backend, SocketAddr::new(A.into(), 50051));
+    let files = ex.dir("certificates");
+    let rsa = ex.ca.issue_rsa(&["dual.example.com"]);
+    let ecdsa = ex.ca.issue(&["dual.example.com"]);
+    let (rsa_cert, rsa_key) = rsa.write(&files.join("rsa"));
+    let (ec_cert, ec_key) = ecdsa.write(&files.join("ecdsa"));
+    let credentials = ex.dir("credentials");
+    let creds_rsa = ex.ca.issue_rsa(&["creds.example.com"]);
+    let creds_ecdsa = ex.ca.issue(&["creds.example.com"]);
+    creds_rsa.mount(&credentials.join("creds-rsa"), &[]);
+    creds_ecdsa.mount(&credentials.join("creds-ecdsa"), &[]);
+    let text = config(
+        (&rsa_cert.to_string_lossy(), &rsa_key.to_string_lossy()),
+        (&ec_cert.to_string_lossy(), &ec_key.to_string_lossy()),
+    );
+    let dir = credentials.to_string_lossy().into_owned();
+    let (status, ready) = ex.serve_text(
+        "destinations.yaml",
+        &text,
+        mode,
+        &["--credentials-dir", &dir, "--access-log"],
+    );
+    assert_eq!(status, 200, "{ready}\n{}", ex.sluice().log());
+
+    // uriRegexRewrite: every match in the path replaced, the query kept.
+    let got = curl(&ex, "/svc/foo/v1/api?x=1", &[]);
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert!(
+        got.body.starts_with("a\nGET /v1/api/instance/foo?x=1\n"),
+        "{}",
+        got.body
+    );
+
+    // Header operations per destination, after the route's, both ways.
+    let mut seen = HashSet::new();
+    for i in 0..24 {
+        let got = curl(&ex, &format!("/split/{i}"), &[]);
+        let backend = got.header("x-backend").unwrap_or_default().to_owned();
+        assert_eq!(got.header("x-dest-seen"), Some(backend.as_str()), "{got:?}");
+        assert!(
+            got.body.contains(&format!("x-dest: {backend}\n")),
+            "{}",
+            got.body
+        );
+        // b's operations remove the route's header; a keeps it.
+        assert_eq!(
+            got.body.contains("x-route: split\n"),
+            backend == "a",
+            "{}",
+            got.body
+        );
+        seen.insert(backend);
+    }
+    assert_eq!(seen.len(), 2, "50/50 over 24 requests reached {seen:?}");
+
+    // A delegate's routes under the root's prefix; its /ratings rule conflicts with the
+    // root's /reviews and is dropped, so nothing reaches a through it.
+    let to = |path: &str| curl(&ex, path, &[]).header("x-backend").map(str::to_owned);
+    assert_eq!(to("/reviews/v2/1").as_deref(), Some("b"));
+    assert_eq!(to("/reviews/1").as_deref(), Some("c"));
+    assert_eq!(to("/ratings").as_deref(), Some("c"));
+
+    // consistentHash on a header: each user always on one endpoint, the users spread.
+    let mut by_user = HashMap::new();
+    for user in 0..12 {
+        let header = format!("x-user: user-{user}");
+        let endpoints: HashSet<String> = (0..4)
+            .map(|_| to_with(&ex, "/sticky", &["-H", &header]))
+            .collect();
+        assert_eq!(endpoints.len(), 1, "user-{user} moved: {endpoints:?}");
+        by_user.insert(user, endpoints.into_iter().next());
+    }
+    let spread: HashSet<_> = by_user.values().collect();
+    assert!(spread.len() >= 2, "12 users all on {spread:?}");
+
+    // A cookie the client lacks is handed out, and it keeps the client on one endpoint.
+    let first = curl(&ex, "/cookie", &[]);
+    let set = first
+        .header("set-cookie")
+        .unwrap_or_else(|| panic!("no set-cookie: {first:?}"))
+        .to_owned();
+    assert!(
+        set.starts_with("session=\"") && set.contains("Max-Age=60") && set.contains("Path=/"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap_or_default().to_owned();
+    let endpoint = first.header("x-backend").unwrap_or_default().to_owned();
+    for _ in 0..6 {
+        let got = curl(&ex, "/cookie", &["-H", &format!("cookie: {cookie}")]);
+        assert_eq!(got.header("x-backend"), Some(endpoint.as_str()));
+        assert_eq!(got.header("set-cookie"), None);
+    }
+
+    // HTTP/2 to the upstream where the DestinationRule upgrades, HTTP/1.1 elsewhere.
+    let got = curl(&ex, "/h2", &[]);
+    assert_eq!(
+        got.header("x-backend-protocol"),
+        Some("HTTP/2.0"),
+        "{got:?}"
+    );
+    assert!(got.body.starts_with("c\nGET /h2\n"), "{}", got.body);
+    assert_eq!(
+        curl(&ex, "/other", &[]).header("x-backend-protocol"),
+        Some("HTTP/1.1")
+    );
+
+    grpc_through_the_gateway(&ex);
+    two_certificates(&ex, "dual.example.com", (&rsa, &ecdsa));
+    two_certificates(&ex, "creds.example.com", (&creds_rsa, &creds_ecdsa));
+}
+
+fn to_with(ex: &Example, path: &str, args: &[&str]) -> String {
+    curl(ex, path, args)
+        .header("x-backend")
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// tonic to tonic through the GRPC port: h2c from the client, HTTP/2 to the GRPC service
+/// port, trailers carried both ways.
+fn grpc_through_the_gateway(ex: &Example) {
+    let gateway = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), GRPC);
+    let outcome = ex.topology.client.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let authority = format!("grpc.example.com:{GRPC}");
+            let mut client = grpc::connect(gateway, &authority)
+                .await
+                .map_err(|e| e.to_string())?;
+            let hello = grpc::unary(&mut client, grpc::UNARY, Bytes::from_static(b"hello"))
+                .await
+                .map_err(|e| format!("unary: {e}"))?;
+            let failed = grpc::unary(&mut client, grpc::FAIL, Bytes::new()).await;
+            let big = Bytes::from(vec![7u8; 1 << 20]);
+            let big_back = grpc::unary(&mut client, grpc::UNARY, big.clone())
+                .await
+                .map_err(|e| format!("1 MiB unary: {e}"))?;
+            let messages: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("m{i}"))).collect();
+            let streamed = tokio::time::timeout(
+                Duration::from_secs(10),
+                grpc::stream_lockstep(&mut client, messages.clone()),
+            )
+            .await
+            .map_err(|_| "the stream did not flow message by message".to_owned())?
+            .map_err(|e| format!("stream: {e}"))?;
+            Ok::<_, String>((
+                hello,
+                failed,
+                big_back == grpc::echoed(&big),
+                messages,
+                streamed,
+            ))
+        })
+    });
+    let (hello, failed, big_ok, messages, streamed) =
+        outcome.unwrap_or_else(|e| panic!("gRPC: {e}\n{}", ex.sluice().log()));
+    assert_eq!(hello, grpc::echoed(b"hello"));
+    let status = failed.err().unwrap_or_else(|| panic!("Fail succeeded"));
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.message(), "asked to fail");
+    assert!(big_ok, "the 1 MiB message came back changed");
+    let want: Vec<Bytes> = messages.iter().map(|m| grpc::echoed(m)).collect();
+    assert_eq!(streamed, want);
+    let log = ex.sluice().log();
+    assert!(
+        log.lines().any(|l| l.contains("INFO access")
+            && l.contains("path=/sluice.test.Echo/Stream")
+            && l.contains("protocol=\"HTTP/2\"")
+            && l.contains(&format!("upstream_host={A}:50051"))),
+        "{log}"
+    );
+}
+
+/// The server's two certificates (RSA, ECDSA): a client that verifies only RSA gets the RSA
+/// one, a client that verifies ECDSA gets the ECDSA one; both are served HTTP.
+fn two_certificates(
+    ex: &Example,
+    name: &'static str,
+    (rsa, ecdsa): (&tests::tls::Identity, &tests::tls::Identity),
+) {
+    for (algorithm, want) in [
+        (SignatureAlgorithm::RSA, rsa.leaf()),
+        (SignatureAlgorithm::ECDSA, ecdsa.leaf()),
+    ] {
+        let config = ex.ca.client_config_verifying(algorithm);
+        let target = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), HTTPS);
+        let (certificate, answer) = ex
+            .topology
+            .client
+            .run(move || {
+                let mut client = TlsClient::connect(target, name, config)?;
+                let certificate = client.peer_certificate();
+                Ok::<_, std::io::Error>((certificate, client.request(name, "/tls")?))
+            })
+            .unwrap_or_else(|e| panic!("{name} {algorithm:?}: {e}\n{}", ex.sluice().log()));
+        assert_eq!(certificate.as_ref(), Some(want), "{name}: {algorithm:?}");
+        assert_eq!(answer.0, 200, "{name}: {}", answer.1);
+        assert!(answer.1.starts_with("c\n"), "{}", answer.1);
+    }
+}
+
+tests::in_both_datapaths!(destinations: userspace_http_destinations, kernel_mode_http_destinations);
