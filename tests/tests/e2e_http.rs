@@ -470,6 +470,28 @@ fn routes(mode: Mode) {
         )),
         Some(0.0)
     );
+    // Per upstream service, named as Istio names Envoy's clusters.
+    let upstream = |series: &str| web.sluice.metric(series).unwrap_or(0.0);
+    let v1 = upstream(
+        "sluice_http_upstream_requests_total{upstream=\"outbound|9080||reviews-v1.web.test\",code_class=\"2xx\"}",
+    );
+    let v2 = upstream(
+        "sluice_http_upstream_requests_total{upstream=\"outbound|9080||reviews-v2.web.test\",code_class=\"2xx\"}",
+    );
+    // The 1000 split requests, the canary one, and the TLS ones on v1.
+    assert!(v1 + v2 > 1000.0 && v1 > v2, "v1 {v1}, v2 {v2}");
+    assert_eq!(
+        upstream(
+            "sluice_http_upstream_failures_total{upstream=\"outbound|9999||dead.web.test\",reason=\"connect_failure\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        upstream(
+            "sluice_http_upstream_failures_total{upstream=\"outbound|9080||productpage.web.test\",reason=\"timeout\"}"
+        ),
+        1.0
+    );
 }
 
 tests::in_both_datapaths!(routes: userspace_http_routes, kernel_mode_http_routes);

@@ -254,6 +254,70 @@ fn destinations(mode: Mode) {
         Some("HTTP/1.1")
     );
 
+    // /config_dump shows the HTTP routes as compiled: the delegate's rules under the root's
+    // match (the conflicting one left out), the hash and the HTTP/2 upstream.
+    let dump = ex.sluice().config_dump();
+    let listeners = dump["config"]["plan"]["listeners"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let http = listeners
+        .iter()
+        .find(|l| l["port"] == HTTP)
+        .unwrap_or_else(|| panic!("no listener {HTTP}: {dump:#}"));
+    let routes = http["virtual_hosts"][0]["routes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let origins: Vec<String> = routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["origin"]["object"]["name"].as_str().unwrap_or("?"),
+                r["origin"]["path"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            "shop:spec.http[0]",
+            "shop:spec.http[1]",
+            "reviews:spec.http[0]",
+            "reviews:spec.http[2]",
+            "shop:spec.http[3]",
+            "shop:spec.http[4]",
+            "shop:spec.http[5]",
+            "shop:spec.http[6]"
+        ],
+        "{http:#}"
+    );
+    let left_out = dump["config"]["plan"]["left_out"].to_string();
+    assert!(
+        left_out.contains("\"path\":\"spec.http[1]\"")
+            && left_out.contains("conflicts with the delegating rule"),
+        "{left_out}"
+    );
+    assert_eq!(routes[2]["matches"][0]["uri"]["prefix"], "/reviews/v2");
+    assert_eq!(routes[3]["matches"][0]["uri"]["prefix"], "/reviews");
+    let backend = |i: usize| &routes[i]["action"]["backends"][0];
+    assert_eq!(
+        backend(4)["consistent_hash"]["key"]["header"],
+        "x-user",
+        "{:#}",
+        routes[4]
+    );
+    assert_eq!(
+        backend(4)["consistent_hash"]["table"]["ring"]["minimum_size"],
+        1024
+    );
+    assert_eq!(backend(6)["http2"], true);
+    assert_eq!(
+        routes[1]["action"]["backends"][1]["headers"]["request"]["remove"][0],
+        "x-route"
+    );
+
     grpc_through_the_gateway(&ex);
     two_certificates(&ex, "dual.example.com", (&rsa, &ecdsa));
     two_certificates(&ex, "creds.example.com", (&creds_rsa, &creds_ecdsa));

@@ -514,7 +514,12 @@ impl<'a> Compiler<'a> {
             };
             let matches = merge_matches(root_matches, &own);
             if matches.is_empty() && !(root_matches.is_empty() && own.is_empty()) {
-                continue; // every pair conflicts
+                let reason = format!(
+                    "every match conflicts with the delegating rule {} {at}, so the rule is left out",
+                    root.reference()
+                );
+                self.leave_out(vs, codes::LEFT_OUT, &path, reason);
+                continue;
             }
             if let Some(route) = self.http_route(vs, &path, rule, matches) {
                 routes.push(route);

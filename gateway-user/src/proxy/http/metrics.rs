@@ -1,6 +1,8 @@
 //! Counters of the HTTP gateway: requests by route and status class, their latency, and
-//! requests in flight. Each route's handles are resolved when its table is built, so a
-//! request only increments atomics.
+//! requests in flight; per upstream service (named as Istio names Envoy's clusters,
+//! `outbound|<port>|<subset>|<host>`), its responses by status class and its failures.
+//! Each route's and upstream's handles are resolved when its table is built, so a request
+//! only increments atomics.
 use std::sync::atomic::AtomicI64;
 
 use prometheus_client::{
@@ -41,6 +43,18 @@ pub struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+    pub code_class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamFailureLabels {
+    pub upstream: String,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -62,6 +76,8 @@ pub struct HttpMetrics {
     overloaded: Family<ReasonLabels, Counter>,
     tls_refused: Family<RefusedLabels, Counter>,
     certificate_reloads: Family<ResultLabels, Counter>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_failures: Family<UpstreamFailureLabels, Counter>,
 }
 
 impl Default for HttpMetrics {
@@ -74,6 +90,8 @@ impl Default for HttpMetrics {
             overloaded: Family::default(),
             tls_refused: Family::default(),
             certificate_reloads: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_failures: Family::default(),
         }
     }
 }
@@ -91,6 +109,38 @@ impl RouteMetrics {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         self.by_class[class].inc();
         self.duration.observe(seconds);
+    }
+}
+
+/// Why a request got no response from an upstream, as Envoy's response flags say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// `UH`: the destination has no endpoint.
+    NoHealthy,
+    /// `UF`: the connection to the endpoint failed.
+    ConnectFailure,
+    /// `UC`: the connection ended before a response.
+    Reset,
+    /// `UT`: the route's timeout passed.
+    Timeout,
+}
+
+/// One upstream service's handles.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamMetrics {
+    by_class: [Counter; 5],
+    /// By [`UpstreamFailure`], in its order.
+    failures: [Counter; 4],
+}
+
+impl UpstreamMetrics {
+    /// A response came back from the upstream.
+    pub fn response(&self, status: u16) {
+        self.by_class[usize::from((status / 100).clamp(1, 5)) - 1].inc();
+    }
+
+    pub fn failed(&self, failure: UpstreamFailure) {
+        self.failures[failure as usize].inc();
     }
 }
 
@@ -129,6 +179,17 @@ impl HttpMetrics {
              no_server: no server takes the SNI, handshake: the handshake failed)",
             self.tls_refused.clone(),
         );
+        http.register(
+            "upstream_requests",
+            "Responses from upstream services (outbound|port|subset|host), by status class",
+            self.upstream_requests.clone(),
+        );
+        http.register(
+            "upstream_failures",
+            "Requests an upstream service did not answer, by reason (no_healthy: no endpoint, \
+             connect_failure, reset: closed before a response, timeout: the route's timeout)",
+            self.upstream_failures.clone(),
+        );
         registry.register(
             "tls_certificate_reloads",
             "Server certificates reloaded after their files changed, by result (ok, error: the \
@@ -157,6 +218,30 @@ impl HttpMetrics {
                     route: route.to_owned(),
                 })
                 .clone(),
+        }
+    }
+
+    /// The handles of upstream service `name`.
+    pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+        let class = |code_class| {
+            self.upstream_requests
+                .get_or_create(&UpstreamLabels {
+                    upstream: name.to_owned(),
+                    code_class,
+                })
+                .clone()
+        };
+        let failure = |reason| {
+            self.upstream_failures
+                .get_or_create(&UpstreamFailureLabels {
+                    upstream: name.to_owned(),
+                    reason,
+                })
+                .clone()
+        };
+        UpstreamMetrics {
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
+            failures: ["no_healthy", "connect_failure", "reset", "timeout"].map(failure),
         }
     }
 

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{
     access_log::Counted,
+    metrics::UpstreamFailure,
     table::{CompiledRoute, HttpTable, RequestMatch, RequestView},
     upstream::{Clients, HashInput},
 };
@@ -307,11 +308,15 @@ async fn forward(
     };
     let picked = match route.destinations.pick(&hash_input) {
         Ok(picked) => picked,
-        Err(_) => {
+        Err(destination) => {
+            if let Some(d) = destination {
+                d.metrics.failed(UpstreamFailure::NoHealthy);
+            }
             let response = local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
             return (response, None, "UH");
         }
     };
+    let metrics = &picked.destination.metrics;
     let upstream = Some(picked.endpoint.address);
     let upgrade = upgrade_asked(request.headers())
         .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
@@ -404,6 +409,7 @@ async fn forward(
         Some(ms) if ms > 0 => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
             Ok(result) => result,
             Err(_) => {
+                metrics.failed(UpstreamFailure::Timeout);
                 let response = local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
                 return (response, upstream, "UT");
             }
@@ -413,6 +419,7 @@ async fn forward(
     drop(picked);
     match result {
         Ok(mut response) => {
+            metrics.response(response.status().as_u16());
             let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
             let (mut parts, body) = response.into_parts();
@@ -445,22 +452,28 @@ async fn forward(
             let response = Response::from_parts(parts, body.map_err(Into::into).boxed());
             (response, upstream, "-")
         }
-        Err(e) if e.is_connect() => (
-            local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-            ),
-            upstream,
-            "UF",
-        ),
-        Err(_) => (
-            local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-            ),
-            upstream,
-            "UC",
-        ),
+        Err(e) if e.is_connect() => {
+            metrics.failed(UpstreamFailure::ConnectFailure);
+            (
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                ),
+                upstream,
+                "UF",
+            )
+        }
+        Err(_) => {
+            metrics.failed(UpstreamFailure::Reset);
+            (
+                local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                ),
+                upstream,
+                "UC",
+            )
+        }
     }
 }
 

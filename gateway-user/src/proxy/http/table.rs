@@ -285,7 +285,7 @@ impl HttpTable {
                         .map(RequestMatch::new)
                         .collect::<Option<Vec<_>>>()?;
                     let destinations = match &route.action {
-                        HttpAction::Route { backends } => Destinations::new(backends),
+                        HttpAction::Route { backends } => Destinations::new(backends, metrics),
                         _ => Destinations::default(),
                     };
                     let regex_rewrite = match route

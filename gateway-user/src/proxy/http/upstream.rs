@@ -16,7 +16,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
-use super::access_log::Counted;
+use super::{
+    access_log::Counted,
+    metrics::{HttpMetrics, UpstreamMetrics},
+};
 use crate::{
     compile::plan::{Backend, ConsistentHash, HashKey, HashTable},
     config::model::Headers,
@@ -87,8 +90,9 @@ pub struct Endpoint {
 
 #[derive(Debug)]
 pub struct Destination {
-    /// `host:port` of the service, for logs and metrics.
+    /// `outbound|<port>|<subset>|<host>`, as Istio names Envoy's clusters.
     pub name: String,
+    pub metrics: UpstreamMetrics,
     /// Spoken to in HTTP/2.
     pub http2: bool,
     /// Header operations of this destination.
@@ -150,7 +154,7 @@ impl Drop for Picked<'_> {
 const MAX_ROTATION: u64 = 1024;
 
 impl Destinations {
-    pub fn new(backends: &[Backend]) -> Destinations {
+    pub fn new(backends: &[Backend], metrics: &HttpMetrics) -> Destinations {
         let items: Vec<Destination> = backends
             .iter()
             .map(|b| {
@@ -180,8 +184,15 @@ impl Destinations {
                     .consistent_hash
                     .as_ref()
                     .map(|hash| Affinity::new(hash, &endpoints));
+                let name = format!(
+                    "outbound|{}|{}|{}",
+                    b.port,
+                    b.subset.as_deref().unwrap_or(""),
+                    b.host
+                );
                 Destination {
-                    name: format!("{}:{}", b.host, b.port),
+                    metrics: metrics.upstream(&name),
+                    name,
                     http2: b.http2,
                     headers: b.headers.clone(),
                     weight: b.weight,
@@ -203,11 +214,11 @@ impl Destinations {
         }
     }
 
-    /// A destination by weight, then an endpoint of it. `Err` with the destination's name
-    /// when it has no endpoint (Envoy's "no healthy upstream").
-    pub fn pick(&self, request: &HashInput<'_>) -> Result<Picked<'_>, Option<&str>> {
+    /// A destination by weight, then an endpoint of it. `Err` with the destination when it
+    /// has no endpoint (Envoy's "no healthy upstream").
+    pub fn pick(&self, request: &HashInput<'_>) -> Result<Picked<'_>, Option<&Destination>> {
         let destination = self.weighted().ok_or(None)?;
-        let no_endpoint = Some(destination.name.as_str());
+        let no_endpoint = Some(destination);
         if destination.rotation.is_empty() {
             return Err(no_endpoint);
         }
@@ -418,14 +429,17 @@ mod tests {
 
     #[test]
     fn destinations_by_weight_endpoints_by_policy() {
-        let d = Destinations::new(&[
-            backend(
-                80,
-                "ROUND_ROBIN",
-                &[("203.0.113.2:80", 1), ("203.0.113.3:80", 1)],
-            ),
-            backend(20, "RANDOM", &[("203.0.113.4:80", 1)]),
-        ]);
+        let d = Destinations::new(
+            &[
+                backend(
+                    80,
+                    "ROUND_ROBIN",
+                    &[("203.0.113.2:80", 1), ("203.0.113.3:80", 1)],
+                ),
+                backend(20, "RANDOM", &[("203.0.113.4:80", 1)]),
+            ],
+            &HttpMetrics::default(),
+        );
         let mut counts = std::collections::HashMap::new();
         for _ in 0..10_000 {
             let picked = d.pick(&anyone()).unwrap_or_else(|e| panic!("{e:?}"));
@@ -441,11 +455,14 @@ mod tests {
 
     #[test]
     fn least_request_avoids_the_busy_endpoint() {
-        let d = Destinations::new(&[backend(
-            100,
-            "LEAST_REQUEST",
-            &[("203.0.113.2:80", 1), ("203.0.113.3:80", 1)],
-        )]);
+        let d = Destinations::new(
+            &[backend(
+                100,
+                "LEAST_REQUEST",
+                &[("203.0.113.2:80", 1), ("203.0.113.3:80", 1)],
+            )],
+            &HttpMetrics::default(),
+        );
         let held: Vec<Picked<'_>> = (0..50).filter_map(|_| d.pick(&anyone()).ok()).collect();
         let busy = |a: &str| {
             held.iter()
@@ -474,7 +491,7 @@ mod tests {
             ],
         );
         b.consistent_hash = Some(ConsistentHash { key, table });
-        Destinations::new(&[b])
+        Destinations::new(&[b], &HttpMetrics::default())
     }
 
     #[test]
@@ -492,12 +509,12 @@ mod tests {
                     headers: &headers,
                     ..anyone()
                 };
-                let first = d.pick(&input).map(|p| p.endpoint.address);
+                let first = d.pick(&input).ok().map(|p| p.endpoint.address);
                 // The same key, the same endpoint, every time.
                 for _ in 0..3 {
-                    assert_eq!(d.pick(&input).map(|p| p.endpoint.address), first);
+                    assert_eq!(d.pick(&input).ok().map(|p| p.endpoint.address), first);
                 }
-                *counts.entry(first.ok()).or_insert(0) += 1;
+                *counts.entry(first).or_insert(0) += 1;
             }
             let share = |a: &str| f64::from(counts[&a.parse().ok()]) / 2000.0;
             assert!(
@@ -523,6 +540,7 @@ mod tests {
                     query: Some(q),
                     ..anyone()
                 })
+                .ok()
                 .map(|p| p.endpoint.address)
         };
         assert_eq!(at("a=1&user=jason"), at("user=jason"));
@@ -533,6 +551,7 @@ mod tests {
                     source: IpAddr::from(ip),
                     ..anyone()
                 })
+                .ok()
                 .map(|p| p.endpoint.address)
         };
         assert_eq!(from([192, 0, 2, 7]), from([192, 0, 2, 7]));
@@ -573,8 +592,9 @@ mod tests {
 
     #[test]
     fn no_endpoint_is_no_healthy_upstream() {
-        let d = Destinations::new(&[backend(100, "ROUND_ROBIN", &[])]);
-        assert_eq!(d.pick(&anyone()).err(), Some(Some("h100:80")));
-        assert_eq!(Destinations::default().pick(&anyone()).err(), Some(None));
+        let d = Destinations::new(&[backend(100, "ROUND_ROBIN", &[])], &HttpMetrics::default());
+        let no_endpoint = d.pick(&anyone()).err().flatten().map(|d| d.name.as_str());
+        assert_eq!(no_endpoint, Some("outbound|80||h100"));
+        assert!(matches!(Destinations::default().pick(&anyone()), Err(None)));
     }
 }
