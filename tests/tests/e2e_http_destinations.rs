@@ -3,7 +3,8 @@
 //! ways, a `delegate` VirtualService's routes under its root's match, `consistentHash`
 //! affinity on a header and on a generated cookie, HTTP/2 upstreams (`h2UpgradePolicy`) and
 //! gRPC through a GRPC port (unary, an error status in trailers, a 1 MiB message, a
-//! bidirectional stream in lockstep) with tonic on both ends, and `tlsCertificates` /
+//! bidirectional stream in lockstep) with tonic on both ends, CONNECT tunnelled to the
+//! route's endpoint, and `tlsCertificates` /
 //! `credentialNames` serving the RSA or the ECDSA certificate by what the client verifies.
 use std::{
     collections::{HashMap, HashSet},
@@ -41,7 +42,7 @@ metadata: {{name: gw, namespace: web}}
 spec:
   servers:
   - port: {{number: {HTTP}, name: http, protocol: HTTP}}
-    hosts: [shop.example.com]
+    hosts: [shop.example.com, tunnel.example.com]
   - port: {{number: {GRPC}, name: grpc, protocol: GRPC}}
     hosts: [grpc.example.com]
   - port: {{number: {HTTPS}, name: https-dual, protocol: HTTPS}}
@@ -95,6 +96,15 @@ spec:
   - match: [{{uri: {{prefix: /ratings}}}}]
     route: [{{destination: {{host: a.web.test}}}}]
   - route: [{{destination: {{host: c.web.test}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tunnel, namespace: web}}
+spec:
+  hosts: [tunnel.example.com]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: a.web.test}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -316,6 +326,39 @@ fn destinations(mode: Mode) {
     assert_eq!(
         routes[1]["action"]["backends"][1]["headers"]["request"]["remove"][0],
         "x-route"
+    );
+
+    // CONNECT ends at the gateway: the route's endpoint is dialled and the bytes flow.
+    let proxy = format!("http://{}:{HTTP}", topology::GATEWAY_CLIENT_V4);
+    let out = ex.topology.client.exec(
+        "curl",
+        &[
+            "-sS",
+            "-i",
+            "--max-time",
+            "10",
+            "--proxytunnel",
+            "--proxy",
+            &proxy,
+            "http://tunnel.example.com:9080/through?the=tunnel",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("\n\na\nGET /through?the=tunnel\n"),
+        "the tunnelled request did not reach a: {text}"
+    );
+    let connects = ex.sluice().log();
+    assert!(
+        connects.lines().any(|l| l.contains("INFO access")
+            && l.contains("method=CONNECT")
+            && l.contains(&format!("upstream_host={A}:9080"))),
+        "{connects}"
     );
 
     grpc_through_the_gateway(&ex);

@@ -1,21 +1,22 @@
 //! One request: its virtual host and route, and the answer Envoy would give for Istio: a
 //! redirect, a direct response, or the request forwarded to a destination chosen by weight
 //! and load balancer, hop-by-hop headers dropped and `x-forwarded-*`/`x-request-id` added,
-//! bodies streamed both ways. No route is a 404; no endpoint 503 "no healthy upstream"; a
+//! bodies streamed both ways; upgrades (WebSocket) and CONNECT tunnelled. No route is a 404; no endpoint 503 "no healthy upstream"; a
 //! failed connect 503; a timeout 504.
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
     uri::PathAndQuery,
 };
-use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use http_body_util::{BodyExt as _, Empty, Full, combinators::BoxBody};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::{
     access_log::Counted,
-    metrics::UpstreamFailure,
+    metrics::{UpstreamFailure, UpstreamMetrics},
     table::{CompiledRoute, HttpTable, RequestMatch, RequestView},
     upstream::{Clients, HashInput},
 };
@@ -318,6 +319,11 @@ async fn forward(
     };
     let metrics = &picked.destination.metrics;
     let upstream = Some(picked.endpoint.address);
+    if request.method() == Method::CONNECT {
+        let (response, flags) =
+            connect_tunnel(request, picked.endpoint.address, metrics, peer).await;
+        return (response, upstream, flags);
+    }
     let upgrade = upgrade_asked(request.headers())
         .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
     let (mut parts, body) = request.into_parts();
@@ -475,6 +481,48 @@ async fn forward(
             )
         }
     }
+}
+
+/// A `CONNECT` request ends here, as Envoy's `connect_config` ends it: the route's endpoint
+/// is dialled, the client gets a 200, and from then on the bytes of both connections are
+/// copied both ways (HTTP/1.1 CONNECT and HTTP/2's CONNECT stream alike). A failed dial is
+/// a 503 (`UF`).
+async fn connect_tunnel(
+    mut request: Request<Counted>,
+    endpoint: SocketAddr,
+    metrics: &UpstreamMetrics,
+    peer: &Peer,
+) -> (Response<Body>, &'static str) {
+    let client = hyper::upgrade::on(&mut request);
+    let dialled =
+        tokio::time::timeout(crate::proxy::CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await;
+    let Ok(Ok(mut upstream)) = dialled else {
+        metrics.failed(UpstreamFailure::ConnectFailure);
+        let response = local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+        );
+        return (response, "UF");
+    };
+    let _ = upstream.set_nodelay(true);
+    metrics.response(200);
+    let peer = peer.address;
+    tokio::spawn(async move {
+        let mut client = match client.await {
+            Ok(client) => TokioIo::new(client),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "CONNECT did not complete");
+                return;
+            }
+        };
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(%peer, error = %e, "CONNECT tunnel ended with an error");
+        }
+    });
+    (
+        Response::new(Empty::new().map_err(|never| match never {}).boxed()),
+        "-",
+    )
 }
 
 /// The path and query the upstream sees: `rewrite.uri` replacing the matched prefix, or
