@@ -392,6 +392,57 @@ mod tests {
         assert_eq!(replaced, "/v1/api/instance/foo");
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn percent_encoded(text: &str) -> String {
+            text.bytes().map(|b| format!("%{b:02X}")).collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            /// Whatever a client sends as path, query, authority and headers, matching and
+            /// virtual host lookup answer without panicking.
+            #[test]
+            fn any_request_is_matched_without_panic(
+                path in ".{0,64}",
+                query in proptest::option::of(".{0,64}"),
+                authority in ".{0,40}",
+                value in "[ -~]{0,40}",
+            ) {
+                let m = request_match("{uri: {regex: '/a.*'}, queryParams: {q: {prefix: x}}, headers: {x-a: {exact: b}}, withoutHeaders: {x-b: {}}}");
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = http::HeaderValue::from_str(&value) {
+                    headers.insert("x-a", v);
+                }
+                let _ = m.matches(&RequestView {
+                    path: &path,
+                    query: query.as_deref(),
+                    method: "GET",
+                    scheme: "http",
+                    authority: &authority,
+                    headers: &headers,
+                });
+                let table = HttpTable::default();
+                prop_assert!(table.host(&authority).is_none());
+                let _ = strip_port(&authority);
+                let _ = query_values(query.as_deref(), "q").count();
+            }
+
+            /// A query parameter percent-encoded by the client is matched on its decoded
+            /// value.
+            #[test]
+            fn query_parameters_decode(name in "p[a-z]{0,8}", value in ".{0,24}") {
+                let query = format!("a=1&{}={}", percent_encoded(&name), percent_encoded(&value));
+                let found: Vec<String> = query_values(Some(&query), &name).collect();
+                prop_assert_eq!(found, vec![value]);
+            }
+        }
+    }
+
     fn request_match(yaml: &str) -> RequestMatch {
         let m: HttpMatchRequest =
             serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
