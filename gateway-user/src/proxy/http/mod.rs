@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod certificates;
 pub mod metrics;
+pub mod pool;
 pub mod request;
 pub mod server;
 pub mod table;

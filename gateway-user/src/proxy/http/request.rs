@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use super::{
     access_log::Counted,
     metrics::{UpstreamFailure, UpstreamMetrics},
+    pool::SendError,
     table::{CompiledRoute, HttpTable, RequestMatch, RequestView},
     upstream::{Clients, HashInput},
 };
@@ -190,30 +191,28 @@ fn redirect_to<B>(
     redirect(status, &format!("{scheme}://{host}{port}{path}{query}"))
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Headers that belong to one connection and are not forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
-        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+    HOP_BY_HOP.contains(name)
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names instead of a lookup per name.
+    // Most messages carry none, or only `connection: keep-alive`: one pass over the names
+    // first, and the names `connection` lists parsed only when they are not the usual ones.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
@@ -222,12 +221,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| {
+            !["keep-alive", "close", "upgrade"]
+                .iter()
+                .any(|usual| n.eq_ignore_ascii_case(usual))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
+    for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);
     }
 }
@@ -332,14 +334,8 @@ async fn forward(
         Ok(rewritten) => rewritten.or_else(|| parts.uri.path_and_query().cloned()),
         Err(()) => return (local(StatusCode::BAD_REQUEST, ""), upstream, "-"),
     };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(picked.endpoint.authority.clone());
-    uri.path_and_query = path_and_query.or_else(|| Some(PathAndQuery::from_static("/")));
-    let Ok(uri) = Uri::from_parts(uri) else {
-        return (local(StatusCode::BAD_REQUEST, ""), upstream, "-");
-    };
-    parts.uri = uri;
+    // Origin form; the HTTP/2 client adds the endpoint as the authority.
+    parts.uri = Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
     let http2 = picked.destination.http2;
     parts.version = if http2 {
         http::Version::HTTP_2
@@ -408,9 +404,11 @@ async fn forward(
         apply(ops, headers);
     }
     let set_cookie = picked.set_cookie.clone();
-    let sent = clients
-        .of(picked.destination)
-        .request(Request::from_parts(parts, body));
+    let sent = clients.send(
+        picked.destination,
+        picked.endpoint,
+        Request::from_parts(parts, body),
+    );
     let result = match route.route.timeout_ms {
         Some(ms) if ms > 0 => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
             Ok(result) => result,
@@ -455,10 +453,9 @@ async fn forward(
             if let Some(cookie) = set_cookie {
                 parts.headers.append(header::SET_COOKIE, cookie);
             }
-            let response = Response::from_parts(parts, body.map_err(Into::into).boxed());
-            (response, upstream, "-")
+            (Response::from_parts(parts, body), upstream, "-")
         }
-        Err(e) if e.is_connect() => {
+        Err(SendError::Connect(_)) => {
             metrics.failed(UpstreamFailure::ConnectFailure);
             (
                 local(
@@ -469,7 +466,7 @@ async fn forward(
                 "UF",
             )
         }
-        Err(_) => {
+        Err(SendError::Upstream(_) | SendError::Other(_)) => {
             metrics.failed(UpstreamFailure::Reset);
             (
                 local(

@@ -6,11 +6,14 @@
 //! touches atomics. The upstream clients, HTTP/1.1 and HTTP/2, live here too.
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::atomic::{AtomicU32, AtomicUsize, Ordering},
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+    },
 };
 
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http_body_util::BodyExt as _;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
@@ -19,6 +22,8 @@ use hyper_util::{
 use super::{
     access_log::Counted,
     metrics::{HttpMetrics, UpstreamMetrics},
+    pool::{self, Http1Pool, SendError},
+    request::Body,
 };
 use crate::{
     compile::plan::{Backend, ConsistentHash, HashKey, HashTable},
@@ -26,10 +31,10 @@ use crate::{
     select::maglev,
 };
 
-/// One worker's upstream connection pools: HTTP/1.1, and HTTP/2 (prior knowledge, for
-/// destinations whose port says HTTP2 or GRPC), each keeping connections alive.
+/// One worker's upstream connections: HTTP/1.1 in its own pool, HTTP/2 (prior knowledge, for
+/// destinations whose port says HTTP2 or GRPC) multiplexed by hyper-util's client.
 pub struct Clients {
-    http1: Client<HttpConnector, Counted>,
+    http1: Arc<Http1Pool>,
     http2: Client<HttpConnector, Counted>,
 }
 
@@ -41,33 +46,41 @@ impl Default for Clients {
 
 impl Clients {
     pub fn new() -> Clients {
-        let connector = || {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(crate::proxy::CONNECT_TIMEOUT));
-            connector
-        };
-        let builder = || {
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_idle_timeout(Duration::from_secs(60))
-                .pool_timer(TokioTimer::new());
-            builder
-        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(crate::proxy::CONNECT_TIMEOUT));
         Clients {
-            http1: builder().build(connector()),
-            http2: builder()
+            http1: Arc::default(),
+            http2: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(pool::IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
                 .http2_only(true)
                 .timer(TokioTimer::new())
-                .build(connector()),
+                .build(connector),
         }
     }
 
-    pub fn of(&self, destination: &Destination) -> &Client<HttpConnector, Counted> {
-        if destination.http2 {
-            &self.http2
-        } else {
-            &self.http1
+    /// Sends `request` (its URI in origin form) to `endpoint` of `destination`.
+    pub async fn send(
+        &self,
+        destination: &Destination,
+        endpoint: &Endpoint,
+        request: Request<Counted>,
+    ) -> Result<Response<Body>, SendError> {
+        if !destination.http2 {
+            return self.http1.send(endpoint.address, request).await;
+        }
+        let (mut parts, body) = request.into_parts();
+        let mut uri = http::uri::Parts::from(parts.uri);
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(endpoint.authority.clone());
+        parts.uri = http::Uri::from_parts(uri).map_err(|e| {
+            SendError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+        match self.http2.request(Request::from_parts(parts, body)).await {
+            Ok(response) => Ok(response.map(|b| b.map_err(Into::into).boxed())),
+            Err(e) if e.is_connect() => Err(SendError::Connect(std::io::Error::other(e))),
+            Err(e) => Err(SendError::Other(e.to_string())),
         }
     }
 }

@@ -1,0 +1,389 @@
+//! One worker's kept-alive HTTP/1.1 connections to upstream endpoints, on hyper's
+//! `client::conn::http1` with a pool of our own: idle connections per endpoint, the most
+//! recently used first; a connection goes back to the pool when its response's body has
+//! ended (at once for a response without a body), and a request that an idle connection
+//! closed under did not take is sent on the next one. Idle connections are closed after
+//! [`IDLE_TIMEOUT`], and at most [`MAX_IDLE`] are kept per endpoint. The pool belongs to one
+//! worker (a single-threaded runtime), so its lock is never contended; it is a lock only
+//! because response bodies must be `Send` for HTTP/2 clients.
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::{
+    body::{Body as HttpBody, Frame, Incoming, SizeHint},
+    client::conn::http1::{Builder, SendRequest},
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{access_log::Counted, request::Body};
+
+/// Idle connections older than this are closed (as the pool of hyper-util's client).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per endpoint; more are closed when their response ends.
+pub const MAX_IDLE: usize = 512;
+/// How often idle connections are looked over for age and closed peers.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection to the endpoint (refused, unreachable, timed out).
+    Connect(io::Error),
+    /// The connection failed or closed before a response.
+    Upstream(hyper::Error),
+    /// As `Upstream`, from hyper-util's client (HTTP/2).
+    Other(String),
+}
+
+struct Idle<B> {
+    sender: SendRequest<B>,
+    /// The sweep tick it went idle in (ticks rather than clock reads on the request path).
+    since: u64,
+}
+
+/// Idle for this many sweep ticks is idle too long.
+const IDLE_TICKS: u64 = IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs();
+
+/// FNV-1a: endpoint addresses are few and not chosen by clients, so SipHash's defence is
+/// not needed on this path.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type ByEndpoint<B> = HashMap<SocketAddr, Vec<Idle<B>>, BuildHasherDefault<Fnv>>;
+
+/// The pool; `B` is the request body (the proxy's is [`Counted`]).
+pub struct Http1Pool<B = Counted> {
+    idle: Mutex<ByEndpoint<B>>,
+    sweeping: AtomicBool,
+    /// Advanced by the sweep every [`SWEEP_EVERY`] while connections are idle.
+    tick: AtomicU64,
+}
+
+impl<B> Default for Http1Pool<B> {
+    fn default() -> Self {
+        Http1Pool {
+            idle: Mutex::default(),
+            sweeping: AtomicBool::default(),
+            tick: AtomicU64::default(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<B> Http1Pool<B>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Sends `request` (origin-form URI, `Host` set) to `endpoint` on an idle connection, or
+    /// a new one.
+    pub async fn send(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        mut request: Request<B>,
+    ) -> Result<Response<Body>, SendError> {
+        while let Some(mut sender) = self.take(endpoint) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.returning(endpoint, sender, response)),
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the connection closed under it. The next one takes it.
+                    Some(back) => request = back,
+                    None => return Err(SendError::Upstream(e.into_error())),
+                },
+            }
+        }
+        let mut sender = connect(endpoint).await.map_err(SendError::Connect)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(SendError::Upstream)?;
+        Ok(self.returning(endpoint, sender, response))
+    }
+
+    /// The most recently idled connection to `endpoint` still open and young enough.
+    fn take(&self, endpoint: SocketAddr) -> Option<SendRequest<B>> {
+        let now = self.tick.load(Ordering::Relaxed);
+        let mut idle = lock(&self.idle);
+        let list = idle.get_mut(&endpoint)?;
+        while let Some(entry) = list.pop() {
+            if !entry.sender.is_closed() && now - entry.since < IDLE_TICKS {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn put(self: &Arc<Self>, endpoint: SocketAddr, sender: SendRequest<B>) {
+        if sender.is_closed() {
+            return;
+        }
+        {
+            let mut idle = lock(&self.idle);
+            let list = idle.entry(endpoint).or_default();
+            if list.len() >= MAX_IDLE {
+                return;
+            }
+            list.push(Idle {
+                sender,
+                since: self.tick.load(Ordering::Relaxed),
+            });
+        }
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// `response` with a body that gives the connection back once it has ended.
+    fn returning(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        sender: SendRequest<B>,
+        response: Response<Incoming>,
+    ) -> Response<Body> {
+        // After a 101 the connection belongs to the upgrade.
+        let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+        let mut back = reusable.then(|| (self.clone(), endpoint, sender));
+        if response.body().is_end_stream()
+            && let Some((pool, endpoint, sender)) = back.take()
+        {
+            pool.put(endpoint, sender);
+        }
+        response.map(|body| Returning { body, back }.map_err(Into::into).boxed())
+    }
+}
+
+/// Closes idle connections past their time or closed by the endpoint; ends when the pool
+/// is empty or gone (and starts again with the next idle connection).
+async fn sweep<B>(pool: Weak<Http1Pool<B>>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let now = pool.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut idle = lock(&pool.idle);
+        idle.retain(|_, list| {
+            list.retain(|e| !e.sender.is_closed() && now - e.since < IDLE_TICKS);
+            !list.is_empty()
+        });
+        if idle.is_empty() {
+            pool.sweeping.store(false, Ordering::Release);
+            return;
+        }
+    }
+}
+
+async fn connect<B>(endpoint: SocketAddr) -> io::Result<SendRequest<B>>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::time::timeout(crate::proxy::CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// A response body that returns its connection to the pool when it ends; dropped before
+/// its end, the connection is dropped too (hyper closes it).
+struct Returning<B> {
+    body: Incoming,
+    back: Option<(Arc<Http1Pool<B>>, SocketAddr, SendRequest<B>)>,
+}
+
+impl<B> Returning<B>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn give_back(&mut self) {
+        if let Some((pool, endpoint, sender)) = self.back.take() {
+            pool.put(endpoint, sender);
+        }
+    }
+}
+
+impl<B> HttpBody for Returning<B>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.give_back(),
+            Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
+            Some(Err(_)) => self.back = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, sync::atomic::AtomicUsize};
+
+    use http_body_util::{Empty, Full};
+    use hyper::service::service_fn;
+
+    use super::*;
+
+    /// An HTTP/1.1 server on loopback counting the connections it accepted; it asks the
+    /// client to close after each response when `close` is set.
+    async fn server(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let service = service_fn(move |_request: Request<Incoming>| async move {
+                        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        if close {
+                            response.headers_mut().insert(
+                                http::header::CONNECTION,
+                                "close".parse().unwrap_or_else(|e| panic!("{e}")),
+                            );
+                        }
+                        Ok::<_, Infallible>(response)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    fn request() -> Request<Empty<Bytes>> {
+        Request::builder()
+            .uri("/")
+            .header(http::header::HOST, "pool.test")
+            .body(Empty::new())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn get(pool: &Arc<Http1Pool<Empty<Bytes>>>, address: SocketAddr) -> Bytes {
+        let response = pool
+            .send(address, request())
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_response_ended() {
+        let (address, accepted) = server(false).await;
+        let pool = Arc::new(Http1Pool::default());
+        for _ in 0..5 {
+            assert_eq!(get(&pool, address).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+        // Two requests at once need two connections, both kept afterwards.
+        let (a, b) = tokio::join!(get(&pool, address), get(&pool, address));
+        assert_eq!((a, b), (Bytes::from("ok"), Bytes::from("ok")));
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        assert_eq!(lock(&pool.idle).get(&address).map(Vec::len), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_is_not_reused() {
+        let (address, accepted) = server(true).await;
+        let pool = Arc::new(Http1Pool::default());
+        for _ in 0..3 {
+            assert_eq!(get(&pool, address).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        drop(listener);
+        let pool: Arc<Http1Pool<Empty<Bytes>>> = Arc::new(Http1Pool::default());
+        assert!(matches!(
+            pool.send(address, request()).await,
+            Err(SendError::Connect(_))
+        ));
+    }
+}
