@@ -366,7 +366,8 @@ fn routes(mode: Mode) {
             "/dead",
             &[
                 "response_code=503",
-                "response_flags=\"UF\"",
+                // Istio's default retries tried twice more.
+                "response_flags=\"UF,URX\"",
                 "upstream_host=203.0.113.2:9999",
             ],
         ),
@@ -484,7 +485,8 @@ fn routes(mode: Mode) {
         upstream(
             "sluice_http_upstream_failures_total{upstream=\"outbound|9999||dead.web.test\",reason=\"connect_failure\"}"
         ),
-        1.0
+        3.0,
+        "a try and Istio's two default retries"
     );
     assert_eq!(
         upstream(

@@ -42,7 +42,7 @@ metadata: {{name: gw, namespace: web}}
 spec:
   servers:
   - port: {{number: {HTTP}, name: http, protocol: HTTP}}
-    hosts: [shop.example.com, tunnel.example.com]
+    hosts: [shop.example.com, tunnel.example.com, retry.example.com]
   - port: {{number: {GRPC}, name: grpc, protocol: GRPC}}
     hosts: [grpc.example.com]
   - port: {{number: {HTTPS}, name: https-dual, protocol: HTTPS}}
@@ -99,6 +99,37 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
+metadata: {{name: retries, namespace: web}}
+spec:
+  hosts: [retry.example.com]
+  gateways: [gw]
+  http:
+  - match: [{{uri: {{prefix: /once}}}}]
+    retries: {{attempts: 0}}
+    route: [{{destination: {{host: flaky.web.test}}}}]
+  - match: [{{uri: {{prefix: /status}}}}]
+    retries: {{attempts: 3, retryOn: 5xx}}
+    route: [{{destination: {{host: a.web.test}}}}]
+  - route: [{{destination: {{host: flaky.web.test}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: flaky, namespace: web}}
+spec:
+  hosts: [flaky.web.test]
+  ports: [{{number: 9080, name: p, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: '{A}'}}, {{address: '{B}', ports: {{p: 9999}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: flaky, namespace: web}}
+spec:
+  host: flaky.web.test
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
 metadata: {{name: tunnel, namespace: web}}
 spec:
   hosts: [tunnel.example.com]
@@ -138,8 +169,12 @@ spec:
 }
 
 fn curl(ex: &Example, path: &str, args: &[&str]) -> Got {
-    let url = format!("http://shop.example.com:{HTTP}{path}");
-    let resolve = format!("shop.example.com:{HTTP}:{}", topology::GATEWAY_CLIENT_V4);
+    curl_host(ex, "shop.example.com", path, args)
+}
+
+fn curl_host(ex: &Example, host: &str, path: &str, args: &[&str]) -> Got {
+    let url = format!("http://{host}:{HTTP}{path}");
+    let resolve = format!("{host}:{HTTP}:{}", topology::GATEWAY_CLIENT_V4);
     let mut all = vec!["--resolve", resolve.as_str()];
     all.extend(args);
     all.push(&url);
@@ -361,6 +396,7 @@ fn destinations(mode: Mode) {
         "{connects}"
     );
 
+    retries(&ex);
     grpc_through_the_gateway(&ex);
     two_certificates(&ex, "dual.example.com", (&rsa, &ecdsa));
     two_certificates(&ex, "creds.example.com", (&creds_rsa, &creds_ecdsa));
@@ -371,6 +407,42 @@ fn to_with(ex: &Example, path: &str, args: &[&str]) -> String {
         .header("x-backend")
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Istio's default retries take a request whose endpoint refuses to the other endpoint;
+/// without retries half the requests fail; a 5xx retried runs out (URX).
+fn retries(ex: &Example) {
+    let host = "retry.example.com";
+    let statuses = |path: &str| -> Vec<u16> {
+        (0..10)
+            .map(|i| curl_host(ex, host, &format!("{path}/{i}"), &[]).status)
+            .collect()
+    };
+    assert_eq!(statuses("/default"), [200; 10], "{}", ex.sluice().log());
+    let once = statuses("/once");
+    let failed = once.iter().filter(|s| **s == 503).count();
+    // Round robin over one live and one refusing endpoint.
+    assert_eq!(failed, 5, "{once:?}");
+    let retried = ex
+        .sluice()
+        .metric("sluice_http_upstream_retries_total{upstream=\"outbound|9080||flaky.web.test\"}");
+    assert!(retried.is_some_and(|n| n >= 5.0), "{retried:?}");
+    let got = curl_host(ex, host, "/status/500", &[]);
+    assert_eq!(got.status, 500);
+    let log = ex.sluice().log();
+    assert!(
+        log.lines().any(|l| l.contains("INFO access")
+            && l.contains(" path=/status/500 ")
+            && l.contains("response_flags=\"URX\"")),
+        "{log}"
+    );
+    assert_eq!(
+        ex.sluice().metric(
+            "sluice_http_upstream_requests_total{upstream=\"outbound|9080||a.web.test\",code_class=\"5xx\"}"
+        ),
+        Some(4.0),
+        "one try and three retries"
+    );
 }
 
 /// tonic to tonic through the GRPC port: h2c from the client, HTTP/2 to the GRPC service

@@ -20,15 +20,26 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use super::request::Body;
 
-/// A request body that counts the bytes it carries when asked to.
+/// A request body that counts the bytes it carries when asked to; or none at all (a
+/// retried request without a body).
 pub struct Counted {
-    inner: Incoming,
+    inner: Option<Incoming>,
     bytes: Option<Arc<AtomicU64>>,
 }
 
 impl Counted {
     pub fn new(inner: Incoming, bytes: Option<Arc<AtomicU64>>) -> Counted {
-        Counted { inner, bytes }
+        Counted {
+            inner: Some(inner),
+            bytes,
+        }
+    }
+
+    pub fn empty() -> Counted {
+        Counted {
+            inner: None,
+            bytes: None,
+        }
     }
 }
 
@@ -40,7 +51,10 @@ impl HttpBody for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         if let (Some(Ok(frame)), Some(bytes)) = (&frame, &self.bytes)
             && let Some(data) = frame.data_ref()
         {
@@ -50,11 +64,13 @@ impl HttpBody for Counted {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

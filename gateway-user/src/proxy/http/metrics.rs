@@ -55,6 +55,11 @@ pub struct UpstreamFailureLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamLabelsOnly {
+    pub upstream: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -78,6 +83,7 @@ pub struct HttpMetrics {
     certificate_reloads: Family<ResultLabels, Counter>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_failures: Family<UpstreamFailureLabels, Counter>,
+    upstream_retries: Family<UpstreamLabelsOnly, Counter>,
 }
 
 impl Default for HttpMetrics {
@@ -92,6 +98,7 @@ impl Default for HttpMetrics {
             certificate_reloads: Family::default(),
             upstream_requests: Family::default(),
             upstream_failures: Family::default(),
+            upstream_retries: Family::default(),
         }
     }
 }
@@ -131,6 +138,7 @@ pub struct UpstreamMetrics {
     by_class: [Counter; 5],
     /// By [`UpstreamFailure`], in its order.
     failures: [Counter; 4],
+    retries: Counter,
 }
 
 impl UpstreamMetrics {
@@ -141,6 +149,10 @@ impl UpstreamMetrics {
 
     pub fn failed(&self, failure: UpstreamFailure) {
         self.failures[failure as usize].inc();
+    }
+
+    pub fn retried(&self) {
+        self.retries.inc();
     }
 }
 
@@ -181,14 +193,21 @@ impl HttpMetrics {
         );
         http.register(
             "upstream_requests",
-            "Responses from upstream services (outbound|port|subset|host), by status class",
+            "Responses from upstream services (outbound|port|subset|host), by status class \
+             (each try counts)",
             self.upstream_requests.clone(),
         );
         http.register(
             "upstream_failures",
-            "Requests an upstream service did not answer, by reason (no_healthy: no endpoint, \
-             connect_failure, reset: closed before a response, timeout: the route's timeout)",
+            "Tries an upstream service did not answer (each retry counts), by reason \
+             (no_healthy: no endpoint, connect_failure, reset: closed before a response, \
+             timeout: the route's timeout or perTryTimeout)",
             self.upstream_failures.clone(),
+        );
+        http.register(
+            "upstream_retries",
+            "Requests sent again to an upstream service after a try its retry policy retries",
+            self.upstream_retries.clone(),
         );
         registry.register(
             "tls_certificate_reloads",
@@ -242,6 +261,12 @@ impl HttpMetrics {
         UpstreamMetrics {
             by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
             failures: ["no_healthy", "connect_failure", "reset", "timeout"].map(failure),
+            retries: self
+                .upstream_retries
+                .get_or_create(&UpstreamLabelsOnly {
+                    upstream: name.to_owned(),
+                })
+                .clone(),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod certificates;
 pub mod metrics;
 pub mod pool;
 pub mod request;
+pub mod retry;
 pub mod server;
 pub mod table;
 pub mod tls;

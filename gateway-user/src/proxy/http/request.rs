@@ -18,6 +18,7 @@ use super::{
     access_log::Counted,
     metrics::{UpstreamFailure, UpstreamMetrics},
     pool::SendError,
+    retry::{Exchanged, Failure, Template, exchange},
     table::{CompiledRoute, HttpTable, RequestMatch, RequestView},
     upstream::{Clients, HashInput},
 };
@@ -404,26 +405,38 @@ async fn forward(
         apply(ops, headers);
     }
     let set_cookie = picked.set_cookie.clone();
-    let sent = clients.send(
-        picked.destination,
-        picked.endpoint,
-        Request::from_parts(parts, body),
-    );
-    let result = match route.route.timeout_ms {
-        Some(ms) if ms > 0 => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
-            Ok(result) => result,
-            Err(_) => {
-                metrics.failed(UpstreamFailure::Timeout);
-                let response = local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
-                return (response, upstream, "UT");
+    let request = Request::from_parts(parts, body);
+    let template = upgrade
+        .is_none()
+        .then(|| Template::of(&request, &route.retry))
+        .flatten();
+    let exchanged = exchange(request, template, picked, &route.retry, clients);
+    let Exchanged {
+        result,
+        endpoint,
+        tries,
+    } = match route.route.timeout_ms {
+        Some(ms) if ms > 0 => {
+            match tokio::time::timeout(Duration::from_millis(ms), exchanged).await {
+                Ok(exchanged) => exchanged,
+                Err(_) => {
+                    metrics.failed(UpstreamFailure::Timeout);
+                    let response = local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+                    return (response, upstream, "UT");
+                }
             }
-        },
-        _ => sent.await,
+        }
+        _ => exchanged.await,
     };
-    drop(picked);
+    let upstream = Some(endpoint);
+    let retried = tries > 1;
     match result {
         Ok(mut response) => {
-            metrics.response(response.status().as_u16());
+            // Still one the policy would retry: the retries ran out (Envoy's URX).
+            let exhausted = retried
+                && route
+                    .retry
+                    .on_response(response.status().as_u16(), response.headers());
             let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
             let (mut parts, body) = response.into_parts();
@@ -453,29 +466,28 @@ async fn forward(
             if let Some(cookie) = set_cookie {
                 parts.headers.append(header::SET_COOKIE, cookie);
             }
-            (Response::from_parts(parts, body), upstream, "-")
+            let flags = if exhausted { "URX" } else { "-" };
+            (Response::from_parts(parts, body), upstream, flags)
         }
-        Err(SendError::Connect(_)) => {
-            metrics.failed(UpstreamFailure::ConnectFailure);
-            (
-                local(
+        Err(failure) => {
+            let (status, text, flags) = match failure {
+                Failure::Send(SendError::Connect(_)) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                    if retried { "UF,URX" } else { "UF" },
                 ),
-                upstream,
-                "UF",
-            )
-        }
-        Err(SendError::Upstream(_) | SendError::Other(_)) => {
-            metrics.failed(UpstreamFailure::Reset);
-            (
-                local(
+                Failure::Send(_) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                    if retried { "UC,URX" } else { "UC" },
                 ),
-                upstream,
-                "UC",
-            )
+                Failure::PerTryTimeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    if retried { "UT,URX" } else { "UT" },
+                ),
+            };
+            (local(status, text), upstream, flags)
         }
     }
 }

@@ -9,6 +9,7 @@ use regex::Regex;
 
 use super::{
     metrics::{HttpMetrics, RouteMetrics},
+    retry::RetryPolicy,
     upstream::Destinations,
 };
 use crate::{
@@ -237,6 +238,7 @@ pub struct CompiledRoute {
     pub route: HttpRoute,
     /// `rewrite.uriRegexRewrite`: the regex and its replacement in the regex crate's syntax.
     pub regex_rewrite: Option<(Regex, String)>,
+    pub retry: RetryPolicy,
     pub destinations: Destinations,
     pub metrics: RouteMetrics,
 }
@@ -298,6 +300,7 @@ impl HttpTable {
                     };
                     Some(CompiledRoute {
                         matches,
+                        retry: RetryPolicy::of(route.retries.as_ref()),
                         route: route.clone(),
                         regex_rewrite,
                         destinations,

@@ -277,6 +277,24 @@ impl Destinations {
 }
 
 impl Destination {
+    /// An endpoint for a retry, counted in flight: one not `tried` yet when one of up to five
+    /// choices finds it (Envoy's previous-hosts predicate), else the last choice.
+    pub fn retry_pick(&self, tried: &[SocketAddr]) -> Option<Picked<'_>> {
+        let mut endpoint = self.endpoint()?;
+        for _ in 0..4 {
+            if !tried.contains(&endpoint.address) {
+                break;
+            }
+            endpoint = self.endpoint()?;
+        }
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Picked {
+            destination: self,
+            endpoint,
+            set_cookie: None,
+        })
+    }
+
     fn endpoint(&self) -> Option<&Endpoint> {
         if self.rotation.is_empty() {
             return None;

@@ -1,0 +1,338 @@
+//! Retries as Istio configures Envoy's: without `retries` on a route, Istio's default (2
+//! retries on `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`
+//! with 503 retriable); `attempts: 0` turns them off; `retryOn` replaces the conditions,
+//! its numbers being retriable status codes. A retry goes to another endpoint of the same
+//! destination when there is one (Envoy's previous-hosts predicate), after a jittered
+//! backoff (25 ms base, doubling, at most 250 ms), each try bounded by `perTryTimeout` and
+//! all of them by the route's `timeout`.
+//!
+//! Only requests without a body are retried: Envoy buffers a body to replay it, Sluice
+//! streams bodies and sends a request with one once.
+use std::{net::SocketAddr, time::Duration};
+
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+
+use super::{
+    access_log::Counted,
+    metrics::UpstreamFailure,
+    pool::SendError,
+    request::Body,
+    upstream::{Clients, Picked},
+};
+use crate::compile::plan::Retries;
+
+/// When a request is tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries after the first.
+    pub retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    connect_failure: bool,
+    reset: bool,
+    five_xx: bool,
+    gateway_error: bool,
+    retriable_4xx: bool,
+    /// `retriable-status-codes` with these codes.
+    codes: Vec<u16>,
+    /// gRPC statuses (`cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
+    /// `unavailable`) in a response's `grpc-status`.
+    grpc: Vec<u32>,
+}
+
+/// Istio's `retryOn` when a route names none.
+const ISTIO_DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+
+impl RetryPolicy {
+    /// The policy of a route's `retries` (`None`: Istio's default).
+    pub fn of(retries: Option<&Retries>) -> RetryPolicy {
+        let (count, per_try_timeout, retry_on) = match retries {
+            None => (2, None, None),
+            Some(r) => (r.attempts, r.per_try_timeout_ms, r.retry_on.as_deref()),
+        };
+        let mut policy = RetryPolicy {
+            retries: count,
+            per_try_timeout: per_try_timeout.map(Duration::from_millis),
+            connect_failure: false,
+            reset: false,
+            five_xx: false,
+            gateway_error: false,
+            retriable_4xx: false,
+            codes: Vec::new(),
+            grpc: Vec::new(),
+        };
+        let on = retry_on.filter(|r| !r.is_empty());
+        for condition in on.unwrap_or(ISTIO_DEFAULT_RETRY_ON).split(',') {
+            let condition = condition.trim();
+            if let Ok(code) = condition.parse::<u16>() {
+                policy.codes.push(code);
+                continue;
+            }
+            match condition {
+                "connect-failure" => policy.connect_failure = true,
+                "reset" | "reset-before-request" => policy.reset = true,
+                "5xx" => policy.five_xx = true,
+                "gateway-error" => policy.gateway_error = true,
+                "retriable-4xx" => policy.retriable_4xx = true,
+                "cancelled" => policy.grpc.push(1),
+                "deadline-exceeded" => policy.grpc.push(4),
+                "resource-exhausted" => policy.grpc.push(8),
+                "internal" => policy.grpc.push(13),
+                "unavailable" => policy.grpc.push(14),
+                // refused-stream and the others have no counterpart on this path.
+                _ => {}
+            }
+        }
+        // Istio's default makes 503 retriable; a `retryOn` of its own lists its codes.
+        if on.is_none() {
+            policy.codes.push(503);
+        }
+        policy
+    }
+
+    /// Whether a response is tried again.
+    pub fn on_response(&self, status: u16, headers: &HeaderMap) -> bool {
+        (self.five_xx && status >= 500)
+            || (self.gateway_error && (502..=504).contains(&status))
+            || (self.retriable_4xx && status == 409)
+            || self.codes.contains(&status)
+            || (!self.grpc.is_empty()
+                && headers
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .is_some_and(|s| self.grpc.contains(&s)))
+    }
+
+    /// Whether a try that got no response is tried again.
+    pub fn on_failure(&self, failure: &Failure) -> bool {
+        let broad = self.five_xx || self.gateway_error;
+        match failure {
+            Failure::Send(SendError::Connect(_)) => self.connect_failure || broad,
+            Failure::Send(_) => self.reset || broad,
+            Failure::PerTryTimeout => self.reset || broad,
+        }
+    }
+}
+
+/// Why a try got no response.
+#[derive(Debug)]
+pub enum Failure {
+    Send(SendError),
+    PerTryTimeout,
+}
+
+impl Failure {
+    pub fn counted_as(&self) -> UpstreamFailure {
+        match self {
+            Failure::Send(SendError::Connect(_)) => UpstreamFailure::ConnectFailure,
+            Failure::Send(_) => UpstreamFailure::Reset,
+            Failure::PerTryTimeout => UpstreamFailure::Timeout,
+        }
+    }
+}
+
+/// What a request that can be sent again is made of.
+pub struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Template {
+    /// The request's head, when it can be retried: it has no body, and the policy retries.
+    pub fn of(request: &Request<Counted>, policy: &RetryPolicy) -> Option<Template> {
+        use hyper::body::Body as _;
+        (policy.retries > 0 && request.body().is_end_stream()).then(|| Template {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<Counted> {
+        let mut request = Request::new(Counted::empty());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// The outcome of the last try, the endpoint it went to, and how many tries there were.
+pub struct Exchanged {
+    pub result: Result<Response<Body>, Failure>,
+    pub endpoint: SocketAddr,
+    pub tries: u32,
+}
+
+/// Sends `request` to `first`'s endpoint, and again while the policy says so (a `template`
+/// given), each try counted on the destination.
+pub async fn exchange(
+    request: Request<Counted>,
+    template: Option<Template>,
+    first: Picked<'_>,
+    policy: &RetryPolicy,
+    clients: &Clients,
+) -> Exchanged {
+    let destination = first.destination;
+    let metrics = &destination.metrics;
+    let mut picked = first;
+    let mut this = request;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    loop {
+        let endpoint = picked.endpoint.address;
+        tried.push(endpoint);
+        let sent = clients.send(destination, picked.endpoint, this);
+        let result = match policy.per_try_timeout {
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(result) => result.map_err(Failure::Send),
+                Err(_) => Err(Failure::PerTryTimeout),
+            },
+            None => sent.await.map_err(Failure::Send),
+        };
+        drop(picked);
+        match &result {
+            Ok(response) => metrics.response(response.status().as_u16()),
+            Err(failure) => metrics.failed(failure.counted_as()),
+        }
+        let tries = tried.len() as u32;
+        let again = tries <= policy.retries
+            && match &result {
+                Ok(response) => policy.on_response(response.status().as_u16(), response.headers()),
+                Err(failure) => policy.on_failure(failure),
+            };
+        let next = match &template {
+            Some(template) if again => destination
+                .retry_pick(&tried)
+                .map(|next| (next, template.request())),
+            _ => None,
+        };
+        let Some((next, request)) = next else {
+            return Exchanged {
+                result,
+                endpoint,
+                tries,
+            };
+        };
+        metrics.retried();
+        let ceiling = (25u64 << (tries - 1).min(4)).min(250);
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ceiling))).await;
+        picked = next;
+        this = request;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retries(attempts: u32, retry_on: Option<&str>) -> Retries {
+        Retries {
+            attempts,
+            per_try_timeout_ms: None,
+            retry_on: retry_on.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn policies_as_istio_sets_them() {
+        let none = HeaderMap::new();
+        let mut grpc_unavailable = HeaderMap::new();
+        grpc_unavailable.insert("grpc-status", http::HeaderValue::from_static("14"));
+        let refused = Failure::Send(SendError::Connect(std::io::Error::other("refused")));
+        let reset = Failure::Send(SendError::Other("reset".into()));
+        // (policy, retries, on 503, on 500, on 502, on grpc unavailable, on connect failure, on reset)
+        let cases = [
+            (
+                RetryPolicy::of(None),
+                2,
+                true,
+                false,
+                false,
+                true,
+                true,
+                false,
+            ),
+            (
+                RetryPolicy::of(Some(&retries(0, None))),
+                0,
+                true,
+                false,
+                false,
+                true,
+                true,
+                false,
+            ),
+            (
+                RetryPolicy::of(Some(&retries(3, None))),
+                3,
+                true,
+                false,
+                false,
+                true,
+                true,
+                false,
+            ),
+            (
+                RetryPolicy::of(Some(&retries(3, Some("5xx")))),
+                3,
+                true,
+                true,
+                true,
+                false,
+                true,
+                true,
+            ),
+            (
+                RetryPolicy::of(Some(&retries(1, Some("gateway-error")))),
+                1,
+                true,
+                false,
+                true,
+                false,
+                true,
+                true,
+            ),
+            (
+                RetryPolicy::of(Some(&retries(1, Some("reset,502")))),
+                1,
+                false,
+                false,
+                true,
+                false,
+                false,
+                true,
+            ),
+            (
+                RetryPolicy::of(Some(&retries(1, Some("connect-failure")))),
+                1,
+                false,
+                false,
+                false,
+                false,
+                true,
+                false,
+            ),
+        ];
+        for (i, (policy, count, r503, r500, r502, grpc, connect, on_reset)) in
+            cases.into_iter().enumerate()
+        {
+            assert_eq!(policy.retries, count, "case {i}");
+            assert_eq!(policy.on_response(503, &none), r503, "case {i}: 503");
+            assert_eq!(policy.on_response(500, &none), r500, "case {i}: 500");
+            assert_eq!(policy.on_response(502, &none), r502, "case {i}: 502");
+            assert_eq!(
+                policy.on_response(200, &grpc_unavailable),
+                grpc,
+                "case {i}: grpc"
+            );
+            assert_eq!(policy.on_failure(&refused), connect, "case {i}: connect");
+            assert_eq!(policy.on_failure(&reset), on_reset, "case {i}: reset");
+            assert!(!policy.on_response(200, &none), "case {i}: 200");
+        }
+    }
+}
