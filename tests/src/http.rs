@@ -1,7 +1,9 @@
 //! An HTTP test backend: answers every request with its id and what it received (method,
 //! path with query, and every header, one per line), so tests can see rewrites and header
 //! operations as the upstream saw them. `GET /delay/<ms>` answers after that long,
-//! `/status/<code>` with that status.
+//! `/status/<code>` with that status. Its response headers say which backend answered
+//! (`x-backend`), over which protocol (`x-backend-protocol`) and for which authority
+//! (`x-backend-authority`: HTTP/2's `:authority` or HTTP/1.1's Host).
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -124,6 +126,22 @@ async fn answer(id: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
     if let Ok(value) = hyper::header::HeaderValue::from_str(id) {
         response.headers_mut().insert("x-backend", value);
+    }
+    // The authority as the request carried it: HTTP/2's `:authority`, HTTP/1.1's Host.
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            request
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&authority) {
+        response.headers_mut().insert("x-backend-authority", value);
     }
     let protocol = format!("{:?}", request.version());
     if let Ok(value) = hyper::header::HeaderValue::from_str(&protocol) {

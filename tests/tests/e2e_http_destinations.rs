@@ -294,6 +294,12 @@ fn destinations(mode: Mode) {
         "{got:?}"
     );
     assert!(got.body.starts_with("c\nGET /h2\n"), "{}", got.body);
+    // The authority the client asked for, as `:authority`, not the endpoint's address.
+    assert_eq!(
+        got.header("x-backend-authority"),
+        Some(&*format!("shop.example.com:{HTTP}")),
+        "{got:?}"
+    );
     assert_eq!(
         curl(&ex, "/other", &[]).header("x-backend-protocol"),
         Some("HTTP/1.1")

@@ -2,6 +2,7 @@
 //! routing as Istio's gateways apply it.
 pub mod access_log;
 pub mod certificates;
+pub mod h2_pool;
 pub mod metrics;
 pub mod pool;
 pub mod request;

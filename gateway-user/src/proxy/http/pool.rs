@@ -46,8 +46,6 @@ pub enum SendError {
     Connect(io::Error),
     /// The connection failed or closed before a response.
     Upstream(hyper::Error),
-    /// As `Upstream`, from hyper-util's client (HTTP/2).
-    Other(String),
 }
 
 struct Idle<B> {

@@ -244,7 +244,7 @@ mod tests {
         let mut grpc_unavailable = HeaderMap::new();
         grpc_unavailable.insert("grpc-status", http::HeaderValue::from_static("14"));
         let refused = Failure::Send(SendError::Connect(std::io::Error::other("refused")));
-        let reset = Failure::Send(SendError::Other("reset".into()));
+        let reset = Failure::PerTryTimeout;
         // (policy, retries, on 503, on 500, on 502, on grpc unavailable, on connect failure, on reset)
         let cases = [
             (

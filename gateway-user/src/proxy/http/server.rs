@@ -121,7 +121,7 @@ impl HttpProxy {
                 connections: Arc::new(Semaphore::new(options.max_connections)),
                 requests: Semaphore::new(options.max_requests),
                 options,
-                clients: (0..workers.count()).map(|_| Clients::new()).collect(),
+                clients: (0..workers.count()).map(|_| Clients::default()).collect(),
                 metrics: metrics.clone(),
             }),
             workers,

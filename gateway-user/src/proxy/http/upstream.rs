@@ -13,16 +13,12 @@ use std::{
 };
 
 use http::{HeaderMap, HeaderValue, Request, Response, header};
-use http_body_util::BodyExt as _;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
 
 use super::{
     access_log::Counted,
+    h2_pool::Http2Pool,
     metrics::{HttpMetrics, UpstreamMetrics},
-    pool::{self, Http1Pool, SendError},
+    pool::{Http1Pool, SendError},
     request::Body,
 };
 use crate::{
@@ -31,36 +27,16 @@ use crate::{
     select::maglev,
 };
 
-/// One worker's upstream connections: HTTP/1.1 in its own pool, HTTP/2 (prior knowledge, for
-/// destinations whose port says HTTP2 or GRPC) multiplexed by hyper-util's client.
+/// One worker's upstream connections: HTTP/1.1 pooled, HTTP/2 (prior knowledge, for
+/// destinations whose port says HTTP2 or GRPC) multiplexed, one connection per endpoint.
+#[derive(Default)]
 pub struct Clients {
     http1: Arc<Http1Pool>,
-    http2: Client<HttpConnector, Counted>,
-}
-
-impl Default for Clients {
-    fn default() -> Self {
-        Self::new()
-    }
+    http2: Http2Pool,
 }
 
 impl Clients {
-    pub fn new() -> Clients {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(crate::proxy::CONNECT_TIMEOUT));
-        Clients {
-            http1: Arc::default(),
-            http2: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(pool::IDLE_TIMEOUT)
-                .pool_timer(TokioTimer::new())
-                .http2_only(true)
-                .timer(TokioTimer::new())
-                .build(connector),
-        }
-    }
-
-    /// Sends `request` (its URI in origin form) to `endpoint` of `destination`.
+    /// Sends `request` (its URI in origin form, `Host` set) to `endpoint` of `destination`.
     pub async fn send(
         &self,
         destination: &Destination,
@@ -70,18 +46,22 @@ impl Clients {
         if !destination.http2 {
             return self.http1.send(endpoint.address, request).await;
         }
+        // HTTP/2 carries the authority as `:authority`, from the URI: the client's.
         let (mut parts, body) = request.into_parts();
+        let authority = parts
+            .headers
+            .remove(header::HOST)
+            .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok())
+            .unwrap_or_else(|| endpoint.authority.clone());
         let mut uri = http::uri::Parts::from(parts.uri);
         uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(endpoint.authority.clone());
+        uri.authority = Some(authority);
         parts.uri = http::Uri::from_parts(uri).map_err(|e| {
             SendError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
         })?;
-        match self.http2.request(Request::from_parts(parts, body)).await {
-            Ok(response) => Ok(response.map(|b| b.map_err(Into::into).boxed())),
-            Err(e) if e.is_connect() => Err(SendError::Connect(std::io::Error::other(e))),
-            Err(e) => Err(SendError::Other(e.to_string())),
-        }
+        self.http2
+            .send(endpoint.address, Request::from_parts(parts, body))
+            .await
     }
 }
 
