@@ -370,9 +370,11 @@ async fn serve<I>(
             let (shared, streams, client) = (shared.clone(), streams.clone(), client.clone());
             async move {
                 let _stream = Stream::new(&streams);
-                Ok::<_, Infallible>(
-                    respond(request, &listener, &shared, &client, scheme, worker).await,
-                )
+                // Boxed: the request's future is several KiB, and HTTP/2 spawns one per
+                // stream; moving a pointer is cheaper than copying it.
+                let responded =
+                    Box::pin(respond(request, &listener, &shared, &client, scheme, worker));
+                Ok::<_, Infallible>(responded.await)
             }
         }
     });
