@@ -372,8 +372,9 @@ async fn serve<I>(
                 let _stream = Stream::new(&streams);
                 // Boxed: the request's future is several KiB, and HTTP/2 spawns one per
                 // stream; moving a pointer is cheaper than copying it.
-                let responded =
-                    Box::pin(respond(request, &listener, &shared, &client, scheme, worker));
+                let responded = Box::pin(respond(
+                    request, &listener, &shared, &client, scheme, worker,
+                ));
                 Ok::<_, Infallible>(responded.await)
             }
         }
