@@ -639,7 +639,15 @@ fn limits(mode: Mode) {
 
     // Over --http-max-connections: closed as accepted, counted; served again once the
     // first connection is gone.
-    let web = Web::start_with(mode, &["--http-max-connections", "1"]);
+    let web = Web::start_with(
+        mode,
+        &[
+            "--http-max-connections",
+            "1",
+            "--http-header-timeout",
+            "500ms",
+        ],
+    );
     let held = connect(&web);
     let refused = closed_after(connect(&web));
     assert!(refused < Duration::from_secs(1), "{refused:?}");
@@ -655,18 +663,63 @@ fn limits(mode: Mode) {
         Some(1.0)
     );
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while web.sluice.metric(&format!(
-        "sluice_http_active_connections{{listener=\"0.0.0.0:{HTTP}\"}}"
-    )) != Some(0.0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the held connection is still counted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The gateway's own count says when the one connection allowed is free again.
+    let wait_until_free = || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while web.sluice.metric(&format!(
+            "sluice_http_active_connections{{listener=\"0.0.0.0:{HTTP}\"}}"
+        )) != Some(0.0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the last connection is still counted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_until_free();
     assert_eq!(web.curl("http", host, "/productpage", &[]).status, 200);
+
+    // The header timeout starts with a head's first byte: an HTTP/1.1 connection kept alive
+    // between requests for longer than it is still served (Envoy closes it at the idle
+    // timeout, an hour by default), while a head that stops half-way is still cut.
+    let mut kept = connect(&web);
+    let _ = kept.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET /productpage HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    for round in 0..2 {
+        kept.write_all(request.as_bytes())
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("GET /productpage") {
+            let n = kept
+                .read(&mut buffer)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(
+                n > 0,
+                "round {round}: closed: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        assert!(
+            seen.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        // Idle for three header timeouts: the tested duration, not a wait for a signal.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    drop(kept);
+    wait_until_free();
+    let mut half = connect(&web);
+    half.write_all(b"GET /productpage HTTP/1.1\r\nhost: ")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cut = closed_after(half);
+    assert!(
+        cut >= Duration::from_millis(450) && cut < Duration::from_secs(2),
+        "a half head was cut after {cut:?}"
+    );
 }
 
 tests::in_both_datapaths!(limits: userspace_http_limits, kernel_mode_http_limits);

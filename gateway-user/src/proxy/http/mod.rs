@@ -1,6 +1,7 @@
 //! The HTTP gateway: HTTP/1.1 and HTTP/2 listeners, TLS termination, and VirtualService HTTP
 //! routing as Istio's gateways apply it.
 pub mod access_log;
+pub mod activity;
 pub mod certificates;
 pub mod h2_pool;
 pub mod metrics;

@@ -7,10 +7,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::AtomicI64},
     time::{Duration, Instant},
 };
 
@@ -30,6 +27,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::{
     access_log::{Counted, Entry, Logged},
+    activity::{Activity, Counting, Request as ActiveRequest},
     certificates::CertificateStore,
     metrics::{Gauged, HttpMetrics, RouteMetrics},
     request::{Body, Peer, handle, local},
@@ -274,7 +272,7 @@ async fn accept_loop(
             let listener = routes.borrow().clone();
             let _connected = Gauged::new(&listener.connections);
             let Some(tls) = &listener.tls else {
-                return serve(TokioIo::new(stream), peer, "http", routes, shared, worker).await;
+                return serve(stream, peer, "http", routes, shared, worker).await;
             };
             // The handshake has the header read timeout too: a slow ClientHello is slowloris.
             let handshake = tokio::time::timeout(shared.options.header_read_timeout, async {
@@ -287,9 +285,7 @@ async fn accept_loop(
                 start.into_stream(config).await.map_err(|_| "handshake")
             });
             match handshake.await {
-                Ok(Ok(stream)) => {
-                    serve(TokioIo::new(stream), peer, "https", routes, shared, worker).await
-                }
+                Ok(Ok(stream)) => serve(stream, peer, "https", routes, shared, worker).await,
                 Ok(Err(reason)) => {
                     shared.metrics.tls_refused(&listener.name, reason);
                     tracing::debug!(%peer, reason, "TLS connection refused");
@@ -301,56 +297,8 @@ async fn accept_loop(
     .await;
 }
 
-/// Requests in progress on one connection, and since when it has had none.
-struct Streams {
-    active: AtomicUsize,
-    /// Milliseconds since `epoch`.
-    idle_since: AtomicU64,
-    epoch: Instant,
-}
-
-impl Streams {
-    fn new() -> Streams {
-        Streams {
-            active: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(0),
-            epoch: Instant::now(),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn idle_for(&self) -> Option<Duration> {
-        (self.active.load(Ordering::Acquire) == 0).then(|| {
-            Duration::from_millis(
-                self.now()
-                    .saturating_sub(self.idle_since.load(Ordering::Acquire)),
-            )
-        })
-    }
-}
-
-/// One request on a connection's [`Streams`], until dropped.
-struct Stream<'s>(&'s Streams);
-
-impl<'s> Stream<'s> {
-    fn new(streams: &'s Streams) -> Self {
-        streams.active.fetch_add(1, Ordering::AcqRel);
-        Stream(streams)
-    }
-}
-
-impl Drop for Stream<'_> {
-    fn drop(&mut self) {
-        self.0.idle_since.store(self.0.now(), Ordering::Release);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 async fn serve<I>(
-    io: TokioIo<I>,
+    io: I,
     peer: SocketAddr,
     scheme: &'static str,
     routes: watch::Receiver<Arc<HttpListener>>,
@@ -360,7 +308,8 @@ async fn serve<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let options = &shared.options;
-    let streams = Arc::new(Streams::new());
+    let streams = Arc::new(Activity::default());
+    let io = TokioIo::new(Counting::new(io, streams.clone()));
     let client = Arc::new(Peer::new(peer));
     let service = service_fn({
         let (shared, streams) = (shared.clone(), streams.clone());
@@ -369,7 +318,7 @@ async fn serve<I>(
             let listener = routes.borrow().clone();
             let (shared, streams, client) = (shared.clone(), streams.clone(), client.clone());
             async move {
-                let _stream = Stream::new(&streams);
+                let _stream = ActiveRequest::begin(&streams);
                 // Boxed: the request's future is several KiB, and HTTP/2 spawns one per
                 // stream; moving a pointer is cheaper than copying it.
                 let responded = Box::pin(respond(
@@ -383,7 +332,6 @@ async fn serve<I>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
         .max_buf_size(options.max_header_bytes.max(MIN_BUF_SIZE));
     builder
         .http2()
@@ -396,9 +344,23 @@ async fn serve<I>(
     let mut check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drained: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    // hyper's own header timeout would run while a kept-alive connection waits for its next
+    // request: this one starts with the head's first byte (or the connection, for the first).
+    let header_timeout = options.header_read_timeout;
+    let mut head_check = tokio::time::interval((header_timeout / 4).max(Duration::from_millis(20)));
+    head_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut head_since: Option<Instant> = Some(Instant::now());
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
+            _ = head_check.tick() => {
+                if !streams.head_due() {
+                    head_since = None;
+                } else if head_since.get_or_insert_with(Instant::now).elapsed() >= header_timeout {
+                    tracing::debug!(%peer, "request head not complete within the header timeout");
+                    return;
+                }
+            }
             _ = check.tick(), if drained.is_none() => {
                 if streams.idle_for().is_some_and(|idle| idle >= idle_timeout) {
                     // Envoy's idle timeout: no request for this long. HTTP/1.1 is closed,
