@@ -220,6 +220,23 @@ impl Sluice {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The first log line `wanted` accepts, waiting for it at most 5 s (an access-log line
+    /// is written once the response's end is sent, which the client may see first).
+    pub fn wait_log(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| wanted(l)) {
+                return line.to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such log line:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit; returns the status and the log.
     pub fn stop(mut self) -> (ExitStatus, String) {
         self.stop_in_place()

@@ -341,11 +341,9 @@ fn routes(mode: Mode) {
     );
 
     // One access-log line per request, with Envoy's fields and response flags.
-    let log = web.sluice.log();
     let line = |path: &str| {
-        log.lines()
-            .find(|l| l.contains("INFO access") && l.contains(&format!(" path={path} ")))
-            .unwrap_or_else(|| panic!("no access log line for {path}:\n{log}"))
+        web.sluice
+            .wait_log(|l| l.contains("INFO access") && l.contains(&format!(" path={path} ")))
     };
     for (path, wanted) in [
         (
@@ -437,14 +435,12 @@ fn routes(mode: Mode) {
     }
     assert_eq!(echoed[..2], ["hello", "world"]);
     assert_eq!(echoed[2].len(), 200_000);
-    let log = web.sluice.log();
-    assert!(
-        log.lines().any(|l| l.contains("INFO access")
+    web.sluice.wait_log(|l| {
+        l.contains("INFO access")
             && l.contains(" path=/ws/chat?room=1 ")
             && l.contains("response_code=101")
-            && l.contains("upstream_host=203.0.113.3:9090")),
-        "{log}"
-    );
+            && l.contains("upstream_host=203.0.113.3:9090")
+    });
 
     // Counted by route and status class; nothing left in flight.
     let requests = |route: &str, class: &str| {

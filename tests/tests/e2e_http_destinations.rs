@@ -394,13 +394,11 @@ fn destinations(mode: Mode) {
         text.contains("\n\na\nGET /through?the=tunnel\n"),
         "the tunnelled request did not reach a: {text}"
     );
-    let connects = ex.sluice().log();
-    assert!(
-        connects.lines().any(|l| l.contains("INFO access")
+    ex.sluice().wait_log(|l| {
+        l.contains("INFO access")
             && l.contains("method=CONNECT")
-            && l.contains(&format!("upstream_host={A}:9080"))),
-        "{connects}"
-    );
+            && l.contains(&format!("upstream_host={A}:9080"))
+    });
 
     retries(&ex);
     grpc_through_the_gateway(&ex);
@@ -435,13 +433,11 @@ fn retries(ex: &Example) {
     assert!(retried.is_some_and(|n| n >= 5.0), "{retried:?}");
     let got = curl_host(ex, host, "/status/500", &[]);
     assert_eq!(got.status, 500);
-    let log = ex.sluice().log();
-    assert!(
-        log.lines().any(|l| l.contains("INFO access")
+    ex.sluice().wait_log(|l| {
+        l.contains("INFO access")
             && l.contains(" path=/status/500 ")
-            && l.contains("response_flags=\"URX\"")),
-        "{log}"
-    );
+            && l.contains("response_flags=\"URX\"")
+    });
     assert_eq!(
         ex.sluice().metric(
             "sluice_http_upstream_requests_total{upstream=\"outbound|9080||a.web.test\",code_class=\"5xx\"}"
@@ -499,14 +495,12 @@ fn grpc_through_the_gateway(ex: &Example) {
     assert!(big_ok, "the 1 MiB message came back changed");
     let want: Vec<Bytes> = messages.iter().map(|m| grpc::echoed(m)).collect();
     assert_eq!(streamed, want);
-    let log = ex.sluice().log();
-    assert!(
-        log.lines().any(|l| l.contains("INFO access")
+    ex.sluice().wait_log(|l| {
+        l.contains("INFO access")
             && l.contains("path=/sluice.test.Echo/Stream")
             && l.contains("protocol=\"HTTP/2\"")
-            && l.contains(&format!("upstream_host={A}:50051"))),
-        "{log}"
-    );
+            && l.contains(&format!("upstream_host={A}:50051"))
+    });
 }
 
 /// The server's two certificates (RSA, ECDSA): a client that verifies only RSA gets the RSA

@@ -151,12 +151,17 @@ impl<'a> Compiler<'a> {
 
     /// A warning whose subject is left out of the Plan.
     fn leave_out(&mut self, object: &Object, code: &'static str, path: &str, reason: String) {
-        self.out.plan.left_out.push(LeftOut {
+        let left = LeftOut {
             object: object.reference(),
             path: path.to_owned(),
             code,
             reason: reason.clone(),
-        });
+        };
+        // A rule seen once per server that binds it is left out once.
+        if self.out.plan.left_out.contains(&left) {
+            return;
+        }
+        self.out.plan.left_out.push(left);
         self.warn(object, code, path, reason);
     }
 
@@ -178,7 +183,10 @@ impl<'a> Compiler<'a> {
     /// References to Gateways that do not exist, and rules meant only for sidecars.
     fn check_virtual_services(&mut self) {
         for (vs, spec) in self.virtual_services() {
-            if spec.gateways.is_empty() || spec.gateways.iter().all(|g| g == "mesh") {
+            // Without hosts it is a delegate: its rules come in through a root's.
+            let delegate = spec.hosts.is_empty() && spec.gateways.is_empty();
+            if !delegate && (spec.gateways.is_empty() || spec.gateways.iter().all(|g| g == "mesh"))
+            {
                 let message =
                     "applies to sidecars only (gateways: mesh); Sluice does not act on it"
                         .to_owned();
