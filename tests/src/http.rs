@@ -3,7 +3,8 @@
 //! operations as the upstream saw them. `GET /delay/<ms>` answers after that long,
 //! `/status/<code>` with that status. Its response headers say which backend answered
 //! (`x-backend`), over which protocol (`x-backend-protocol`) and for which authority
-//! (`x-backend-authority`: HTTP/2's `:authority` or HTTP/1.1's Host).
+//! (`x-backend-authority`: HTTP/2's `:authority` or HTTP/1.1's Host), and how many body
+//! bytes it read (`x-backend-body-bytes`: it reads the whole body before answering).
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -100,7 +101,13 @@ impl Drop for HttpBackend {
 }
 
 async fn answer(id: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = request.uri().path().to_owned();
+    // The body is read whole, as a server does before answering (bounded by the tests).
+    let (request, incoming) = request.into_parts();
+    let received = http_body_util::BodyExt::collect(incoming)
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let path = request.uri.path().to_owned();
     let mut status = 200;
     if let Some(ms) = path
         .strip_prefix("/delay/")
@@ -116,10 +123,10 @@ async fn answer(id: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     let mut body = format!(
         "{id}\n{} {}\n",
-        request.method(),
-        request.uri().path_and_query().map_or("/", |p| p.as_str())
+        request.method,
+        request.uri.path_and_query().map_or("/", |p| p.as_str())
     );
-    for (name, value) in request.headers() {
+    for (name, value) in &request.headers {
         body += &format!("{name}: {}\n", value.to_str().unwrap_or("?"));
     }
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -127,14 +134,18 @@ async fn answer(id: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Ok(value) = hyper::header::HeaderValue::from_str(id) {
         response.headers_mut().insert("x-backend", value);
     }
+    response.headers_mut().insert(
+        "x-backend-body-bytes",
+        hyper::header::HeaderValue::from(received),
+    );
     // The authority as the request carried it: HTTP/2's `:authority`, HTTP/1.1's Host.
     let authority = request
-        .uri()
+        .uri
         .authority()
         .map(|a| a.to_string())
         .or_else(|| {
             request
-                .headers()
+                .headers
                 .get(hyper::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_owned)
@@ -143,7 +154,7 @@ async fn answer(id: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Ok(value) = hyper::header::HeaderValue::from_str(&authority) {
         response.headers_mut().insert("x-backend-authority", value);
     }
-    let protocol = format!("{:?}", request.version());
+    let protocol = format!("{:?}", request.version);
     if let Ok(value) = hyper::header::HeaderValue::from_str(&protocol) {
         response.headers_mut().insert("x-backend-protocol", value);
     }

@@ -413,8 +413,9 @@ fn to_with(ex: &Example, path: &str, args: &[&str]) -> String {
         .to_owned()
 }
 
-/// Istio's default retries take a request whose endpoint refuses to the other endpoint;
-/// without retries half the requests fail; a 5xx retried runs out (URX).
+/// Istio's default retries take a request whose endpoint refuses to the other endpoint,
+/// small bodies included; without retries (or with a body too long to hold) half the
+/// requests fail; a 5xx retried runs out (URX).
 fn retries(ex: &Example) {
     let host = "retry.example.com";
     let statuses = |path: &str| -> Vec<u16> {
@@ -423,6 +424,37 @@ fn retries(ex: &Example) {
             .collect()
     };
     assert_eq!(statuses("/default"), [200; 10], "{}", ex.sluice().log());
+    // A small body is held and sent again; a body over 64 KiB is streamed and sent once.
+    let small: Vec<(u16, bool)> = (0..10)
+        .map(|i| {
+            let got = curl_host(ex, host, &format!("/post/{i}"), &["--data-binary", "hello"]);
+            (got.status, got.header("x-backend-body-bytes") == Some("5"))
+        })
+        .collect();
+    assert_eq!(small, [(200, true); 10]);
+    let retries_now = || {
+        ex.sluice()
+            .metric(
+                "sluice_http_upstream_retries_total{upstream=\"outbound|9080||flaky.web.test\"}",
+            )
+            .unwrap_or(0.0)
+    };
+    let before = retries_now();
+    let big = "b".repeat(100 * 1024);
+    let mut big_failed = 0;
+    for i in 0..10 {
+        let got = curl_host(ex, host, &format!("/big/{i}"), &["--data-binary", &big]);
+        match got.status {
+            503 => big_failed += 1,
+            status => {
+                assert_eq!(status, 200);
+                assert_eq!(got.header("x-backend-body-bytes"), Some("102400"));
+            }
+        }
+    }
+    // Round robin sends half to the refusing endpoint, and none is tried again.
+    assert_eq!(big_failed, 5);
+    assert_eq!(retries_now(), before, "a 100 KiB body was sent again");
     let once = statuses("/once");
     let failed = once.iter().filter(|s| **s == 503).count();
     // Round robin over one live and one refusing endpoint.

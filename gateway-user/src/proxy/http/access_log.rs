@@ -20,10 +20,12 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use super::request::Body;
 
-/// A request body that counts the bytes it carries when asked to; or none at all (a
-/// retried request without a body).
+/// A request body that counts the bytes it carries when asked to; or one held in memory
+/// (a retried request's, possibly empty).
 pub struct Counted {
     inner: Option<Incoming>,
+    /// The body when held: sent as one frame.
+    held: Option<Bytes>,
     bytes: Option<Arc<AtomicU64>>,
 }
 
@@ -31,13 +33,16 @@ impl Counted {
     pub fn new(inner: Incoming, bytes: Option<Arc<AtomicU64>>) -> Counted {
         Counted {
             inner: Some(inner),
+            held: None,
             bytes,
         }
     }
 
-    pub fn empty() -> Counted {
+    /// A body of `bytes`, already received (and counted).
+    pub fn held(bytes: Bytes) -> Counted {
         Counted {
             inner: None,
+            held: Some(bytes),
             bytes: None,
         }
     }
@@ -52,7 +57,8 @@ impl HttpBody for Counted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
+            let held = self.held.take().filter(|b| !b.is_empty());
+            return Poll::Ready(held.map(|b| Ok(Frame::data(b))));
         };
         let frame = ready!(Pin::new(inner).poll_frame(cx));
         if let (Some(Ok(frame)), Some(bytes)) = (&frame, &self.bytes)
@@ -64,13 +70,17 @@ impl HttpBody for Counted {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        match &self.inner {
+            Some(inner) => inner.is_end_stream(),
+            None => self.held.as_ref().is_none_or(Bytes::is_empty),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+        match &self.inner {
+            Some(inner) => inner.size_hint(),
+            None => SizeHint::with_exact(self.held.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 

@@ -406,16 +406,20 @@ async fn forward(
     }
     let set_cookie = picked.set_cookie.clone();
     let request = Request::from_parts(parts, body);
-    let template = upgrade
-        .is_none()
-        .then(|| Template::of(&request, &route.retry))
-        .flatten();
-    let exchanged = exchange(request, template, picked, &route.retry, clients);
-    let Exchanged {
-        result,
-        endpoint,
-        tries,
-    } = match route.route.timeout_ms {
+    let upgrading = upgrade.is_some();
+    let exchanged = async {
+        // An upgrade is not sent twice; anything else as the retry policy says.
+        let (request, template) = if upgrading {
+            (request, None)
+        } else {
+            match Template::prepare(request, &route.retry).await {
+                Ok(prepared) => prepared,
+                Err(_) => return None,
+            }
+        };
+        Some(exchange(request, template, picked, &route.retry, clients).await)
+    };
+    let exchanged = match route.route.timeout_ms {
         Some(ms) if ms > 0 => {
             match tokio::time::timeout(Duration::from_millis(ms), exchanged).await {
                 Ok(exchanged) => exchanged,
@@ -427,6 +431,15 @@ async fn forward(
             }
         }
         _ => exchanged.await,
+    };
+    // The client's body broke off before it was all received (Envoy's `DC`).
+    let Some(Exchanged {
+        result,
+        endpoint,
+        tries,
+    }) = exchanged
+    else {
+        return (local(StatusCode::BAD_REQUEST, ""), upstream, "DC");
     };
     let upstream = Some(endpoint);
     let retried = tries > 1;

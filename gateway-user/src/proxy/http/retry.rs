@@ -6,11 +6,15 @@
 //! backoff (25 ms base, doubling, at most 250 ms), each try bounded by `perTryTimeout` and
 //! all of them by the route's `timeout`.
 //!
-//! Only requests without a body are retried: Envoy buffers a body to replay it, Sluice
-//! streams bodies and sends a request with one once.
+//! A request body is held in memory to be sent again when its length is known and at most
+//! [`MAX_HELD_BODY`] (Envoy buffers bodies for retries too, up to its buffer limit); a
+//! longer body, or one of unknown length, is streamed and its request sent once.
 use std::{net::SocketAddr, time::Duration};
 
+use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt as _;
+use hyper::body::Body as _;
 
 use super::{
     access_log::Counted,
@@ -132,28 +136,59 @@ impl Failure {
     }
 }
 
+/// The largest request body held to be sent again.
+pub const MAX_HELD_BODY: u64 = 64 * 1024;
+
 /// What a request that can be sent again is made of.
 pub struct Template {
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
+    body: Bytes,
 }
 
 impl Template {
-    /// The request's head, when it can be retried: it has no body, and the policy retries.
-    pub fn of(request: &Request<Counted>, policy: &RetryPolicy) -> Option<Template> {
-        use hyper::body::Body as _;
-        (policy.retries > 0 && request.body().is_end_stream()).then(|| Template {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers: request.headers().clone(),
-        })
+    /// `request` ready to be sent, and what to send again when the policy retries it: its
+    /// head and, when it has one of at most [`MAX_HELD_BODY`] bytes of known length, its
+    /// body, received whole first. `Err` when the client's body failed on the way.
+    pub async fn prepare(
+        request: Request<Counted>,
+        policy: &RetryPolicy,
+    ) -> Result<(Request<Counted>, Option<Template>), hyper::Error> {
+        if policy.retries == 0 {
+            return Ok((request, None));
+        }
+        let empty = request.body().is_end_stream();
+        let small = request
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_HELD_BODY);
+        if !empty && !small {
+            return Ok((request, None));
+        }
+        let (parts, body) = request.into_parts();
+        let body = if empty {
+            Bytes::new()
+        } else {
+            body.collect().await?.to_bytes()
+        };
+        let template = Template {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        };
+        Ok((
+            Request::from_parts(parts, Counted::held(body)),
+            Some(template),
+        ))
     }
 
     fn request(&self) -> Request<Counted> {
-        let mut request = Request::new(Counted::empty());
+        let mut request = Request::new(Counted::held(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
