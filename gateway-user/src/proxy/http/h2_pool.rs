@@ -18,7 +18,10 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, sync::Mutex as AsyncMutex};
 
-use super::{access_log::Counted, pool::SendError, request::Body};
+use super::{
+    body::{Body, Counted},
+    pool::SendError,
+};
 
 /// The pool; `B` is the request body (the proxy's is [`Counted`]).
 pub struct Http2Pool<B = Counted> {

@@ -2,13 +2,16 @@
 //! routing as Istio's gateways apply it.
 pub mod access_log;
 pub mod activity;
+pub mod body;
 pub mod certificates;
 pub mod h2_pool;
 pub mod metrics;
 pub mod pool;
+pub mod query;
 pub mod request;
 pub mod retry;
 pub mod server;
+pub mod server_names;
 pub mod table;
 pub mod tls;
 pub mod upstream;

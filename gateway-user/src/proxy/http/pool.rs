@@ -30,7 +30,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{access_log::Counted, request::Body};
+use super::body::{Body, Counted};
 
 /// Idle connections older than this are closed (as the pool of hyper-util's client).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -10,12 +10,12 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
     uri::PathAndQuery,
 };
-use http_body_util::{BodyExt as _, Empty, Full, combinators::BoxBody};
+use http_body_util::{BodyExt as _, Empty, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{
-    access_log::Counted,
+    body::{Body, Counted},
     metrics::{UpstreamFailure, UpstreamMetrics},
     pool::SendError,
     retry::{Exchanged, Failure, Template, exchange},
@@ -26,8 +26,6 @@ use crate::{
     compile::plan::HttpAction,
     config::model::{HeaderOperations, HttpRedirect},
 };
-
-pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A response made here, as Envoy makes its own (plain text).
 pub fn local(status: StatusCode, body: &'static str) -> Response<Body> {

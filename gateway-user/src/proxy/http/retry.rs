@@ -17,10 +17,9 @@ use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
 
 use super::{
-    access_log::Counted,
+    body::{Body, Counted},
     metrics::UpstreamFailure,
     pool::SendError,
-    request::Body,
     upstream::{Clients, Picked},
 };
 use crate::compile::plan::Retries;

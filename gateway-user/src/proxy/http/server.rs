@@ -26,14 +26,15 @@ use tokio::{
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::{
-    access_log::{Counted, Entry, Logged},
+    access_log::{Entry, Logged},
     activity::{Activity, Counting, Request as ActiveRequest},
+    body::{Body, Counted},
     certificates::CertificateStore,
     metrics::{Gauged, HttpMetrics, RouteMetrics},
-    request::{Body, Peer, handle, local},
+    request::{Peer, handle, local},
+    server_names::ListenerTls,
     table::CompiledRoute,
     table::HttpTable,
-    tls::ListenerTls,
     upstream::Clients,
 };
 use crate::{

@@ -15,11 +15,10 @@ use std::{
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 
 use super::{
-    access_log::Counted,
+    body::{Body, Counted},
     h2_pool::Http2Pool,
     metrics::{HttpMetrics, UpstreamMetrics},
     pool::{Http1Pool, SendError},
-    request::Body,
 };
 use crate::{
     compile::plan::{Backend, ConsistentHash, HashKey, HashTable},
@@ -324,7 +323,7 @@ impl Affinity {
             }
             HashKey::SourceIp => Some((hash64(request.source.to_string().as_bytes()), None)),
             HashKey::QueryParameter(name) => {
-                let value = super::table::query_values(request.query, name).next()?;
+                let value = super::query::query_values(request.query, name).next()?;
                 Some((hash64(value.as_bytes()), None))
             }
             HashKey::Cookie { name, path, ttl_s } => {
