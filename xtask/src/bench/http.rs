@@ -66,15 +66,9 @@ struct Sample {
 }
 
 pub(super) fn run(args: &BenchArgs, envoy: &Path) -> anyhow::Result<String> {
-    let mut results: Vec<(&str, Vec<Sample>)> = Vec::new();
-    let mut profiles = String::new();
-    for contestant in Contestant::chosen(args, &CONTESTANTS) {
-        eprintln!("bench (http): {}", name(contestant));
-        let (samples, profile) = measure(contestant, args, envoy)
-            .with_context(|| format!("measuring {}", name(contestant)))?;
-        results.push((name(contestant), samples));
-        profiles += &profile;
-    }
+    let (results, profiles) = super::measure_each(args, "http", &CONTESTANTS, name, |c| {
+        measure(c, args, envoy)
+    })?;
     let columns: [Column<Sample>; 9] = [
         ("HTTP/1.1 keep-alive req/s", |s| s.keep_rps, 0, true),
         ("p50 µs", |s| s.keep_p50_us, 0, false),

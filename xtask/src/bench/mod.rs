@@ -279,6 +279,31 @@ fn sampled<S>(
 /// compared with the direct path.
 type Column<S> = (&'static str, fn(&S) -> f64, usize, bool);
 
+/// Samples by contestant name, in the order measured.
+type Named<S> = Vec<(&'static str, Vec<S>)>;
+
+/// Each chosen contestant of a suite measured in turn: its samples under its name, and the
+/// profiles the runs recorded (with `--perf`), in order.
+fn measure_each<S>(
+    args: &BenchArgs,
+    suite: &str,
+    contestants: &[Contestant],
+    name: fn(Contestant) -> &'static str,
+    mut measure: impl FnMut(Contestant) -> anyhow::Result<(Vec<S>, String)>,
+) -> anyhow::Result<(Named<S>, String)> {
+    let mut results = Vec::new();
+    let mut profiles = String::new();
+    for contestant in Contestant::chosen(args, contestants) {
+        eprintln!("bench ({suite}): {}", name(contestant));
+        let (samples, profile) = anyhow::Context::with_context(measure(contestant), || {
+            format!("measuring {}", name(contestant))
+        })?;
+        results.push((name(contestant), samples));
+        profiles += &profile;
+    }
+    Ok((results, profiles))
+}
+
 /// Renders `results` (the direct path first) as a Markdown table: per column the median
 /// with the min-max spread, and its ratio to the direct path's median where asked.
 fn render<S>(title: &str, results: &[(&str, Vec<S>)], columns: &[Column<S>]) -> String {

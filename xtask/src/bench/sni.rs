@@ -5,7 +5,6 @@
 //! throughput after the handshake; every contestant with one worker.
 use std::{fmt::Write as _, net::SocketAddr, path::Path};
 
-use anyhow::Context as _;
 use tests::{
     bpffs::TempBpffs,
     load::{self, RrServer, Transport},
@@ -59,15 +58,8 @@ struct Sample {
 }
 
 pub(super) fn run(args: &BenchArgs, envoy: &Path) -> anyhow::Result<String> {
-    let mut results: Vec<(&str, Vec<Sample>)> = Vec::new();
-    let mut profiles = String::new();
-    for contestant in Contestant::chosen(args, &CONTESTANTS) {
-        eprintln!("bench (sni): {}", name(contestant));
-        let (samples, profile) = measure(contestant, args, envoy)
-            .with_context(|| format!("measuring {}", name(contestant)))?;
-        results.push((name(contestant), samples));
-        profiles += &profile;
-    }
+    let (results, profiles) =
+        super::measure_each(args, "sni", &CONTESTANTS, name, |c| measure(c, args, envoy))?;
     let columns: [Column<Sample>; 6] = [
         ("TLS handshakes/s", |s| s.handshakes_per_s, 0, true),
         ("p50 µs", |s| s.p50_us, 0, false),
