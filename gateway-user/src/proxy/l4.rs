@@ -22,10 +22,7 @@ use tokio::{
     sync::watch,
 };
 
-use super::{
-    CONNECT_TIMEOUT,
-    listeners::{ListenerSet, accept_each},
-};
+use super::listeners::{ListenerSet, accept_each};
 use crate::{
     compile::plan::{ListenerKind, Plan},
     select::{BackendRemoval, BackendSet, BackendSets},
@@ -225,22 +222,16 @@ async fn forward(
         listener: listener.to_string(),
         backend: backend.to_string(),
     };
-    let mut upstream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                tracing::debug!(%listener, %backend, error = %e, "backend connect failed");
-                metrics.connect_failures.get_or_create(&labels).inc();
-                return;
-            }
-            Err(_) => {
-                metrics.connect_failures.get_or_create(&labels).inc();
-                return;
-            }
-        };
+    let mut upstream = match super::dial(backend).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(%listener, %backend, error = %e, "backend connect failed");
+            metrics.connect_failures.get_or_create(&labels).inc();
+            return;
+        }
+    };
     metrics.connections.get_or_create(&labels).inc();
     let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
     let copy = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
         &mut upstream,

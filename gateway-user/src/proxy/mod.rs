@@ -3,6 +3,16 @@
 /// How long connecting to a backend may take before the client's connection is closed.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A connection to a backend, within [`CONNECT_TIMEOUT`] (`TimedOut` past it), with Nagle
+/// off: what every userspace server opens towards backends.
+pub async fn dial(backend: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(backend))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 pub mod http;
 pub mod l4;
 pub mod listeners;

@@ -16,7 +16,7 @@ use hyper::{
     client::conn::http2::{Builder, SendRequest},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, sync::Mutex as AsyncMutex};
+use tokio::sync::Mutex as AsyncMutex;
 
 use super::{
     body::{Body, Counted},
@@ -76,17 +76,9 @@ where
         if let Some(open) = self.open(endpoint) {
             return Ok(open);
         }
-        let stream =
-            tokio::time::timeout(crate::proxy::CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-                .await
-                .map_err(|_| {
-                    SendError::Connect(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    ))
-                })?
-                .map_err(SendError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let stream = crate::proxy::dial(endpoint)
+            .await
+            .map_err(SendError::Connect)?;
         let (sender, connection) = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))

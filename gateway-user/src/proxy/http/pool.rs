@@ -28,7 +28,6 @@ use hyper::{
     client::conn::http1::{Builder, SendRequest},
 };
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::body::{Body, Counted};
 
@@ -216,10 +215,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = tokio::time::timeout(crate::proxy::CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
+    let stream = crate::proxy::dial(endpoint).await?;
     let (sender, connection) = Builder::new()
         .handshake(TokioIo::new(stream))
         .await

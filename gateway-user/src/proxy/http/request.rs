@@ -12,7 +12,6 @@ use http::{
 };
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::{
     body::{Body, Counted},
@@ -514,9 +513,7 @@ async fn connect_tunnel(
     peer: &Peer,
 ) -> (Response<Body>, &'static str) {
     let client = hyper::upgrade::on(&mut request);
-    let dialled =
-        tokio::time::timeout(crate::proxy::CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await;
-    let Ok(Ok(mut upstream)) = dialled else {
+    let Ok(mut upstream) = crate::proxy::dial(endpoint).await else {
         metrics.failed(UpstreamFailure::ConnectFailure);
         let response = local(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -524,7 +521,6 @@ async fn connect_tunnel(
         );
         return (response, "UF");
     };
-    let _ = upstream.set_nodelay(true);
     metrics.response(200);
     let peer = peer.address;
     tokio::spawn(async move {
