@@ -33,6 +33,19 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative to the workspace,
+/// as cargo reads it), else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    target_dir_from(std::env::var_os("CARGO_TARGET_DIR"))
+}
+
+fn target_dir_from(configured: Option<std::ffi::OsString>) -> PathBuf {
+    match configured.filter(|dir| !dir.is_empty()) {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root())
@@ -85,7 +98,7 @@ pub fn build_ebpf(args: &EbpfArgs) -> anyhow::Result<PathBuf> {
         cmd.args(["--features", "packet-log"]);
     }
     run(&mut cmd).context("building the eBPF object")?;
-    let object = workspace_root().join("target/bpfel-unknown-none/release/gateway-ebpf");
+    let object = target_dir().join("bpfel-unknown-none/release/gateway-ebpf");
     check_no_panics(&object)?;
     Ok(object)
 }
@@ -125,10 +138,7 @@ pub fn build_both(args: &BuildArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
     }
     run(&mut cmd).context("building sluice")?;
     let profile = if args.release { "release" } else { "debug" };
-    Ok((
-        workspace_root().join("target").join(profile).join("sluice"),
-        object,
-    ))
+    Ok((target_dir().join(profile).join("sluice"), object))
 }
 
 pub fn run_sluice(args: &BuildArgs, sluice_args: &[String]) -> anyhow::Result<()> {
@@ -209,4 +219,26 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_dir_follows_cargo_target_dir() {
+        assert_eq!(target_dir_from(None), workspace_root().join("target"));
+        assert_eq!(
+            target_dir_from(Some("".into())),
+            workspace_root().join("target")
+        );
+        assert_eq!(
+            target_dir_from(Some("/tmp/elsewhere".into())),
+            PathBuf::from("/tmp/elsewhere")
+        );
+        assert_eq!(
+            target_dir_from(Some("out".into())),
+            workspace_root().join("out")
+        );
+    }
 }

@@ -22,7 +22,7 @@ use clap::Args;
 use tests::{bpffs::TempBpffs, netns::NetNs, sluice::Sluice};
 
 use crate::{
-    build::{BuildArgs, build_both, workspace_root},
+    build::{self, BuildArgs, build_both, workspace_root},
     setup,
 };
 
@@ -37,9 +37,10 @@ pub struct BenchArgs {
     /// Length of each measurement.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Where the results tables are written.
-    #[arg(long, default_value = "target/bench/results.md")]
-    pub out: PathBuf,
+    /// Where the results tables are written (relative to the workspace); by default
+    /// `bench/results.md` in cargo's target directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Measure only these (comma-separated); the direct path is always measured.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Contestant>,
@@ -121,7 +122,7 @@ struct Profile {
 
 impl Profile {
     fn start(name: &str, duration: Duration) -> anyhow::Result<Profile> {
-        let dir = workspace_root().join("target/bench");
+        let dir = build::target_dir().join("bench");
         std::fs::create_dir_all(&dir)?;
         let slug: String = name
             .chars()
@@ -217,7 +218,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         ],
         &mut installed,
     )?;
-    let envoy = setup::envoy(&workspace_root().join("target"), &mut installed)?;
+    let envoy = setup::envoy(&build::target_dir(), &mut installed)?;
     let (bin, object) = build_both(&BuildArgs {
         release: true,
         ..BuildArgs::default()
@@ -239,7 +240,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         report += &http::run(args, &envoy)?;
     }
     println!("{report}");
-    let out = workspace_root().join(&args.out);
+    let out = match &args.out {
+        Some(out) => workspace_root().join(out),
+        None => build::target_dir().join("bench/results.md"),
+    };
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
