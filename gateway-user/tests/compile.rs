@@ -803,3 +803,65 @@ fn istio_tls_and_http_examples_compile_without_warnings() {
         assert!(!compiled.plan.listeners.is_empty(), "{file}");
     }
 }
+
+/// The largest weights validation accepts (route 2^31-1, endpoint 2^32-1) compile and build
+/// their Maglev tables: their product once overflowed and killed the daemon at start.
+#[test]
+fn the_largest_accepted_weights_compile_into_tables() {
+    let text = r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: edge}
+spec:
+  servers:
+  - port: {number: 7000, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: heavy, namespace: edge}
+spec:
+  hosts: [heavy.example]
+  ports: [{number: 80, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 203.0.113.2, weight: 4294967295}
+  - {address: 203.0.113.3, weight: 1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: edge}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  tcp:
+  - route:
+    - {destination: {host: heavy.example, port: {number: 80}}, weight: 2147483647}
+    - {destination: {host: 203.0.113.4, port: {number: 80}}, weight: 2147483647}
+"#;
+    let checked = check_text("heavy.yaml", text);
+    assert_eq!(
+        checked.count(Severity::Error),
+        0,
+        "{:#?}",
+        checked.diagnostics
+    );
+    let plan = compile(&checked.objects, &DnsAnswers::default()).plan;
+    let sets = gateway_user::select::BackendSets::for_plan(&plan);
+    let only = listener(&plan, 7000);
+    let ListenerKind::L4Forward { route: Some(route) } = &only.kind else {
+        panic!("{plan:#?}")
+    };
+    assert_eq!(route.backends.len(), 2);
+    let set = sets
+        .get(only.address(), 0)
+        .unwrap_or_else(|| panic!("no backend set"));
+    // Both destinations weigh the same: the heavy endpoint (index 0) and the other
+    // destination's (index 2) hold about half the table each.
+    let heavy = set.table.iter().filter(|&&i| i == 0).count();
+    let half = set.table.len() / 2;
+    assert!(
+        heavy.abs_diff(half) < half / 20,
+        "{heavy} of {}",
+        set.table.len()
+    );
+}

@@ -45,15 +45,12 @@ impl BackendSet {
     pub fn new(backends: &[Backend]) -> BackendSet {
         let mut endpoints = Vec::new();
         let mut entries = Vec::new();
-        for backend in backends {
-            let total: u64 = backend.endpoints.iter().map(|e| u64::from(e.weight)).sum();
-            for endpoint in &backend.endpoints {
-                let share =
-                    u64::from(backend.weight) * SCALE * u64::from(endpoint.weight) / total.max(1);
+        for (backend, weights) in backends.iter().zip(endpoint_shares(backends)) {
+            for (endpoint, weight) in backend.endpoints.iter().zip(weights) {
                 endpoints.push(endpoint.address);
                 entries.push(maglev::Entry {
                     key: format!("{}/{}", backend.host, endpoint.address),
-                    weight: u32::try_from(share).unwrap_or(u32::MAX),
+                    weight,
                 });
             }
         }
@@ -127,6 +124,40 @@ pub fn words(ip: IpAddr) -> [u32; 4] {
     [word(0), word(4), word(8), word(12)]
 }
 
+/// Each endpoint's share of its set: the route weight split over the destination's
+/// endpoints by their weights. Computed wide (route weights reach 2^31, endpoint weights
+/// 2^32: their product overflows u64) and scaled down together when the largest share does
+/// not fit a u32, so proportions hold; an endpoint with weight keeps at least 1.
+fn endpoint_shares(backends: &[Backend]) -> Vec<Vec<u32>> {
+    let wide: Vec<Vec<u128>> = backends
+        .iter()
+        .map(|backend| {
+            let total: u128 = backend.endpoints.iter().map(|e| u128::from(e.weight)).sum();
+            backend
+                .endpoints
+                .iter()
+                .map(|e| {
+                    u128::from(backend.weight) * u128::from(SCALE) * u128::from(e.weight)
+                        / total.max(1)
+                })
+                .collect()
+        })
+        .collect();
+    let largest = wide.iter().flatten().copied().max().unwrap_or(0);
+    let divisor = largest.div_ceil(u128::from(u32::MAX)).max(1);
+    wide.into_iter()
+        .map(|shares| {
+            shares
+                .into_iter()
+                .map(|share| {
+                    let scaled = (share / divisor).max(u128::from(share > 0));
+                    u32::try_from(scaled).unwrap_or(u32::MAX)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +179,25 @@ mod tests {
                 .collect(),
             ..Backend::default()
         }
+    }
+
+    #[test]
+    fn the_largest_weights_neither_overflow_nor_lose_proportions() {
+        let top = i32::MAX as u32;
+        let shares = endpoint_shares(&[
+            backend(top, &[("203.0.113.2:80", u32::MAX), ("203.0.113.3:80", 1)]),
+            backend(top, &[("203.0.113.4:80", u32::MAX)]),
+            backend(1, &[("203.0.113.5:80", 1)]),
+        ]);
+        assert!(shares[0][0].abs_diff(shares[1][0]) <= 1, "{shares:?}");
+        assert_eq!(shares[0][1], 1, "a tiny share stays in: {shares:?}");
+        assert!((1..=2).contains(&shares[2][0]), "{shares:?}");
+        assert!(shares[0][0] > u32::MAX / 2, "{shares:?}");
+        let set = BackendSet::new(&[
+            backend(top, &[("203.0.113.2:80", u32::MAX), ("203.0.113.3:80", 1)]),
+            backend(top, &[("203.0.113.4:80", u32::MAX)]),
+        ]);
+        assert!(!set.table.is_empty());
     }
 
     #[test]
