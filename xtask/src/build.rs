@@ -158,27 +158,63 @@ pub fn run_sluice(args: &BuildArgs, sluice_args: &[String]) -> anyhow::Result<()
     Ok(())
 }
 
-/// The libFuzzer targets under `fuzz/` for `seconds` each, from the real ClientHellos in
-/// `fuzz/seeds` (copied into a scratch corpus, so the repository keeps only the seeds). The
-/// fuzz crate builds with `-Z` sanitizer flags, which the pinned stable toolchain takes with
-/// `RUSTC_BOOTSTRAP=1`, set for that build only (its own target directory).
+/// A libFuzzer target under `fuzz/` and what it starts from.
+struct FuzzTarget {
+    name: &'static str,
+    /// What it exercises, for the error message.
+    what: &'static str,
+    /// Seed directories, relative to the workspace.
+    seeds: &'static [&'static str],
+    /// The longest input tried.
+    max_len: usize,
+}
+
+const FUZZ_TARGETS: &[FuzzTarget] = &[
+    FuzzTarget {
+        name: "client_hello",
+        what: "the ClientHello parser",
+        seeds: &["fuzz/seeds/client_hello"],
+        // The parser's cap plus room for what follows it.
+        max_len: 17_000,
+    },
+    FuzzTarget {
+        name: "config",
+        what: "the config loader",
+        seeds: &["config/examples", "config/demo"],
+        max_len: 64 * 1024,
+    },
+];
+
+/// The libFuzzer targets under `fuzz/` for `seconds` each, from their seeds (real
+/// ClientHellos, the config examples), copied into a scratch corpus so the repository keeps
+/// only the seeds. The fuzz crate builds with `-Z` sanitizer flags, which the pinned stable
+/// toolchain takes with `RUSTC_BOOTSTRAP=1`, set for that build only (its own target
+/// directory).
 pub fn fuzz(seconds: u64) -> anyhow::Result<()> {
-    let corpus = tempfile::tempdir().context("creating a scratch corpus")?;
-    let seeds = workspace_root().join("fuzz/seeds/client_hello");
-    run(cargo()
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "run", "client_hello"])
-        .arg(corpus.path())
-        .arg(&seeds)
-        .args([
-            "--",
-            &format!("-max_total_time={seconds}"),
-            // The parser's cap plus room for what follows it.
-            "-max_len=17000",
-            "-timeout=5",
-            "-rss_limit_mb=1024",
-        ]))
-    .context("fuzzing the ClientHello parser (a crash input is under fuzz/artifacts/)")
+    for target in FUZZ_TARGETS {
+        let corpus = tempfile::tempdir().context("creating a scratch corpus")?;
+        let mut cmd = cargo();
+        cmd.env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", target.name])
+            .arg(corpus.path());
+        for seeds in target.seeds {
+            cmd.arg(workspace_root().join(seeds));
+        }
+        cmd.args([
+            "--".to_owned(),
+            format!("-max_total_time={seconds}"),
+            format!("-max_len={}", target.max_len),
+            "-timeout=5".to_owned(),
+            "-rss_limit_mb=1024".to_owned(),
+        ]);
+        run(&mut cmd).with_context(|| {
+            format!(
+                "fuzzing {} (target {}; a crash input is under fuzz/artifacts/)",
+                target.what, target.name
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// How long `cargo xtask test` fuzzes each target.

@@ -129,27 +129,59 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// Bounds on what one file may hold, so a small file cannot take the daemon's memory or
+/// stack: aliases are expanded into copies, so "billion laughs" (anchors of aliases of
+/// anchors) grows exponentially without the node budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Nodes in a file, every alias counted as the nodes it copies.
+    pub nodes: usize,
+    /// Sequences and mappings open at once (Istio objects nest about 10 deep).
+    pub depth: usize,
+    /// Documents in a file.
+    pub documents: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        nodes: 1 << 20,
+        depth: 64,
+        documents: 10_000,
+    };
+}
+
 enum Frame {
     Sequence {
         items: Vec<Node>,
         mark: Mark,
         anchor: usize,
+        /// The node count when the sequence opened: its size is the difference at its end.
+        opened_at: usize,
     },
     Mapping {
         entries: Vec<(Node, Node)>,
         key: Option<Node>,
         mark: Mark,
         anchor: usize,
+        opened_at: usize,
     },
 }
 
-/// Parses every document of `text`. Empty documents are left out.
+/// Parses every document of `text` within [`Limits::DEFAULT`]. Empty documents are left out.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    parse_documents_within(text, Limits::DEFAULT)
+}
+
+/// [`parse_documents`] within `limits`; exceeding one is an error at the node that did.
+pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<Node>, SyntaxError> {
     let mut documents = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Each anchor's node and its size in nodes (what an alias to it adds).
+    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
     let mut root: Option<Node> = None;
+    let mut nodes = 0usize;
     let mut parser = Parser::new_from_str(text);
+    let over = |mark: Mark, message: String| SyntaxError { mark, message };
     while let Some(event) = parser.next_event() {
         let (event, span) = event.map_err(|e| SyntaxError {
             mark: Mark {
@@ -162,6 +194,17 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
             line: span.start.line(),
             column: span.start.col() + 1,
         };
+        if nodes > limits.nodes {
+            let message = format!("more than {} nodes in one file", limits.nodes);
+            return Err(over(mark, message));
+        }
+        if stack.len() > limits.depth {
+            let message = format!(
+                "nested more than {} levels deep (sequences and mappings)",
+                limits.depth
+            );
+            return Err(over(mark, message));
+        }
         let complete = match event {
             Event::DocumentStart(_) => {
                 anchors.clear();
@@ -169,11 +212,17 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
             }
             Event::DocumentEnd => {
                 if let Some(node) = root.take().filter(|n| !n.is_null()) {
+                    if documents.len() == limits.documents {
+                        let message =
+                            format!("more than {} documents in one file", limits.documents);
+                        return Err(over(node.mark, message));
+                    }
                     documents.push(node);
                 }
                 None
             }
             Event::Scalar(text, style, anchor, _tag) => {
+                nodes += 1;
                 let plain = matches!(style, ScalarStyle::Plain);
                 let node = Node {
                     value: Value::Scalar {
@@ -182,27 +231,41 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
                     },
                     mark,
                 };
-                remember(&mut anchors, anchor, &node);
+                remember(&mut anchors, anchor, &node, 1);
                 Some(node)
             }
-            Event::Alias(id) => Some(anchors.get(&id).cloned().ok_or(SyntaxError {
-                mark,
-                message: format!("alias to an unknown anchor (id {id})"),
-            })?),
+            Event::Alias(id) => {
+                let (node, size) = anchors
+                    .get(&id)
+                    .ok_or_else(|| over(mark, format!("alias to an unknown anchor (id {id})")))?;
+                nodes = nodes.saturating_add(*size);
+                if nodes > limits.nodes {
+                    let message = format!(
+                        "the file expands to more than {} nodes (aliases count as copies of what they name)",
+                        limits.nodes
+                    );
+                    return Err(over(mark, message));
+                }
+                Some(node.clone())
+            }
             Event::SequenceStart(anchor, _) => {
+                nodes += 1;
                 stack.push(Frame::Sequence {
                     items: Vec::new(),
                     mark,
                     anchor,
+                    opened_at: nodes,
                 });
                 None
             }
             Event::MappingStart(anchor, _) => {
+                nodes += 1;
                 stack.push(Frame::Mapping {
                     entries: Vec::new(),
                     key: None,
                     mark,
                     anchor,
+                    opened_at: nodes,
                 });
                 None
             }
@@ -211,25 +274,27 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
                     items,
                     mark,
                     anchor,
+                    opened_at,
                 }) => {
                     let node = Node {
                         value: Value::Sequence(items),
                         mark,
                     };
-                    remember(&mut anchors, anchor, &node);
+                    remember(&mut anchors, anchor, &node, nodes + 1 - opened_at);
                     Some(node)
                 }
                 Some(Frame::Mapping {
                     entries,
                     mark,
                     anchor,
+                    opened_at,
                     ..
                 }) => {
                     let node = Node {
                         value: Value::Mapping(entries),
                         mark,
                     };
-                    remember(&mut anchors, anchor, &node);
+                    remember(&mut anchors, anchor, &node, nodes + 1 - opened_at);
                     Some(node)
                 }
                 None => None,
@@ -250,9 +315,9 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
     Ok(documents)
 }
 
-fn remember(anchors: &mut HashMap<usize, Node>, anchor: usize, node: &Node) {
+fn remember(anchors: &mut HashMap<usize, (Node, usize)>, anchor: usize, node: &Node, size: usize) {
     if anchor != 0 {
-        anchors.insert(anchor, node.clone());
+        anchors.insert(anchor, (node.clone(), size));
     }
 }
 
@@ -311,6 +376,70 @@ mod tests {
                 .and_then(Node::as_str),
             Some("1")
         );
+    }
+
+    /// "Billion laughs": nine levels of ten aliases each would expand to 10^9 nodes.
+    fn laughs(levels: usize) -> String {
+        let mut text = String::from("a0: &a0 [lol]\n");
+        for level in 1..=levels {
+            let aliases = vec![format!("*a{}", level - 1); 10].join(", ");
+            text += &format!("a{level}: &a{level} [{aliases}]\n");
+        }
+        text
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded() {
+        let started = std::time::Instant::now();
+        let err = parse_documents(&laughs(9))
+            .err()
+            .unwrap_or_else(|| panic!("a billion laughs parsed"));
+        assert!(err.message.contains("expands to more than"), "{err:?}");
+        assert!(err.mark.line >= 6, "{err:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // A few levels stay well inside the budget, and aliases still resolve.
+        let docs = parse(&laughs(3));
+        let Some(Value::Sequence(items)) = docs[0].get("a3").map(|n| &n.value) else {
+            panic!("{docs:?}")
+        };
+        assert_eq!(items.len(), 10);
+    }
+
+    #[test]
+    fn nesting_documents_and_nodes_are_bounded() {
+        // Flow nesting is refused by the parser itself; block nesting by the depth bound.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse_documents(&deep).is_err());
+        let block: String = (0..100)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        let err = parse_documents(&block)
+            .err()
+            .unwrap_or_else(|| panic!("accepted"));
+        assert!(err.message.contains("levels deep"), "{err:?}");
+        assert_eq!(err.mark.line, 65, "{err:?}");
+        let nested_ok = format!("{}x{}", "[".repeat(60), "]".repeat(60));
+        assert_eq!(parse(&nested_ok).len(), 1);
+
+        let limits = Limits {
+            documents: 3,
+            ..Limits::DEFAULT
+        };
+        let err = parse_documents_within("a: 1\n---\nb: 2\n---\nc: 3\n---\nd: 4\n", limits)
+            .err()
+            .unwrap_or_else(|| panic!("accepted"));
+        assert!(err.message.contains("more than 3 documents"), "{err:?}");
+        assert_eq!(err.mark.line, 7, "{err:?}");
+
+        let limits = Limits {
+            nodes: 100,
+            ..Limits::DEFAULT
+        };
+        let wide = format!("[{}]", vec!["x"; 200].join(","));
+        let err = parse_documents_within(&wide, limits)
+            .err()
+            .unwrap_or_else(|| panic!("accepted"));
+        assert!(err.message.contains("more than 100 nodes"), "{err:?}");
     }
 
     #[test]

@@ -21,10 +21,7 @@ use super::{
     snapshot::{self, Snapshot},
     state::SharedState,
 };
-use crate::{
-    compile::{self, DnsAnswers},
-    config,
-};
+use crate::compile::{self, DnsAnswers};
 
 /// File events arriving closer together than this are one change (editors write in steps).
 const SETTLE: Duration = Duration::from_millis(150);
@@ -104,22 +101,20 @@ impl Reloader {
                     Trigger::Files
                 }
             };
-            self.reload(trigger).await;
+            // A reload waits on files and DNS: a stop ends it rather than waiting.
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                () = self.reload(trigger) => {}
+            }
         }
     }
 
     fn is_config_path(&self, path: &Path) -> bool {
-        let yaml = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        );
-        self.paths
-            .iter()
-            .any(|p| path == p || (yaml && path.starts_with(p)))
+        is_config_path(&self.paths, path)
     }
 
     async fn reload(&mut self, trigger: Trigger) {
-        let checked = config::check(&self.paths);
+        let checked = snapshot::check_off_runtime(&self.paths, snapshot::LOAD_TIMEOUT).await;
         let names = compile::dns_names(&checked.objects);
         let resolved = self.resolver.resolve(&names).await;
         self.dns_due = resolved.expires_in.unwrap_or(Duration::MAX);
@@ -157,6 +152,21 @@ impl Reloader {
     }
 }
 
+/// Whether a change at `path` can change the config under `paths`: a config path itself, a
+/// YAML file below a config directory, or a ConfigMap volume's `..data` link (its atomic
+/// swap is the one event an update is sure to make: the new timestamped directory's files
+/// may be written before the watch on that directory exists).
+fn is_config_path(paths: &[PathBuf], path: &Path) -> bool {
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    let configmap_swap = path.file_name().is_some_and(|name| name == "..data");
+    paths
+        .iter()
+        .any(|p| path == p || ((yaml || configmap_swap) && path.starts_with(p)))
+}
+
 /// The directories to watch: each directory path itself, and the parent of each file.
 fn watch_roots(paths: &[PathBuf]) -> Vec<PathBuf> {
     let roots: BTreeSet<PathBuf> = paths
@@ -172,4 +182,29 @@ fn watch_roots(paths: &[PathBuf]) -> Vec<PathBuf> {
         })
         .collect();
     roots.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_paths_include_a_configmap_swap() {
+        let paths = [
+            PathBuf::from("/etc/sluice/config"),
+            PathBuf::from("/srv/one.yaml"),
+        ];
+        for (path, wanted) in [
+            ("/etc/sluice/config/gw.yaml", true),
+            ("/etc/sluice/config/sub/vs.yml", true),
+            ("/etc/sluice/config/..data", true),
+            ("/etc/sluice/config/..data_tmp", false),
+            ("/etc/sluice/config/notes.txt", false),
+            ("/srv/one.yaml", true),
+            ("/srv/two.yaml", false),
+            ("/srv/..data", false),
+        ] {
+            assert_eq!(is_config_path(&paths, Path::new(path)), wanted, "{path}");
+        }
+    }
 }

@@ -346,7 +346,7 @@ pub async fn load_config(
     generation: u64,
     resolver: &dns::Resolver,
 ) -> anyhow::Result<(Snapshot, dns::Resolved)> {
-    let checked = crate::config::check(paths);
+    let checked = snapshot::check_off_runtime(paths, snapshot::LOAD_TIMEOUT).await;
     let resolved = resolver
         .resolve(&compile::dns_names(&checked.objects))
         .await;

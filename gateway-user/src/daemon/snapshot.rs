@@ -1,6 +1,10 @@
 //! A running config: what was loaded, what it compiled to, and the history of reloads. The
 //! daemon builds a new snapshot off to the side and swaps it in whole.
-use std::{path::PathBuf, sync::Arc, time::SystemTime};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use serde::Serialize;
 
@@ -49,6 +53,38 @@ impl Rejected {
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// The longest a config load (reading and validating the files) may take in the daemon.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Loads and validates `paths` on a blocking thread, off the async runtime, within
+/// `timeout`. A load still running then (a hung file system) is reported as an error
+/// naming the first path; its thread is left to finish on its own.
+pub async fn check_off_runtime(paths: &[PathBuf], timeout: Duration) -> config::Checked {
+    let owned = paths.to_vec();
+    let load = tokio::task::spawn_blocking(move || config::check(&owned));
+    let message = match tokio::time::timeout(timeout, load).await {
+        Ok(Ok(checked)) => return checked,
+        Ok(Err(e)) => format!("loading the config failed: {e}"),
+        Err(_) => format!(
+            "loading the config took longer than {}s (a file system not answering?)",
+            timeout.as_secs_f64()
+        ),
+    };
+    config::Checked {
+        sources: paths.to_vec(),
+        objects: Vec::new(),
+        diagnostics: vec![Diagnostic {
+            severity: Severity::Error,
+            code: config::diagnostic::codes::SCHEMA,
+            file: paths.first().cloned().unwrap_or_default(),
+            mark: None,
+            object: None,
+            path: String::new(),
+            message,
+        }],
+    }
 }
 
 /// Compiles a loaded and validated config. A set with any error is rejected whole.
