@@ -69,6 +69,12 @@ impl DnsServer {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         table.insert(name.to_ascii_lowercase(), (addresses.to_vec(), ttl));
     }
+
+    /// Answers NXDOMAIN for `name` from now on.
+    pub fn remove(&self, name: &str) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.remove(&name.to_ascii_lowercase());
+    }
 }
 
 fn answer(table: &Table, request: &[u8]) -> Option<Vec<u8>> {

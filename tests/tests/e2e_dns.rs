@@ -1,6 +1,7 @@
 //! DNS endpoints end to end: a ServiceEntry with `resolution: DNS` is resolved by the daemon
 //! through the system resolver (here a test DNS server in the gateway namespace), and when the
-//! answer changes after its TTL, the Plan follows with a new generation.
+//! answer changes after its TTL, the Plan follows with a new generation. Refused addresses
+//! are dropped; NXDOMAIN empties the name; no answer at all keeps the last one.
 use std::{net::Ipv4Addr, time::Duration};
 
 use tests::{
@@ -104,13 +105,75 @@ fn dns_endpoints_follow_the_answer_when_its_ttl_expires() {
     );
     assert!(sluice.log().contains("trigger=Dns"), "{}", sluice.log());
 
-    // A name that stops resolving leaves the route with no endpoints and says why.
-    server.set("other.sluice.test", &[], 1);
-    drop(server);
-    let dump = sluice.wait_config(Duration::from_secs(20), "the failed lookup", |d| {
-        d["config"]["generation"] == 3
+    // Addresses a gateway must not be sent to are refused and counted.
+    server.set(NAME, &[Ipv4Addr::LOCALHOST, backend_v4(1)], 1);
+    let dump = sluice.wait_config(
+        Duration::from_secs(15),
+        "the answer without loopback",
+        |d| d["config"]["generation"] == 3,
+    );
+    assert_eq!(
+        endpoints(&dump),
+        [format!("{}:7000", backend_v4(1))],
+        "{dump:#}"
+    );
+    assert_eq!(
+        sluice.metric("sluice_dns_refused_addresses_total"),
+        Some(1.0)
+    );
+
+    // The name's server says it does not exist (NXDOMAIN): the route has no endpoints, and
+    // the Plan says why.
+    server.remove(NAME);
+    let dump = sluice.wait_config(Duration::from_secs(20), "the NXDOMAIN", |d| {
+        d["config"]["generation"] == 4
     });
     assert!(endpoints(&dump).is_empty(), "{dump:#}");
     let warning = &dump["config"]["diagnostics"][0];
     assert_eq!(warning["code"], "SLU0004", "{dump:#}");
+    assert!(
+        sluice
+            .metric("sluice_dns_lookups_total{result=\"no_addresses\"}")
+            .is_some_and(|n| n >= 1.0)
+    );
+
+    server.set(NAME, &[backend_v4(2)], 1);
+    let dump = sluice.wait_config(Duration::from_secs(20), "the name back", |d| {
+        d["config"]["generation"] == 5
+    });
+    assert_eq!(
+        endpoints(&dump),
+        [format!("{}:7000", backend_v4(2))],
+        "{dump:#}"
+    );
+
+    // No answer at all (the server is gone: timeouts): the last answer stands, lookups are
+    // tried again and counted as failed, no new generation.
+    drop(server);
+    let failed = "sluice_dns_lookups_total{result=\"failed\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sluice.metric(failed).unwrap_or(0.0) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed lookups counted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dump = sluice.config_dump();
+    assert_eq!(dump["config"]["generation"], 5, "{dump:#}");
+    assert_eq!(
+        endpoints(&dump),
+        [format!("{}:7000", backend_v4(2))],
+        "{dump:#}"
+    );
+    assert!(
+        sluice
+            .log()
+            .contains("DNS lookup timed out; the last answer stands")
+            || sluice
+                .log()
+                .contains("DNS lookup failed; the last answer stands"),
+        "{}",
+        sluice.log()
+    );
 }

@@ -29,6 +29,7 @@ pub fn registry(state: Arc<SharedState>) -> Registry {
     state.l4.register(&mut registry);
     state.sni.register(&mut registry);
     state.http.register(&mut registry);
+    state.dns.register(&mut registry);
     registry.register_collector(Box::new(StateCollector { state }));
     registry
 }

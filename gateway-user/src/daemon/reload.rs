@@ -116,7 +116,7 @@ impl Reloader {
     async fn reload(&mut self, trigger: Trigger) {
         let checked = snapshot::check_off_runtime(&self.paths, snapshot::LOAD_TIMEOUT).await;
         let names = compile::dns_names(&checked.objects);
-        let resolved = self.resolver.resolve(&names).await;
+        let resolved = self.resolver.resolve(&names, &self.dns).await;
         self.dns_due = resolved.expires_in.unwrap_or(Duration::MAX);
         let answers = resolved.answers;
         if matches!(trigger, Trigger::Dns) && answers.addresses == self.dns.addresses {

@@ -184,9 +184,9 @@ pub struct Daemon {
 impl Daemon {
     /// Loads and compiles the first config; it must be valid for the daemon to start.
     pub async fn load(args: &RunArgs) -> anyhow::Result<Daemon> {
-        let resolver = dns::Resolver::from_system();
-        let (snapshot, resolved) = load_config(&args.config, 1, &resolver).await?;
         let state = SharedState::new();
+        let resolver = dns::Resolver::from_system(state.dns.clone());
+        let (snapshot, resolved) = load_config(&args.config, 1, &resolver).await?;
         let reloader = Reloader::new(
             args.config.clone(),
             state.clone(),
@@ -348,7 +348,10 @@ pub async fn load_config(
 ) -> anyhow::Result<(Snapshot, dns::Resolved)> {
     let checked = snapshot::check_off_runtime(paths, snapshot::LOAD_TIMEOUT).await;
     let resolved = resolver
-        .resolve(&compile::dns_names(&checked.objects))
+        .resolve(
+            &compile::dns_names(&checked.objects),
+            &compile::DnsAnswers::default(),
+        )
         .await;
     let snapshot = snapshot::build(checked, &resolved.answers, generation).map_err(|rejected| {
         let count = rejected

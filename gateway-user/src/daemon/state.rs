@@ -45,6 +45,7 @@ pub struct SharedState {
     pub l4: Arc<L4Metrics>,
     pub sni: Arc<SniMetrics>,
     pub http: Arc<HttpMetrics>,
+    pub dns: Arc<super::dns::DnsMetrics>,
     serving: RwLock<Serving>,
     kernel_l4: RwLock<Option<Arc<L4KernelStats>>>,
 }
@@ -87,6 +88,7 @@ impl SharedState {
             l4: Arc::default(),
             sni: Arc::default(),
             http: Arc::default(),
+            dns: Arc::default(),
             serving: RwLock::new(Serving::default()),
             kernel_l4: RwLock::new(None),
         })
