@@ -136,6 +136,23 @@ impl Sluice {
         self.child.as_mut()?.try_wait().ok()?
     }
 
+    /// Waits for the daemon to exit on its own; panics with its log after `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                self.child = None;
+                return (status, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice still running after {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// GET on the admin server, from inside the gateway namespace.
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         admin::get(&self.ns(), self.admin, path)

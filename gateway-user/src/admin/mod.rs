@@ -106,8 +106,12 @@ fn handle(
             }
             ServerState::Initializing => text(StatusCode::SERVICE_UNAVAILABLE, "INITIALIZING\n"),
             ServerState::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n"),
+            ServerState::Failed => text(StatusCode::SERVICE_UNAVAILABLE, "FAILED\n"),
         },
-        "/healthz" => text(StatusCode::OK, "OK\n"),
+        "/healthz" => match state.state() {
+            ServerState::Failed => text(StatusCode::SERVICE_UNAVAILABLE, "FAILED\n"),
+            _ => text(StatusCode::OK, "OK\n"),
+        },
         "/stats/prometheus" => {
             let mut body = String::new();
             match prometheus_client::encoding::text::encode(&mut body, registry) {
@@ -257,6 +261,11 @@ mod tests {
         state.set_state(ServerState::Draining);
         let (status, _, body) = get_async(addr, "/ready").await;
         assert_eq!((status, body.as_str()), (503, "DRAINING\n"));
+        assert_eq!(get_async(addr, "/healthz").await.0, 200);
+        state.set_state(ServerState::Failed);
+        let (status, _, body) = get_async(addr, "/healthz").await;
+        assert_eq!((status, body.as_str()), (503, "FAILED\n"));
+        assert_eq!(get_async(addr, "/ready").await.0, 503);
         admin.shutdown().await;
     }
 

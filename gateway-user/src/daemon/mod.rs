@@ -1,6 +1,7 @@
 //! The daemon: `sluice run` (datapath, servers, signals), config reloads, snapshots, DNS,
 //! and the state that the servers publish and the admin server reads.
 pub mod dns;
+pub mod fault;
 pub mod logging;
 pub mod reload;
 pub mod run;

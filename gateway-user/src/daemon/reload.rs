@@ -11,10 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use notify::{RecursiveMode, Watcher as _};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
-};
+use tokio::sync::{mpsc, watch};
 
 use super::{
     dns,
@@ -28,6 +25,8 @@ const SETTLE: Duration = Duration::from_millis(150);
 
 pub struct Reloader {
     paths: Vec<PathBuf>,
+    /// SIGHUP, taken over at the daemon's start: its default action ends the process.
+    hangup: tokio::signal::unix::Signal,
     state: Arc<SharedState>,
     generation: u64,
     resolver: dns::Resolver,
@@ -47,6 +46,7 @@ enum Trigger {
 impl Reloader {
     pub fn new(
         paths: Vec<PathBuf>,
+        hangup: tokio::signal::unix::Signal,
         state: Arc<SharedState>,
         current: &Snapshot,
         resolver: dns::Resolver,
@@ -54,6 +54,7 @@ impl Reloader {
     ) -> Reloader {
         Reloader {
             paths,
+            hangup,
             state,
             generation: current.generation,
             resolver,
@@ -85,12 +86,11 @@ impl Reloader {
                 .watch(&dir, RecursiveMode::Recursive)
                 .with_context(|| format!("watching {} for config changes", dir.display()))?;
         }
-        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         loop {
             let refresh = tokio::time::sleep(self.dns_due.min(dns_refresh));
             let trigger = tokio::select! {
                 _ = stop.changed() => return Ok(()),
-                _ = hangup.recv() => Trigger::Signal,
+                _ = self.hangup.recv() => Trigger::Signal,
                 _ = refresh => Trigger::Dns,
                 Some(paths) = changes.recv() => {
                     if !paths.iter().any(|p| self.is_config_path(p)) {
@@ -114,6 +114,7 @@ impl Reloader {
     }
 
     async fn reload(&mut self, trigger: Trigger) {
+        super::fault::point("reloader");
         let checked = snapshot::check_off_runtime(&self.paths, snapshot::LOAD_TIMEOUT).await;
         let names = compile::dns_names(&checked.objects);
         let resolved = self.resolver.resolve(&names, &self.dns).await;

@@ -184,11 +184,16 @@ pub struct Daemon {
 impl Daemon {
     /// Loads and compiles the first config; it must be valid for the daemon to start.
     pub async fn load(args: &RunArgs) -> anyhow::Result<Daemon> {
+        // Before anything else: SIGHUP's default action ends the process, and a config
+        // tool may send one as soon as the daemon exists.
+        let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "sluice starting");
         let state = SharedState::new();
         let resolver = dns::Resolver::from_system(state.dns.clone());
         let (snapshot, resolved) = load_config(&args.config, 1, &resolver).await?;
         let reloader = Reloader::new(
             args.config.clone(),
+            hangup,
             state.clone(),
             &snapshot,
             resolver,
@@ -320,22 +325,55 @@ impl Daemon {
         let (stop_reloads, stopped) = tokio::sync::watch::channel(false);
         let reloads = tokio::spawn(reloader.run(args.dns_refresh, stopped));
 
-        let signal_name = tokio::select! {
-            _ = sigint.recv() => "SIGINT",
-            _ = sigterm.recv() => "SIGTERM",
+        let (mut serving, mut reloads) = (serving, reloads);
+        // A background task that ends before a signal has died (a panic, or an error it
+        // cannot go on after): the daemon no longer follows its config, so it says so on
+        // /healthz and exits non-zero for the orchestrator to restart it.
+        let died = tokio::select! {
+            _ = sigint.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); None }
+            _ = sigterm.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); None }
+            ended = &mut serving => Some(task_death("serving the applied config (plans, flow expiry)", ended.map(Ok))),
+            ended = &mut reloads => Some(task_death("config reloads and DNS refresh", ended)),
         };
-        tracing::info!(signal = signal_name, "shutting down");
-        state.set_state(ServerState::Draining);
+        if let Some(reason) = &died {
+            tracing::error!("{reason}; exiting for a restart");
+            state.set_state(ServerState::Failed);
+        } else {
+            state.set_state(ServerState::Draining);
+        }
         serving.abort();
         let _ = stop_reloads.send(true);
-        match reloads.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("config reloads had stopped: {e:#}"),
-            Err(e) => tracing::error!("the config reload task failed: {e}"),
+        if !reloads.is_finished() {
+            match reloads.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("config reloads had stopped: {e:#}"),
+                Err(e) => tracing::error!("the config reload task failed: {e}"),
+            }
         }
         datapath.shutdown();
         tracing::info!("shutdown complete");
-        Ok(())
+        match died {
+            Some(reason) => Err(anyhow::anyhow!(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why a background task ended early, from its outcome.
+fn task_death(task: &str, ended: Result<anyhow::Result<()>, tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(Ok(())) => format!("the task {task} ended"),
+        Ok(Err(e)) => format!("the task {task} failed: {e:#}"),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            format!("the task {task} panicked: {message}")
+        }
+        Err(e) => format!("the task {task} was cancelled: {e}"),
     }
 }
 
@@ -445,6 +483,7 @@ async fn follow_plans(
                     return;
                 }
                 let Some(snapshot) = applied.borrow_and_update().clone() else { continue };
+                super::fault::point("plan-follower");
                 for (address, error) in servers.apply(&snapshot).await {
                     tracing::error!(%address, generation = snapshot.generation, "listener not served: {error:#}");
                 }

@@ -25,6 +25,9 @@ pub enum ServerState {
     Live,
     /// Shutting down.
     Draining,
+    /// A background task died: `/healthz` fails and the daemon exits non-zero, for the
+    /// orchestrator to restart it.
+    Failed,
 }
 
 /// The running datapath as the admin server sees it.

@@ -1,0 +1,189 @@
+//! Supervision end to end: a SIGHUP during startup is a reload, not the end of the daemon;
+//! a background task that dies makes the daemon exit non-zero (for the orchestrator to
+//! restart it) after undoing its datapath; a daemon killed with SIGKILL leaves pins that the
+//! next run takes over or `sluice cleanup` removes. Faults are injected with
+//! `SLUICE_TEST_FAULT`, which makes the named point panic as a bug would.
+use std::{process::Command, time::Duration};
+
+use nix::sys::signal::Signal;
+use tests::{
+    bpffs::TempBpffs,
+    root,
+    sluice::Sluice,
+    topology::{self, Topology},
+};
+
+const CONFIG: &str = include_str!("../../config/demo/gateway.yaml");
+const ADMIN: &str = "127.0.0.1:19000";
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Setup {
+    topology: Topology,
+    bpffs: TempBpffs,
+    config: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let config = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(config.path().join("gateway.yaml"), CONFIG)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Setup {
+            topology: Topology::builder().ipv4_only().build(),
+            bpffs: TempBpffs::new(),
+            config,
+        }
+    }
+
+    fn args(&self, instance: &str, datapath: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "-f",
+            &self.config.path().to_string_lossy(),
+            "--bpffs",
+            &self.bpffs.path().to_string_lossy(),
+            "--instance",
+            instance,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(datapath.iter().map(|a| (*a).to_owned()));
+        args
+    }
+
+    fn links(&self, instance: &str) -> Vec<String> {
+        std::fs::read_dir(self.bpffs.pin_dir(instance).join("links"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_sighup_during_startup_is_a_reload() {
+    if !root::can_run("a_sighup_during_startup_is_a_reload") {
+        return;
+    }
+    let setup = Setup::new();
+    let args = setup.args("hup", &["--datapath", "userspace"]);
+    let mut sluice = Sluice::spawn(&setup.topology.gateway, &[], ADMIN, &args);
+    // The first line the daemon logs comes after its SIGHUP handler is installed; the
+    // signal then arrives while the config loads and the servers start.
+    sluice.wait_log(|line| line.contains("sluice starting"));
+    sluice.signal(Signal::SIGHUP);
+    sluice.wait_ready(WAIT);
+    let dump = sluice.wait_config(WAIT, "the reload SIGHUP asked for", |d| {
+        d["config"]["generation"] == 2
+    });
+    assert_eq!(dump["reloads"]["succeeded"], 1, "{dump:#}");
+    let (status, log) = sluice.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// Starts a daemon whose `fault` point panics, reloads it (SIGHUP) to reach the point, and
+/// returns how it ended.
+fn dies_at(
+    test: &str,
+    fault: &str,
+    datapath: &[&str],
+) -> (Setup, std::process::ExitStatus, String) {
+    let setup = Setup::new();
+    let args = setup.args(test, datapath);
+    let env = format!("SLUICE_TEST_FAULT={fault}");
+    let mut sluice = Sluice::spawn(&setup.topology.gateway, &["env", &env], ADMIN, &args);
+    sluice.wait_ready(WAIT);
+    assert_eq!(sluice.admin_get("/healthz").0, 200);
+    sluice.signal(Signal::SIGHUP);
+    let (status, log) = sluice.wait_exit(WAIT);
+    (setup, status, log)
+}
+
+#[test]
+fn a_panicking_plan_follower_ends_the_daemon_and_its_datapath() {
+    if !root::can_run("a_panicking_plan_follower_ends_the_daemon_and_its_datapath") {
+        return;
+    }
+    let (setup, status, log) = dies_at("follower", "plan-follower", topology::SLUICE_TC_ARGS);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(
+            "the task serving the applied config (plans, flow expiry) panicked: fault injected at plan-follower"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("exiting for a restart"), "{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+    assert!(
+        !setup.bpffs.pin_dir("follower").exists(),
+        "the datapath is undone: {log}"
+    );
+}
+
+#[test]
+fn a_panicking_reloader_ends_the_daemon() {
+    if !root::can_run("a_panicking_reloader_ends_the_daemon") {
+        return;
+    }
+    let (_setup, status, log) = dies_at("reloader", "reloader", &["--datapath", "userspace"]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(
+            "the task config reloads and DNS refresh panicked: fault injected at reloader"
+        ),
+        "{log}"
+    );
+}
+
+/// `sluice cleanup` as an operator runs it.
+fn cleanup(setup: &Setup, instance: &str) -> String {
+    let out = Command::new(root::sluice_bin())
+        .args(["cleanup", "--bpffs"])
+        .arg(setup.bpffs.path())
+        .args(["--instance", instance])
+        .output()
+        .unwrap_or_else(|e| panic!("sluice cleanup: {e}"));
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_killed_daemon_leaves_pins_the_next_run_takes_over_or_cleanup_removes() {
+    if !root::can_run("a_killed_daemon_leaves_pins_the_next_run_takes_over_or_cleanup_removes") {
+        return;
+    }
+    let setup = Setup::new();
+    let args = setup.args("killed", topology::SLUICE_TC_ARGS);
+    let sluice = Sluice::start(&setup.topology.gateway, &args);
+    sluice.signal(Signal::SIGKILL);
+    let (status, _) = sluice.wait_exit(WAIT);
+    assert!(!status.success());
+    let left = setup.links("killed");
+    assert!(
+        left.iter().all(|l| l.starts_with("tc@")) && !left.is_empty(),
+        "a SIGKILL leaves the links pinned: {left:?}"
+    );
+
+    // The next run takes the pins over and, on a clean exit, removes them.
+    let sluice = Sluice::start(&setup.topology.gateway, &args);
+    assert!(
+        sluice
+            .log()
+            .contains("loaded the eBPF programs on the maps a previous run pinned"),
+        "{}",
+        sluice.log()
+    );
+    let (status, log) = sluice.stop();
+    assert!(status.success(), "{log}");
+    assert!(!setup.bpffs.pin_dir("killed").exists(), "{log}");
+
+    // Killed again, `sluice cleanup` removes what it left.
+    let sluice = Sluice::start(&setup.topology.gateway, &args);
+    sluice.signal(Signal::SIGKILL);
+    let _ = sluice.wait_exit(WAIT);
+    let removed = cleanup(&setup, "killed");
+    assert!(removed.contains("removed"), "{removed}");
+    assert!(!setup.bpffs.pin_dir("killed").exists(), "{removed}");
+}
