@@ -187,3 +187,102 @@ fn a_killed_daemon_leaves_pins_the_next_run_takes_over_or_cleanup_removes() {
     assert!(removed.contains("removed"), "{removed}");
     assert!(!setup.bpffs.pin_dir("killed").exists(), "{removed}");
 }
+
+/// The program id each pinned link runs, by link name (`bpftool link show pinned`).
+fn link_programs(setup: &Setup, instance: &str) -> Vec<(String, u64)> {
+    let dir = setup.bpffs.pin_dir(instance).join("links");
+    let mut programs: Vec<(String, u64)> = setup
+        .links(instance)
+        .into_iter()
+        .map(|name| {
+            let out = Command::new("bpftool")
+                .args(["-j", "link", "show", "pinned"])
+                .arg(dir.join(&name))
+                .output()
+                .unwrap_or_else(|e| panic!("bpftool: {e}"));
+            let link: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+            (name, link["prog_id"].as_u64().unwrap_or_default())
+        })
+        .collect();
+    programs.sort();
+    programs
+}
+
+#[test]
+fn a_second_daemon_on_the_same_instance_changes_nothing() {
+    if !root::can_run("a_second_daemon_on_the_same_instance_changes_nothing") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let setup = Setup::new();
+    let args = setup.args("one", topology::SLUICE_TC_ARGS);
+    let first = Sluice::start(&setup.topology.gateway, &args);
+    let before = link_programs(&setup, "one");
+    assert!(
+        !before.is_empty() && before.iter().all(|(_, id)| *id > 0),
+        "{before:?}"
+    );
+    let mode = |path: std::path::PathBuf| {
+        std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(setup.bpffs.pin_dir("one")), 0o700);
+    assert_eq!(mode(setup.bpffs.pin_dir("one").join("L4_FLOWS")), 0o600);
+
+    // Its own admin address, so only the instance can stop it.
+    let second = Sluice::spawn(&setup.topology.gateway, &[], "127.0.0.1:19001", &args);
+    let (status, log) = second.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("another sluice is running with this instance"),
+        "{log}"
+    );
+    assert_eq!(
+        link_programs(&setup, "one"),
+        before,
+        "the first daemon's links are untouched"
+    );
+    assert_eq!(first.admin_get("/ready").0, 200);
+
+    // `sluice cleanup` refuses too while the daemon runs.
+    let out = Command::new(root::sluice_bin())
+        .args(["cleanup", "--bpffs"])
+        .arg(setup.bpffs.path())
+        .args(["--instance", "one"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(link_programs(&setup, "one"), before);
+    let (status, log) = first.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn userspace_mode_removes_a_datapath_left_pinned() {
+    if !root::can_run("userspace_mode_removes_a_datapath_left_pinned") {
+        return;
+    }
+    let setup = Setup::new();
+    let mut kernel = setup.args("left", topology::SLUICE_TC_ARGS);
+    kernel.push("--keep-datapath".into());
+    let (status, log) = Sluice::start(&setup.topology.gateway, &kernel).stop();
+    assert!(status.success(), "{log}");
+    assert!(!setup.links("left").is_empty(), "{log}");
+
+    let userspace = setup.args("left", &["--datapath", "userspace"]);
+    let sluice = Sluice::start(&setup.topology.gateway, &userspace);
+    assert!(
+        sluice
+            .log()
+            .contains("removed the kernel datapath an earlier run left pinned"),
+        "{}",
+        sluice.log()
+    );
+    assert!(!setup.bpffs.pin_dir("left").exists());
+    let (status, log) = sluice.stop();
+    assert!(status.success(), "{log}");
+}

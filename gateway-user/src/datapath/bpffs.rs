@@ -31,12 +31,13 @@ impl Bpffs {
                 mounted_here: false,
             });
         }
+        // Only root may look inside: pinned maps hold every flow's addresses.
         mount(
             Some("bpf"),
             root,
             Some("bpf"),
-            MsFlags::empty(),
-            None::<&str>,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0700"),
         )
         .with_context(|| {
             format!(
@@ -71,6 +72,27 @@ impl Bpffs {
             tracing::warn!(path = %self.root.display(), error = %e, "could not unmount the bpffs");
         }
     }
+}
+
+/// Makes `dir` and everything pinned under it private to root (directories 0700, pins
+/// 0600): pinned maps hold every flow's addresses, and a pinned link can be detached by
+/// whoever may open it.
+pub fn restrict(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = fs::symlink_metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", dir.display()))?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            restrict(
+                &entry
+                    .with_context(|| format!("listing {}", dir.display()))?
+                    .path(),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn is_bpffs(path: &Path) -> anyhow::Result<bool> {

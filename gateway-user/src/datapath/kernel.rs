@@ -10,6 +10,7 @@ use std::{
     sync::Arc,
 };
 
+use super::instance_lock::{InstanceBusy, InstanceLock};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -40,6 +41,8 @@ pub struct Loaded {
     counters: CounterReader,
     /// The maps were a previous run's (it exited with `--keep-datapath`).
     reused: bool,
+    /// Held while this run owns the pins.
+    _lock: InstanceLock,
 }
 
 /// How the program sits on one interface.
@@ -115,6 +118,14 @@ impl KernelDatapath {
             return Err(e)
                 .with_context(|| format!("creating the pin directory {}", pin_dir.display()));
         }
+        // Before any pin is read or written: a second daemon on this instance changes nothing.
+        let lock = match InstanceLock::take(&pin_dir) {
+            Ok(lock) => lock,
+            Err(e) => {
+                bpffs.release();
+                return Err(e);
+            }
+        };
         let pins: Vec<PathBuf> = map_names::ALL
             .iter()
             .map(|name| pin_dir.join(name))
@@ -157,6 +168,7 @@ impl KernelDatapath {
                     pins,
                     counters,
                     reused,
+                    _lock: lock,
                 })
             }
             Err(e) => {
@@ -280,6 +292,10 @@ impl Loaded {
         }
         let interfaces: Vec<String> = orders.iter().map(|(i, _)| i.clone()).collect();
         datapath.release_other_links(&interfaces);
+        let sluice_dir = datapath.loaded.bpffs.root.join("sluice");
+        if let Err(e) = super::bpffs::restrict(&sluice_dir) {
+            tracing::warn!("the pins stay readable by others: {e:#}");
+        }
         datapath.log_task = forward_logs(&mut datapath.loaded.ebpf);
         // Both programs run the NAT stage, so every attached interface forwards and is a
         // redirect target (XDP redirects through the devmap, TC by ifindex).
@@ -325,6 +341,7 @@ impl Loaded {
             pins,
             counters,
             reused: _,
+            _lock,
         } = self;
         drop(counters);
         drop(ebpf);
@@ -592,8 +609,43 @@ fn shape_mismatch(name: &str, want: MapShape, have: MapShape) -> Option<String> 
 /// `sluice cleanup`: removes what a daemon that exited with `--keep-datapath` left under
 /// `<bpffs>/sluice/<instance>/`. Unpinning the links detaches the programs (unless a running
 /// daemon still holds them). Returns the pins removed.
+/// For a daemon serving in userspace: removes the datapath an earlier kernel-mode run left
+/// pinned on this instance (its programs would otherwise go on taking the listeners'
+/// packets beside the userspace servers). Refused while another daemon holds the instance;
+/// nothing to do without a bpffs or pins.
+pub fn remove_leftovers(bpffs_root: &Path, instance: &str) -> anyhow::Result<()> {
+    let pin_dir = bpffs_root.join("sluice").join(instance);
+    if !pin_dir.is_dir() {
+        return Ok(());
+    }
+    match cleanup(bpffs_root, instance) {
+        Ok(removed) if removed.is_empty() => Ok(()),
+        Ok(removed) => {
+            tracing::warn!(
+                pin_dir = %pin_dir.display(),
+                removed = removed.len(),
+                "removed the kernel datapath an earlier run left pinned: this run serves in userspace"
+            );
+            Ok(())
+        }
+        Err(e) if e.is::<InstanceBusy>() => Err(e),
+        Err(e) => {
+            tracing::warn!("could not remove what an earlier run left pinned: {e:#}");
+            Ok(())
+        }
+    }
+}
+
+/// `sluice cleanup`: removes a kept datapath's links, maps and directories, unless a daemon
+/// runs on the instance.
 pub fn cleanup(bpffs_root: &Path, instance: &str) -> anyhow::Result<Vec<PathBuf>> {
     let pin_dir = bpffs_root.join("sluice").join(instance);
+    let _lock = match InstanceLock::take(&pin_dir) {
+        Ok(lock) => Some(lock),
+        Err(e) if e.is::<InstanceBusy>() => return Err(e),
+        // Nothing pinned there (or no directory to lock): nothing to race with.
+        Err(_) => None,
+    };
     let mut removed = Vec::new();
     let links_dir = pin_dir.join(LINKS_DIR);
     if let Ok(entries) = fs::read_dir(&links_dir) {

@@ -2,6 +2,7 @@
 //! reports. Choosing is pure and unit-tested; the kernel side lives in [`kernel`].
 pub mod bpffs;
 pub mod ebpf_object;
+pub mod instance_lock;
 pub mod kernel;
 pub mod l4;
 pub mod ports;
@@ -166,6 +167,7 @@ impl Datapath {
             Ok(Datapath::Userspace { reason })
         };
         if options.mode == DatapathMode::Userspace {
+            kernel::remove_leftovers(&options.bpffs, &options.instance)?;
             return Ok(Datapath::Userspace {
                 reason: "--datapath userspace".into(),
             });
@@ -189,7 +191,10 @@ impl Datapath {
         }
         let loaded = match kernel::KernelDatapath::load(&options.bpffs, &options.instance) {
             Ok(loaded) => loaded,
-            Err(e) if auto => return userspace(format!("{e:#}")),
+            Err(e) if auto && !e.is::<instance_lock::InstanceBusy>() => {
+                kernel::remove_leftovers(&options.bpffs, &options.instance)?;
+                return userspace(format!("{e:#}"));
+            }
             Err(e) => return Err(e),
         };
         let orders: Vec<(String, Vec<Attachment>)> = options
