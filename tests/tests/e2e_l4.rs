@@ -1,7 +1,10 @@
 //! L4 forwarding end to end, in every datapath mode (userspace, XDP, TC): TCP listeners of
 //! the Plan forward to
 //! weighted backends, and the bytes arrive intact.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use tests::{
     bpffs::TempBpffs,
@@ -67,6 +70,11 @@ impl Mode {
 }
 
 fn gateway(config_text: &str, mode: Mode, extra: &[&str]) -> Gateway {
+    gateway_through(config_text, mode, extra, &[])
+}
+
+/// [`gateway`] with `sluice` run through `wrapper` (e.g. `prlimit …`).
+fn gateway_through(config_text: &str, mode: Mode, extra: &[&str], wrapper: &[&str]) -> Gateway {
     let mut topology = Topology::builder().backends(2);
     if mode == Mode::Tc {
         topology = topology.default_offloads();
@@ -87,7 +95,7 @@ fn gateway(config_text: &str, mode: Mode, extra: &[&str]) -> Gateway {
     .map(|s| s.to_string())
     .collect();
     args.extend(mode.args().iter().chain(extra).map(|s| s.to_string()));
-    let sluice = Sluice::start(&topology.gateway, &args);
+    let sluice = Sluice::start_with(&topology.gateway, wrapper, "127.0.0.1:19000", &args);
     Gateway {
         topology,
         _bpffs: bpffs,
@@ -900,4 +908,152 @@ fn kernel_mode_nat_and_local_ports_apart() {
 #[test]
 fn tc_mode_nat_and_local_ports_apart() {
     nat_and_local_ports_apart("tc_mode_nat_and_local_ports_apart", Mode::Tc);
+}
+
+/// The userspace forwarder's limits: bytes counted while a connection is open, a
+/// connection cap (more are closed as accepted, and a freed slot is used again), and an idle
+/// timeout that closes the silent connection and leaves the busy one.
+#[test]
+fn userspace_forwarder_limits() {
+    if !root::can_run("userspace_forwarder_limits") {
+        return;
+    }
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let gw = gateway(
+        &config(&[(backend.ip(), 100)]),
+        Mode::Userspace,
+        &["--l4-max-connections", "2", "--l4-idle-timeout", "2s"],
+    );
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let server = echo::serve_concurrently(&gw.topology.backend, backend, 3);
+    let metric =
+        |name: &str, labels: &str| gw.sluice.metric(&format!("sluice_l4_{name}{{{labels}}}"));
+    let listener = format!("listener=\"0.0.0.0:{PORT}\"");
+
+    let busy = echo::HeldConnection::open(&gw.topology.client, vip);
+    busy.exchange(1);
+    let up = format!("{listener},backend=\"{backend}\",direction=\"upstream\"");
+    assert_eq!(
+        metric("bytes_total", &up),
+        Some(1000.0),
+        "counted while open"
+    );
+    let silent = echo::HeldConnection::open(&gw.topology.client, vip);
+    silent.exchange(1);
+
+    let refused = echo::HeldConnection::open(&gw.topology.client, vip);
+    assert!(
+        refused.try_exchange(1).is_err(),
+        "a third connection was carried"
+    );
+    assert_eq!(metric("overloaded_total", &listener), Some(1.0));
+    drop(refused);
+
+    // The busy connection talks every 500 ms; the silent one is closed after 2 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut round = 2;
+    while metric("idle_closed_total", &listener).is_none() {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.sluice.log());
+        std::thread::sleep(Duration::from_millis(500));
+        busy.exchange(round);
+        round = round.wrapping_add(1);
+    }
+    assert_eq!(metric("idle_closed_total", &listener), Some(1.0));
+    assert!(
+        silent.try_exchange(9).is_err(),
+        "the idle connection is closed"
+    );
+    busy.exchange(round);
+    drop(silent);
+
+    // Its slot is free again.
+    let next = echo::HeldConnection::open(&gw.topology.client, vip);
+    next.exchange(1);
+    drop(next);
+    drop(busy);
+    server
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+/// Out of file descriptors: the forwarder raises its soft limit to the hard one at start;
+/// when accepts still fail (EMFILE) it backs off and logs once, and serves again as soon as
+/// descriptors are free.
+#[test]
+fn userspace_forwarder_out_of_file_descriptors() {
+    if !root::can_run("userspace_forwarder_out_of_file_descriptors") {
+        return;
+    }
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let gw = gateway_through(
+        &config(&[(backend.ip(), 100)]),
+        Mode::Userspace,
+        &[],
+        &["prlimit", "--nofile=64:4096"],
+    );
+    let pid = gw.sluice.pid().to_string();
+    let open_files = || {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(3)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(":")
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        open_files(),
+        "4096:4096",
+        "raised to the hard limit at start"
+    );
+
+    // Every descriptor the daemon may open is in use: accepts fail with EMFILE.
+    let in_use = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let set_limit = |limit: &str| {
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={limit}")])
+            .output()
+            .unwrap_or_else(|e| panic!("prlimit: {e}"));
+        assert!(out.status.success(), "{out:?}");
+    };
+    set_limit(&format!("{}:4096", in_use - 2));
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let _server = NameServer::start(&gw.topology.backend, backend, "b0");
+    let held = gw.topology.client.run(move || {
+        (0..3)
+            .map(|_| {
+                std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect::<Vec<_>>()
+    });
+    let failed = gw
+        .sluice
+        .wait_log(|l| l.contains("accept failed; backing off"));
+    assert!(failed.contains("Too many open files"), "{failed}");
+    // Not a line per retry: accepts keep failing (backing off to 1 s) for two seconds, and
+    // a warning comes at most every 10 s.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        gw.sluice.log().matches("accept failed").count(),
+        1,
+        "{}",
+        gw.sluice.log()
+    );
+
+    set_limit("4096:4096");
+    gw.sluice.wait_log(|l| l.contains("accepting again"));
+    drop(held);
+    assert_eq!(
+        servers::ask_name(&gw.topology.client, vip, 3),
+        ["b0", "b0", "b0"]
+    );
 }

@@ -10,7 +10,10 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::daemon::state::{ServerState, SharedState};
+use crate::{
+    daemon::state::{ServerState, SharedState},
+    proxy::listeners::AcceptBackoff,
+};
 
 pub mod metrics;
 
@@ -24,13 +27,30 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `addr` (so a taken port fails startup at once) and serves in the background.
     pub async fn start(addr: SocketAddr, state: Arc<SharedState>) -> anyhow::Result<AdminServer> {
+        AdminServer::start_with(addr, state, AdminLimits::DEFAULT).await
+    }
+
+    /// [`AdminServer::start`] with other limits.
+    pub async fn start_with(
+        addr: SocketAddr,
+        state: Arc<SharedState>,
+        limits: AdminLimits,
+    ) -> anyhow::Result<AdminServer> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the admin server to {addr} (see --admin-addr)"))?;
         let local_addr = listener.local_addr()?;
+        if !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                %local_addr,
+                "the admin server is reachable beyond this host: /config_dump shows the whole \
+                 config and /stats/prometheus every counter; bind --admin-addr to loopback or \
+                 protect the port"
+            );
+        }
         let registry = Arc::new(metrics::registry(state.clone()));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, state, registry, stopped));
+        let task = tokio::spawn(accept_loop(listener, state, registry, limits, stopped));
         tracing::info!(%local_addr, "admin server listening");
         Ok(AdminServer {
             local_addr,
@@ -45,30 +65,63 @@ impl AdminServer {
     }
 }
 
+/// Bounds on the admin server's clients.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// Connections served at once; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// The longest a client may take to send a request's headers; a kept-alive connection
+    /// waiting for its next request is closed after this long too.
+    pub header_timeout: std::time::Duration,
+}
+
+impl AdminLimits {
+    pub const DEFAULT: AdminLimits = AdminLimits {
+        max_connections: 64,
+        header_timeout: std::time::Duration::from_secs(30),
+    };
+}
+
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<SharedState>,
     registry: Arc<Registry>,
+    limits: AdminLimits,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let address = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut backoff = AcceptBackoff::default();
     loop {
         let stream = tokio::select! {
             _ = stopped.changed() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    backoff.succeeded(address);
+                    stream
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(backoff.failed(address, &e)).await;
                     continue;
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("admin connection refused: {} open", limits.max_connections);
+            continue;
+        };
         let (state, registry) = (state.clone(), registry.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let response = handle(&req, &state, &registry);
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -276,5 +329,49 @@ mod tests {
         let err = AdminServer::start(addr, SharedState::new()).await.err();
         let err = format!("{:#}", err.unwrap_or_else(|| panic!("bound a taken port")));
         assert!(err.contains("--admin-addr"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn clients_are_bounded_in_number_and_in_time() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let limits = AdminLimits {
+            max_connections: 2,
+            header_timeout: std::time::Duration::from_millis(300),
+        };
+        let loopback = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        let admin = AdminServer::start_with(loopback, SharedState::new(), limits)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let connect = || tokio::net::TcpStream::connect(admin.local_addr);
+        // Two clients holding half a request take both slots; a third is closed at once.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = connect().await.unwrap_or_else(|e| panic!("{e}"));
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\n")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            held.push(stream);
+        }
+        let mut third = connect().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            third.read_to_end(&mut buf),
+        )
+        .await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        // The half requests are cut at the header timeout, which frees the slots.
+        for mut stream in held {
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream.read_to_end(&mut buf),
+            )
+            .await;
+            assert!(read.is_ok(), "a slow client outlived the header timeout");
+        }
+        assert_eq!(get_async(admin.local_addr, "/healthz").await.0, 200);
+        admin.shutdown().await;
     }
 }

@@ -56,6 +56,7 @@ pub fn main() -> ExitCode {
         },
         Command::Run(args) => {
             let _flush_logs = daemon::logging::init(args.log_format);
+            raise_open_file_limit();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -78,6 +79,20 @@ pub fn main() -> ExitCode {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             code
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every proxied connection holds
+/// two sockets, and the usual soft limit (1024) would cap the servers at a few hundred.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open file limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "could not raise the open file limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not read the open file limit"),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
     },
     proxy::{
         http::{HttpOptions, HttpProxy},
-        l4::L4Proxy,
+        l4::{L4Options, L4Proxy},
         relay,
         sni::{SniOptions, SniProxy},
     },
@@ -71,9 +71,16 @@ pub struct RunArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub dns_refresh: std::time::Duration,
 
-    /// Kernel L4 connections with no packet for this long are forgotten.
+    /// L4 connections with no packet for this long are forgotten by the kernel and closed
+    /// by the userspace forwarder.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub l4_idle_timeout: std::time::Duration,
+
+    /// L4 connections the userspace forwarder carries at once, over every listener; more
+    /// are closed as they are accepted (`sluice_l4_overloaded_total`). Each holds two
+    /// sockets and up to 128 KiB of buffers.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub l4_max_connections: u32,
 
     /// Kernel L4 connections are forgotten this long after their FIN or RST.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -261,7 +268,14 @@ impl Daemon {
             .context("starting the HTTP workers")?,
         );
         let mut servers = Servers {
-            userspace: L4Proxy::new(state.l4.clone(), args.l4_backend_removal),
+            userspace: L4Proxy::new(
+                state.l4.clone(),
+                L4Options {
+                    removal: args.l4_backend_removal,
+                    idle_timeout: args.l4_idle_timeout,
+                    max_connections: args.l4_max_connections as usize,
+                },
+            ),
             kernel: datapath
                 .take_l4()
                 .map(|kernel| kernel.with_backend_removal(args.l4_backend_removal)),

@@ -17,21 +17,31 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
+use std::os::fd::AsRawFd as _;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{Semaphore, watch},
 };
 
-use super::listeners::{ListenerSet, accept_each};
+use super::{
+    listeners::{ListenerSet, accept_each},
+    relay::{self, RelayOptions},
+};
 use crate::{
     compile::plan::{ListenerKind, Plan},
     select::{BackendRemoval, BackendSet, BackendSets},
 };
 
-/// Bytes moved per read in each direction. tokio's default (8 KiB) made a bulk stream cost a
-/// syscall pair per 8 KiB, a quarter of what the peers reach on one core (`cargo xtask bench`);
-/// 64 KiB matches a GSO segment. Memory: 128 KiB per open connection.
-const COPY_BUFFER: usize = 64 * 1024;
+/// How the userspace forwarder treats connections (flags of `sluice run`).
+#[derive(Debug, Clone, Copy)]
+pub struct L4Options {
+    /// What happens to connections whose backend leaves the route.
+    pub removal: BackendRemoval,
+    /// A connection with no byte moved either way for this long is closed.
+    pub idle_timeout: std::time::Duration,
+    /// Connections forwarded at once, over every listener; more are closed as accepted.
+    pub max_connections: usize,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -61,6 +71,8 @@ pub struct L4Metrics {
     pub no_route: Family<ListenerLabels, Counter>,
     pub active: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     pub bytes: Family<BytesLabels, Counter<u64, AtomicU64>>,
+    pub overloaded: Family<ListenerLabels, Counter>,
+    pub idle_closed: Family<ListenerLabels, Counter>,
 }
 
 impl L4Metrics {
@@ -93,8 +105,18 @@ impl L4Metrics {
         );
         l4.register(
             "bytes",
-            "Bytes forwarded, by listener, backend and direction",
+            "Bytes forwarded, by listener, backend and direction (counted as they move)",
             self.bytes.clone(),
+        );
+        l4.register(
+            "overloaded",
+            "Connections closed as accepted because --l4-max-connections were open",
+            self.overloaded.clone(),
+        );
+        l4.register(
+            "idle_closed",
+            "Connections closed after --l4-idle-timeout without a byte either way",
+            self.idle_closed.clone(),
         );
     }
 }
@@ -108,15 +130,18 @@ pub struct Route {
 pub struct L4Proxy {
     listeners: ListenerSet<Route>,
     metrics: Arc<L4Metrics>,
-    removal: BackendRemoval,
+    options: L4Options,
+    /// One permit per open connection, over every listener.
+    slots: Arc<Semaphore>,
 }
 
 impl L4Proxy {
-    pub fn new(metrics: Arc<L4Metrics>, removal: BackendRemoval) -> L4Proxy {
+    pub fn new(metrics: Arc<L4Metrics>, options: L4Options) -> L4Proxy {
         L4Proxy {
             listeners: ListenerSet::new("L4"),
             metrics,
-            removal,
+            slots: Arc::new(Semaphore::new(options.max_connections)),
+            options,
         }
     }
 
@@ -150,10 +175,17 @@ impl L4Proxy {
         plan: &Plan,
         sets: &BackendSets,
     ) -> Vec<(SocketAddr, anyhow::Error)> {
-        let (metrics, removal) = (self.metrics.clone(), self.removal);
+        let (metrics, options, slots) = (self.metrics.clone(), self.options, self.slots.clone());
         self.listeners
             .update(Self::wanted(plan, sets), |listener, address, route| {
-                accept_loop(listener, address, route, metrics.clone(), removal)
+                accept_loop(
+                    listener,
+                    address,
+                    route,
+                    metrics.clone(),
+                    options,
+                    slots.clone(),
+                )
             })
             .await
     }
@@ -169,12 +201,17 @@ async fn accept_loop(
     address: SocketAddr,
     route: watch::Receiver<Arc<Route>>,
     metrics: Arc<L4Metrics>,
-    removal: BackendRemoval,
+    options: L4Options,
+    slots: Arc<Semaphore>,
 ) {
     let listener_label = ListenerLabels {
         listener: address.to_string(),
     };
     accept_each(listener, address, |client, peer| {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.overloaded.get_or_create(&listener_label).inc();
+            return None; // dropping the stream closes it
+        };
         let current = route.borrow().clone();
         let Some(backend) = current
             .backends
@@ -182,16 +219,17 @@ async fn accept_loop(
             .and_then(|b| b.pick(peer, address))
         else {
             metrics.no_route.get_or_create(&listener_label).inc();
-            return None; // dropping the stream closes it
+            return None;
         };
         let metrics = metrics.clone();
         let listener_label = listener_label.clone();
         // Watched only when removals reset: otherwise nothing after the pick matters.
-        let removed = (removal == BackendRemoval::Reset).then(|| route.clone());
+        let removed = (options.removal == BackendRemoval::Reset).then(|| route.clone());
         Some(async move {
             metrics.active.get_or_create(&listener_label).inc();
-            forward(client, address, backend, &metrics, removed).await;
+            forward(client, address, backend, &metrics, removed, options).await;
             metrics.active.get_or_create(&listener_label).dec();
+            drop(slot);
         })
     })
     .await;
@@ -212,17 +250,18 @@ async fn backend_removed(mut route: watch::Receiver<Arc<Route>>, backend: Socket
 }
 
 async fn forward(
-    mut client: TcpStream,
+    client: TcpStream,
     listener: SocketAddr,
     backend: SocketAddr,
     metrics: &L4Metrics,
     removed: Option<watch::Receiver<Arc<Route>>>,
+    options: L4Options,
 ) {
     let labels = BackendLabels {
         listener: listener.to_string(),
         backend: backend.to_string(),
     };
-    let mut upstream = match super::dial(backend).await {
+    let upstream = match super::dial(backend).await {
         Ok(stream) => stream,
         Err(e) => {
             tracing::debug!(%listener, %backend, error = %e, "backend connect failed");
@@ -232,43 +271,58 @@ async fn forward(
     };
     metrics.connections.get_or_create(&labels).inc();
     let _ = client.set_nodelay(true);
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    );
-    let copied = match removed {
-        None => Some(copy.await),
+    for stream in [&client, &upstream] {
+        if let Err(e) = relay::set_keepalive(stream) {
+            tracing::debug!(%listener, %backend, error = %e, "TCP keepalive not set");
+        }
+    }
+    let bytes = |direction: &str| {
+        metrics
+            .bytes
+            .get_or_create(&BytesLabels {
+                listener: labels.listener.clone(),
+                backend: labels.backend.clone(),
+                direction: direction.into(),
+            })
+            .clone()
+    };
+    let relay_options = RelayOptions {
+        idle_timeout: Some(options.idle_timeout),
+        shared: [Some(bytes("upstream")), Some(bytes("downstream"))],
+    };
+    let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
+    let relayed = relay::relay_with(client, upstream, &relay::Mode::Copy, &relay_options);
+    let ended = match removed {
+        None => Some(relayed.await),
         Some(route) => tokio::select! {
-            copied = copy => Some(copied),
-            () = backend_removed(route, backend) => None,
+            relayed = relayed => Some(relayed),
+            () = async {
+                backend_removed(route, backend).await;
+                // Set while the relay still holds both sockets open: their close (when the
+                // relay is dropped) then sends RST.
+                for fd in fds {
+                    let _ = relay::set_zero_linger(fd);
+                }
+            } => None,
         },
     };
-    let (up, down) = match copied {
-        Some(Ok(counts)) => counts,
-        Some(Err(e)) => {
-            tracing::debug!(%listener, %backend, error = %e, "connection ended with an error");
-            (0, 0)
-        }
+    match ended {
+        Some(relayed) => match relayed.error {
+            Some(e) if e.starts_with("idle for") => {
+                let listener_label = ListenerLabels {
+                    listener: labels.listener.clone(),
+                };
+                metrics.idle_closed.get_or_create(&listener_label).inc();
+                tracing::debug!(%listener, %backend, "closed: {e}");
+            }
+            Some(e) => {
+                tracing::debug!(%listener, %backend, error = %e, "connection ended with an error")
+            }
+            None => {}
+        },
         None => {
-            // A zero linger makes close send RST, as the kernel path's stack does for a
-            // connection it no longer tracks. Bytes of a reset connection are not counted.
-            let _ = client.set_zero_linger();
-            let _ = upstream.set_zero_linger();
             metrics.reset.get_or_create(&labels).inc();
             tracing::debug!(%listener, %backend, "reset: the backend left the route");
-            (0, 0)
         }
-    };
-    let bytes = |direction: &str| BytesLabels {
-        listener: labels.listener.clone(),
-        backend: labels.backend.clone(),
-        direction: direction.into(),
-    };
-    metrics.bytes.get_or_create(&bytes("upstream")).inc_by(up);
-    metrics
-        .bytes
-        .get_or_create(&bytes("downstream"))
-        .inc_by(down);
+    }
 }

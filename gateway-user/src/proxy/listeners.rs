@@ -118,24 +118,84 @@ fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("listening on {address}"))
 }
 
-/// Accepts connections until the task is aborted; a failed accept (e.g. out of file
-/// descriptors) is logged and retried after a pause rather than spinning.
+/// Accepts connections until the task is aborted. A failed accept (out of file
+/// descriptors, out of memory) is retried after a pause that doubles up to a second, and
+/// logged once per run of failures rather than each time.
 pub async fn accept_each<F, Fut>(listener: TcpListener, address: SocketAddr, mut handle: F)
 where
     F: FnMut(tokio::net::TcpStream, SocketAddr) -> Option<Fut>,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut backoff = AcceptBackoff::default();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                backoff.succeeded(address);
                 if let Some(task) = handle(stream, peer) {
                     tokio::spawn(task);
                 }
             }
-            Err(e) => {
-                tracing::warn!(%address, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+            Err(e) => tokio::time::sleep(backoff.failed(address, &e)).await,
         }
+    }
+}
+
+/// The pause after failed accepts: 10 ms, doubling to 1 s while they keep failing. A
+/// warning is logged at most every 10 s (with the failures since the last one), however
+/// often accepts fail and succeed in between.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    pause: std::time::Duration,
+    /// Failures not yet in a warning.
+    unreported: u64,
+    warned: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+    const LONGEST: std::time::Duration = std::time::Duration::from_secs(1);
+    const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Records a failure; returns how long to wait before accepting again.
+    pub fn failed(&mut self, address: SocketAddr, error: &std::io::Error) -> std::time::Duration {
+        self.unreported += 1;
+        if self
+            .warned
+            .is_none_or(|at| at.elapsed() >= Self::WARN_EVERY)
+        {
+            tracing::warn!(%address, %error, failures = self.unreported, "accept failed; backing off until it succeeds again");
+            self.warned = Some(std::time::Instant::now());
+            self.unreported = 0;
+        }
+        self.pause = (self.pause * 2).clamp(Self::FIRST, Self::LONGEST);
+        self.pause
+    }
+
+    /// Records a success: the next failure waits the shortest pause again.
+    pub fn succeeded(&mut self, address: SocketAddr) {
+        if !self.pause.is_zero() {
+            tracing::info!(%address, "accepting again");
+            self.pause = std::time::Duration::ZERO;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_pauses_double_to_a_second_and_reset() {
+        let address: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let mut backoff = AcceptBackoff::default();
+        let pauses: Vec<u128> = (0..10)
+            .map(|_| backoff.failed(address, &error).as_millis())
+            .collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        backoff.succeeded(address);
+        assert_eq!(backoff.failed(address, &error).as_millis(), 10);
+        // Warned once; the failures since are reported with the next warning.
+        assert_eq!(backoff.unreported, 10);
     }
 }

@@ -22,7 +22,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{
         TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        tcp::{ReadHalf, WriteHalf},
     },
 };
 
@@ -71,8 +71,87 @@ pub struct Relayed {
     pub error: Option<String>,
 }
 
+/// A shared byte counter (a metric) that sees a direction's bytes as they move.
+pub type SharedCounter = prometheus_client::metrics::counter::Counter<u64, AtomicU64>;
+
+/// What a relay does beyond moving bytes.
+#[derive(Default)]
+pub struct RelayOptions {
+    /// A connection with no byte moved either way for this long is closed (the socket
+    /// splice, which the daemon does not see, ignores it).
+    pub idle_timeout: Option<Duration>,
+    /// Counters that see each direction's bytes as they move (client to backend, backend
+    /// to client), so a long transfer shows before it ends.
+    pub shared: [Option<SharedCounter>; 2],
+}
+
+/// When a connection last moved a byte.
+struct Activity {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+
+    /// Resolves once nothing has moved for `limit`.
+    async fn idle(&self, limit: Duration) {
+        loop {
+            let quiet = self.quiet_for();
+            if quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - quiet).await;
+        }
+    }
+}
+
+/// One direction's count.
+struct Meter<'a> {
+    moved: AtomicU64,
+    shared: Option<&'a SharedCounter>,
+    activity: &'a Activity,
+}
+
+impl Meter<'_> {
+    fn add(&self, n: usize) {
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(shared) = self.shared {
+            shared.inc_by(n as u64);
+        }
+        self.activity.touch();
+    }
+}
+
 /// Relays until both directions have ended (or one failed).
 pub async fn relay(client: TcpStream, backend: TcpStream, mode: &Mode) -> Relayed {
+    relay_with(client, backend, mode, &RelayOptions::default()).await
+}
+
+/// [`relay`] with an idle timeout and live byte counters.
+pub async fn relay_with(
+    client: TcpStream,
+    backend: TcpStream,
+    mode: &Mode,
+    options: &RelayOptions,
+) -> Relayed {
     if let Mode::Sockmap(splicer) = mode {
         match splicer.insert(&client, &backend) {
             Ok(()) => return sockmap(client, backend).await,
@@ -80,39 +159,62 @@ pub async fn relay(client: TcpStream, backend: TcpStream, mode: &Mode) -> Relaye
             Err(e) => tracing::debug!(error = %e, "socket splice refused the pair; copying"),
         }
     }
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let (client_read, client_write) = client.into_split();
-    let (backend_read, backend_write) = backend.into_split();
-    let result = match mode {
-        Mode::Splice => match (Pipe::new(), Pipe::new()) {
-            (Ok(a), Ok(b)) => {
-                both(
-                    splice_one_way(client_read, backend_write, a, &up),
-                    splice_one_way(backend_read, client_write, b, &down),
-                )
-                .await
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                // Out of file descriptors or pipe memory: copying still works.
-                tracing::debug!(error = %e, "no pipe for splice; copying instead");
+    let activity = Activity::new();
+    let [shared_up, shared_down] = &options.shared;
+    let up = Meter {
+        moved: AtomicU64::new(0),
+        shared: shared_up.as_ref(),
+        activity: &activity,
+    };
+    let down = Meter {
+        moved: AtomicU64::new(0),
+        shared: shared_down.as_ref(),
+        activity: &activity,
+    };
+    // Borrowed halves: unlike owned ones they do not send FIN when dropped, so a relay
+    // dropped after its caller set a zero linger closes with RST only.
+    let (mut client, mut backend) = (client, backend);
+    let (client_read, client_write) = client.split();
+    let (backend_read, backend_write) = backend.split();
+    let transfer = async {
+        match mode {
+            Mode::Splice => match (Pipe::new(), Pipe::new()) {
+                (Ok(a), Ok(b)) => {
+                    both(
+                        splice_one_way(client_read, backend_write, a, &up),
+                        splice_one_way(backend_read, client_write, b, &down),
+                    )
+                    .await
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    // Out of file descriptors or pipe memory: copying still works.
+                    tracing::debug!(error = %e, "no pipe for splice; copying instead");
+                    both(
+                        copy_one_way(client_read, backend_write, &up),
+                        copy_one_way(backend_read, client_write, &down),
+                    )
+                    .await
+                }
+            },
+            Mode::Copy | Mode::Sockmap(_) => {
                 both(
                     copy_one_way(client_read, backend_write, &up),
                     copy_one_way(backend_read, client_write, &down),
                 )
                 .await
             }
-        },
-        Mode::Copy | Mode::Sockmap(_) => {
-            both(
-                copy_one_way(client_read, backend_write, &up),
-                copy_one_way(backend_read, client_write, &down),
-            )
-            .await
         }
     };
+    let result = match options.idle_timeout {
+        None => transfer.await,
+        Some(limit) => tokio::select! {
+            result = transfer => result,
+            () = activity.idle(limit) => Err(format!("idle for {}s", limit.as_secs_f64())),
+        },
+    };
     Relayed {
-        upstream: up.load(Ordering::Relaxed),
-        downstream: down.load(Ordering::Relaxed),
+        upstream: up.moved.load(Ordering::Relaxed),
+        downstream: down.moved.load(Ordering::Relaxed),
         error: result.err(),
     }
 }
@@ -136,9 +238,9 @@ async fn both(
 }
 
 async fn copy_one_way(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    moved: &AtomicU64,
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    moved: &Meter<'_>,
 ) -> io::Result<()> {
     // Allocated at the first byte, small until a read fills it: an idle connection holds
     // no buffer, a request/response one 16 KiB per direction, a bulk one 64 KiB.
@@ -156,7 +258,7 @@ async fn copy_one_way(
             return to.shutdown().await;
         }
         to.write_all(&buffer[..n]).await?;
-        moved.fetch_add(n as u64, Ordering::Relaxed);
+        moved.add(n);
         if n == buffer.len() && buffer.len() < COPY_BUFFER {
             buffer.resize(COPY_BUFFER, 0);
         }
@@ -179,10 +281,10 @@ impl Pipe {
 }
 
 async fn splice_one_way(
-    from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
     pipe: Pipe,
-    moved: &AtomicU64,
+    moved: &Meter<'_>,
 ) -> io::Result<()> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
     let source: &TcpStream = from.as_ref();
@@ -219,7 +321,7 @@ async fn splice_one_way(
                 })
                 .await?;
             left -= sent;
-            moved.fetch_add(sent as u64, Ordering::Relaxed);
+            moved.add(sent);
         }
     }
 }
@@ -343,15 +445,30 @@ fn tcp_counts(fd: RawFd) -> io::Result<TcpCounts> {
 /// also runs the socket's data_ready callback (nix has no wrapper for it).
 pub fn set_rcvlowat(fd: RawFd, bytes: usize) -> io::Result<()> {
     let value = nix::libc::c_int::try_from(bytes).unwrap_or(nix::libc::c_int::MAX);
-    // SAFETY: `fd` is an open socket borrowed for the call; the option value is a c_int
-    // that lives across it, with its size passed alongside.
+    set_socket_option(fd, nix::libc::SO_RCVLOWAT, &value)
+}
+
+/// Makes the socket's close send RST rather than FIN (SO_LINGER with a zero timeout): what
+/// the kernel's stack answers for a connection it no longer tracks.
+pub fn set_zero_linger(fd: RawFd) -> io::Result<()> {
+    let value = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    set_socket_option(fd, nix::libc::SO_LINGER, &value)
+}
+
+/// `setsockopt(fd, SOL_SOCKET, name, value)` on a descriptor the caller keeps open.
+fn set_socket_option<T>(fd: RawFd, name: nix::libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `fd` is an open socket borrowed for the call; the option value is a `T` that
+    // lives across it, with its size passed alongside.
     let rc = unsafe {
         nix::libc::setsockopt(
             fd,
             nix::libc::SOL_SOCKET,
-            nix::libc::SO_RCVLOWAT,
-            (&raw const value).cast(),
-            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+            name,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as nix::libc::socklen_t,
         )
     };
     if rc == 0 {
@@ -359,6 +476,18 @@ pub fn set_rcvlowat(fd: RawFd, bytes: usize) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// TCP keepalive as the userspace servers set it on both sides of a forwarded connection:
+/// a peer that vanished (power loss, a dropped NAT entry) is found within about 15 min
+/// instead of never.
+pub fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(stream, sockopt::KeepAlive, &true)?;
+    setsockopt(stream, sockopt::TcpKeepIdle, &300)?;
+    setsockopt(stream, sockopt::TcpKeepInterval, &75)?;
+    setsockopt(stream, sockopt::TcpKeepCount, &9)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -442,6 +571,61 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             assert!(relayed.error.is_some(), "{name}: {relayed:?}");
             drop(backend);
+        }
+    }
+
+    /// Bytes show on the shared counters while the connection is open; a connection quiet
+    /// for the idle timeout is closed, a busy one is not.
+    #[tokio::test]
+    async fn live_counts_and_an_idle_timeout() {
+        for mode in [Mode::Copy, Mode::Splice] {
+            let name = format!("{mode:?}");
+            let (client_side, mut client) = pair().await;
+            let (mut backend, backend_side) = pair().await;
+            let (up, down) = (SharedCounter::default(), SharedCounter::default());
+            let options = RelayOptions {
+                idle_timeout: Some(Duration::from_millis(400)),
+                shared: [Some(up.clone()), Some(down.clone())],
+            };
+            let relay = tokio::spawn(async move {
+                relay_with(client_side, backend_side, &mode, &options).await
+            });
+            let mut got = [0u8; 5];
+            for _ in 0..3 {
+                // Busy: 150 ms apart, under the 400 ms limit (the relay's own clock).
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                client
+                    .write_all(b"hello")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                backend
+                    .read_exact(&mut got)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                backend
+                    .write_all(b"world")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                client
+                    .read_exact(&mut got)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            assert_eq!(
+                (up.get(), down.get()),
+                (15, 15),
+                "{name}: counted while open"
+            );
+            assert!(!relay.is_finished(), "{name}: a busy connection stays");
+            let relayed = relay.await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(relayed.error.as_deref(), Some("idle for 0.4s"), "{name}");
+            assert_eq!((relayed.upstream, relayed.downstream), (15, 15));
+            let mut rest = Vec::new();
+            assert_eq!(
+                client.read_to_end(&mut rest).await.ok(),
+                Some(0),
+                "{name}: closed"
+            );
         }
     }
 }
