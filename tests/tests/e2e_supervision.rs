@@ -286,3 +286,86 @@ fn userspace_mode_removes_a_datapath_left_pinned() {
     let (status, log) = sluice.stop();
     assert!(status.success(), "{log}");
 }
+
+/// A capability set from `/proc/<pid>/status` (`CapEff:` and the like).
+fn status_field(pid: u32, field: &str) -> String {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("{e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// Once serving, the daemon holds only the capabilities it still uses, in every set, with
+/// no_new_privs; a reload that binds a port below 1024 (and, in kernel mode, writes the
+/// maps) still works, and the exit still removes the pins.
+fn keeps_only_what_it_uses(test: &str, datapath: &[&str], wanted: u64) {
+    if !root::can_run(test) {
+        return;
+    }
+    let setup = Setup::new();
+    let sluice = Sluice::start(&setup.topology.gateway, &setup.args(test, datapath));
+    let pid = sluice.pid();
+    let wanted = format!("{wanted:016x}");
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(
+            status_field(pid, field),
+            wanted,
+            "{field}\n{}",
+            sluice.log()
+        );
+    }
+    assert_eq!(status_field(pid, "CapInh:"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
+
+    std::fs::write(
+        setup.config.path().join("gateway.yaml"),
+        CONFIG.replace("7000", "80"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let dump = sluice.wait_config(WAIT, "the reload onto port 80", |d| {
+        d["serving"]["generation"] == 2
+    });
+    let served = |path: &str| {
+        dump["serving"][path]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l == "0.0.0.0:80"))
+    };
+    assert!(served("l4_userspace"), "{dump:#}");
+    if datapath != ["--datapath", "userspace"] {
+        assert!(served("l4_kernel"), "{dump:#}");
+    }
+    assert_eq!(
+        dump["serving"]["unserved"],
+        serde_json::json!([]),
+        "{dump:#}"
+    );
+    let (status, log) = sluice.stop();
+    assert!(status.success(), "{log}");
+    assert!(!setup.bpffs.pin_dir(test).exists(), "{log}");
+}
+
+/// CAP_DAC_READ_SEARCH (2) and CAP_NET_BIND_SERVICE (10).
+const USERSPACE_CAPS: u64 = 1 << 2 | 1 << 10;
+
+#[test]
+fn userspace_mode_keeps_only_what_it_uses() {
+    keeps_only_what_it_uses(
+        "userspace_mode_keeps_only_what_it_uses",
+        &["--datapath", "userspace"],
+        USERSPACE_CAPS,
+    );
+}
+
+#[test]
+fn kernel_mode_keeps_only_what_it_uses() {
+    // And CAP_NET_ADMIN (12) and CAP_BPF (39); the test's bpffs is not the daemon's to
+    // unmount, so no CAP_SYS_ADMIN.
+    keeps_only_what_it_uses(
+        "kernel_mode_keeps_only_what_it_uses",
+        topology::SLUICE_TC_ARGS,
+        USERSPACE_CAPS | 1 << 12 | 1 << 39,
+    );
+}

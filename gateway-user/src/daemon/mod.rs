@@ -3,6 +3,7 @@
 pub mod dns;
 pub mod fault;
 pub mod logging;
+pub mod privileges;
 pub mod reload;
 pub mod run;
 pub mod snapshot;

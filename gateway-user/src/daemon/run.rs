@@ -11,6 +11,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use super::{
     dns,
     logging::LogFormat,
+    privileges,
     reload::Reloader,
     snapshot::{self, Snapshot},
     state::{DatapathView, ServerState, Serving, SharedState, Unserved},
@@ -316,6 +317,18 @@ impl Daemon {
             }
         }
         state.set_serving(servers.status.clone());
+        let needed = privileges::StillNeeded {
+            kernel: matches!(datapath.status(), DatapathStatus::Kernel { .. }),
+            unmounts_bpffs: datapath.mounted_bpffs(),
+        };
+        match privileges::drop_all_but(&privileges::kept(needed)) {
+            Ok(kept) => {
+                let mut kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
+                kept.sort();
+                tracing::info!(?kept, "dropped every other capability; no_new_privs set");
+            }
+            Err(e) => tracing::warn!("capabilities not dropped: {e:#}"),
+        }
         // Subscribed before the reloader starts, so no applied config is missed.
         let applied = state.subscribe();
         let timeouts = crate::datapath::l4::Timeouts {

@@ -249,6 +249,11 @@ impl KernelDatapath {
 
     /// Stops a datapath whose start failed half-way: a fresh one is removed, a previous run's
     /// (still carrying its connections) is left as it was.
+    /// Whether this run mounted the bpffs its pins are on (and so unmounts it at exit).
+    pub fn mounted_bpffs(&self) -> bool {
+        self.loaded.bpffs.mounted_here()
+    }
+
     pub fn abandon(self) {
         let on_exit = if self.loaded.reused {
             tracing::warn!(

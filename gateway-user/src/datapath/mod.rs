@@ -259,6 +259,14 @@ impl Datapath {
 
     /// Detaches programs and removes pins, mounts and directories this run created; with
     /// `--keep-datapath`, leaves them forwarding for the next run instead.
+    /// Whether the kernel datapath runs on a bpffs this run mounted (and unmounts at exit).
+    pub fn mounted_bpffs(&self) -> bool {
+        match self {
+            Datapath::Kernel { kernel, .. } => kernel.mounted_bpffs(),
+            Datapath::Userspace { .. } => false,
+        }
+    }
+
     pub fn shutdown(self) {
         if let Datapath::Kernel { kernel, on_exit } = self {
             kernel.shutdown(on_exit);
