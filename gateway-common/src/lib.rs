@@ -506,18 +506,23 @@ pub mod l4 {
     }
     const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
 
-    /// A flow closed both ways (a FIN or RST seen in each direction) and silent this long
+    /// A flow closed both ways (a FIN seen in each direction, or a RST) and silent this long
     /// gives its source port up to a new connection that finds every candidate port taken,
     /// as conntrack drops closing entries early under pressure: otherwise a burst of short
     /// connections holds the whole range for the closing timeout. Both entries go.
     pub const RECLAIM_CLOSED_AFTER_NS: u64 = 100_000_000;
-    /// A flow closing in one direction only (a half-close, or a reset the other side never
-    /// answered) gives its port up after this long of silence.
+    /// A flow closing in one direction only (a half-close) gives its port up after this long
+    /// of silence, and only to a new connection that finds every candidate port taken.
     pub const RECLAIM_CLOSING_AFTER_NS: u64 = 1_000_000_000;
 
     pub const FLOW_SYN_SENT: u8 = 1;
     pub const FLOW_ESTABLISHED: u8 = 2;
+    /// Closed: a FIN seen both ways (each entry then holds this), or a RST either way. The
+    /// daemon forgets such entries after `--l4-closing-timeout` of silence.
     pub const FLOW_CLOSING: u8 = 3;
+    /// This direction sent its FIN, the other has not: a half-close, which may carry data
+    /// the other way for as long as it likes, so it lives by the idle timeout.
+    pub const FLOW_FIN_SENT: u8 = 4;
 }
 
 /// Backend selection shared by the kernel and userspace datapaths, so both pick the same

@@ -7,8 +7,8 @@ use gateway_common::{
     PacketReason,
     addr::ipv4_mapped,
     l4::{
-        FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, FlowKey, ListenerKey,
-        RECLAIM_CLOSED_AFTER_NS, RECLAIM_CLOSING_AFTER_NS, TO_BACKEND, TO_CLIENT,
+        FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_FIN_SENT, FLOW_SYN_SENT, Flow, FlowKey,
+        ListenerKey, RECLAIM_CLOSED_AFTER_NS, RECLAIM_CLOSING_AFTER_NS, TO_BACKEND, TO_CLIENT,
     },
     proto::{ETH_HDR_LEN, IPPROTO_TCP, tcp_flags},
     select::{
@@ -49,7 +49,7 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
     if let Some(flow) = found
         && tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
         // SAFETY: a pointer from a successful lookup of this map's value type.
-        && unsafe { (*flow).state } == FLOW_CLOSING
+        && matches!(unsafe { (*flow).state }, FLOW_CLOSING | FLOW_FIN_SENT)
     {
         // SAFETY: as above; the fields are copied out before the entry changes.
         unsafe {
@@ -75,7 +75,7 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
             unsafe {
                 (*flow).last_seen_ns = bpf_ktime_get_ns();
                 if tcp.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
-                    (*flow).state = FLOW_CLOSING;
+                    close_direction(&mut *flow, tcp.flags, &mut scratch.reverse);
                 } else if (*flow).state == FLOW_SYN_SENT && tcp.flags & tcp_flags::ACK != 0 {
                     (*flow).state = FLOW_ESTABLISHED;
                 }
@@ -342,12 +342,50 @@ fn client_side_key(reply: &Flow, key: &mut FlowKey) {
     };
 }
 
+/// A FIN or RST on `flow`'s direction. A RST ends the connection: both entries close. A FIN
+/// closes one direction: the flow is closed once the other direction's FIN has been seen
+/// too (then both entries close), and until then it is half-closed, which may carry data
+/// the other way for as long as it likes. `room` holds the other entry's key while it
+/// looks (only FIN and RST segments pay for the lookup).
+#[inline(always)]
+fn close_direction(flow: &mut Flow, flags: u8, room: &mut FlowKey) {
+    if flow.state == FLOW_CLOSING {
+        return;
+    }
+    *room = FlowKey {
+        src: flow.new_dst,
+        dst: flow.new_src,
+        src_port: flow.new_dst_port,
+        dst_port: flow.new_src_port,
+        protocol: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let other = L4_FLOWS.get_ptr_mut(room);
+    if flags & tcp_flags::RST != 0 {
+        flow.state = FLOW_CLOSING;
+        if let Some(other) = other {
+            // SAFETY: a pointer from a successful lookup of this map's value type; a racing
+            // writer could only set the same state.
+            unsafe { (*other).state = FLOW_CLOSING };
+        }
+        return;
+    }
+    // SAFETY: as above.
+    match other.map(|other| unsafe { &mut *other }) {
+        Some(other) if matches!(other.state, FLOW_FIN_SENT | FLOW_CLOSING) => {
+            flow.state = FLOW_CLOSING;
+            other.state = FLOW_CLOSING;
+        }
+        _ => flow.state = FLOW_FIN_SENT,
+    }
+}
+
 /// Whether the flow whose reply entry is `reply` may give its source port up now: closed
 /// both ways and silent for `RECLAIM_CLOSED_AFTER_NS`, or closing one way and silent for
 /// `RECLAIM_CLOSING_AFTER_NS`. `room` holds a key while it looks.
 #[inline(always)]
 fn reclaimable_flow(reply: &Flow, room: &mut FlowKey, now: u64) -> bool {
-    if reply.state != FLOW_CLOSING {
+    if !matches!(reply.state, FLOW_CLOSING | FLOW_FIN_SENT) {
         return false;
     }
     let quiet = now.wrapping_sub(reply.last_seen_ns);
@@ -359,6 +397,7 @@ fn reclaimable_flow(reply: &Flow, room: &mut FlowKey, now: u64) -> bool {
     match unsafe { L4_FLOWS.get(room) } {
         Some(forward) => {
             forward.state == FLOW_CLOSING
+                && reply.state == FLOW_CLOSING
                 && quiet > RECLAIM_CLOSED_AFTER_NS
                 && now.wrapping_sub(forward.last_seen_ns) > RECLAIM_CLOSED_AFTER_NS
         }

@@ -8,7 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use gateway_common::{
     PacketReason,
     addr::{from_mapped, to_mapped},
-    l4::{FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SENT, Flow, Listener, TO_BACKEND, TO_CLIENT},
+    l4::{
+        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_FIN_SENT, FLOW_SYN_SENT, Flow, Listener, TO_BACKEND,
+        TO_CLIENT,
+    },
     map_names,
     proto::{self, tcp_flags},
     select::{
@@ -1080,4 +1083,163 @@ fn packet_cost_measures_each_path() {
             "{cost:?}"
         );
     }
+}
+
+#[test]
+fn xdp_tracks_each_direction_close() {
+    each_direction_closes("xdp_tracks_each_direction_close", Hook::Xdp);
+}
+
+#[test]
+fn tc_tracks_each_direction_close() {
+    each_direction_closes("tc_tracks_each_direction_close", Hook::Tc);
+}
+
+/// A FIN closes one direction: the flow is half-closed (and lives by the idle timeout)
+/// until the other direction's FIN, when both entries close; a RST closes both at once.
+fn each_direction_closes(test: &str, hook: Hook) {
+    if !root::can_run(test) {
+        return;
+    }
+    let actions = Actions::of(hook);
+    let (ns, cl0, bk0) = router();
+    ns.run(move || {
+        let (client, gw_client, gw_backend, backend_ip) = (
+            IpAddr::V4(v4("198.51.100.2")),
+            IpAddr::V4(v4("198.51.100.1")),
+            IpAddr::V4(v4("203.0.113.1")),
+            IpAddr::V4(v4("203.0.113.2")),
+        );
+        let mut dp = Datapath::load();
+        dp.put_device(cl0);
+        dp.put_device(bk0);
+        dp.put_backend(0, backend(backend_ip, gw_backend, 8080));
+        dp.put_listener(
+            listener_key(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7000),
+            Listener { id: 3, set_slot: 0 },
+            &vec![0; MAGLEV_TABLE_SIZE as usize],
+        );
+        let send =
+            |dp: &mut Datapath, from_client: bool, port: u16, snat: u16, flags: u8, what: &str| {
+                let frame = if from_client {
+                    tcp(
+                        client,
+                        port,
+                        gw_client,
+                        7000,
+                        flags,
+                        CLIENT_MAC,
+                        GW_CLIENT_MAC,
+                    )
+                } else {
+                    tcp(
+                        backend_ip,
+                        8080,
+                        gw_backend,
+                        snat,
+                        flags,
+                        BACKEND_MAC,
+                        GW_BACKEND_MAC,
+                    )
+                };
+                let device = if from_client { cl0 } else { bk0 };
+                inspect(&step(
+                    dp,
+                    hook,
+                    &frame,
+                    device,
+                    actions.redirect,
+                    PacketReason::L4Forwarded,
+                    what,
+                ))
+            };
+        // Established flows on client ports 41000 and 41001.
+        let mut snat = [0u16; 2];
+        for (i, port) in [41000u16, 41001].into_iter().enumerate() {
+            snat[i] = send(&mut dp, true, port, 0, tcp_flags::SYN, "SYN").sport;
+            send(
+                &mut dp,
+                false,
+                port,
+                snat[i],
+                tcp_flags::SYN | tcp_flags::ACK,
+                "SYN-ACK",
+            );
+            send(&mut dp, true, port, snat[i], tcp_flags::ACK, "ACK");
+        }
+        let states = |dp: &Datapath, port: u16, snat: u16| {
+            (
+                dp.flow(&key(client, port, gw_client, 7000))
+                    .map(|f| f.state),
+                dp.flow(&key(backend_ip, 8080, gw_backend, snat))
+                    .map(|f| f.state),
+            )
+        };
+        assert_eq!(
+            states(&dp, 41000, snat[0]),
+            (Some(FLOW_ESTABLISHED), Some(FLOW_ESTABLISHED))
+        );
+
+        // The client half-closes; the backend goes on sending; then it closes too.
+        send(
+            &mut dp,
+            true,
+            41000,
+            snat[0],
+            tcp_flags::FIN | tcp_flags::ACK,
+            "client FIN",
+        );
+        assert_eq!(
+            states(&dp, 41000, snat[0]),
+            (Some(FLOW_FIN_SENT), Some(FLOW_ESTABLISHED)),
+            "half-closed"
+        );
+        send(
+            &mut dp,
+            false,
+            41000,
+            snat[0],
+            tcp_flags::ACK,
+            "backend data after the client's FIN",
+        );
+        send(
+            &mut dp,
+            true,
+            41000,
+            snat[0],
+            tcp_flags::ACK,
+            "the client's ACK of it",
+        );
+        assert_eq!(
+            states(&dp, 41000, snat[0]),
+            (Some(FLOW_FIN_SENT), Some(FLOW_ESTABLISHED))
+        );
+        send(
+            &mut dp,
+            false,
+            41000,
+            snat[0],
+            tcp_flags::FIN | tcp_flags::ACK,
+            "backend FIN",
+        );
+        assert_eq!(
+            states(&dp, 41000, snat[0]),
+            (Some(FLOW_CLOSING), Some(FLOW_CLOSING)),
+            "closed both ways"
+        );
+
+        // A reset from the backend closes both directions at once.
+        send(
+            &mut dp,
+            false,
+            41001,
+            snat[1],
+            tcp_flags::RST,
+            "backend RST",
+        );
+        assert_eq!(
+            states(&dp, 41001, snat[1]),
+            (Some(FLOW_CLOSING), Some(FLOW_CLOSING))
+        );
+    });
 }

@@ -1057,3 +1057,66 @@ fn userspace_forwarder_out_of_file_descriptors() {
         ["b0", "b0", "b0"]
     );
 }
+
+/// A half-closed connection (the client's FIN sent, the backend still sending) outlives a
+/// 30 s pause with the default timeouts: a FIN closes only its own direction, and the flow
+/// closes when both have. The client reads everything and then a clean end, no reset.
+fn half_close_survives_a_pause(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let gw = gateway(&config(&[(backend.ip(), 100)]), mode, &[]);
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let server = gw.topology.backend.spawn(move || {
+        let listener =
+            std::net::TcpListener::bind(backend).unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let _ = bound_tx.send(());
+        let (mut stream, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+        let mut request = Vec::new();
+        stream
+            .read_to_end(&mut request)
+            .unwrap_or_else(|e| panic!("{e}"));
+        stream
+            .write_all(&[1; 1000])
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::thread::sleep(Duration::from_secs(30));
+        stream
+            .write_all(&[2; 1000])
+            .unwrap_or_else(|e| panic!("{e}"));
+        request.len()
+    });
+    bound_rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let received = gw.topology.client.run(move || {
+        let mut stream = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        stream.write_all(b"request")?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).map(|_| got)
+    });
+    let got = received.unwrap_or_else(|e| panic!("the half-closed connection broke: {e}"));
+    assert_eq!(got.len(), 2000);
+    assert!(got[..1000].iter().all(|b| *b == 1) && got[1000..].iter().all(|b| *b == 2));
+    assert_eq!(
+        server
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        7
+    );
+    assert_path(&gw, mode, &format!("0.0.0.0:{PORT}"));
+}
+
+#[test]
+fn xdp_half_close_survives_a_pause() {
+    half_close_survives_a_pause("xdp_half_close_survives_a_pause", Mode::Xdp);
+}
+
+#[test]
+fn tc_half_close_survives_a_pause() {
+    half_close_survives_a_pause("tc_half_close_survives_a_pause", Mode::Tc);
+}

@@ -31,6 +31,7 @@ fn state(flow: &Flow) -> &'static str {
         FLOW_SYN_SENT => "syn-sent",
         FLOW_ESTABLISHED => "established",
         FLOW_CLOSING => "closing",
+        gateway_common::l4::FLOW_FIN_SENT => "half-closed",
         _ => "?",
     }
 }

@@ -518,6 +518,7 @@ pub fn expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
     let limit = match flow.state {
         FLOW_CLOSING => timeouts.closing,
         FLOW_SYN_SENT => timeouts.syn,
+        // Established, or half-closed (FLOW_FIN_SENT): data may still flow the other way.
         _ => timeouts.idle,
     };
     now_ns.saturating_sub(flow.last_seen_ns) > limit.as_nanos() as u64
@@ -555,6 +556,9 @@ mod tests {
             (FLOW_SYN_SENT, now - 31 * second, true),
             (FLOW_ESTABLISHED, now - 3599 * second, false),
             (FLOW_ESTABLISHED, now - 3601 * second, true),
+            // Half-closed: the other direction may pause and go on sending.
+            (gateway_common::l4::FLOW_FIN_SENT, now - 60 * second, false),
+            (gateway_common::l4::FLOW_FIN_SENT, now - 3601 * second, true),
             // A packet stamped after `now` was read (another CPU) is not expired.
             (FLOW_CLOSING, now + second, false),
         ];
