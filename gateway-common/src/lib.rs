@@ -103,10 +103,14 @@ pub enum PacketReason {
     /// An ICMP error about a tracked flow (e.g. fragmentation needed), translated back to the
     /// client like the flow's own packets.
     L4IcmpTranslated = 19,
+    /// A RST for a tracked flow whose sequence number lies outside the window of what its
+    /// sender has sent (`l4::RST_WINDOW`): a blind reset (RFC 5961). Dropped; the
+    /// connection carries on.
+    L4RstOutOfWindow = 20,
 }
 
 /// Number of [`PacketReason`] values; the size of the per-CPU counter array.
-pub const REASON_COUNT: u32 = 20;
+pub const REASON_COUNT: u32 = 21;
 
 /// Verdict classes a [`PacketReason`] maps to, exported as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +156,7 @@ impl PacketReason {
         PacketReason::L4NoNeighbour,
         PacketReason::L4Unroutable,
         PacketReason::L4IcmpTranslated,
+        PacketReason::L4RstOutOfWindow,
     ];
 
     /// The metric label for this reason.
@@ -177,6 +182,7 @@ impl PacketReason {
             PacketReason::L4NoNeighbour => "l4_no_neighbour",
             PacketReason::L4Unroutable => "l4_unroutable",
             PacketReason::L4IcmpTranslated => "l4_icmp_translated",
+            PacketReason::L4RstOutOfWindow => "l4_rst_out_of_window",
         }
     }
 
@@ -190,7 +196,8 @@ impl PacketReason {
             PacketReason::L4NoBackend
             | PacketReason::L4PortExhausted
             | PacketReason::L4NoNeighbour
-            | PacketReason::L4Unroutable => Verdict::Drop,
+            | PacketReason::L4Unroutable
+            | PacketReason::L4RstOutOfWindow => Verdict::Drop,
             _ => Verdict::Pass,
         }
     }
@@ -452,7 +459,10 @@ pub mod l4 {
         pub state: u8,
         /// [`TO_BACKEND`] or [`TO_CLIENT`].
         pub direction: u8,
-        pub _pad: [u8; 2],
+        /// Whether `seq_next` holds this direction's sequence yet (the reply entry learns
+        /// it from the backend's first segment).
+        pub seq_known: u8,
+        pub _pad: u8,
         /// For [`TO_CLIENT`] entries: the device the client's SYN arrived on and the MAC
         /// addresses to send back with (the client's, and the gateway's on that link). The
         /// client's SYN never reaches the stack, so no neighbour entry exists for it.
@@ -461,8 +471,17 @@ pub mod l4 {
         pub mac_src: [u8; 6],
         /// `bpf_ktime_get_ns` of the last packet, for idle expiry by the daemon.
         pub last_seen_ns: u64,
+        /// The sequence number after the furthest segment this direction has sent (SYN
+        /// and FIN count one): a RST from this side is believed only near it.
+        pub seq_next: u32,
+        pub _pad2: u32,
     }
-    const _: () = assert!(core::mem::size_of::<Flow>() == 72);
+    const _: () = assert!(core::mem::size_of::<Flow>() == 80);
+
+    /// How far from the sender's next sequence number a RST may be and still close its flow:
+    /// a legitimate RST carries the sender's next sequence number (or one a little behind
+    /// it); a blind attacker has to guess within this of 2^32.
+    pub const RST_WINDOW: u32 = 1 << 20;
 
     /// [`Flow::direction`]: client to backend (next hop from the FIB).
     pub const TO_BACKEND: u8 = 0;

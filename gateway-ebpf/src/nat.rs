@@ -8,7 +8,8 @@ use gateway_common::{
     addr::ipv4_mapped,
     l4::{
         FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_FIN_SENT, FLOW_SYN_SENT, Flow, FlowKey,
-        ListenerKey, RECLAIM_CLOSED_AFTER_NS, RECLAIM_CLOSING_AFTER_NS, TO_BACKEND, TO_CLIENT,
+        ListenerKey, RECLAIM_CLOSED_AFTER_NS, RECLAIM_CLOSING_AFTER_NS, RST_WINDOW, TO_BACKEND,
+        TO_CLIENT,
     },
     proto::{ETH_HDR_LEN, IPPROTO_TCP, tcp_flags},
     select::{
@@ -52,16 +53,7 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
         && matches!(unsafe { (*flow).state }, FLOW_CLOSING | FLOW_FIN_SENT)
     {
         // SAFETY: as above; the fields are copied out before the entry changes.
-        unsafe {
-            scratch.reverse = FlowKey {
-                src: (*flow).new_dst,
-                dst: (*flow).new_src,
-                src_port: (*flow).new_dst_port,
-                dst_port: (*flow).new_src_port,
-                protocol: IPPROTO_TCP,
-                _pad: [0; 3],
-            };
-        }
+        other_direction_key(unsafe { &*flow }, &mut scratch.reverse);
         let _ = L4_FLOWS.remove(&scratch.reverse);
         found = None;
     }
@@ -73,7 +65,17 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
             // stays valid for the rest of the program (RCU). Concurrent writers only race on
             // state and timestamps, which tolerate a lost update.
             unsafe {
+                // A blind reset changes nothing, not even the flow's last activity.
+                if tcp.flags & tcp_flags::RST != 0 && !rst_in_window(&*flow, tcp) {
+                    let reason = PacketReason::L4RstOutOfWindow;
+                    return (reason, H::verdict_action(reason));
+                }
                 (*flow).last_seen_ns = bpf_ktime_get_ns();
+                if (*flow).seq_known == 0 || (tcp.seq_end.wrapping_sub((*flow).seq_next) as i32) > 0
+                {
+                    (*flow).seq_next = tcp.seq_end;
+                    (*flow).seq_known = 1;
+                }
                 if tcp.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
                     close_direction(&mut *flow, tcp.flags, &mut scratch.reverse);
                 } else if (*flow).state == FLOW_SYN_SENT && tcp.flags & tcp_flags::ACK != 0 {
@@ -289,7 +291,7 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         let Some(held) = (unsafe { L4_FLOWS.get(&scratch.reverse) }) else {
             return Err(PacketReason::L4PortExhausted);
         };
-        client_side_key(held, &mut scratch.reclaimed);
+        other_direction_key(held, &mut scratch.reclaimed);
         let _ = L4_FLOWS.remove(&scratch.reclaimed);
         let _ = L4_FLOWS.remove(&scratch.reverse);
     }
@@ -302,11 +304,14 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         listener: listener.id,
         state: FLOW_SYN_SENT,
         direction: TO_BACKEND,
-        _pad: [0; 2],
+        seq_known: 1,
+        _pad: 0,
         ifindex: 0,
         mac_dst: [0; 6],
         mac_src: [0; 6],
         last_seen_ns: now,
+        seq_next: tcp.seq_end,
+        _pad2: 0,
     };
     scratch.back = Flow {
         new_src: key.dst,
@@ -317,6 +322,9 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         ifindex: from.ifindex,
         mac_dst: from.src_mac,
         mac_src: from.dst_mac,
+        // Learnt from the backend's first segment.
+        seq_known: 0,
+        seq_next: 0,
         ..scratch.flow
     };
     // The reply direction first: once the forward entry exists, replies must find theirs.
@@ -328,18 +336,26 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
     Ok(true)
 }
 
-/// The client-side key of the flow whose reply entry is `reply` (which rewrites to the
-/// client, from the listener).
+/// The key of the entry for `flow`'s other direction: the packets it rewrites to, seen
+/// coming back (for a reply entry, the client side; for a client-side entry, the reply).
 #[inline(always)]
-fn client_side_key(reply: &Flow, key: &mut FlowKey) {
+fn other_direction_key(flow: &Flow, key: &mut FlowKey) {
     *key = FlowKey {
-        src: reply.new_dst,
-        dst: reply.new_src,
-        src_port: reply.new_dst_port,
-        dst_port: reply.new_src_port,
+        src: flow.new_dst,
+        dst: flow.new_src,
+        src_port: flow.new_dst_port,
+        dst_port: flow.new_src_port,
         protocol: IPPROTO_TCP,
         _pad: [0; 3],
     };
+}
+
+/// Whether a RST on `flow`'s direction is believable: its sequence number within
+/// `RST_WINDOW` of what that side has sent, or nothing known of that side yet (a backend
+/// refusing the SYN answers RST before any segment of its own).
+#[inline(always)]
+fn rst_in_window(flow: &Flow, tcp: &Tcp) -> bool {
+    flow.seq_known == 0 || (tcp.seq.wrapping_sub(flow.seq_next) as i32).unsigned_abs() <= RST_WINDOW
 }
 
 /// A FIN or RST on `flow`'s direction. A RST ends the connection: both entries close. A FIN
@@ -352,14 +368,7 @@ fn close_direction(flow: &mut Flow, flags: u8, room: &mut FlowKey) {
     if flow.state == FLOW_CLOSING {
         return;
     }
-    *room = FlowKey {
-        src: flow.new_dst,
-        dst: flow.new_src,
-        src_port: flow.new_dst_port,
-        dst_port: flow.new_src_port,
-        protocol: IPPROTO_TCP,
-        _pad: [0; 3],
-    };
+    other_direction_key(flow, room);
     let other = L4_FLOWS.get_ptr_mut(room);
     if flags & tcp_flags::RST != 0 {
         flow.state = FLOW_CLOSING;
@@ -392,7 +401,7 @@ fn reclaimable_flow(reply: &Flow, room: &mut FlowKey, now: u64) -> bool {
     if quiet > RECLAIM_CLOSING_AFTER_NS {
         return true;
     }
-    client_side_key(reply, room);
+    other_direction_key(reply, room);
     // SAFETY: plain-data fields read at once.
     match unsafe { L4_FLOWS.get(room) } {
         Some(forward) => {

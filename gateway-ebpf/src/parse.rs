@@ -6,7 +6,7 @@ use gateway_common::{
     proto::{
         ETH_HDR_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
         IPPROTO_IPV6_FRAGMENT, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, IPV6_EXTENSION_HEADERS,
-        IPV6_HDR_LEN, MAX_VLAN_TAGS, TCP_HDR_LEN, UDP_HDR_LEN, VLAN_HDR_LEN,
+        IPV6_HDR_LEN, MAX_VLAN_TAGS, TCP_HDR_LEN, UDP_HDR_LEN, VLAN_HDR_LEN, tcp_flags,
     },
 };
 
@@ -46,6 +46,9 @@ pub struct Tcp {
     pub hop_limit: u8,
     /// Length of the IP packet (header included), for the route's MTU check.
     pub ip_len: u16,
+    /// The segment's sequence number, and the one after it (payload, SYN and FIN counted).
+    pub seq: u32,
+    pub seq_end: u32,
 }
 
 /// Parses a TCP segment; anything else comes back as the reason that classifies it.
@@ -161,6 +164,10 @@ fn parse_tcp<P: Packet>(packet: &P, l3: &L3) -> Result<Tcp, PacketReason> {
     if header_len > l3.l4_len {
         return Err(PacketReason::TruncatedL4);
     }
+    let seq = u32::from_be_bytes(tcp.seq);
+    let payload = (l3.l4_len - header_len) as u32;
+    let control =
+        u32::from(tcp.flags & tcp_flags::SYN != 0) + u32::from(tcp.flags & tcp_flags::FIN != 0);
     Ok(Tcp {
         family: l3.family,
         l3_off: l3.l3_off,
@@ -170,6 +177,8 @@ fn parse_tcp<P: Packet>(packet: &P, l3: &L3) -> Result<Tcp, PacketReason> {
         flags: tcp.flags,
         hop_limit: l3.hop_limit,
         ip_len: l3.ip_len,
+        seq,
+        seq_end: seq.wrapping_add(payload).wrapping_add(control),
     })
 }
 

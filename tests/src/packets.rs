@@ -43,6 +43,8 @@ pub struct PacketBuilder {
     transport: Transport,
     payload: Vec<u8>,
     ttl: u8,
+    /// The TCP sequence number (1000 unless set).
+    tcp_seq: u32,
 }
 
 impl PacketBuilder {
@@ -83,7 +85,14 @@ impl PacketBuilder {
             transport,
             payload: Vec::new(),
             ttl: 64,
+            tcp_seq: 1000,
         }
+    }
+
+    /// Sets the TCP sequence number.
+    pub fn seq(mut self, seq: u32) -> Self {
+        self.tcp_seq = seq;
+        self
     }
 
     pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
@@ -205,7 +214,7 @@ impl PacketBuilder {
                 let mut t = Vec::new();
                 t.extend_from_slice(&src.to_be_bytes());
                 t.extend_from_slice(&dst.to_be_bytes());
-                t.extend_from_slice(&1000u32.to_be_bytes());
+                t.extend_from_slice(&self.tcp_seq.to_be_bytes());
                 t.extend_from_slice(
                     &(if flags & tcp_flags::ACK != 0 {
                         2000u32

@@ -365,6 +365,8 @@ fn every_reason_is_covered_by_a_fixture() {
         PacketReason::L4NoNeighbour,
         PacketReason::L4Unroutable,
         PacketReason::L4IcmpTranslated,
+        // `*_tracks_each_direction_close`.
+        PacketReason::L4RstOutOfWindow,
     ]);
     for reason in PacketReason::ALL {
         assert!(covered.contains(&reason), "no fixture for {reason:?}");

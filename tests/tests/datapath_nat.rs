@@ -1096,7 +1096,8 @@ fn tc_tracks_each_direction_close() {
 }
 
 /// A FIN closes one direction: the flow is half-closed (and lives by the idle timeout)
-/// until the other direction's FIN, when both entries close; a RST closes both at once.
+/// until the other direction's FIN, when both entries close; a RST near what its sender
+/// has sent closes both at once, one far from it is dropped and counted.
 fn each_direction_closes(test: &str, hook: Hook) {
     if !root::can_run(test) {
         return;
@@ -1228,7 +1229,25 @@ fn each_direction_closes(test: &str, hook: Hook) {
             "closed both ways"
         );
 
-        // A reset from the backend closes both directions at once.
+        // A reset far from what the backend has sent (a blind attacker's guess) is dropped
+        // and changes nothing; one near it closes both directions at once.
+        let blind = PacketBuilder::tcp(backend_ip, gw_backend, 8080, snat[1], tcp_flags::RST)
+            .macs(BACKEND_MAC, GW_BACKEND_MAC)
+            .seq(1000u32.wrapping_add(1 << 31))
+            .build();
+        step(
+            &mut dp,
+            hook,
+            &blind,
+            bk0,
+            actions.drop,
+            PacketReason::L4RstOutOfWindow,
+            "a RST outside the window",
+        );
+        assert_eq!(
+            states(&dp, 41001, snat[1]),
+            (Some(FLOW_ESTABLISHED), Some(FLOW_ESTABLISHED))
+        );
         send(
             &mut dp,
             false,

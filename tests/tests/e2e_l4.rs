@@ -1120,3 +1120,114 @@ fn xdp_half_close_survives_a_pause() {
 fn tc_half_close_survives_a_pause() {
     half_close_survives_a_pause("tc_half_close_survives_a_pause", Mode::Tc);
 }
+
+/// Sends `packet` (an IP packet, headers and checksums its own) from `ns` through a raw
+/// socket: what a blind attacker on the client's path can do.
+fn send_raw_ipv4(ns: &tests::netns::NetNs, packet: Vec<u8>, dst: std::net::Ipv4Addr) {
+    ns.run(move || {
+        // SAFETY: plain socket(2) and sendto(2) calls on a descriptor owned here, with a
+        // sockaddr_in that lives across the call.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let sent = libc::sendto(
+                fd,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(sent, packet.len() as isize, "sendto: {error}");
+        }
+    });
+}
+
+/// A spoofed RST with the client's addresses and ports but a sequence number far from what
+/// the client has sent is dropped by the kernel NAT and counted; the connection carries on.
+fn blind_reset_is_dropped(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let gw = gateway(&config(&[(backend.ip(), 100)]), mode, &[]);
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let server = echo::serve(&gw.topology.backend, backend, 1);
+    let held = echo::HeldConnection::open(&gw.topology.client, vip);
+    held.exchange(1);
+
+    // The client-side flow entry: the client's port and the sequence it has reached.
+    let pin = gw._bpffs.pin_dir("l4").join("L4_FLOWS");
+    let out = tests::netns::run(
+        std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&pin),
+    );
+    let dump: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bpftool JSON: {e}"));
+    let entry = dump
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e.get("formatted").unwrap_or(e))
+        .find(|e| e["key"]["dst_port"] == PORT)
+        .unwrap_or_else(|| panic!("no client-side flow in {dump:#}"));
+    let client_port = entry["key"]["src_port"].as_u64().unwrap_or_default() as u16;
+    let seq_next = entry["value"]["seq_next"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no seq_next in {entry:#}")) as u32;
+
+    let rst = tests::packets::PacketBuilder::tcp(
+        topology::CLIENT_V4.into(),
+        topology::GATEWAY_CLIENT_V4.into(),
+        client_port,
+        PORT,
+        gateway_common::proto::tcp_flags::RST,
+    )
+    .seq(seq_next.wrapping_add(1 << 30))
+    .build();
+    // The IP packet: the Ethernet header is the kernel's to write.
+    send_raw_ipv4(
+        &gw.topology.client,
+        rst[14..].to_vec(),
+        topology::GATEWAY_CLIENT_V4,
+    );
+    let dropped = "sluice_datapath_packets_total{reason=\"l4_rst_out_of_window\",verdict=\"drop\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gw.sluice.metric(dropped) != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the blind RST was not counted: {:?}",
+            gw.sluice.metric(dropped)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    held.exchange(2);
+    drop(held);
+    assert_eq!(
+        server
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        2000
+    );
+}
+
+#[test]
+fn xdp_blind_reset_is_dropped() {
+    blind_reset_is_dropped("xdp_blind_reset_is_dropped", Mode::Xdp);
+}
+
+#[test]
+fn tc_blind_reset_is_dropped() {
+    blind_reset_is_dropped("tc_blind_reset_is_dropped", Mode::Tc);
+}

@@ -851,7 +851,7 @@ mod tests {
             shape_mismatch("L4_FLOWS", want, have).as_deref(),
             Some(
                 "the pinned map L4_FLOWS has 40-byte keys, 64-byte values, 262144 entries, \
-                 this build needs 40-byte keys, 72-byte values, 262144 entries"
+                 this build needs 40-byte keys, 80-byte values, 262144 entries"
             )
         );
     }
