@@ -839,7 +839,7 @@ mod tests {
     fn a_map_of_another_layout_is_named_with_both_shapes() {
         let want = MapShape {
             key_size: 40,
-            value_size: 72,
+            value_size: 80,
             max_entries: 262_144,
         };
         assert_eq!(shape_mismatch("L4_FLOWS", want, want), None);
