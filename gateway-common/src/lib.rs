@@ -23,6 +23,9 @@ pub mod map_names {
     pub const L4_BACKEND_CNT: &str = "L4_BACKEND_CNT";
     /// One [`crate::l4::NatConfig`]: the source-port range of the NAT.
     pub const L4_CONFIG: &str = "L4_CONFIG";
+    /// The node's own addresses (IPv4 mapped into IPv6) -> 1: a wildcard listener takes
+    /// only traffic addressed to one of them, never transit traffic.
+    pub const L4_LOCAL_ADDRS: &str = "L4_LOCAL_ADDRS";
     /// SOCKHASH of TLS passthrough connections handed to the kernel:
     /// [`crate::sockets::SockKey`] of the socket bytes arrive on -> the socket they leave by.
     pub const SNI_SOCKETS: &str = "SNI_SOCKETS";
@@ -39,6 +42,7 @@ pub mod map_names {
         L4_LISTENER_CNT,
         L4_BACKEND_CNT,
         L4_CONFIG,
+        L4_LOCAL_ADDRS,
         SNI_SOCKETS,
         SNI_COUNTERS,
     ];
@@ -383,6 +387,8 @@ pub mod l4 {
 
     /// Listener map capacity: (address, port) pairs served in the kernel.
     pub const MAX_LISTENERS: u32 = 1024;
+    /// Addresses of the node a wildcard listener answers on.
+    pub const MAX_LOCAL_ADDRS: u32 = 4096;
     /// Backend map capacity (an endpoint shared by several routes is stored once).
     pub const MAX_BACKENDS: u32 = 16_384;
     /// Maglev table slots. A backend set being rebuilt is written to a free slot and the

@@ -8,7 +8,7 @@ use gateway_common::{
     Counters, REASON_COUNT,
     l4::{
         Backend, Flow, FlowKey, L4Counters, Listener, ListenerKey, MAX_BACKENDS, MAX_FLOWS,
-        MAX_LISTENERS, NatConfig, TABLE_ENTRIES,
+        MAX_LISTENERS, MAX_LOCAL_ADDRS, NatConfig, TABLE_ENTRIES,
     },
     sockets::{COUNT_LEN, MAX_SOCKETS, SockKey},
 };
@@ -21,6 +21,11 @@ pub static REASON_COUNTERS: PerCpuArray<Counters, { REASON_COUNT as usize }> = P
 #[btf_map]
 pub static L4_LISTENERS: HashMap<ListenerKey, Listener, { MAX_LISTENERS as usize }> =
     HashMap::new();
+
+/// The node's own addresses (IPv4 mapped), kept by the daemon: wildcard listeners match
+/// only these destinations.
+#[btf_map]
+pub static L4_LOCAL_ADDRS: HashMap<[u8; 16], u8, { MAX_LOCAL_ADDRS as usize }> = HashMap::new();
 
 /// Maglev tables, `MAGLEV_TABLE_SIZE` backend ids per slot.
 #[btf_map]

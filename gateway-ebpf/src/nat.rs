@@ -23,7 +23,9 @@ use crate::{
     csum, fib,
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr},
     hook::Hook,
-    maps::{L4_BACKENDS, L4_CONFIG, L4_FLOWS, L4_LISTENERS, L4_TABLES, SCRATCH, Scratch},
+    maps::{
+        L4_BACKENDS, L4_CONFIG, L4_FLOWS, L4_LISTENERS, L4_LOCAL_ADDRS, L4_TABLES, SCRATCH, Scratch,
+    },
     parse::Tcp,
 };
 
@@ -200,6 +202,12 @@ fn listener(tcp: &Tcp, dst: &[u8; 16]) -> Option<gateway_common::l4::Listener> {
     // SAFETY (each lookup): plain-data values copied out at once.
     if let Some(l) = unsafe { L4_LISTENERS.get(&key) } {
         return Some(*l);
+    }
+    // A wildcard takes only what is addressed to the node: transit traffic (routed
+    // through it, to any port) is not a listener's.
+    // SAFETY: as above.
+    if unsafe { L4_LOCAL_ADDRS.get(dst) }.is_none() {
+        return None;
     }
     if tcp.family == FAMILY_IPV4 {
         key.addr = ipv4_mapped([0; 4]);

@@ -41,6 +41,7 @@ pub fn measure(repeat: u32, syns: u16) -> Vec<PacketCost> {
     let costs = ns.run(move || {
         [Hook::Xdp, Hook::Tc].map(|hook| {
             let mut dp = Datapath::load();
+            dp.put_router_addresses();
             serve(&mut dp, cl0, bk0);
             [
                 not_a_listener(&mut dp, hook, cl0, repeat),

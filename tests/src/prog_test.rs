@@ -158,6 +158,26 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("listener: {e}"));
     }
 
+    /// Marks `ip` as one of the node's addresses (wildcard listeners answer on it).
+    pub fn put_local(&mut self, ip: std::net::IpAddr) {
+        let mut local: aya::maps::HashMap<_, [u8; 16], u8> = aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut(map_names::L4_LOCAL_ADDRS)
+                .unwrap_or_else(|| panic!("no local address map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        local
+            .insert(gateway_common::addr::to_mapped(ip), 1, 0)
+            .unwrap_or_else(|e| panic!("local address: {e}"));
+    }
+
+    /// Marks every address of the fixture router as the node's.
+    pub fn put_router_addresses(&mut self) {
+        for address in crate::router::ADDRESSES {
+            self.put_local(address.parse().unwrap_or_else(|e| panic!("{address}: {e}")));
+        }
+    }
+
     pub fn put_backend(&mut self, id: u32, backend: L4Backend) {
         let mut backends: Array<_, L4Backend> = Array::try_from(
             self.ebpf

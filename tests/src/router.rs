@@ -17,6 +17,15 @@ pub const GW_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const GW_BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 pub const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
 
+/// The router's own addresses: what the daemon writes into `L4_LOCAL_ADDRS`, so wildcard
+/// listeners match them (and not transit traffic).
+pub const ADDRESSES: [&str; 4] = [
+    "198.51.100.1",
+    "203.0.113.1",
+    "2001:db8:1::1",
+    "2001:db8:2::1",
+];
+
 /// `aa:bb:…` as `ip` takes it.
 pub fn mac(m: [u8; 6]) -> String {
     m.iter()

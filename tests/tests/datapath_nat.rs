@@ -192,6 +192,7 @@ fn full_nat_with_connection_tracking(test: &str, hook: Hook) {
             IpAddr::V4(v4("203.0.113.2")),
         );
         let mut dp = Datapath::load();
+        dp.put_router_addresses();
         dp.put_device(cl0);
         dp.put_device(bk0);
         let table = |id: u32| vec![id; MAGLEV_TABLE_SIZE as usize];
@@ -878,6 +879,7 @@ fn xdp_weights_and_backend_set_changes() {
             ]));
         }
         let mut dp = Datapath::load();
+        dp.put_router_addresses();
         dp.put_device(cl0);
         dp.put_device(bk0);
         for (id, b) in backends.iter().enumerate() {
@@ -1112,6 +1114,7 @@ fn each_direction_closes(test: &str, hook: Hook) {
             IpAddr::V4(v4("203.0.113.2")),
         );
         let mut dp = Datapath::load();
+        dp.put_router_addresses();
         dp.put_device(cl0);
         dp.put_device(bk0);
         dp.put_backend(0, backend(backend_ip, gw_backend, 8080));
@@ -1259,6 +1262,113 @@ fn each_direction_closes(test: &str, hook: Hook) {
         assert_eq!(
             states(&dp, 41001, snat[1]),
             (Some(FLOW_CLOSING), Some(FLOW_CLOSING))
+        );
+    });
+}
+
+#[test]
+fn xdp_wildcard_listeners_take_only_the_nodes_traffic() {
+    wildcard_listeners_take_only_the_nodes_traffic(
+        "xdp_wildcard_listeners_take_only_the_nodes_traffic",
+        Hook::Xdp,
+    );
+}
+
+#[test]
+fn tc_wildcard_listeners_take_only_the_nodes_traffic() {
+    wildcard_listeners_take_only_the_nodes_traffic(
+        "tc_wildcard_listeners_take_only_the_nodes_traffic",
+        Hook::Tc,
+    );
+}
+
+/// A `0.0.0.0` or `::` listener takes SYNs addressed to the node's own addresses only:
+/// traffic routed through the node to the same port elsewhere goes to the stack, untouched.
+fn wildcard_listeners_take_only_the_nodes_traffic(test: &str, hook: Hook) {
+    if !root::can_run(test) {
+        return;
+    }
+    let actions = Actions::of(hook);
+    let (ns, cl0, bk0) = router();
+    ns.run(move || {
+        let (client, gw_backend, backend_ip) = (
+            IpAddr::V4(v4("198.51.100.2")),
+            IpAddr::V4(v4("203.0.113.1")),
+            IpAddr::V4(v4("203.0.113.2")),
+        );
+        let mut dp = Datapath::load();
+        dp.put_router_addresses();
+        dp.put_device(cl0);
+        dp.put_device(bk0);
+        dp.put_backend(0, backend(backend_ip, gw_backend, 8080));
+        for wildcard in [
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ] {
+            dp.put_listener(
+                listener_key(wildcard, 7000),
+                Listener { id: 3, set_slot: 0 },
+                &vec![0; MAGLEV_TABLE_SIZE as usize],
+            );
+        }
+        // Transit: to the backend's own address, port 7000, through the router.
+        let transit = tcp(
+            client,
+            42000,
+            backend_ip,
+            7000,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        step(
+            &mut dp,
+            hook,
+            &transit,
+            cl0,
+            actions.pass,
+            PacketReason::Tcp,
+            "transit SYN",
+        );
+        assert_eq!(dp.flow_count(), 0);
+        // To the router's own address on the other link: the node's, so the listener's.
+        let local = tcp(
+            client,
+            42001,
+            gw_backend,
+            7000,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        step(
+            &mut dp,
+            hook,
+            &local,
+            cl0,
+            actions.redirect,
+            PacketReason::L4Forwarded,
+            "SYN to the node",
+        );
+        assert_eq!(dp.flow_count(), 2);
+        // IPv6 transit to the `::` listener's port.
+        let transit6 = tcp(
+            IpAddr::V6(v6("2001:db8:1::2")),
+            42002,
+            IpAddr::V6(v6("2001:db8:2::2")),
+            7000,
+            tcp_flags::SYN,
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+        );
+        step(
+            &mut dp,
+            hook,
+            &transit6,
+            cl0,
+            actions.pass,
+            PacketReason::Tcp,
+            "IPv6 transit SYN",
         );
     });
 }

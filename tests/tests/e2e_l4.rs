@@ -1231,3 +1231,37 @@ fn xdp_blind_reset_is_dropped() {
 fn tc_blind_reset_is_dropped() {
     blind_reset_is_dropped("tc_blind_reset_is_dropped", Mode::Tc);
 }
+
+/// Transit traffic is not a wildcard listener's: a client reaching another host's port
+/// 7000 through the gateway (routed, as a node routes pod or VM traffic) gets that host,
+/// while the gateway's own address on the port is the listener's.
+fn transit_is_not_captured(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    let (b0, b1) = (
+        SocketAddr::new(topology::backend_v4(0).into(), PORT),
+        SocketAddr::new(topology::backend_v4(1).into(), PORT),
+    );
+    let gw = gateway(&config(&[(b0.ip(), 100)]), mode, &[]);
+    let _s0 = NameServer::start(&gw.topology.backend, b0, "b0");
+    let _s1 = NameServer::start(&gw.topology.backend, b1, "b1");
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    assert_eq!(servers::ask_name(&gw.topology.client, vip, 2), ["b0", "b0"]);
+    assert_eq!(
+        servers::ask_name(&gw.topology.client, b1, 2),
+        ["b1", "b1"],
+        "transit to another host's port was captured by the wildcard listener"
+    );
+    assert_path(&gw, mode, &format!("0.0.0.0:{PORT}"));
+}
+
+#[test]
+fn xdp_transit_is_not_captured() {
+    transit_is_not_captured("xdp_transit_is_not_captured", Mode::Xdp);
+}
+
+#[test]
+fn tc_transit_is_not_captured() {
+    transit_is_not_captured("tc_transit_is_not_captured", Mode::Tc);
+}

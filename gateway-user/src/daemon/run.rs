@@ -543,6 +543,11 @@ async fn follow_plans(
                         Ok((live, removed)) => tracing::debug!(live, removed, "expired kernel L4 flows"),
                         Err(e) => tracing::warn!("expiring kernel L4 flows failed: {e:#}"),
                     }
+                    match kernel.sync_local_addresses() {
+                        Ok(0) => {}
+                        Ok(changed) => tracing::info!(changed, "the node's addresses changed; wildcard listeners follow"),
+                        Err(e) => tracing::warn!("updating the node's addresses failed: {e:#}"),
+                    }
                 }
             }
         }

@@ -133,6 +133,9 @@ pub struct KernelL4 {
     /// Interfaces with the XDP program, by name.
     devices: BTreeMap<String, u32>,
     backend_removal: BackendRemoval,
+    /// The node's addresses, for wildcard listeners (mapped into IPv6), as written.
+    local: HashMap<MapData, [u8; 16], u8>,
+    local_written: std::collections::BTreeSet<[u8; 16]>,
 }
 
 impl KernelL4 {
@@ -155,6 +158,10 @@ impl KernelL4 {
         let tables = Array::try_from(take(map_names::L4_TABLES)?)?;
         let backends = Array::try_from(take(map_names::L4_BACKENDS)?)?;
         let flows = HashMap::try_from(take(map_names::L4_FLOWS)?)?;
+        let local: HashMap<MapData, [u8; 16], u8> =
+            HashMap::try_from(take(map_names::L4_LOCAL_ADDRS)?)?;
+        // What a previous run left is the starting point of the diff.
+        let local_written = local.keys().filter_map(Result::ok).collect();
         let stats = Arc::new(L4KernelStats {
             inner: Mutex::new(StatsInner {
                 listeners: PerCpuArray::try_from(take(map_names::L4_LISTENER_CNT)?)?,
@@ -192,7 +199,7 @@ impl KernelL4 {
                 "continuing from the kernel L4 state a previous run left in the pinned maps"
             );
         }
-        let l4 = KernelL4 {
+        let mut l4 = KernelL4 {
             stats,
             flows,
             listeners,
@@ -201,7 +208,12 @@ impl KernelL4 {
             state,
             devices,
             backend_removal: BackendRemoval::Keep,
+            local,
+            local_written,
         };
+        // Before any listener is written: a wildcard matches only these destinations.
+        l4.sync_local_addresses()
+            .context("writing the node's addresses for wildcard listeners")?;
         // The counters of what is still there keep counting from where they are.
         let (listener_labels, backend_labels) = l4.labels();
         {
@@ -210,6 +222,29 @@ impl KernelL4 {
             inner.backend_labels = backend_labels;
         }
         Ok(l4)
+    }
+
+    /// Writes the node's current addresses (those of every interface in this network
+    /// namespace) into the map wildcard listeners consult, removing ones that went away.
+    /// Runs at start and with every expiry sweep, so an address added later is served
+    /// within seconds. Returns how many entries changed.
+    pub fn sync_local_addresses(&mut self) -> anyhow::Result<usize> {
+        let now = node_addresses().context("listing the node's addresses")?;
+        let (add, remove) = address_changes(&self.local_written, &now);
+        for address in &remove {
+            match self.local.remove(address) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("removing a node address"),
+            }
+            self.local_written.remove(address);
+        }
+        for address in &add {
+            self.local
+                .insert(address, 1, 0)
+                .context("writing a node address")?;
+            self.local_written.insert(*address);
+        }
+        Ok(add.len() + remove.len())
     }
 
     pub fn with_backend_removal(mut self, removal: BackendRemoval) -> KernelL4 {
@@ -524,6 +559,34 @@ pub fn expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
     now_ns.saturating_sub(flow.last_seen_ns) > limit.as_nanos() as u64
 }
 
+/// Every address of every interface in this network namespace, IPv4 mapped into IPv6 as
+/// the kernel's maps hold them.
+fn node_addresses() -> anyhow::Result<std::collections::BTreeSet<[u8; 16]>> {
+    let mut addresses = std::collections::BTreeSet::new();
+    for interface in nix::ifaddrs::getifaddrs()? {
+        let Some(address) = interface.address else {
+            continue;
+        };
+        if let Some(v4) = address.as_sockaddr_in() {
+            addresses.insert(v4.ip().to_ipv6_mapped().octets());
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            addresses.insert(v6.ip().octets());
+        }
+    }
+    Ok(addresses)
+}
+
+/// What to add to and remove from the written set to make it `now`. Pure.
+fn address_changes(
+    written: &std::collections::BTreeSet<[u8; 16]>,
+    now: &std::collections::BTreeSet<[u8; 16]>,
+) -> (Vec<[u8; 16]>, Vec<[u8; 16]>) {
+    (
+        now.difference(written).copied().collect(),
+        written.difference(now).copied().collect(),
+    )
+}
+
 /// CLOCK_MONOTONIC in nanoseconds.
 fn monotonic_ns() -> anyhow::Result<u64> {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
@@ -534,6 +597,20 @@ fn monotonic_ns() -> anyhow::Result<u64> {
 mod tests {
     use super::*;
     use gateway_common::l4::FLOW_ESTABLISHED;
+
+    #[test]
+    fn local_addresses_are_written_as_a_diff() {
+        let set = |items: &[u8]| -> std::collections::BTreeSet<[u8; 16]> {
+            items.iter().map(|i| [*i; 16]).collect()
+        };
+        let (add, remove) = address_changes(&set(&[1, 2, 3]), &set(&[2, 3, 4]));
+        assert_eq!((add, remove), (vec![[4; 16]], vec![[1; 16]]));
+        let (add, remove) = address_changes(&set(&[1]), &set(&[1]));
+        assert!(add.is_empty() && remove.is_empty());
+        // This process's own addresses include loopback, mapped.
+        let here = node_addresses().unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(here.contains(&std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets()));
+    }
 
     #[test]
     fn flows_expire_by_state() {
