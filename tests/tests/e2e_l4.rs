@@ -1265,3 +1265,64 @@ fn xdp_transit_is_not_captured() {
 fn tc_transit_is_not_captured() {
     transit_is_not_captured("tc_transit_is_not_captured", Mode::Tc);
 }
+
+/// A kernel listener only where the userspace fallback holds the port: a port another
+/// program of the node owns (its bind fails on a reload) is not programmed in the kernel,
+/// and its connections keep reaching that program.
+fn a_port_owned_by_another_program_is_left_alone(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let gw = gateway(&config(&[(backend.ip(), 100)]), mode, &[]);
+    let _b0 = NameServer::start(&gw.topology.backend, backend, "b0");
+    // Another program of the node on port 7001.
+    let owner = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), PORT + 1);
+    let _owner = NameServer::start(&gw.topology.gateway, owner, "owner");
+    let file = gw._config.path().join("l4.yaml");
+    let both = config(&[(backend.ip(), 100)]).replace(
+        "  - port: {number: 7000, name: tcp, protocol: TCP}\n    hosts: ['*']\n",
+        "  - port: {number: 7000, name: tcp, protocol: TCP}\n    hosts: ['*']\n  - port: {number: 7001, name: tcp2, protocol: TCP}\n    hosts: ['*']\n",
+    );
+    assert_ne!(
+        both,
+        config(&[(backend.ip(), 100)]),
+        "the second server was not added"
+    );
+    std::fs::write(file.with_extension("tmp"), &both).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    let dump = gw
+        .sluice
+        .wait_config(Duration::from_secs(15), "generation 2", |d| {
+            d["serving"]["generation"] == 2
+        });
+    let unserved = dump["serving"]["unserved"].to_string();
+    assert!(unserved.contains("0.0.0.0:7001"), "{dump:#}");
+    assert_eq!(
+        dump["serving"]["l4_kernel"],
+        serde_json::json!([format!("0.0.0.0:{PORT}")]),
+        "{dump:#}"
+    );
+    let vip = |port| SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), port);
+    assert_eq!(
+        servers::ask_name(&gw.topology.client, vip(PORT + 1), 1),
+        ["owner"]
+    );
+    assert_eq!(servers::ask_name(&gw.topology.client, vip(PORT), 1), ["b0"]);
+}
+
+#[test]
+fn xdp_a_port_owned_by_another_program_is_left_alone() {
+    a_port_owned_by_another_program_is_left_alone(
+        "xdp_a_port_owned_by_another_program_is_left_alone",
+        Mode::Xdp,
+    );
+}
+
+#[test]
+fn tc_a_port_owned_by_another_program_is_left_alone() {
+    a_port_owned_by_another_program_is_left_alone(
+        "tc_a_port_owned_by_another_program_is_left_alone",
+        Mode::Tc,
+    );
+}

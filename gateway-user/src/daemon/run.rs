@@ -466,7 +466,11 @@ impl Servers {
         let kernel = self
             .kernel
             .as_mut()
-            .map(|k| k.apply(plan, sets))
+            .map(|k| {
+                let unbound: Vec<SocketAddr> =
+                    failures.iter().map(|(address, _)| *address).collect();
+                k.apply(plan, sets, &unbound)
+            })
             .unwrap_or_default();
         let unserved: Vec<Unserved> = failures
             .iter()

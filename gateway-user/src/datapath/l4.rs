@@ -253,13 +253,24 @@ impl KernelL4 {
     }
 
     /// Brings the kernel maps to `plan`; returns the listeners the kernel now serves.
-    pub fn apply(&mut self, plan: &Plan, sets: &BackendSets) -> Vec<SocketAddr> {
+    pub fn apply(
+        &mut self,
+        plan: &Plan,
+        sets: &BackendSets,
+        unbound: &[SocketAddr],
+    ) -> Vec<SocketAddr> {
         let mut desired = Vec::new();
         let mut served = Vec::new();
         for listener in &plan.listeners {
             let ListenerKind::L4Forward { route: Some(_) } = &listener.kind else {
                 continue;
             };
+            // The kernel takes a port only where the userspace fallback holds it: otherwise
+            // it would capture a port another program of the node owns.
+            if unbound.contains(&listener.address()) {
+                tracing::info!(listener = %listener.address(), "not programmed in the kernel: its socket could not be bound");
+                continue;
+            }
             let Some(set) = sets.get(listener.address(), 0) else {
                 continue;
             };
