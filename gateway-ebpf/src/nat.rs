@@ -206,9 +206,7 @@ fn listener(tcp: &Tcp, dst: &[u8; 16]) -> Option<gateway_common::l4::Listener> {
     // A wildcard takes only what is addressed to the node: transit traffic (routed
     // through it, to any port) is not a listener's.
     // SAFETY: as above.
-    if unsafe { L4_LOCAL_ADDRS.get(dst) }.is_none() {
-        return None;
-    }
+    unsafe { L4_LOCAL_ADDRS.get(dst) }?;
     if tcp.family == FAMILY_IPV4 {
         key.addr = ipv4_mapped([0; 4]);
         if let Some(l) = unsafe { L4_LISTENERS.get(&key) } {
