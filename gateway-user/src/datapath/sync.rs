@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
 };
 
 use gateway_common::{
@@ -62,7 +63,16 @@ pub struct MapState {
     /// Per slot, the table written there.
     pub slots: BTreeMap<u32, Vec<u32>>,
     pub backends: BTreeMap<u32, Backend>,
+    /// Slots no listener points at any more, and when they were let go: a packet on another
+    /// CPU may have read the listener's old slot just before the flip and still be indexing
+    /// that table, so a freed slot is not written again for [`SLOT_QUARANTINE`].
+    pub freed: BTreeMap<u32, Instant>,
 }
+
+/// How long a freed Maglev slot rests before it is written again. A packet reads its
+/// listener's slot and the table entry within one program run (microseconds); this is
+/// far beyond that, and short enough that reloads in quick succession still find slots.
+pub const SLOT_QUARANTINE: Duration = Duration::from_millis(100);
 
 impl MapState {
     /// The state a previous run left in pinned maps, as read back by a restarted daemon: its
@@ -82,6 +92,7 @@ impl MapState {
             listeners,
             slots,
             backends,
+            freed: BTreeMap::new(),
         }
     }
 }
@@ -114,10 +125,21 @@ fn backend_value(endpoint: SocketAddr, snat: IpAddr) -> Backend {
 /// Brings `state` to `desired`, returning the writes that do it, in a safe order. On error
 /// nothing is returned and `state` is unchanged.
 pub fn sync(state: &mut MapState, desired: &[DesiredListener]) -> Result<Vec<Op>, SyncError> {
+    sync_at(state, desired, Instant::now())
+}
+
+/// [`sync`] at `now` (for the quarantine of freed slots).
+pub fn sync_at(
+    state: &mut MapState,
+    desired: &[DesiredListener],
+    now: Instant,
+) -> Result<Vec<Op>, SyncError> {
     if desired.len() > MAX_LISTENERS as usize {
         return Err(SyncError::TooManyListeners);
     }
     let mut next = state.clone();
+    next.freed
+        .retain(|_, at| now.saturating_duration_since(*at) < SLOT_QUARANTINE);
     let mut ops = Vec::new();
 
     // 1. Backends: one id per distinct (endpoint, source address), kept stable across syncs.
@@ -181,7 +203,11 @@ pub fn sync(state: &mut MapState, desired: &[DesiredListener]) -> Result<Vec<Op>
             Some(slot) => slot,
             None => {
                 let slot = (0..MAX_SET_SLOTS)
-                    .find(|s| !referenced.contains(s) && !next.slots.contains_key(s))
+                    .find(|s| {
+                        !referenced.contains(s)
+                            && !next.slots.contains_key(s)
+                            && !next.freed.contains_key(s)
+                    })
                     .ok_or(SyncError::NoFreeSlot)?;
                 next.slots.insert(slot, table.clone());
                 ops.push(Op::WriteTable { slot, table });
@@ -211,7 +237,16 @@ pub fn sync(state: &mut MapState, desired: &[DesiredListener]) -> Result<Vec<Op>
         ops.push(Op::DeleteListener(*key));
     }
     let live_slots: BTreeSet<u32> = next.listeners.values().map(|l| l.set_slot).collect();
-    next.slots.retain(|slot, _| live_slots.contains(slot));
+    let let_go: Vec<u32> = next
+        .slots
+        .keys()
+        .filter(|slot| !live_slots.contains(slot))
+        .copied()
+        .collect();
+    for slot in let_go {
+        next.slots.remove(&slot);
+        next.freed.insert(slot, now);
+    }
     let stale: Vec<u32> = next
         .backends
         .keys()
@@ -541,5 +576,42 @@ mod tests {
         assert_eq!((v4.port, v4.protocol), (80, 6));
         let v6 = listener_key("[::]:80".parse().unwrap_or_else(|e| panic!("{e}")));
         assert_eq!(v6.addr, [0; 16]);
+    }
+
+    /// A slot let go is not written again until its quarantine is over, however the next
+    /// syncs come; then it is the first choice again.
+    #[test]
+    fn freed_slots_rest_before_they_are_written_again() {
+        let start = Instant::now();
+        let mut state = MapState::default();
+        let slot_of = |state: &MapState| {
+            state
+                .listeners
+                .values()
+                .next()
+                .map(|l| l.set_slot)
+                .unwrap_or_else(|| panic!("no listener"))
+        };
+        let a = [listener("0.0.0.0:80", &[("203.0.113.2:80", 1)])];
+        let b = [listener("0.0.0.0:80", &[("203.0.113.3:80", 1)])];
+        let c = [listener("0.0.0.0:80", &[("203.0.113.4:80", 1)])];
+        let d = [listener("0.0.0.0:80", &[("203.0.113.5:80", 1)])];
+        sync_at(&mut state, &a, start).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(slot_of(&state), 0);
+        sync_at(&mut state, &b, start).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(slot_of(&state), 1, "a new table goes to a free slot");
+        // Slot 0 was let go just now: not written again yet.
+        sync_at(&mut state, &c, start + SLOT_QUARANTINE / 2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(slot_of(&state), 2);
+        assert!(state.freed.contains_key(&0) && state.freed.contains_key(&1));
+        // Past the quarantine slot 0 is free again; slot 1 (let go later) still rests.
+        sync_at(
+            &mut state,
+            &d,
+            start + SLOT_QUARANTINE + SLOT_QUARANTINE / 4,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(slot_of(&state), 0);
+        assert!(!state.freed.contains_key(&0));
     }
 }
