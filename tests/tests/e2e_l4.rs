@@ -1326,3 +1326,78 @@ fn tc_a_port_owned_by_another_program_is_left_alone() {
         Mode::Tc,
     );
 }
+
+/// A Plan the kernel cannot hold (more distinct Maglev tables than it has slots) is not
+/// left half-served: every kernel listener is withdrawn, `/config_dump` says the kernel
+/// serves none, and the userspace forwarder serves them all.
+#[test]
+fn a_plan_beyond_the_kernels_limits_is_withdrawn_from_it() {
+    if !root::can_run("a_plan_beyond_the_kernels_limits_is_withdrawn_from_it") {
+        return;
+    }
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let gw = gateway(&config(&[(backend.ip(), 100)]), Mode::Tc, &[]);
+    let _b0 = NameServer::start(&gw.topology.backend, backend, "b0");
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    assert_eq!(servers::ask_name(&gw.topology.client, vip, 1), ["b0"]);
+    assert_eq!(
+        gw.sluice.config_dump()["serving"]["l4_kernel"],
+        serde_json::json!([format!("0.0.0.0:{PORT}")])
+    );
+
+    // 140 ports, each to its own backend port: 140 distinct tables, the kernel has 128.
+    let ports = PORT..PORT + 140;
+    let servers_yaml: String = ports
+        .clone()
+        .map(|p| {
+            format!("  - port: {{number: {p}, name: tcp-{p}, protocol: TCP}}\n    hosts: ['*']\n")
+        })
+        .collect();
+    let routes: String = ports
+        .clone()
+        .map(|p| {
+            let to = if p == PORT { PORT } else { p + 1000 };
+            format!(
+                "  - match: [{{port: {p}}}]\n    route: [{{destination: {{host: {}, port: {{number: {to}}}}}}}]\n",
+                backend.ip()
+            )
+        })
+        .collect();
+    let text = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: l4}}\nspec:\n  servers:\n{servers_yaml}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: l4}}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  tcp:\n{routes}"
+    );
+    let file = gw._config.path().join("l4.yaml");
+    std::fs::write(file.with_extension("tmp"), &text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    let dump = gw
+        .sluice
+        .wait_config(Duration::from_secs(30), "generation 2", |d| {
+            d["serving"]["generation"] == 2
+        });
+    assert_eq!(
+        dump["serving"]["l4_kernel"],
+        serde_json::json!([]),
+        "{}",
+        gw.sluice.log()
+    );
+    assert_eq!(
+        dump["serving"]["l4_userspace"].as_array().map(Vec::len),
+        Some(140)
+    );
+    assert!(
+        gw.sluice
+            .log()
+            .contains("withdrawing every kernel L4 listener"),
+        "{}",
+        gw.sluice.log()
+    );
+    assert_eq!(servers::ask_name(&gw.topology.client, vip, 2), ["b0", "b0"]);
+    let userspace =
+        format!("sluice_l4_connections_total{{listener=\"0.0.0.0:{PORT}\",backend=\"{backend}\"}}");
+    assert_eq!(
+        gw.sluice.metric(&userspace),
+        Some(2.0),
+        "{}",
+        gw.sluice.log()
+    );
+}

@@ -288,13 +288,23 @@ impl KernelL4 {
                 }
             }
         }
-        match sync::sync(&mut self.state, &desired) {
-            Ok(ops) => {
-                let count = ops.len();
-                if let Err(e) = self.write(ops) {
-                    tracing::error!("updating the L4 maps failed: {e:#}");
-                    return Vec::new();
+        let mut planned = self.state.clone();
+        let synced = sync::sync(&mut planned, &desired).map_err(anyhow::Error::from);
+        let written = synced.and_then(|ops| {
+            // What reached the maps, write by write: true even when one fails.
+            let mut written = self.state.clone();
+            let result = sync::write_each(&mut MapsWriter::of(self), &ops, &mut written);
+            match result {
+                Ok(()) => Ok(ops.len()),
+                Err(e) => {
+                    self.state = written;
+                    Err(e)
                 }
+            }
+        });
+        match written {
+            Ok(count) => {
+                self.state = planned;
                 tracing::info!(
                     listeners = served.len(),
                     writes = count,
@@ -317,8 +327,32 @@ impl KernelL4 {
                 served
             }
             Err(e) => {
-                tracing::error!("the kernel cannot serve this Plan's L4 listeners: {e}");
+                // Nothing half-written may go on serving: every listener leaves the kernel
+                // and the userspace forwarder (bound on all of them) takes their new
+                // connections.
+                tracing::error!(
+                    "the kernel cannot serve this Plan's L4 listeners ({e:#}); withdrawing \
+                     every kernel L4 listener: the userspace forwarder serves them"
+                );
+                self.withdraw();
                 Vec::new()
+            }
+        }
+    }
+
+    /// Takes every listener out of the kernel, from what the maps are known to hold.
+    fn withdraw(&mut self) {
+        let mut planned = self.state.clone();
+        let ops = match sync::sync(&mut planned, &[]) {
+            Ok(ops) => ops,
+            Err(e) => return tracing::error!("withdrawing the kernel L4 listeners: {e}"),
+        };
+        let mut written = self.state.clone();
+        match sync::write_each(&mut MapsWriter::of(self), &ops, &mut written) {
+            Ok(()) => self.state = planned,
+            Err(e) => {
+                self.state = written;
+                tracing::error!("withdrawing the kernel L4 listeners failed: {e:#}");
             }
         }
     }
@@ -442,22 +476,39 @@ impl KernelL4 {
         let (listeners, backends) = self.labels();
         self.stats.relabel(listeners, backends)
     }
+}
 
-    fn write(&mut self, ops: Vec<Op>) -> anyhow::Result<()> {
-        for op in ops {
-            match op {
-                Op::PutBackend(id, backend) => self.backends.set(id, backend, 0)?,
-                Op::WriteTable { slot, table } => {
-                    for (i, id) in table.iter().enumerate() {
-                        self.tables
-                            .set(slot * MAGLEV_TABLE_SIZE + i as u32, id, 0)?;
-                    }
+/// The L4 maps as a [`sync::Writer`].
+struct MapsWriter<'a> {
+    listeners: &'a mut HashMap<MapData, ListenerKey, Listener>,
+    tables: &'a mut Array<MapData, u32>,
+    backends: &'a mut Array<MapData, Backend>,
+}
+
+impl<'a> MapsWriter<'a> {
+    fn of(l4: &'a mut KernelL4) -> MapsWriter<'a> {
+        MapsWriter {
+            listeners: &mut l4.listeners,
+            tables: &mut l4.tables,
+            backends: &mut l4.backends,
+        }
+    }
+}
+
+impl sync::Writer for MapsWriter<'_> {
+    fn write(&mut self, op: &Op) -> anyhow::Result<()> {
+        match op {
+            Op::PutBackend(id, backend) => self.backends.set(*id, *backend, 0)?,
+            Op::WriteTable { slot, table } => {
+                for (i, id) in table.iter().enumerate() {
+                    self.tables
+                        .set(slot * MAGLEV_TABLE_SIZE + i as u32, id, 0)?;
                 }
-                Op::PutListener(key, listener) => self.listeners.insert(key, listener, 0)?,
-                Op::DeleteListener(key) => self.listeners.remove(&key)?,
-                // Arrays cannot delete: an all-zero backend (port 0) is refused by the kernel.
-                Op::DeleteBackend(id) => self.backends.set(id, Backend::default(), 0)?,
             }
+            Op::PutListener(key, listener) => self.listeners.insert(key, listener, 0)?,
+            Op::DeleteListener(key) => self.listeners.remove(key)?,
+            // Arrays cannot delete: an all-zero backend (port 0) is refused by the kernel.
+            Op::DeleteBackend(id) => self.backends.set(*id, Backend::default(), 0)?,
         }
         Ok(())
     }

@@ -261,6 +261,48 @@ pub fn sync_at(
     Ok(ops)
 }
 
+impl MapState {
+    /// Records one write that reached the maps.
+    pub fn record(&mut self, op: &Op) {
+        match op {
+            Op::PutBackend(id, backend) => {
+                self.backends.insert(*id, *backend);
+            }
+            Op::WriteTable { slot, table } => {
+                self.slots.insert(*slot, table.clone());
+            }
+            Op::PutListener(key, listener) => {
+                self.listeners.insert(*key, *listener);
+            }
+            Op::DeleteListener(key) => {
+                self.listeners.remove(key);
+            }
+            Op::DeleteBackend(id) => {
+                self.backends.remove(id);
+            }
+        }
+    }
+}
+
+/// Something that writes [`Op`]s to the maps.
+pub trait Writer {
+    fn write(&mut self, op: &Op) -> anyhow::Result<()>;
+}
+
+/// Writes `ops` in order, recording each one that succeeded in `written`, so that after a
+/// failure `written` is exactly what the maps hold. Returns the first failure.
+pub fn write_each(
+    writer: &mut impl Writer,
+    ops: &[Op],
+    written: &mut MapState,
+) -> anyhow::Result<()> {
+    for op in ops {
+        writer.write(op)?;
+        written.record(op);
+    }
+    Ok(())
+}
+
 /// The (listener id, backend id) pairs `desired` serves, once `state` has been synced to it:
 /// a tracked connection on any other pair has lost its backend (or its listener).
 pub fn served_pairs(state: &MapState, desired: &[DesiredListener]) -> BTreeSet<(u32, u32)> {
@@ -613,5 +655,58 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(slot_of(&state), 0);
         assert!(!state.freed.contains_key(&0));
+    }
+
+    /// Maps that refuse the n-th write.
+    struct Failing {
+        left: usize,
+        kernel: Kernel,
+    }
+
+    impl Writer for Failing {
+        fn write(&mut self, op: &Op) -> anyhow::Result<()> {
+            if self.left == 0 {
+                anyhow::bail!("map full");
+            }
+            self.left -= 1;
+            self.kernel.apply(op);
+            Ok(())
+        }
+    }
+
+    /// After a write fails part way, the record holds exactly what reached the maps, and a
+    /// withdrawal synced from it removes every listener the kernel still had.
+    #[test]
+    fn a_failed_write_leaves_the_record_true_and_can_be_withdrawn() {
+        let desired = [
+            listener("0.0.0.0:80", &[("203.0.113.2:80", 1)]),
+            listener("0.0.0.0:81", &[("203.0.113.3:80", 1)]),
+        ];
+        let mut planned = MapState::default();
+        let ops = sync(&mut planned, &desired).unwrap_or_else(|e| panic!("{e}"));
+        // Backends, tables, then the first listener: the second listener's write fails.
+        let first_listener = ops
+            .iter()
+            .position(|op| matches!(op, Op::PutListener(..)))
+            .unwrap_or_else(|| panic!("{ops:?}"));
+        let mut maps = Failing {
+            left: first_listener + 1,
+            kernel: Kernel::default(),
+        };
+        let mut written = MapState::default();
+        assert!(write_each(&mut maps, &ops, &mut written).is_err());
+        assert_eq!(written.listeners, maps.kernel.listeners);
+        assert_eq!(written.backends, maps.kernel.backends);
+        assert_eq!(written.listeners.len(), 1);
+        // Withdrawing from the true record removes that listener.
+        let withdraw = sync(&mut written, &[]).unwrap_or_else(|e| panic!("{e}"));
+        maps.left = usize::MAX;
+        let mut after = written.clone();
+        write_each(&mut maps, &withdraw, &mut after).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            maps.kernel.listeners.is_empty(),
+            "{:?}",
+            maps.kernel.listeners
+        );
     }
 }
