@@ -865,3 +865,56 @@ spec:
         set.table.len()
     );
 }
+
+/// A Plan that needs more of the kernel than its maps hold says so: every kernel L4
+/// listener is placed in userspace with the reason, before any sync would refuse it.
+#[test]
+fn a_plan_beyond_the_kernels_maps_runs_in_userspace() {
+    let config = |ports: u16| {
+        let servers: String = (0..ports)
+            .map(|i| {
+                format!(
+                    "  - port: {{number: {}, name: tcp-{i}, protocol: TCP}}\n    hosts: ['*']\n",
+                    7000 + i
+                )
+            })
+            .collect();
+        let routes: String = (0..ports)
+            .map(|i| {
+                format!(
+                    "  - match: [{{port: {}}}]\n    route: [{{destination: {{host: 203.0.113.2, port: {{number: {}}}}}}}]\n",
+                    7000 + i,
+                    8000 + i
+                )
+            })
+            .collect();
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: l4}}\nspec:\n  servers:\n{servers}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: l4}}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  tcp:\n{routes}"
+        )
+    };
+    let places = |ports: u16| {
+        let checked = check_text("l4.yaml", &config(ports));
+        assert_eq!(
+            checked.count(Severity::Error),
+            0,
+            "{:#?}",
+            checked.diagnostics
+        );
+        let plan = compile(&checked.objects, &DnsAnswers::default()).plan;
+        plan.listeners
+            .iter()
+            .map(|l| (l.runs.place, l.runs.why.clone()))
+            .collect::<Vec<_>>()
+    };
+    // 128 distinct tables fit.
+    assert!(places(128).iter().all(|(place, _)| *place == Place::Kernel));
+    let over = places(140);
+    assert_eq!(over.len(), 140);
+    for (place, why) in &over {
+        assert_eq!(*place, Place::Userspace);
+        assert!(
+            why.contains("140 distinct backend sets (a Maglev table each), the kernel holds 128"),
+            "{why}"
+        );
+    }
+}

@@ -1328,8 +1328,9 @@ fn tc_a_port_owned_by_another_program_is_left_alone() {
 }
 
 /// A Plan the kernel cannot hold (more distinct Maglev tables than it has slots) is not
-/// left half-served: every kernel listener is withdrawn, `/config_dump` says the kernel
-/// serves none, and the userspace forwarder serves them all.
+/// left half-served: the Plan places every L4 listener in userspace and says why, the
+/// kernel's listeners are withdrawn, `/config_dump` says the kernel serves none, and the
+/// userspace forwarder serves them all.
 #[test]
 fn a_plan_beyond_the_kernels_limits_is_withdrawn_from_it() {
     if !root::can_run("a_plan_beyond_the_kernels_limits_is_withdrawn_from_it") {
@@ -1384,10 +1385,12 @@ fn a_plan_beyond_the_kernels_limits_is_withdrawn_from_it() {
         dump["serving"]["l4_userspace"].as_array().map(Vec::len),
         Some(140)
     );
+    // The Plan says so (had a sync been refused instead, the record of the kernel's maps
+    // would have withdrawn them all: `sync::tests::a_failed_write_leaves_the_record_true…`).
     assert!(
         gw.sluice
             .log()
-            .contains("withdrawing every kernel L4 listener"),
+            .contains("served in userspace: the Plan needs 140 distinct backend sets"),
         "{}",
         gw.sluice.log()
     );

@@ -64,9 +64,73 @@ pub fn compile(objects: &[Object], dns: &DnsAnswers) -> Compiled {
         .map(|l| catch_all_to_kernel(l.listener))
         .collect();
     listeners.sort_by_key(|l| (l.port, l.bind));
+    fit_kernel(&mut listeners);
     let mut out = compiler.out;
     out.plan.listeners = listeners;
     out
+}
+
+/// Places every kernel L4 listener in userspace when the Plan needs more of the kernel
+/// than its maps hold (listeners, distinct backend sets: one Maglev table each, backend
+/// endpoints), saying why: the daemon's sync would refuse the Plan and withdraw them all,
+/// and `sluice plan` should tell that before a packet does. Pure.
+pub fn fit_kernel(listeners: &mut [Listener]) {
+    use gateway_common::l4::{MAX_BACKENDS, MAX_LISTENERS, MAX_SET_SLOTS};
+    let kernel: Vec<usize> = listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.runs.place == Place::Kernel)
+        .filter(|(_, l)| matches!(l.kind, ListenerKind::L4Forward { route: Some(_) }))
+        .map(|(i, _)| i)
+        .collect();
+    let mut sets = std::collections::BTreeSet::new();
+    let mut endpoints = std::collections::BTreeSet::new();
+    for i in &kernel {
+        if let ListenerKind::L4Forward { route: Some(route) } = &listeners[*i].kind {
+            let set: Vec<(String, u32, Vec<(std::net::SocketAddr, u32)>)> = route
+                .backends
+                .iter()
+                .map(|b| {
+                    let points = b.endpoints.iter().map(|e| (e.address, e.weight)).collect();
+                    (b.host.clone(), b.weight, points)
+                })
+                .collect();
+            endpoints.extend(
+                route
+                    .backends
+                    .iter()
+                    .flat_map(|b| b.endpoints.iter().map(|e| e.address)),
+            );
+            sets.insert(set);
+        }
+    }
+    let over = if kernel.len() > MAX_LISTENERS as usize {
+        Some(format!(
+            "{} kernel L4 listeners, the kernel holds {MAX_LISTENERS}",
+            kernel.len()
+        ))
+    } else if sets.len() > MAX_SET_SLOTS as usize {
+        Some(format!(
+            "{} distinct backend sets (a Maglev table each), the kernel holds {MAX_SET_SLOTS}",
+            sets.len()
+        ))
+    } else if endpoints.len() > MAX_BACKENDS as usize {
+        Some(format!(
+            "{} backend endpoints, the kernel holds {MAX_BACKENDS}",
+            endpoints.len()
+        ))
+    } else {
+        None
+    };
+    let Some(over) = over else { return };
+    for i in kernel {
+        listeners[i].runs = placement(
+            Place::Userspace,
+            &format!(
+                "the Plan needs {over}: every L4 listener is served by the userspace forwarder"
+            ),
+        );
+    }
 }
 
 /// Every DNS name the config asks the daemon to resolve (ServiceEntries with DNS resolution).

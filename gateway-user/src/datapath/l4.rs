@@ -265,6 +265,10 @@ impl KernelL4 {
             let ListenerKind::L4Forward { route: Some(_) } = &listener.kind else {
                 continue;
             };
+            if listener.runs.place != crate::compile::plan::Place::Kernel {
+                tracing::info!(listener = %listener.address(), "served in userspace: {}", listener.runs.why);
+                continue;
+            }
             // The kernel takes a port only where the userspace fallback holds it: otherwise
             // it would capture a port another program of the node owns.
             if unbound.contains(&listener.address()) {
