@@ -76,6 +76,8 @@ pub fn compile(objects: &[Object], dns: &DnsAnswers) -> Compiled {
 /// and `sluice plan` should tell that before a packet does. Pure.
 pub fn fit_kernel(listeners: &mut [Listener]) {
     use gateway_common::l4::{MAX_BACKENDS, MAX_LISTENERS, MAX_SET_SLOTS};
+    /// A destination as its Maglev table sees it: host, weight, weighted endpoints.
+    type SetMember = (String, u32, Vec<(std::net::SocketAddr, u32)>);
     let kernel: Vec<usize> = listeners
         .iter()
         .enumerate()
@@ -87,7 +89,7 @@ pub fn fit_kernel(listeners: &mut [Listener]) {
     let mut endpoints = std::collections::BTreeSet::new();
     for i in &kernel {
         if let ListenerKind::L4Forward { route: Some(route) } = &listeners[*i].kind {
-            let set: Vec<(String, u32, Vec<(std::net::SocketAddr, u32)>)> = route
+            let set: Vec<SetMember> = route
                 .backends
                 .iter()
                 .map(|b| {
