@@ -1404,3 +1404,37 @@ fn a_plan_beyond_the_kernels_limits_is_withdrawn_from_it() {
         gw.sluice.log()
     );
 }
+
+/// The userspace forwarder tries the next choice when a backend refuses: with one of two
+/// backends down, every connection is served, and the refusals are counted.
+#[test]
+fn userspace_forwarder_tries_the_next_backend() {
+    if !root::can_run("userspace_forwarder_tries_the_next_backend") {
+        return;
+    }
+    let (b0, b1) = (
+        SocketAddr::new(topology::backend_v4(0).into(), PORT),
+        SocketAddr::new(topology::backend_v4(1).into(), PORT),
+    );
+    let gw = gateway(
+        &config(&[(b0.ip(), 50), (b1.ip(), 50)]),
+        Mode::Userspace,
+        &[],
+    );
+    // Only b1 listens: b0 refuses.
+    let _s1 = NameServer::start(&gw.topology.backend, b1, "b1");
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let names = servers::ask_name(&gw.topology.client, vip, 40);
+    assert_eq!(names, vec!["b1"; 40]);
+    let refused = gw
+        .sluice
+        .metric(&format!(
+            "sluice_l4_connect_failures_total{{listener=\"0.0.0.0:{PORT}\",backend=\"{b0}\"}}"
+        ))
+        .unwrap_or(0.0);
+    // About half the connections chose b0 first.
+    assert!(
+        (5.0..=35.0).contains(&refused),
+        "{refused} refusals counted"
+    );
+}

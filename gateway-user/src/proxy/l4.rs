@@ -213,21 +213,22 @@ async fn accept_loop(
             return None; // dropping the stream closes it
         };
         let current = route.borrow().clone();
-        let Some(backend) = current
+        let choices = current
             .backends
             .as_ref()
-            .and_then(|b| b.pick(peer, address))
-        else {
+            .map(|b| b.choices(peer, address, CONNECT_ATTEMPTS))
+            .unwrap_or_default();
+        if choices.is_empty() {
             metrics.no_route.get_or_create(&listener_label).inc();
             return None;
-        };
+        }
         let metrics = metrics.clone();
         let listener_label = listener_label.clone();
         // Watched only when removals reset: otherwise nothing after the pick matters.
         let removed = (options.removal == BackendRemoval::Reset).then(|| route.clone());
         Some(async move {
             metrics.active.get_or_create(&listener_label).inc();
-            forward(client, address, backend, &metrics, removed, options).await;
+            forward(client, address, &choices, &metrics, removed, options).await;
             metrics.active.get_or_create(&listener_label).dec();
             drop(slot);
         })
@@ -249,25 +250,46 @@ async fn backend_removed(mut route: watch::Receiver<Arc<Route>>, backend: Socket
     }
 }
 
+/// Endpoints tried per connection: the kernel's choice, then the next ones in its Maglev
+/// table (HAProxy's `retries` with `redispatch`; Envoy's tcp_proxy tries once by default).
+const CONNECT_ATTEMPTS: usize = 3;
+
+/// Connects to the first of `choices` that answers; each that does not is counted.
+async fn connect_first(
+    listener: SocketAddr,
+    choices: &[SocketAddr],
+    metrics: &L4Metrics,
+) -> Option<(SocketAddr, TcpStream)> {
+    for backend in choices {
+        match super::dial(*backend).await {
+            Ok(stream) => return Some((*backend, stream)),
+            Err(e) => {
+                tracing::debug!(%listener, %backend, error = %e, "backend connect failed");
+                let labels = BackendLabels {
+                    listener: listener.to_string(),
+                    backend: backend.to_string(),
+                };
+                metrics.connect_failures.get_or_create(&labels).inc();
+            }
+        }
+    }
+    None
+}
+
 async fn forward(
     client: TcpStream,
     listener: SocketAddr,
-    backend: SocketAddr,
+    choices: &[SocketAddr],
     metrics: &L4Metrics,
     removed: Option<watch::Receiver<Arc<Route>>>,
     options: L4Options,
 ) {
+    let Some((backend, upstream)) = connect_first(listener, choices, metrics).await else {
+        return;
+    };
     let labels = BackendLabels {
         listener: listener.to_string(),
         backend: backend.to_string(),
-    };
-    let upstream = match super::dial(backend).await {
-        Ok(stream) => stream,
-        Err(e) => {
-            tracing::debug!(%listener, %backend, error = %e, "backend connect failed");
-            metrics.connect_failures.get_or_create(&labels).inc();
-            return;
-        }
     };
     metrics.connections.get_or_create(&labels).inc();
     let _ = client.set_nodelay(true);

@@ -66,6 +66,38 @@ impl BackendSet {
 
     /// [`BackendSet::pick`] as an index into `endpoints`.
     pub fn pick_index(&self, client: SocketAddr, listener: SocketAddr) -> Option<usize> {
+        let slot = self.table.get(self.slot(client, listener)?)?;
+        Some(*slot as usize).filter(|i| *i < self.endpoints.len())
+    }
+
+    /// Up to `most` distinct endpoints for a flow, in the order to try them: the kernel's
+    /// pick first, then the next different endpoints met walking the Maglev table on from
+    /// its slot (a well-mixed table, so the later choices still follow the weights). What a
+    /// proxy tries when connecting to the first fails.
+    pub fn choices(
+        &self,
+        client: SocketAddr,
+        listener: SocketAddr,
+        most: usize,
+    ) -> Vec<SocketAddr> {
+        let Some(start) = self.slot(client, listener) else {
+            return Vec::new();
+        };
+        let mut chosen: Vec<usize> = Vec::new();
+        for step in 0..self.table.len() {
+            if chosen.len() == most.min(self.endpoints.len()) {
+                break;
+            }
+            let index = self.table[(start + step) % self.table.len()] as usize;
+            if index < self.endpoints.len() && !chosen.contains(&index) {
+                chosen.push(index);
+            }
+        }
+        chosen.into_iter().map(|i| self.endpoints[i]).collect()
+    }
+
+    /// The table slot of a flow, as the kernel computes it.
+    fn slot(&self, client: SocketAddr, listener: SocketAddr) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }
@@ -76,8 +108,7 @@ impl BackendSet {
             listener.port(),
             6,
         );
-        let slot = self.table.get((hash % MAGLEV_TABLE_SIZE) as usize)?;
-        Some(*slot as usize).filter(|i| *i < self.endpoints.len())
+        Some((hash % MAGLEV_TABLE_SIZE) as usize % self.table.len())
     }
 }
 
@@ -198,6 +229,54 @@ mod tests {
             backend(top, &[("203.0.113.4:80", u32::MAX)]),
         ]);
         assert!(!set.table.is_empty());
+    }
+
+    #[test]
+    fn choices_start_with_the_pick_and_follow_the_weights() {
+        let set = BackendSet::new(&[
+            backend(60, &[("203.0.113.2:80", 1)]),
+            backend(30, &[("203.0.113.3:80", 1)]),
+            backend(10, &[("203.0.113.4:80", 1)]),
+        ]);
+        let listener: SocketAddr = "198.51.100.1:7000"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Second choices when the first is the heaviest endpoint: the other two by weight
+        // (30:10).
+        let mut second = [0usize; 3];
+        for port in 40000..42000u16 {
+            let client = SocketAddr::new(
+                "198.51.100.2".parse().unwrap_or_else(|e| panic!("{e}")),
+                port,
+            );
+            let choices = set.choices(client, listener, 3);
+            assert_eq!(choices.len(), 3);
+            assert_eq!(Some(choices[0]), set.pick(client, listener));
+            let mut distinct = choices.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3, "{choices:?}");
+            if choices[0] == set.endpoints[0] {
+                let i = set
+                    .endpoints
+                    .iter()
+                    .position(|e| *e == choices[1])
+                    .unwrap_or(0);
+                second[i] += 1;
+            }
+        }
+        assert_eq!(second[0], 0);
+        assert!(second[1] > 2 * second[2], "{second:?}");
+        assert_eq!(
+            set.choices(SocketAddr::from(([198, 51, 100, 2], 1)), listener, 1)
+                .len(),
+            1
+        );
+        assert!(
+            BackendSet::new(&[])
+                .choices(listener, listener, 3)
+                .is_empty()
+        );
     }
 
     #[test]
