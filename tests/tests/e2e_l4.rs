@@ -1438,3 +1438,83 @@ fn userspace_forwarder_tries_the_next_backend() {
         "{refused} refusals counted"
     );
 }
+
+/// Active health checks: of two backends, one that stops answering leaves the rotation within a few
+/// check intervals (in the kernel's Maglev table as in userspace), its state shows on
+/// `/config_dump` and the metrics, and it returns when it answers again.
+fn a_dead_backend_leaves_and_returns(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    let addresses: Vec<SocketAddr> = (0..2)
+        .map(|i| SocketAddr::new(topology::backend_v4(i).into(), PORT))
+        .collect();
+    let gw = gateway(
+        &config(&addresses.iter().map(|a| (a.ip(), 100)).collect::<Vec<_>>()),
+        mode,
+        &[
+            "--health-check-interval",
+            "300ms",
+            "--health-check-timeout",
+            "200ms",
+        ],
+    );
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let mut servers_up: Vec<Option<NameServer>> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Some(NameServer::start(
+                &gw.topology.backend,
+                *a,
+                &format!("b{i}"),
+            ))
+        })
+        .collect();
+    let count = |names: &[String], name: &str| names.iter().filter(|n| *n == name).count();
+    let names = servers::ask_name(&gw.topology.client, vip, 60);
+    assert!(count(&names, "b1") > 5, "{names:?}");
+
+    let healthy = format!("sluice_endpoint_healthy{{endpoint=\"{}\"}}", addresses[1]);
+    let wait_for = |value: f64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while gw.sluice.metric(&healthy) != Some(value) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{healthy} != {value}\n{}",
+                gw.sluice.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    servers_up[1] = None; // b1 stops: its port refuses
+    wait_for(0.0);
+    let dump = gw.sluice.config_dump();
+    assert_eq!(
+        dump["health"][addresses[1].to_string()]["healthy"],
+        false,
+        "{dump:#}"
+    );
+    // Every new connection goes to the other one (in kernel mode a connection sent to b1
+    // would be refused: ask_name fails on it).
+    let names = servers::ask_name(&gw.topology.client, vip, 60);
+    assert_eq!(count(&names, "b0"), 60, "{names:?}");
+
+    servers_up[1] = Some(NameServer::start(&gw.topology.backend, addresses[1], "b1"));
+    wait_for(1.0);
+    let names = servers::ask_name(&gw.topology.client, vip, 60);
+    assert!(count(&names, "b1") > 5, "b1 is back: {names:?}");
+}
+
+#[test]
+fn tc_a_dead_backend_leaves_and_returns() {
+    a_dead_backend_leaves_and_returns("tc_a_dead_backend_leaves_and_returns", Mode::Tc);
+}
+
+#[test]
+fn userspace_a_dead_backend_leaves_and_returns() {
+    a_dead_backend_leaves_and_returns(
+        "userspace_a_dead_backend_leaves_and_returns",
+        Mode::Userspace,
+    );
+}

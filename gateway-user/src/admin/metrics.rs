@@ -30,6 +30,7 @@ pub fn registry(state: Arc<SharedState>) -> Registry {
     state.sni.register(&mut registry);
     state.http.register(&mut registry);
     state.dns.register(&mut registry);
+    state.health.register(&mut registry);
     registry.register_collector(Box::new(StateCollector { state }));
     registry
 }

@@ -2,6 +2,7 @@
 //! and the state that the servers publish and the admin server reads.
 pub mod dns;
 pub mod fault;
+pub mod health;
 pub mod logging;
 pub mod privileges;
 pub mod reload;

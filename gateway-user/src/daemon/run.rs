@@ -9,7 +9,7 @@ use tokio::{
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use super::{
-    dns,
+    dns, health,
     logging::LogFormat,
     privileges,
     reload::Reloader,
@@ -76,6 +76,24 @@ pub struct RunArgs {
     /// by the userspace forwarder.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub l4_idle_timeout: std::time::Duration,
+
+    /// How often every L4 and TLS passthrough endpoint is checked with a TCP connect; an
+    /// unhealthy one gets no new connections (kernel and userspace alike). `0s` turns
+    /// active checks off.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// How long a health check's connect may take.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_check_timeout: Duration,
+
+    /// Failed checks in a row that make an endpoint unhealthy.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_check_unhealthy_threshold: u32,
+
+    /// Passed checks in a row that make an unhealthy endpoint healthy again.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_check_healthy_threshold: u32,
 
     /// L4 connections the userspace forwarder carries at once, over every listener; more
     /// are closed as they are accepted (`sluice_l4_overloaded_total`). Each holds two
@@ -340,6 +358,16 @@ impl Daemon {
             tracing::warn!("certificates will not be reloaded when their files change: {e:#}");
             tokio::sync::watch::channel(0).1
         });
+        let checking = tokio::spawn(health::run(
+            state.health.clone(),
+            state.subscribe(),
+            health::HealthOptions {
+                interval: args.health_check_interval,
+                timeout: args.health_check_timeout,
+                unhealthy_threshold: args.health_check_unhealthy_threshold,
+                healthy_threshold: args.health_check_healthy_threshold,
+            },
+        ));
         let serving = tokio::spawn(follow_plans(
             servers,
             state.clone(),
@@ -352,7 +380,7 @@ impl Daemon {
         let (stop_reloads, stopped) = tokio::sync::watch::channel(false);
         let reloads = tokio::spawn(reloader.run(args.dns_refresh, stopped));
 
-        let (mut serving, mut reloads) = (serving, reloads);
+        let (mut serving, mut reloads, mut checking) = (serving, reloads, checking);
         // A background task that ends before a signal has died (a panic, or an error it
         // cannot go on after): the daemon no longer follows its config, so it says so on
         // /healthz and exits non-zero for the orchestrator to restart it.
@@ -361,6 +389,7 @@ impl Daemon {
             _ = sigterm.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); None }
             ended = &mut serving => Some(task_death("serving the applied config (plans, flow expiry)", ended.map(Ok))),
             ended = &mut reloads => Some(task_death("config reloads and DNS refresh", ended)),
+            ended = &mut checking => Some(task_death("health checks", ended.map(Ok))),
         };
         if let Some(reason) = &died {
             tracing::error!("{reason}; exiting for a restart");
@@ -369,6 +398,7 @@ impl Daemon {
             state.set_state(ServerState::Draining);
         }
         serving.abort();
+        checking.abort();
         let _ = stop_reloads.send(true);
         if !reloads.is_finished() {
             match reloads.await {
@@ -384,6 +414,23 @@ impl Daemon {
             None => Ok(()),
         }
     }
+}
+
+/// `snapshot` with backend sets that give `unhealthy` endpoints no new connections (the
+/// snapshot itself when every endpoint is healthy).
+fn with_health(
+    snapshot: &Arc<Snapshot>,
+    unhealthy: &std::collections::BTreeSet<SocketAddr>,
+) -> Arc<Snapshot> {
+    if unhealthy.is_empty() {
+        return snapshot.clone();
+    }
+    let mut served = (**snapshot).clone();
+    served.backend_sets = Arc::new(crate::select::BackendSets::for_plan_with_health(
+        &snapshot.plan,
+        unhealthy,
+    ));
+    Arc::new(served)
 }
 
 /// Why a background task ended early, from its outcome.
@@ -503,6 +550,7 @@ async fn follow_plans(
     timeouts: crate::datapath::l4::Timeouts,
 ) {
     let mut current = state.config().current;
+    let mut health = state.health.subscribe();
     // Often enough that a closed connection is forgotten within ~1.5x its timeout.
     let mut expiry = tokio::time::interval(
         (timeouts.closing / 2).clamp(Duration::from_millis(200), Duration::from_secs(5)),
@@ -515,7 +563,8 @@ async fn follow_plans(
                 }
                 let Some(snapshot) = applied.borrow_and_update().clone() else { continue };
                 super::fault::point("plan-follower");
-                for (address, error) in servers.apply(&snapshot).await {
+                let served = with_health(&snapshot, &health.borrow());
+                for (address, error) in servers.apply(&served).await {
                     tracing::error!(%address, generation = snapshot.generation, "listener not served: {error:#}");
                 }
                 for (address, error) in servers.http.unserved() {
@@ -524,13 +573,22 @@ async fn follow_plans(
                 state.set_serving(servers.status.clone());
                 current = Some(snapshot);
             }
+            Ok(()) = health.changed() => {
+                let Some(snapshot) = current.clone() else { continue };
+                let served = with_health(&snapshot, &health.borrow_and_update());
+                for (address, error) in servers.apply(&served).await {
+                    tracing::error!(%address, "listener not served: {error:#}");
+                }
+                state.set_serving(servers.status.clone());
+            }
             Ok(()) = certificates.changed() => {
                 if servers.http.unserved().is_empty() {
                     continue;
                 }
                 let Some(snapshot) = current.clone() else { continue };
                 let before = servers.http.unserved().len();
-                for (address, error) in servers.apply(&snapshot).await {
+                let served = with_health(&snapshot, &health.borrow());
+                for (address, error) in servers.apply(&served).await {
                     tracing::error!(%address, "listener not served: {error:#}");
                 }
                 if servers.http.unserved().len() < before {

@@ -49,6 +49,7 @@ pub struct SharedState {
     pub sni: Arc<SniMetrics>,
     pub http: Arc<HttpMetrics>,
     pub dns: Arc<super::dns::DnsMetrics>,
+    pub health: Arc<super::health::Health>,
     serving: RwLock<Serving>,
     kernel_l4: RwLock<Option<Arc<L4KernelStats>>>,
 }
@@ -92,6 +93,7 @@ impl SharedState {
             sni: Arc::default(),
             http: Arc::default(),
             dns: Arc::default(),
+            health: Arc::default(),
             serving: RwLock::new(Serving::default()),
             kernel_l4: RwLock::new(None),
         })
@@ -163,6 +165,7 @@ impl SharedState {
             "state": self.state(),
             "datapath": datapath.as_ref().map(|d| &d.status),
             "serving": &*read(&self.serving),
+            "health": self.health.dump(),
             "config": &config.current,
             "last_rejected": &config.last_rejected,
             "reloads": {

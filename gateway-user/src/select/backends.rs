@@ -1,6 +1,7 @@
 //! A route's backends as the datapaths use them: the endpoints flattened with their
 //! effective weights, and the Maglev table that picks one per flow.
 use std::{
+    collections::BTreeSet,
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
@@ -43,6 +44,14 @@ impl BackendSet {
     }
 
     pub fn new(backends: &[Backend]) -> BackendSet {
+        BackendSet::with_health(backends, &BTreeSet::new())
+    }
+
+    /// [`BackendSet::new`] without the `unhealthy` endpoints: they keep their place in the
+    /// set (connections to them are not reset) but get no share of new flows, and Maglev
+    /// moves only their share. When every endpoint with weight is unhealthy, all are used
+    /// (Envoy's panic mode): an empty set would refuse everything.
+    pub fn with_health(backends: &[Backend], unhealthy: &BTreeSet<SocketAddr>) -> BackendSet {
         let mut endpoints = Vec::new();
         let mut entries = Vec::new();
         for (backend, weights) in backends.iter().zip(endpoint_shares(backends)) {
@@ -52,6 +61,17 @@ impl BackendSet {
                     key: format!("{}/{}", backend.host, endpoint.address),
                     weight,
                 });
+            }
+        }
+        let panic = entries
+            .iter()
+            .zip(&endpoints)
+            .all(|(entry, address)| entry.weight == 0 || unhealthy.contains(address));
+        if !panic {
+            for (entry, address) in entries.iter_mut().zip(&endpoints) {
+                if unhealthy.contains(address) {
+                    entry.weight = 0;
+                }
             }
         }
         let table = maglev::table(&entries, MAGLEV_TABLE_SIZE);
@@ -122,16 +142,22 @@ pub struct BackendSets {
 
 impl BackendSets {
     pub fn for_plan(plan: &Plan) -> BackendSets {
+        BackendSets::for_plan_with_health(plan, &BTreeSet::new())
+    }
+
+    /// [`BackendSets::for_plan`] without the `unhealthy` endpoints' shares.
+    pub fn for_plan_with_health(plan: &Plan, unhealthy: &BTreeSet<SocketAddr>) -> BackendSets {
+        let new = |backends: &[Backend]| Arc::new(BackendSet::with_health(backends, unhealthy));
         let mut sets = HashMap::new();
         for listener in &plan.listeners {
             let address = listener.address();
             match &listener.kind {
                 ListenerKind::L4Forward { route: Some(route) } => {
-                    sets.insert((address, 0), Arc::new(BackendSet::new(&route.backends)));
+                    sets.insert((address, 0), new(&route.backends));
                 }
                 ListenerKind::SniRoute { routes } => {
                     for (i, route) in routes.iter().enumerate() {
-                        sets.insert((address, i), Arc::new(BackendSet::new(&route.backends)));
+                        sets.insert((address, i), new(&route.backends));
                     }
                 }
                 _ => {}
@@ -276,6 +302,45 @@ mod tests {
             BackendSet::new(&[])
                 .choices(listener, listener, 3)
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn unhealthy_endpoints_lose_only_their_share_and_all_unhealthy_is_panic_mode() {
+        let backends = [backend(
+            100,
+            &[
+                ("203.0.113.2:80", 1),
+                ("203.0.113.3:80", 1),
+                ("203.0.113.4:80", 1),
+            ],
+        )];
+        let healthy = BackendSet::new(&backends);
+        let down: BTreeSet<SocketAddr> =
+            ["203.0.113.3:80".parse().unwrap_or_else(|e| panic!("{e}"))].into();
+        let degraded = BackendSet::with_health(&backends, &down);
+        assert!(degraded.contains("203.0.113.3:80".parse().unwrap_or_else(|e| panic!("{e}"))));
+        assert!(
+            !degraded.table.contains(&1),
+            "the unhealthy endpoint keeps no slot"
+        );
+        // Slots of the healthy endpoints stay where they were.
+        let moved = healthy
+            .table
+            .iter()
+            .zip(&degraded.table)
+            .filter(|(before, after)| **before != 1 && before != after)
+            .count();
+        // Maglev's disruption bound: a handful of the others' slots move, not a share.
+        assert!(
+            moved < healthy.table.len() / 100,
+            "{moved} slots of healthy endpoints moved"
+        );
+        let all: BTreeSet<SocketAddr> = healthy.endpoints.iter().copied().collect();
+        assert_eq!(
+            BackendSet::with_health(&backends, &all).table,
+            healthy.table,
+            "panic mode"
         );
     }
 
