@@ -78,9 +78,10 @@ pub struct RunArgs {
     pub l4_idle_timeout: std::time::Duration,
 
     /// How often every L4 and TLS passthrough endpoint is checked with a TCP connect; an
-    /// unhealthy one gets no new connections (kernel and userspace alike). `0s` turns
-    /// active checks off.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// unhealthy one gets no new connections (kernel and userspace alike). Off (`0s`) by
+    /// default, as Istio's gateways check nothing actively (Kubernetes readiness removes
+    /// endpoints); turn it on for endpoints nothing else watches, e.g. `5s`.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub health_check_interval: Duration,
 
     /// How long a health check's connect may take.
