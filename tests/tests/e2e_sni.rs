@@ -694,3 +694,64 @@ fn a_listener_that_cannot_be_bound_is_named_and_not_ready() {
         });
     assert_eq!(gw.sluice.admin_get("/ready"), (200, "LIVE\n".to_owned()));
 }
+
+/// A route endpoint that refuses is passed over for the next one of the Maglev table: with
+/// `a.example.com`'s second endpoint refusing, every session reaches the first, and the
+/// refusals are counted against the second.
+fn a_refusing_endpoint_is_passed_over(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    let gw = Gateway::start(mode, &[]);
+    let refusing = SocketAddr::new(topology::backend_v4(1).into(), 9999);
+    let two = config(1).replace(
+        &format!(
+            "  endpoints: [{{address: '{}'}}]\n",
+            topology::backend_v4(0)
+        ),
+        &format!(
+            "  endpoints: [{{address: '{}'}}, {{address: '{}', ports: {{tls: {}}}}}]\n",
+            topology::backend_v4(0),
+            refusing.ip(),
+            refusing.port()
+        ),
+    );
+    assert_ne!(two, config(1), "the second endpoint was not added");
+    let file = gw.config.path().join("sni.yaml");
+    std::fs::write(file.with_extension("tmp"), &two).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    gw.sluice
+        .wait_config(Duration::from_secs(15), "generation 2", |d| {
+            d["serving"]["generation"] == 2
+        });
+    for _ in 0..20 {
+        let session = gw
+            .connect("a.example.com")
+            .unwrap_or_else(|e| panic!("{e}\n{}", gw.sluice.log()));
+        assert_eq!(
+            session.peer_certificate().as_ref(),
+            Some(&gw.backends[0].certificate)
+        );
+        session.close();
+    }
+    let refused = gw
+        .sluice
+        .metric(&format!(
+            "sluice_sni_connect_failures_total{{listener=\"{LISTENER}\",route=\"sni/vs:spec.tls[0]\",backend=\"{refusing}\"}}"
+        ))
+        .unwrap_or(0.0);
+    assert!(refused >= 1.0, "{refused} refusals counted");
+}
+
+#[test]
+fn userspace_a_refusing_endpoint_is_passed_over() {
+    a_refusing_endpoint_is_passed_over(
+        "userspace_a_refusing_endpoint_is_passed_over",
+        Mode::Userspace,
+    );
+}
+
+#[test]
+fn kernel_a_refusing_endpoint_is_passed_over() {
+    a_refusing_endpoint_is_passed_over("kernel_a_refusing_endpoint_is_passed_over", Mode::Kernel);
+}

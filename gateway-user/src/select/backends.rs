@@ -100,6 +100,19 @@ impl BackendSet {
         listener: SocketAddr,
         most: usize,
     ) -> Vec<SocketAddr> {
+        self.choice_indexes(client, listener, most)
+            .into_iter()
+            .map(|i| self.endpoints[i])
+            .collect()
+    }
+
+    /// [`BackendSet::choices`] as indexes into `endpoints`.
+    pub fn choice_indexes(
+        &self,
+        client: SocketAddr,
+        listener: SocketAddr,
+        most: usize,
+    ) -> Vec<usize> {
         let Some(start) = self.slot(client, listener) else {
             return Vec::new();
         };
@@ -113,7 +126,7 @@ impl BackendSet {
                 chosen.push(index);
             }
         }
-        chosen.into_iter().map(|i| self.endpoints[i]).collect()
+        chosen
     }
 
     /// The table slot of a flow, as the kernel computes it.

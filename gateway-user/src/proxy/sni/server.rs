@@ -338,26 +338,38 @@ async fn serve(
         return refuse(Failure::NoRoute, &access);
     };
     access.route = &route.label;
-    let picked = route.backends.as_ref().and_then(|set| {
-        let i = set.pick_index(peer, listener)?;
-        Some((*set.endpoints.get(i)?, route.endpoints.get(i)?))
-    });
-    let Some((backend, metrics)) = picked else {
+    // The kernel's pick first, then the next endpoints of the Maglev table when one
+    // refuses (as the L4 forwarder does).
+    let choices: Vec<(SocketAddr, &EndpointMetrics)> = route
+        .backends
+        .as_ref()
+        .map(|set| {
+            set.choice_indexes(peer, listener, CONNECT_ATTEMPTS)
+                .into_iter()
+                .filter_map(|i| Some((*set.endpoints.get(i)?, route.endpoints.get(i)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if choices.is_empty() {
         return refuse(Failure::NoBackend, &access);
-    };
-    access.backend = Some(backend);
-    let upstream =
+    }
+    let mut connected = None;
+    let mut failure = String::new();
+    for (backend, metrics) in choices {
+        access.backend = Some(backend);
         match tokio::time::timeout(options.connect_timeout, TcpStream::connect(backend)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                metrics.connect_failures.inc();
-                return access.log(None, &format!("connect failed: {e}"));
+            Ok(Ok(stream)) => {
+                connected = Some((stream, metrics));
+                break;
             }
-            Err(_) => {
-                metrics.connect_failures.inc();
-                return access.log(None, "connect failed: timed out");
-            }
-        };
+            Ok(Err(e)) => failure = format!("connect failed: {e}"),
+            Err(_) => failure = "connect failed: timed out".to_owned(),
+        }
+        metrics.connect_failures.inc();
+    }
+    let Some((upstream, metrics)) = connected else {
+        return access.log(None, &failure);
+    };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     metrics.connections.inc();
@@ -369,6 +381,9 @@ async fn serve(
     let result = relayed.error.as_deref().unwrap_or("closed");
     access.log(Some(&relayed), result);
 }
+
+/// Endpoints tried per connection before the client's is closed.
+const CONNECT_ATTEMPTS: usize = 3;
 
 /// Waits until the client's receive queue holds a whole ClientHello, without consuming
 /// it. While incomplete, `SO_RCVLOWAT` is set to the length the parser needs next, so the
