@@ -293,11 +293,6 @@ async fn forward(
     };
     metrics.connections.get_or_create(&labels).inc();
     let _ = client.set_nodelay(true);
-    for stream in [&client, &upstream] {
-        if let Err(e) = relay::set_keepalive(stream) {
-            tracing::debug!(%listener, %backend, error = %e, "TCP keepalive not set");
-        }
-    }
     let bytes = |direction: &str| {
         metrics
             .bytes

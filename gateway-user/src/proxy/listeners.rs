@@ -110,6 +110,7 @@ fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     socket
         .set_reuseaddr(true)
         .with_context(|| format!("SO_REUSEADDR on {address}"))?;
+    super::keepalive(&socket).with_context(|| format!("TCP keepalive on {address}"))?;
     socket
         .bind(address)
         .with_context(|| format!("binding the listener {address}"))?;
@@ -183,6 +184,21 @@ impl AcceptBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Accepted connections inherit the listener's keepalive (no call per connection).
+    #[tokio::test]
+    async fn accepted_connections_have_tcp_keepalive() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let listener = bind("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(address), listener.accept());
+        let _client = client.unwrap_or_else(|e| panic!("{e}"));
+        let (accepted, _) = accepted.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(getsockopt(&accepted, sockopt::KeepAlive).ok(), Some(true));
+        assert_eq!(getsockopt(&accepted, sockopt::TcpKeepIdle).ok(), Some(300));
+    }
 
     #[test]
     fn accept_pauses_double_to_a_second_and_reset() {

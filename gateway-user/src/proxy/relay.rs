@@ -478,18 +478,6 @@ fn set_socket_option<T>(fd: RawFd, name: nix::libc::c_int, value: &T) -> io::Res
     }
 }
 
-/// TCP keepalive as the userspace servers set it on both sides of a forwarded connection:
-/// a peer that vanished (power loss, a dropped NAT entry) is found within about 15 min
-/// instead of never.
-pub fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    setsockopt(stream, sockopt::KeepAlive, &true)?;
-    setsockopt(stream, sockopt::TcpKeepIdle, &300)?;
-    setsockopt(stream, sockopt::TcpKeepInterval, &75)?;
-    setsockopt(stream, sockopt::TcpKeepCount, &9)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
