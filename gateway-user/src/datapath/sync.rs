@@ -359,37 +359,24 @@ mod tests {
         }
     }
 
-    /// The maps as a packet sees them.
-    #[derive(Default, Clone)]
-    struct Kernel {
-        listeners: BTreeMap<ListenerKey, Listener>,
-        slots: BTreeMap<u32, Vec<u32>>,
-        backends: BTreeMap<u32, Backend>,
+    /// The maps as a packet sees them: the same shape as the daemon's record, with the
+    /// checks a packet's view needs.
+    type Kernel = MapState;
+
+    trait PacketView {
+        fn apply(&mut self, op: &Op);
+        fn consistent(&self);
     }
 
-    impl Kernel {
+    impl PacketView for Kernel {
         fn apply(&mut self, op: &Op) {
-            match op {
-                Op::PutBackend(id, b) => {
-                    self.backends.insert(*id, *b);
-                }
-                Op::WriteTable { slot, table } => {
-                    assert!(
-                        !self.listeners.values().any(|l| l.set_slot == *slot),
-                        "table written into live slot {slot}"
-                    );
-                    self.slots.insert(*slot, table.clone());
-                }
-                Op::PutListener(k, l) => {
-                    self.listeners.insert(*k, *l);
-                }
-                Op::DeleteListener(k) => {
-                    self.listeners.remove(k);
-                }
-                Op::DeleteBackend(id) => {
-                    self.backends.remove(id);
-                }
+            if let Op::WriteTable { slot, .. } = op {
+                assert!(
+                    !self.listeners.values().any(|l| l.set_slot == *slot),
+                    "table written into live slot {slot}"
+                );
             }
+            self.record(op);
         }
 
         /// Every listener points at a complete table of existing backends.
