@@ -296,3 +296,11 @@ impl Drop for Sluice {
         }
     }
 }
+
+/// Replaces a config file the way editors and config-sync tools do: write aside, then
+/// rename over, so the daemon never reads half a file.
+pub fn replace_config(path: &std::path::Path, text: &str) {
+    let aside = path.with_extension("yaml.tmp");
+    std::fs::write(&aside, text).unwrap_or_else(|e| panic!("{}: {e}", aside.display()));
+    std::fs::rename(&aside, path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}

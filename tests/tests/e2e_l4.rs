@@ -411,8 +411,7 @@ fn reload_under_load(test: &str, mode: Mode) {
         "  tcp:\n  - match: [{port: 7000}]\n    route:",
     );
     let file = gw._config.path().join("l4.yaml");
-    std::fs::write(file.with_extension("tmp"), only_b0).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    tests::sluice::replace_config(&file, &only_b0);
     gw.sluice
         .wait_config(std::time::Duration::from_secs(15), "generation 2", |d| {
             d["serving"]["generation"] == 2
@@ -740,9 +739,7 @@ fn backend_removal(test: &str, mode: Mode, removal: &str) {
     assert_path(&gw, mode, &listener);
 
     let file = gw._config.path().join("l4.yaml");
-    std::fs::write(file.with_extension("tmp"), config(&[(b1.ip(), 100)]))
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    tests::sluice::replace_config(&file, &config(&[(b1.ip(), 100)]));
     gw.sluice
         .wait_config(std::time::Duration::from_secs(15), "generation 2", |d| {
             d["serving"]["generation"] == 2
@@ -1289,8 +1286,7 @@ fn a_port_owned_by_another_program_is_left_alone(test: &str, mode: Mode) {
         config(&[(backend.ip(), 100)]),
         "the second server was not added"
     );
-    std::fs::write(file.with_extension("tmp"), &both).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    tests::sluice::replace_config(&file, &both);
     let dump = gw
         .sluice
         .wait_config(Duration::from_secs(15), "generation 2", |d| {
@@ -1368,8 +1364,7 @@ fn a_plan_beyond_the_kernels_limits_is_withdrawn_from_it() {
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: l4}}\nspec:\n  servers:\n{servers_yaml}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: l4}}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  tcp:\n{routes}"
     );
     let file = gw._config.path().join("l4.yaml");
-    std::fs::write(file.with_extension("tmp"), &text).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    tests::sluice::replace_config(&file, &text);
     let dump = gw
         .sluice
         .wait_config(Duration::from_secs(30), "generation 2", |d| {

@@ -7,19 +7,12 @@ use nix::sys::signal::Signal;
 use tests::{
     bpffs::TempBpffs,
     root,
-    sluice::Sluice,
+    sluice::{Sluice, replace_config as replace},
     topology::{GATEWAY_CLIENT_IF, Topology},
 };
 
 const CONFIG: &str = include_str!("../../config/demo/gateway.yaml");
 const WAIT: Duration = Duration::from_secs(15);
-
-/// Replaces `path` the way editors and config-sync tools do: write aside, then rename over.
-fn replace(path: &Path, text: &str) {
-    let aside = path.with_extension("yaml.tmp");
-    std::fs::write(&aside, text).unwrap_or_else(|e| panic!("{}: {e}", aside.display()));
-    std::fs::rename(&aside, path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-}
 
 fn listener_port(dump: &serde_json::Value) -> u64 {
     dump["config"]["plan"]["listeners"][0]["port"]

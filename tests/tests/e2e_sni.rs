@@ -575,8 +575,7 @@ fn reload_moves_a_name(test: &str, mode: Mode) {
         Some(&gw.backends[1].certificate)
     );
     let file = gw.config.path().join("sni.yaml");
-    std::fs::write(file.with_extension("tmp"), config(2)).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    tests::sluice::replace_config(&file, &config(2));
     gw.sluice
         .wait_config(Duration::from_secs(15), "generation 2", |d| {
             d["serving"]["generation"] == 2
@@ -658,8 +657,7 @@ fn a_listener_that_cannot_be_bound_is_named_and_not_ready() {
     let extra = "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: more, namespace: sni}\nspec:\n  servers:\n  - port: {number: 9444, name: tls, protocol: TLS}\n    tls: {mode: PASSTHROUGH}\n    hosts: ['*.example.com']\n";
     let write = |text: &str| {
         let file = gw.config.path().join("sni.yaml");
-        std::fs::write(file.with_extension("tmp"), text).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+        tests::sluice::replace_config(&file, text);
     };
     write(&(config(1) + extra));
     let dump = gw
@@ -718,8 +716,7 @@ fn a_refusing_endpoint_is_passed_over(test: &str, mode: Mode) {
     );
     assert_ne!(two, config(1), "the second endpoint was not added");
     let file = gw.config.path().join("sni.yaml");
-    std::fs::write(file.with_extension("tmp"), &two).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::rename(file.with_extension("tmp"), &file).unwrap_or_else(|e| panic!("{e}"));
+    tests::sluice::replace_config(&file, &two);
     gw.sluice
         .wait_config(Duration::from_secs(15), "generation 2", |d| {
             d["serving"]["generation"] == 2
