@@ -26,6 +26,13 @@ pub mod map_names {
     /// The node's own addresses (IPv4 mapped into IPv6) -> 1: a wildcard listener takes
     /// only traffic addressed to one of them, never transit traffic.
     pub const L4_LOCAL_ADDRS: &str = "L4_LOCAL_ADDRS";
+    /// [`crate::l4::FlowKey`] -> [`crate::l4::Flow`] of connections whose handshake has
+    /// not completed: an LRU of its own, so a SYN flood evicts only other half-open
+    /// entries, never an established connection's.
+    pub const L4_HALF_OPEN: &str = "L4_HALF_OPEN";
+    /// One [`crate::l4::SynGuard`]: how many SYNs the kernel NATed lately that no
+    /// handshake completed, shared by every CPU.
+    pub const L4_SYN_GUARD: &str = "L4_SYN_GUARD";
     /// SOCKHASH of TLS passthrough connections handed to the kernel:
     /// [`crate::sockets::SockKey`] of the socket bytes arrive on -> the socket they leave by.
     pub const SNI_SOCKETS: &str = "SNI_SOCKETS";
@@ -43,6 +50,8 @@ pub mod map_names {
         L4_BACKEND_CNT,
         L4_CONFIG,
         L4_LOCAL_ADDRS,
+        L4_HALF_OPEN,
+        L4_SYN_GUARD,
         SNI_SOCKETS,
         SNI_COUNTERS,
     ];
@@ -111,10 +120,15 @@ pub enum PacketReason {
     /// sender has sent (`l4::RST_WINDOW`): a blind reset (RFC 5961). Dropped; the
     /// connection carries on.
     L4RstOutOfWindow = 20,
+    /// A SYN for a kernel listener while more NATed handshakes are unanswered than
+    /// `--l4-syn-backlog` (a SYN flood): handed to the stack, whose SYN cookies answer it
+    /// without keeping state, and the userspace forwarder bound on the listener serves the
+    /// connection. Counted per listener too (`L4Counters::syn_to_stack`).
+    L4SynToStack = 21,
 }
 
 /// Number of [`PacketReason`] values; the size of the per-CPU counter array.
-pub const REASON_COUNT: u32 = 21;
+pub const REASON_COUNT: u32 = 22;
 
 /// Verdict classes a [`PacketReason`] maps to, exported as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +175,7 @@ impl PacketReason {
         PacketReason::L4Unroutable,
         PacketReason::L4IcmpTranslated,
         PacketReason::L4RstOutOfWindow,
+        PacketReason::L4SynToStack,
     ];
 
     /// The metric label for this reason.
@@ -187,6 +202,7 @@ impl PacketReason {
             PacketReason::L4Unroutable => "l4_unroutable",
             PacketReason::L4IcmpTranslated => "l4_icmp_translated",
             PacketReason::L4RstOutOfWindow => "l4_rst_out_of_window",
+            PacketReason::L4SynToStack => "l4_syn_to_stack",
         }
     }
 
@@ -252,6 +268,8 @@ unsafe impl aya::Pod for l4::Flow {}
 unsafe impl aya::Pod for l4::L4Counters {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for l4::NatConfig {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for l4::SynGuard {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for sockets::SockKey {}
 
@@ -399,6 +417,9 @@ pub mod l4 {
     pub const TABLE_ENTRIES: u32 = MAX_SET_SLOTS * MAGLEV_TABLE_SIZE;
     /// Connection-tracking capacity (each connection takes two entries: both directions).
     pub const MAX_FLOWS: u32 = 1 << 18;
+    /// Capacity of the half-open table (two entries per handshake in progress). A flood
+    /// beyond it evicts the oldest half-open entries, never an established flow.
+    pub const MAX_HALF_OPEN: u32 = 1 << 16;
 
     /// Address family values.
     pub const FAMILY_IPV4: u8 = 4;
@@ -484,6 +505,23 @@ pub mod l4 {
     }
     const _: () = assert!(core::mem::size_of::<Flow>() == 80);
 
+    impl Flow {
+        /// The key of the entry for this flow's other direction: the packets it rewrites
+        /// to, seen coming back (for a reply entry, the client side; for a client-side
+        /// entry, the reply).
+        #[inline(always)]
+        pub const fn other_direction(&self) -> FlowKey {
+            FlowKey {
+                src: self.new_dst,
+                dst: self.new_src,
+                src_port: self.new_dst_port,
+                dst_port: self.new_src_port,
+                protocol: crate::proto::IPPROTO_TCP,
+                _pad: [0; 3],
+            }
+        }
+    }
+
     /// How far from the sender's next sequence number a RST may be and still close its flow:
     /// a legitimate RST carries the sender's next sequence number (or one a little behind
     /// it); a blind attacker has to guess within this of 2^32.
@@ -504,8 +542,11 @@ pub mod l4 {
         pub bytes: u64,
         /// Connections (flows) created.
         pub connections: u64,
+        /// SYNs handed to the stack's SYN cookies (and the userspace forwarder) because
+        /// too many handshakes were unanswered ([`crate::PacketReason::L4SynToStack`]).
+        pub syn_to_stack: u64,
     }
-    const _: () = assert!(core::mem::size_of::<L4Counters>() == 24);
+    const _: () = assert!(core::mem::size_of::<L4Counters>() == 32);
 
     /// Per-CPU values add up to the total.
     impl<'a> core::iter::Sum<&'a L4Counters> for L4Counters {
@@ -514,6 +555,7 @@ pub mod l4 {
                 packets: a.packets + c.packets,
                 bytes: a.bytes + c.bytes,
                 connections: a.connections + c.connections,
+                syn_to_stack: a.syn_to_stack + c.syn_to_stack,
             })
         }
     }
@@ -528,8 +570,39 @@ pub mod l4 {
         /// 0 (nothing written) means `select::SOURCE_PORT_BASE`/`_SPAN`.
         pub source_port_base: u32,
         pub source_port_span: u32,
+        /// NATed handshakes that may be unanswered at once ([`SynGuard::unanswered`])
+        /// before new SYNs go to the stack's SYN cookies (`--l4-syn-backlog`); 0 means
+        /// [`DEFAULT_SYN_BACKLOG`].
+        pub syn_backlog: u32,
+        pub _pad: u32,
     }
-    const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
+    const _: () = assert!(core::mem::size_of::<NatConfig>() == 16);
+
+    /// [`NatConfig::syn_backlog`] when the daemon has not set one: the stack's own
+    /// `tcp_max_syn_backlog` on most hosts.
+    pub const DEFAULT_SYN_BACKLOG: u32 = 4096;
+
+    /// SYN flood detection, one entry shared by every CPU (updated atomically): a SYN that
+    /// creates a half-open flow adds one, the client's ACK that completes its handshake
+    /// takes it away, and every [`SYN_GUARD_WINDOW_NS`] the count halves, so handshakes
+    /// that never complete (spoofed sources, a backend that does not answer) fade out.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SynGuard {
+        /// `bpf_ktime_get_ns` when the count last halved.
+        pub window_start_ns: u64,
+        /// Handshakes NATed and not completed, decaying; may dip below zero briefly (a
+        /// handshake that started before the last halving completes after it).
+        pub unanswered: i64,
+    }
+    const _: () = assert!(core::mem::size_of::<SynGuard>() == 16);
+
+    /// How often [`SynGuard::unanswered`] halves.
+    pub const SYN_GUARD_WINDOW_NS: u64 = 1_000_000_000;
+
+    /// A half-open flow silent this long gives its source port up to a new connection that
+    /// finds every candidate port taken (a client retransmits its SYN after 1 s, then 3 s).
+    pub const RECLAIM_HALF_OPEN_AFTER_NS: u64 = 3_000_000_000;
 
     /// A flow closed both ways (a FIN seen in each direction, or a RST) and silent this long
     /// gives its source port up to a new connection that finds every candidate port taken,

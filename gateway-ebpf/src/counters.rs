@@ -31,6 +31,15 @@ pub fn count_l4(listener: u32, backend: u32, bytes: u64, new_connection: bool) {
     }
 }
 
+/// Counts a SYN for `listener` handed to the stack's SYN cookies.
+#[inline(always)]
+pub fn count_syn_to_stack(listener: u32) {
+    if let Some(slot) = L4_LISTENER_CNT.get_ptr_mut(listener) {
+        // SAFETY: this CPU's slot of a per-CPU map, written only by this invocation.
+        unsafe { (*slot).syn_to_stack += 1 };
+    }
+}
+
 #[inline(always)]
 fn add_l4(slot: *mut L4Counters, bytes: u64, new_connection: bool) {
     // SAFETY: this CPU's slot of a per-CPU map, written only by this invocation.

@@ -23,7 +23,7 @@ use crate::{
     csum,
     headers::{EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, TCP_CHECK_OFFSET},
     hook::Hook,
-    maps::{L4_FLOWS, SCRATCH, Scratch},
+    maps::{L4_FLOWS, L4_HALF_OPEN, SCRATCH, Scratch},
 };
 
 /// The quoted transport header: ports and, when quoted, the TCP checksum (bytes 16-17).
@@ -140,7 +140,13 @@ fn quoted_flow(
         _pad: [0; 3],
     };
     // SAFETY: plain data copied out.
-    scratch.flow = unsafe { *L4_FLOWS.get(&scratch.key)? };
+    // (A SYN's ICMP error finds its flow still half-open.)
+    scratch.flow = unsafe {
+        match L4_FLOWS.get(&scratch.key) {
+            Some(flow) => *flow,
+            None => *L4_HALF_OPEN.get(&scratch.key)?,
+        }
+    };
     (scratch.flow.direction == TO_CLIENT).then_some(scratch)
 }
 

@@ -2,6 +2,10 @@
 //! count it, and return the verdict the contract in `gateway-common` assigns to it.
 #![no_std]
 #![no_main]
+// Atomic adds to a map value shared by CPUs (see `nat::syn_guard_add`); the BPF target is
+// built with `-Z build-std`, on a nightly-enabled toolchain already.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys are passed by reference so they are not copied onto the 512-byte BPF stack"

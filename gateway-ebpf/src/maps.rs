@@ -8,7 +8,7 @@ use gateway_common::{
     Counters, REASON_COUNT,
     l4::{
         Backend, Flow, FlowKey, L4Counters, Listener, ListenerKey, MAX_BACKENDS, MAX_FLOWS,
-        MAX_LISTENERS, MAX_LOCAL_ADDRS, NatConfig, TABLE_ENTRIES,
+        MAX_HALF_OPEN, MAX_LISTENERS, MAX_LOCAL_ADDRS, NatConfig, SynGuard, TABLE_ENTRIES,
     },
     sockets::{COUNT_LEN, MAX_SOCKETS, SockKey},
 };
@@ -35,9 +35,18 @@ pub static L4_TABLES: Array<u32, { TABLE_ENTRIES as usize }> = Array::new();
 #[btf_map]
 pub static L4_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
-/// Connection tracking, both directions of every flow.
+/// Connection tracking, both directions of every established (or closing) flow.
 #[btf_map]
 pub static L4_FLOWS: LruHashMap<FlowKey, Flow, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// Both directions of every flow whose handshake has not completed; moved to `L4_FLOWS` by
+/// the client's ACK of the backend's SYN-ACK.
+#[btf_map]
+pub static L4_HALF_OPEN: LruHashMap<FlowKey, Flow, { MAX_HALF_OPEN as usize }> = LruHashMap::new();
+
+/// Unanswered NATed handshakes, for SYN flood detection (one entry, every CPU).
+#[btf_map]
+pub static L4_SYN_GUARD: Array<SynGuard, 1> = Array::new();
 
 /// Large temporaries of one packet (a per-CPU map value, not the stack).
 #[repr(C)]

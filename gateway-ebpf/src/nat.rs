@@ -1,15 +1,20 @@
 //! The L4 fast path: full NAT with connection tracking. A SYN to a kernel listener picks a
 //! backend from the listener's Maglev table and a source port whose reverse tuple is free,
-//! and creates both directions' flow entries; every packet of a tracked flow is rewritten
-//! (addresses, ports, checksums, TTL) and sent to its next hop without the stack.
+//! and creates both directions' flow entries in the half-open table; the client's ACK of the
+//! backend's SYN-ACK moves them to the flow table, so a SYN flood can only evict other
+//! half-open entries. While too many handshakes go unanswered, new SYNs go to the stack's
+//! SYN cookies instead (the userspace forwarder is bound on every kernel listener). Every
+//! packet of a tracked flow is rewritten (addresses, ports, checksums, TTL) and sent to its
+//! next hop without the stack.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use gateway_common::{
     PacketReason,
     addr::ipv4_mapped,
     l4::{
-        FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_FIN_SENT, FLOW_SYN_SENT, Flow, FlowKey,
-        ListenerKey, RECLAIM_CLOSED_AFTER_NS, RECLAIM_CLOSING_AFTER_NS, RST_WINDOW, TO_BACKEND,
-        TO_CLIENT,
+        DEFAULT_SYN_BACKLOG, FAMILY_IPV4, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_FIN_SENT,
+        FLOW_SYN_SENT, Flow, FlowKey, ListenerKey, NatConfig, RECLAIM_CLOSED_AFTER_NS,
+        RECLAIM_CLOSING_AFTER_NS, RECLAIM_HALF_OPEN_AFTER_NS, RST_WINDOW, SYN_GUARD_WINDOW_NS,
+        TO_BACKEND, TO_CLIENT,
     },
     proto::{ETH_HDR_LEN, IPPROTO_TCP, tcp_flags},
     select::{
@@ -24,7 +29,8 @@ use crate::{
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr},
     hook::Hook,
     maps::{
-        L4_BACKENDS, L4_CONFIG, L4_FLOWS, L4_LISTENERS, L4_LOCAL_ADDRS, L4_TABLES, SCRATCH, Scratch,
+        L4_BACKENDS, L4_CONFIG, L4_FLOWS, L4_HALF_OPEN, L4_LISTENERS, L4_LOCAL_ADDRS, L4_SYN_GUARD,
+        L4_TABLES, SCRATCH, Scratch,
     },
     parse::Tcp,
 };
@@ -45,10 +51,16 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
     if let Err(reason) = fill_key(packet, tcp, &mut scratch.key) {
         return (reason, H::verdict_action(reason));
     }
+    // Established flows first: their packets pay one lookup.
+    let mut table = Table::Established;
     let mut found = L4_FLOWS.get_ptr_mut(&scratch.key);
+    if found.is_none() {
+        table = Table::HalfOpen;
+        found = L4_HALF_OPEN.get_ptr_mut(&scratch.key);
+    }
     // A new SYN on the tuple of a closing flow is a new connection (the client reused its
-    // port): it picks a backend afresh, and the old reply entry goes, so a late packet from
-    // the old backend cannot reach the new connection.
+    // port): it picks a backend afresh, and the old entries go, so a late packet from the
+    // old backend cannot reach the new connection.
     if let Some(flow) = found
         && tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
         // SAFETY: a pointer from a successful lookup of this map's value type.
@@ -56,7 +68,8 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
     {
         // SAFETY: as above; the fields are copied out before the entry changes.
         other_direction_key(unsafe { &*flow }, &mut scratch.reverse);
-        let _ = L4_FLOWS.remove(&scratch.reverse);
+        table.remove(&scratch.reverse);
+        table.remove(&scratch.key);
         found = None;
     }
     // A tracked flow is used where it lies in the map: copying its 72 bytes out costs a
@@ -79,11 +92,21 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
                     (*flow).seq_known = 1;
                 }
                 if tcp.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
-                    close_direction(&mut *flow, tcp.flags, &mut scratch.reverse);
+                    close_direction(&mut *flow, tcp.flags, &mut scratch.reverse, table);
                 } else if (*flow).state == FLOW_SYN_SENT && tcp.flags & tcp_flags::ACK != 0 {
                     (*flow).state = FLOW_ESTABLISHED;
                 }
-                (&*flow, false)
+                if table == Table::HalfOpen
+                    && (*flow).direction == TO_BACKEND
+                    && tcp.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+                    && tcp.flags & tcp_flags::ACK != 0
+                    && promote(scratch, tcp.ack)
+                {
+                    // The half-open entry is gone: its copy carries this packet.
+                    (&scratch.flow, false)
+                } else {
+                    (&*flow, false)
+                }
             }
         }
         None => {
@@ -109,6 +132,106 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
             (PacketReason::L4Forwarded, action)
         }
         Err(reason) => (reason, H::verdict_action(reason)),
+    }
+}
+
+/// The table a flow entry lives in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Established,
+    HalfOpen,
+}
+
+impl Table {
+    #[inline(always)]
+    fn get_ptr_mut(self, key: &FlowKey) -> Option<*mut Flow> {
+        match self {
+            Table::Established => L4_FLOWS.get_ptr_mut(key),
+            Table::HalfOpen => L4_HALF_OPEN.get_ptr_mut(key),
+        }
+    }
+
+    #[inline(always)]
+    fn remove(self, key: &FlowKey) {
+        let _ = match self {
+            Table::Established => L4_FLOWS.remove(key),
+            Table::HalfOpen => L4_HALF_OPEN.remove(key),
+        };
+    }
+}
+
+/// The client's ACK on a half-open flow: if it acknowledges what the backend has sent (its
+/// SYN-ACK), both entries move to the established table. `scratch.key` is the client-side
+/// key; `scratch.flow` ends up holding that entry's copy.
+// Out of line, like `new_flow`: it touches maps and scratch only.
+#[inline(never)]
+fn promote(scratch: &mut Scratch, ack: u32) -> bool {
+    // SAFETY (both lookups): plain data copied out at once; a deleted entry's memory may be
+    // reused by another CPU's insert, so nothing is read through the pointers later.
+    let Some(forward) = (unsafe { L4_HALF_OPEN.get(&scratch.key) }) else {
+        return false;
+    };
+    scratch.flow = *forward;
+    other_direction_key(&scratch.flow, &mut scratch.reverse);
+    let Some(back) = (unsafe { L4_HALF_OPEN.get(&scratch.reverse) }) else {
+        return false;
+    };
+    // A blind ACK (a spoofed source never sees the SYN-ACK) would have to guess the
+    // backend's initial sequence number to within the window.
+    if back.seq_known == 0 || (ack.wrapping_sub(back.seq_next) as i32).unsigned_abs() > RST_WINDOW {
+        return false;
+    }
+    scratch.back = *back;
+    // The reply direction first, as when a flow is created.
+    if L4_FLOWS.insert(&scratch.reverse, &scratch.back, 0).is_err()
+        || L4_FLOWS.insert(&scratch.key, &scratch.flow, 0).is_err()
+    {
+        return false;
+    }
+    let _ = L4_HALF_OPEN.remove(&scratch.key);
+    let _ = L4_HALF_OPEN.remove(&scratch.reverse);
+    syn_guard_add(-1);
+    true
+}
+
+/// Whether NATed handshakes go unanswered faster than `backlog` fades: a SYN flood (or
+/// backends that do not answer). Halves the count once per `SYN_GUARD_WINDOW_NS`.
+#[inline(always)]
+fn syn_flood(now: u64, backlog: u32) -> bool {
+    let Some(guard) = L4_SYN_GUARD.get_ptr_mut(0) else {
+        return false;
+    };
+    let backlog = if backlog == 0 {
+        DEFAULT_SYN_BACKLOG
+    } else {
+        backlog
+    };
+    // SAFETY: a pointer from a successful lookup of the one entry. The halving races with
+    // other CPUs' adds: a lost update only nudges a count that is an estimate anyway.
+    unsafe {
+        if now.wrapping_sub((*guard).window_start_ns) > SYN_GUARD_WINDOW_NS {
+            (*guard).window_start_ns = now;
+            let unanswered = (*guard).unanswered;
+            (*guard).unanswered = if unanswered > 0 { unanswered >> 1 } else { 0 };
+        }
+        (*guard).unanswered >= i64::from(backlog)
+    }
+}
+
+/// Adds `delta` to the unanswered handshakes, atomically (every CPU shares the entry).
+#[inline(always)]
+fn syn_guard_add(delta: i64) {
+    if let Some(guard) = L4_SYN_GUARD.get_ptr_mut(0) {
+        // `AtomicI64::fetch_add` does not exist on this target (it has no compare-and-swap
+        // in the base instruction set); the intrinsic is BPF's atomic add, which every
+        // kernel that runs these programs has.
+        // SAFETY: an aligned 8-byte field of a map value that lives as long as the map.
+        unsafe {
+            core::intrinsics::atomic_xadd::<i64, i64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*guard).unanswered,
+                delta,
+            );
+        }
     }
 }
 
@@ -232,6 +355,12 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
     if tcp.flags & tcp_flags::SYN == 0 || tcp.flags & tcp_flags::ACK != 0 {
         return Err(PacketReason::L4NoFlow);
     }
+    let config = L4_CONFIG.get(0).copied().unwrap_or(NatConfig::default());
+    let now = unsafe { bpf_ktime_get_ns() };
+    if syn_flood(now, config.syn_backlog) {
+        crate::counters::count_syn_to_stack(listener.id);
+        return Err(PacketReason::L4SynToStack);
+    }
     let hash = flow_hash(
         words(&key.src),
         words(&key.dst),
@@ -259,31 +388,34 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         protocol: IPPROTO_TCP,
         _pad: [0; 3],
     };
-    let (base, span) = match L4_CONFIG.get(0) {
-        Some(config) if config.source_port_span > 0 => {
-            (config.source_port_base, config.source_port_span)
-        }
-        _ => (SOURCE_PORT_BASE, SOURCE_PORT_SPAN),
+    let (base, span) = if config.source_port_span > 0 {
+        (config.source_port_base, config.source_port_span)
+    } else {
+        (SOURCE_PORT_BASE, SOURCE_PORT_SPAN)
     };
-    let now = unsafe { bpf_ktime_get_ns() };
     let mut found = false;
-    // The first candidate held by a closing flow silent long enough, if none is free.
+    // The first candidate held by a flow that may give its port up, if none is free, and
+    // the table that flow is in.
     let mut reclaimable = SOURCE_PORT_ATTEMPTS;
+    let mut reclaim_from = Table::Established;
     for attempt in 0..SOURCE_PORT_ATTEMPTS {
         scratch.reverse.dst_port = source_port(hash, attempt, base, span);
-        // SAFETY: the entry's plain-data fields are read at once.
-        match unsafe { L4_FLOWS.get(&scratch.reverse) } {
-            None => {
-                found = true;
-                break;
+        // SAFETY (both lookups): the entry's plain-data fields are read at once.
+        if let Some(held) = unsafe { L4_FLOWS.get(&scratch.reverse) } {
+            if reclaimable == SOURCE_PORT_ATTEMPTS
+                && reclaimable_flow(held, &mut scratch.reclaimed, now)
+            {
+                reclaimable = attempt;
+                reclaim_from = Table::Established;
             }
-            Some(held) => {
-                if reclaimable == SOURCE_PORT_ATTEMPTS
-                    && reclaimable_flow(held, &mut scratch.reclaimed, now)
-                {
-                    reclaimable = attempt;
-                }
+        } else if let Some(held) = unsafe { L4_HALF_OPEN.get(&scratch.reverse) } {
+            if reclaimable == SOURCE_PORT_ATTEMPTS && reclaimable_half_open(held, now) {
+                reclaimable = attempt;
+                reclaim_from = Table::HalfOpen;
             }
+        } else {
+            found = true;
+            break;
         }
     }
     if !found {
@@ -293,13 +425,13 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         scratch.reverse.dst_port = source_port(hash, reclaimable, base, span);
         // The holder's client-side entry is found from its reply entry (which rewrites to
         // the client); both go before the port is reused.
-        // SAFETY: as above.
-        let Some(held) = (unsafe { L4_FLOWS.get(&scratch.reverse) }) else {
+        let Some(held) = reclaim_from.get_ptr_mut(&scratch.reverse) else {
             return Err(PacketReason::L4PortExhausted);
         };
-        other_direction_key(held, &mut scratch.reclaimed);
-        let _ = L4_FLOWS.remove(&scratch.reclaimed);
-        let _ = L4_FLOWS.remove(&scratch.reverse);
+        // SAFETY: a pointer from a successful lookup; the fields are copied out at once.
+        other_direction_key(unsafe { &*held }, &mut scratch.reclaimed);
+        reclaim_from.remove(&scratch.reclaimed);
+        reclaim_from.remove(&scratch.reverse);
     }
     scratch.flow = Flow {
         new_src: backend.snat_addr,
@@ -334,26 +466,21 @@ fn new_flow(tcp: &Tcp, scratch: &mut Scratch, from: &Arrival) -> Result<bool, Pa
         ..scratch.flow
     };
     // The reply direction first: once the forward entry exists, replies must find theirs.
-    if L4_FLOWS.insert(&scratch.reverse, &scratch.back, 0).is_err()
-        || L4_FLOWS.insert(&scratch.key, &scratch.flow, 0).is_err()
+    if L4_HALF_OPEN
+        .insert(&scratch.reverse, &scratch.back, 0)
+        .is_err()
+        || L4_HALF_OPEN.insert(&scratch.key, &scratch.flow, 0).is_err()
     {
         return Err(PacketReason::L4PortExhausted);
     }
+    syn_guard_add(1);
     Ok(true)
 }
 
-/// The key of the entry for `flow`'s other direction: the packets it rewrites to, seen
-/// coming back (for a reply entry, the client side; for a client-side entry, the reply).
+/// [`Flow::other_direction`] written into `key` (a scratch slot: the stack has no room).
 #[inline(always)]
 fn other_direction_key(flow: &Flow, key: &mut FlowKey) {
-    *key = FlowKey {
-        src: flow.new_dst,
-        dst: flow.new_src,
-        src_port: flow.new_dst_port,
-        dst_port: flow.new_src_port,
-        protocol: IPPROTO_TCP,
-        _pad: [0; 3],
-    };
+    *key = flow.other_direction();
 }
 
 /// Whether a RST on `flow`'s direction is believable: its sequence number within
@@ -370,12 +497,12 @@ fn rst_in_window(flow: &Flow, tcp: &Tcp) -> bool {
 /// the other way for as long as it likes. `room` holds the other entry's key while it
 /// looks (only FIN and RST segments pay for the lookup).
 #[inline(always)]
-fn close_direction(flow: &mut Flow, flags: u8, room: &mut FlowKey) {
+fn close_direction(flow: &mut Flow, flags: u8, room: &mut FlowKey, table: Table) {
     if flow.state == FLOW_CLOSING {
         return;
     }
     other_direction_key(flow, room);
-    let other = L4_FLOWS.get_ptr_mut(room);
+    let other = table.get_ptr_mut(room);
     if flags & tcp_flags::RST != 0 {
         flow.state = FLOW_CLOSING;
         if let Some(other) = other {
@@ -419,6 +546,16 @@ fn reclaimable_flow(reply: &Flow, room: &mut FlowKey, now: u64) -> bool {
         // Its other half is already gone.
         None => quiet > RECLAIM_CLOSED_AFTER_NS,
     }
+}
+
+/// Whether the half-open flow whose reply entry is `reply` may give its source port up now:
+/// refused (a RST) and silent for `RECLAIM_CLOSED_AFTER_NS`, or silent for
+/// `RECLAIM_HALF_OPEN_AFTER_NS` (a client that still wants it has retransmitted its SYN).
+#[inline(always)]
+fn reclaimable_half_open(reply: &Flow, now: u64) -> bool {
+    let quiet = now.wrapping_sub(reply.last_seen_ns);
+    quiet > RECLAIM_HALF_OPEN_AFTER_NS
+        || (reply.state == FLOW_CLOSING && quiet > RECLAIM_CLOSED_AFTER_NS)
 }
 
 /// Rewrites addresses, ports, TTL and checksums in place. `key` holds the packet's

@@ -49,6 +49,8 @@ pub struct Tcp {
     /// The segment's sequence number, and the one after it (payload, SYN and FIN counted).
     pub seq: u32,
     pub seq_end: u32,
+    /// The acknowledgement number (meaningful with ACK set).
+    pub ack: u32,
 }
 
 /// Parses a TCP segment; anything else comes back as the reason that classifies it.
@@ -179,6 +181,7 @@ fn parse_tcp<P: Packet>(packet: &P, l3: &L3) -> Result<Tcp, PacketReason> {
         ip_len: l3.ip_len,
         seq,
         seq_end: seq.wrapping_add(payload).wrapping_add(control),
+        ack: u32::from_be_bytes(tcp.ack_seq),
     })
 }
 

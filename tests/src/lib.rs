@@ -6,6 +6,7 @@ pub mod bpffs;
 pub mod dns;
 pub mod echo;
 pub mod example;
+pub mod flood;
 pub mod grpc;
 pub mod http;
 pub mod load;

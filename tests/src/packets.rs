@@ -45,6 +45,8 @@ pub struct PacketBuilder {
     ttl: u8,
     /// The TCP sequence number (1000 unless set).
     tcp_seq: u32,
+    /// The TCP acknowledgement number when ACK is set (2000 unless set).
+    tcp_ack: u32,
 }
 
 impl PacketBuilder {
@@ -86,12 +88,19 @@ impl PacketBuilder {
             payload: Vec::new(),
             ttl: 64,
             tcp_seq: 1000,
+            tcp_ack: 2000,
         }
     }
 
     /// Sets the TCP sequence number.
     pub fn seq(mut self, seq: u32) -> Self {
         self.tcp_seq = seq;
+        self
+    }
+
+    /// Sets the TCP acknowledgement number (sent when ACK is set).
+    pub fn ack(mut self, ack: u32) -> Self {
+        self.tcp_ack = ack;
         self
     }
 
@@ -217,7 +226,7 @@ impl PacketBuilder {
                 t.extend_from_slice(&self.tcp_seq.to_be_bytes());
                 t.extend_from_slice(
                     &(if flags & tcp_flags::ACK != 0 {
-                        2000u32
+                        self.tcp_ack
                     } else {
                         0
                     })

@@ -171,6 +171,45 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("local address: {e}"));
     }
 
+    /// Writes the NAT's settings (what the daemon writes at start).
+    pub fn put_nat_config(&mut self, config: gateway_common::l4::NatConfig) {
+        let mut array: Array<_, gateway_common::l4::NatConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(map_names::L4_CONFIG)
+                .unwrap_or_else(|| panic!("no NAT config map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        array
+            .set(0, config, 0)
+            .unwrap_or_else(|e| panic!("NAT config: {e}"));
+    }
+
+    /// Sets the SYN flood guard's state.
+    pub fn put_syn_guard(&mut self, guard: gateway_common::l4::SynGuard) {
+        let mut array: Array<_, gateway_common::l4::SynGuard> = Array::try_from(
+            self.ebpf
+                .map_mut(map_names::L4_SYN_GUARD)
+                .unwrap_or_else(|| panic!("no SYN guard map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        array
+            .set(0, guard, 0)
+            .unwrap_or_else(|e| panic!("SYN guard: {e}"));
+    }
+
+    /// The SYN flood guard's state.
+    pub fn syn_guard(&self) -> gateway_common::l4::SynGuard {
+        let array: Array<_, gateway_common::l4::SynGuard> = Array::try_from(
+            self.ebpf
+                .map(map_names::L4_SYN_GUARD)
+                .unwrap_or_else(|| panic!("no SYN guard map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        array
+            .get(&0, 0)
+            .unwrap_or_else(|e| panic!("SYN guard: {e}"))
+    }
+
     /// Marks every address of the fixture router as the node's.
     pub fn put_router_addresses(&mut self) {
         for address in crate::router::ADDRESSES {
@@ -203,21 +242,38 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("device: {e}"));
     }
 
-    fn flows(&self) -> aya::maps::HashMap<&aya::maps::MapData, FlowKey, Flow> {
+    /// The established flow table, or the half-open one (`map_names::L4_HALF_OPEN`).
+    fn flow_table(&self, name: &str) -> aya::maps::HashMap<&aya::maps::MapData, FlowKey, Flow> {
         aya::maps::HashMap::try_from(
             self.ebpf
-                .map(map_names::L4_FLOWS)
-                .unwrap_or_else(|| panic!("no flow map")),
+                .map(name)
+                .unwrap_or_else(|| panic!("no {name} map")),
         )
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A flow entry, established or half-open.
     pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
-        self.flows().get(key, 0).ok()
+        self.established_flow(key)
+            .or_else(|| self.half_open_flow(key))
     }
 
+    /// A flow entry of the established table only.
+    pub fn established_flow(&self, key: &FlowKey) -> Option<Flow> {
+        self.flow_table(map_names::L4_FLOWS).get(key, 0).ok()
+    }
+
+    /// A flow entry of the half-open table only.
+    pub fn half_open_flow(&self, key: &FlowKey) -> Option<Flow> {
+        self.flow_table(map_names::L4_HALF_OPEN).get(key, 0).ok()
+    }
+
+    /// Entries of both tables.
     pub fn flow_count(&self) -> usize {
-        self.flows().keys().filter(Result::is_ok).count()
+        [map_names::L4_FLOWS, map_names::L4_HALF_OPEN]
+            .iter()
+            .map(|name| self.flow_table(name).keys().filter(Result::is_ok).count())
+            .sum()
     }
 
     pub fn put_flow(&mut self, key: FlowKey, flow: Flow) {

@@ -367,6 +367,8 @@ fn every_reason_is_covered_by_a_fixture() {
         PacketReason::L4IcmpTranslated,
         // `*_tracks_each_direction_close`.
         PacketReason::L4RstOutOfWindow,
+        // `*_half_open_flows_and_syn_floods`.
+        PacketReason::L4SynToStack,
     ]);
     for reason in PacketReason::ALL {
         assert!(covered.contains(&reason), "no fixture for {reason:?}");

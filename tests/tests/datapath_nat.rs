@@ -9,8 +9,8 @@ use gateway_common::{
     PacketReason,
     addr::{from_mapped, to_mapped},
     l4::{
-        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_FIN_SENT, FLOW_SYN_SENT, Flow, Listener, TO_BACKEND,
-        TO_CLIENT,
+        FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_FIN_SENT, FLOW_SYN_SENT, Flow, Listener, NatConfig,
+        SYN_GUARD_WINDOW_NS, SynGuard, TO_BACKEND, TO_CLIENT,
     },
     map_names,
     proto::{self, tcp_flags},
@@ -1087,6 +1087,25 @@ fn packet_cost_measures_each_path() {
     }
 }
 
+/// A datapath serving `0.0.0.0:7000` as listener 3 from one backend, `203.0.113.2:8080`,
+/// on the fixture router (call it inside the router's namespace), and the hosts' IPv4
+/// addresses: client, the gateway's client side, the gateway's backend side, backend.
+fn one_backend(cl0: u32, bk0: u32) -> (Datapath, [IpAddr; 4]) {
+    let hosts = ["198.51.100.2", "198.51.100.1", "203.0.113.1", "203.0.113.2"]
+        .map(|address| IpAddr::V4(v4(address)));
+    let mut dp = Datapath::load();
+    dp.put_router_addresses();
+    dp.put_device(cl0);
+    dp.put_device(bk0);
+    dp.put_backend(0, backend(hosts[3], hosts[2], 8080));
+    dp.put_listener(
+        listener_key(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7000),
+        Listener { id: 3, set_slot: 0 },
+        &vec![0; MAGLEV_TABLE_SIZE as usize],
+    );
+    (dp, hosts)
+}
+
 #[test]
 fn xdp_tracks_each_direction_close() {
     each_direction_closes("xdp_tracks_each_direction_close", Hook::Xdp);
@@ -1107,22 +1126,7 @@ fn each_direction_closes(test: &str, hook: Hook) {
     let actions = Actions::of(hook);
     let (ns, cl0, bk0) = router();
     ns.run(move || {
-        let (client, gw_client, gw_backend, backend_ip) = (
-            IpAddr::V4(v4("198.51.100.2")),
-            IpAddr::V4(v4("198.51.100.1")),
-            IpAddr::V4(v4("203.0.113.1")),
-            IpAddr::V4(v4("203.0.113.2")),
-        );
-        let mut dp = Datapath::load();
-        dp.put_router_addresses();
-        dp.put_device(cl0);
-        dp.put_device(bk0);
-        dp.put_backend(0, backend(backend_ip, gw_backend, 8080));
-        dp.put_listener(
-            listener_key(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7000),
-            Listener { id: 3, set_slot: 0 },
-            &vec![0; MAGLEV_TABLE_SIZE as usize],
-        );
+        let (mut dp, [client, gw_client, gw_backend, backend_ip]) = one_backend(cl0, bk0);
         let send =
             |dp: &mut Datapath, from_client: bool, port: u16, snat: u16, flags: u8, what: &str| {
                 let frame = if from_client {
@@ -1370,5 +1374,184 @@ fn wildcard_listeners_take_only_the_nodes_traffic(test: &str, hook: Hook) {
             PacketReason::Tcp,
             "IPv6 transit SYN",
         );
+    });
+}
+
+#[test]
+fn xdp_half_open_flows_and_syn_floods() {
+    half_open_flows_and_syn_floods("xdp_half_open_flows_and_syn_floods", Hook::Xdp);
+}
+
+#[test]
+fn tc_half_open_flows_and_syn_floods() {
+    half_open_flows_and_syn_floods("tc_half_open_flows_and_syn_floods", Hook::Tc);
+}
+
+/// A SYN's entries live in the half-open table until the client acknowledges what the
+/// backend sent (a blind ACK does not promote them); while more handshakes than the backlog
+/// are unanswered, new SYNs go to the stack (counted per listener), and established flows,
+/// half-open retransmits and completed handshakes are unaffected; the count halves every
+/// second.
+fn half_open_flows_and_syn_floods(test: &str, hook: Hook) {
+    if !root::can_run(test) {
+        return;
+    }
+    let actions = Actions::of(hook);
+    let (ns, cl0, bk0) = router();
+    ns.run(move || {
+        let (mut dp, [client, gw_client, gw_backend, backend_ip]) = one_backend(cl0, bk0);
+        dp.put_nat_config(NatConfig {
+            syn_backlog: 3,
+            ..NatConfig::default()
+        });
+        dp.put_syn_guard(SynGuard {
+            window_start_ns: monotonic_ns(),
+            unanswered: 0,
+        });
+        let from_client = |port: u16, flags: u8| {
+            PacketBuilder::tcp(client, gw_client, port, 7000, flags).macs(CLIENT_MAC, GW_CLIENT_MAC)
+        };
+        let from_backend = |snat: u16, flags: u8| {
+            PacketBuilder::tcp(backend_ip, gw_backend, 8080, snat, flags)
+                .macs(BACKEND_MAC, GW_BACKEND_MAC)
+        };
+        let forward = |dp: &mut Datapath, packet: PacketBuilder, device: u32, what: &str| {
+            let frame = packet.build();
+            inspect(&step(
+                dp,
+                hook,
+                &frame,
+                device,
+                actions.redirect,
+                PacketReason::L4Forwarded,
+                what,
+            ))
+        };
+        let client_key = |port: u16| key(client, port, gw_client, 7000);
+        let reply_key = |snat: u16| key(backend_ip, 8080, gw_backend, snat);
+
+        // The SYN: both entries half-open, none established.
+        let snat = forward(&mut dp, from_client(42000, tcp_flags::SYN), cl0, "SYN").sport;
+        assert!(dp.half_open_flow(&client_key(42000)).is_some());
+        assert!(dp.half_open_flow(&reply_key(snat)).is_some());
+        assert_eq!(dp.established_flow(&client_key(42000)), None);
+        assert_eq!(dp.syn_guard().unanswered, 1);
+        // The backend's SYN-ACK: its sequence after it is 5000 + SYN.
+        forward(
+            &mut dp,
+            from_backend(snat, tcp_flags::SYN | tcp_flags::ACK).seq(5000),
+            bk0,
+            "SYN-ACK",
+        );
+        // An ACK of something the backend never sent is carried, and promotes nothing.
+        forward(
+            &mut dp,
+            from_client(42000, tcp_flags::ACK).ack(5001u32.wrapping_add(1 << 30)),
+            cl0,
+            "blind ACK",
+        );
+        assert_eq!(dp.established_flow(&client_key(42000)), None);
+        assert!(dp.half_open_flow(&client_key(42000)).is_some());
+        // The ACK of the SYN-ACK moves both entries.
+        forward(
+            &mut dp,
+            from_client(42000, tcp_flags::ACK).ack(5001),
+            cl0,
+            "ACK",
+        );
+        let established = |dp: &Datapath, port: u16, snat: u16| {
+            (
+                dp.established_flow(&client_key(port)).map(|f| f.state),
+                dp.established_flow(&reply_key(snat)).map(|f| f.state),
+                dp.half_open_flow(&client_key(port)).is_some()
+                    || dp.half_open_flow(&reply_key(snat)).is_some(),
+            )
+        };
+        assert_eq!(
+            established(&dp, 42000, snat),
+            (Some(FLOW_ESTABLISHED), Some(FLOW_ESTABLISHED), false)
+        );
+        assert_eq!(dp.syn_guard().unanswered, 0);
+
+        // Three handshakes left unanswered fill the backlog of 3 ...
+        let mut flood_snat = Vec::new();
+        for port in 43000..43003 {
+            flood_snat.push(forward(&mut dp, from_client(port, tcp_flags::SYN), cl0, "SYN").sport);
+        }
+        assert_eq!(dp.syn_guard().unanswered, 3);
+        // ... so the next SYN goes to the stack, creates nothing, and is counted.
+        step(
+            &mut dp,
+            hook,
+            &from_client(43003, tcp_flags::SYN).build(),
+            cl0,
+            actions.pass,
+            PacketReason::L4SynToStack,
+            "SYN under a flood",
+        );
+        assert_eq!(dp.flow(&client_key(43003)), None);
+        let counters = dp.l4_counters(map_names::L4_LISTENER_CNT, 3);
+        assert_eq!(counters.syn_to_stack, 1);
+        assert_eq!(counters.connections, 4, "NATed connections only");
+        // Meanwhile the established flow, and a half-open flow's retransmitted SYN, go on.
+        forward(
+            &mut dp,
+            from_client(42000, tcp_flags::ACK).ack(5001),
+            cl0,
+            "established data",
+        );
+        forward(
+            &mut dp,
+            from_client(43000, tcp_flags::SYN),
+            cl0,
+            "retransmitted SYN",
+        );
+        // A handshake completing makes room for one more.
+        forward(
+            &mut dp,
+            from_backend(flood_snat[1], tcp_flags::SYN | tcp_flags::ACK).seq(7000),
+            bk0,
+            "SYN-ACK",
+        );
+        forward(
+            &mut dp,
+            from_client(43001, tcp_flags::ACK).ack(7001),
+            cl0,
+            "ACK",
+        );
+        assert_eq!(
+            established(&dp, 43001, flood_snat[1]),
+            (Some(FLOW_ESTABLISHED), Some(FLOW_ESTABLISHED), false)
+        );
+        assert_eq!(dp.syn_guard().unanswered, 2);
+        forward(&mut dp, from_client(43004, tcp_flags::SYN), cl0, "SYN");
+
+        // The count halves once a second: 7 unanswered a window ago are 3 now (still full);
+        // 5 are 2 (room again).
+        let window_ago = monotonic_ns() - SYN_GUARD_WINDOW_NS - 1;
+        dp.put_syn_guard(SynGuard {
+            window_start_ns: window_ago,
+            unanswered: 7,
+        });
+        step(
+            &mut dp,
+            hook,
+            &from_client(43005, tcp_flags::SYN).build(),
+            cl0,
+            actions.pass,
+            PacketReason::L4SynToStack,
+            "SYN after halving to 3",
+        );
+        dp.put_syn_guard(SynGuard {
+            window_start_ns: window_ago,
+            unanswered: 5,
+        });
+        forward(
+            &mut dp,
+            from_client(43006, tcp_flags::SYN),
+            cl0,
+            "SYN after halving to 2",
+        );
+        assert_eq!(dp.syn_guard().unanswered, 3);
     });
 }

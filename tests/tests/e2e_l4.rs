@@ -75,7 +75,18 @@ fn gateway(config_text: &str, mode: Mode, extra: &[&str]) -> Gateway {
 
 /// [`gateway`] with `sluice` run through `wrapper` (e.g. `prlimit …`).
 fn gateway_through(config_text: &str, mode: Mode, extra: &[&str], wrapper: &[&str]) -> Gateway {
-    let mut topology = Topology::builder().backends(2);
+    gateway_with(2, config_text, mode, extra, wrapper)
+}
+
+/// [`gateway_through`] with `backends` backend addresses in the topology.
+fn gateway_with(
+    backends: usize,
+    config_text: &str,
+    mode: Mode,
+    extra: &[&str],
+    wrapper: &[&str],
+) -> Gateway {
+    let mut topology = Topology::builder().backends(backends);
     if mode == Mode::Tc {
         topology = topology.default_offloads();
     }
@@ -1122,31 +1133,9 @@ fn tc_half_close_survives_a_pause() {
 /// socket: what a blind attacker on the client's path can do.
 fn send_raw_ipv4(ns: &tests::netns::NetNs, packet: Vec<u8>, dst: std::net::Ipv4Addr) {
     ns.run(move || {
-        // SAFETY: plain socket(2) and sendto(2) calls on a descriptor owned here, with a
-        // sockaddr_in that lives across the call.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            let to = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(dst.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            let sent = libc::sendto(
-                fd,
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            );
-            let error = std::io::Error::last_os_error();
-            libc::close(fd);
-            assert_eq!(sent, packet.len() as isize, "sendto: {error}");
-        }
+        tests::flood::RawSocket::open()
+            .send(&packet, dst)
+            .unwrap_or_else(|e| panic!("sendto: {e}"));
     });
 }
 
@@ -1511,5 +1500,182 @@ fn userspace_a_dead_backend_leaves_and_returns() {
     a_dead_backend_leaves_and_returns(
         "userspace_a_dead_backend_leaves_and_returns",
         Mode::Userspace,
+    );
+}
+
+#[test]
+fn xdp_syn_flood_spares_connections() {
+    syn_flood_spares_connections("xdp_syn_flood_spares_connections", Mode::Xdp);
+}
+
+#[test]
+fn tc_syn_flood_spares_connections() {
+    syn_flood_spares_connections("tc_syn_flood_spares_connections", Mode::Tc);
+}
+
+/// One request and its answer over `stream` (the request-response servers' protocol).
+fn request(stream: &mut std::net::TcpStream) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut answer = [0u8; tests::load::MESSAGE];
+    stream.write_all(&[0x5a; tests::load::MESSAGE])?;
+    stream.read_exact(&mut answer)?;
+    if answer != [0x5a; tests::load::MESSAGE] {
+        return Err(std::io::Error::other("the answer differs"));
+    }
+    Ok(())
+}
+
+/// A spoofed SYN flood (>= 20k SYN/s for 10 s from 192.0.2.0/24) at a listener with eight
+/// backends, while 100 connections established through the kernel run, half of them busy
+/// and half idle throughout, and a client opens new connections one after another: no
+/// established connection is lost (the flood's handshakes live in their own table, which
+/// evicts only its own), at least 99 % of the new connections succeed (SYNs the kernel hands
+/// to the stack's SYN cookies are served by the userspace forwarder), and the hand-over is
+/// counted.
+fn syn_flood_spares_connections(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    const FLOOD: Duration = Duration::from_secs(10);
+    // Eight backends: source ports for 250k handshakes (31,744 each), more than the flood
+    // sends, so what the flood meets is the flow table's capacity, not a port shortage.
+    let backends: Vec<SocketAddr> = (0..8)
+        .map(|i| SocketAddr::new(topology::backend_v4(i).into(), PORT))
+        .collect();
+    let weighted: Vec<(IpAddr, u32)> = backends.iter().map(|b| (b.ip(), 1)).collect();
+    let gw = gateway_with(8, &config(&weighted), mode, &[], &[]);
+    let _servers: Vec<tests::load::RrServer> = backends
+        .iter()
+        .map(|b| tests::load::RrServer::start(&gw.topology.backend, *b))
+        .collect();
+    // The flood's sources are routable, as on the internet: the stack's SYN-ACKs go out
+    // (and are lost), so its SYN cookies do the work they would.
+    gw.topology.gateway.ip(&[
+        "route",
+        "add",
+        "192.0.2.0/24",
+        "via",
+        &topology::CLIENT_V4.to_string(),
+    ]);
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+
+    let mut established: Vec<std::net::TcpStream> = gw.topology.client.run(move || {
+        (0..100)
+            .map(|i| {
+                let mut stream = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                request(&mut stream)?;
+                Ok(stream)
+            })
+            .collect::<std::io::Result<_>>()
+            .unwrap_or_else(|e| panic!("establishing: {e}"))
+    });
+    let kernel_connections = gw.sluice.metric(&format!(
+        "sluice_l4_kernel_connections_total{{listener=\"0.0.0.0:{PORT}\"}}"
+    ));
+    assert!(
+        kernel_connections.is_some_and(|n| n >= 100.0),
+        "the established connections are not the kernel's: {kernel_connections:?}"
+    );
+    let idle = established.split_off(50);
+
+    let flood = tests::flood::syn_flood(
+        &gw.topology.client,
+        std::net::SocketAddrV4::new(topology::GATEWAY_CLIENT_V4, PORT),
+        22_000,
+        FLOOD,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The busy half: a request on each, every 50 ms, all through the flood.
+    let busy = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut busy = established;
+            let mut failures = Vec::new();
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) && rounds < 1000 {
+                for (i, stream) in busy.iter_mut().enumerate() {
+                    if let Err(e) = request(stream) {
+                        failures.push(format!("busy connection {i}, round {rounds}: {e}"));
+                    }
+                }
+                rounds += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (busy, rounds, failures)
+        }
+    });
+    // New connections, one after another, for as long as the flood lasts.
+    let (attempted, failed) = gw.topology.client.run(move || {
+        let start = std::time::Instant::now();
+        let (mut attempted, mut failed) = (0u32, Vec::new());
+        while start.elapsed() < FLOOD && attempted < 2000 {
+            attempted += 1;
+            let outcome = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+                .and_then(|mut stream| {
+                    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    request(&mut stream)
+                });
+            if let Err(e) = outcome {
+                failed.push(format!("new connection {attempted}: {e}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (attempted, failed)
+    });
+    let report = flood
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (busy, rounds, busy_failures) =
+        busy.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let to_stack = gw
+        .sluice
+        .metric("sluice_datapath_packets_total{reason=\"l4_syn_to_stack\",verdict=\"pass\"}")
+        .unwrap_or_default();
+    // The daemon's last table sweep (every 5 s) saw the flood under way.
+    let flows = gw.sluice.metric("sluice_l4_kernel_flows").unwrap_or(-1.0);
+    let half_open = gw
+        .sluice
+        .metric("sluice_l4_kernel_half_open")
+        .unwrap_or(-1.0);
+    eprintln!(
+        "{test}: flood {} SYNs in {:.1?} ({:.0}/s), {to_stack} handed to the stack; {flows} flow \
+         and {half_open} half-open entries; busy rounds {rounds}, busy failures {}; new \
+         connections {attempted} attempted, {} failed",
+        report.sent,
+        report.elapsed,
+        report.rate(),
+        busy_failures.len(),
+        failed.len()
+    );
+    assert!(
+        report.rate() >= 20_000.0 && report.elapsed >= FLOOD - Duration::from_millis(100),
+        "the flood was weaker than asked: {report:?}"
+    );
+    assert!(busy_failures.is_empty(), "{busy_failures:#?}");
+    assert!(
+        rounds >= 50,
+        "the busy connections ran only {rounds} rounds"
+    );
+    // Every established connection, idle or busy, still carries requests.
+    for (i, mut stream) in busy.into_iter().chain(idle).enumerate() {
+        request(&mut stream).unwrap_or_else(|e| panic!("established connection {i} lost: {e}"));
+    }
+    assert!(
+        failed.len() * 100 <= attempted as usize,
+        "{} of {attempted} new connections failed: {failed:#?}",
+        failed.len()
+    );
+    assert!(attempted >= 100, "only {attempted} new connections tried");
+    assert!(
+        to_stack > 0.0,
+        "no SYN went to the stack's cookies during the flood"
+    );
+    assert!(
+        half_open > 0.0 && flows < 10_000.0,
+        "the flood's handshakes reached the established table: {flows} flow entries, \
+         {half_open} half-open"
     );
 }

@@ -222,6 +222,30 @@ fn encode_kernel_l4(
         "Connection-tracking entries (two per connection) after the last expiry pass",
         &[(&[], live)],
     )?;
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    let half_open = i64::try_from(stats.half_open_live.load(ordering)).unwrap_or(i64::MAX);
+    gauge_family(
+        encoder,
+        "l4_kernel_half_open",
+        "Half-open entries (two per handshake in progress) after the last expiry pass",
+        &[(&[], half_open)],
+    )?;
+    gauge_family(
+        encoder,
+        "l4_kernel_syn_unanswered",
+        "NATed handshakes with no client ACK yet, halving every second (new SYNs go to the stack's SYN cookies at --l4-syn-backlog), at the last expiry pass",
+        &[(&[], stats.syn_unanswered.load(ordering))],
+    )?;
+    let mut family = encoder.encode_descriptor(
+        "l4_kernel_syn_to_stack",
+        "SYNs handed to the stack's SYN cookies and the userspace forwarder during a SYN flood, by listener",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for (address, counters) in &listeners {
+        ConstCounter::new(counters.syn_to_stack)
+            .encode(family.encode_family(&[("listener", address.as_str())])?)?;
+    }
     let expired = ConstCounter::new(
         stats
             .flows_expired

@@ -91,12 +91,18 @@ fn listeners(dir: &Path) -> anyhow::Result<String> {
 }
 
 fn flows(dir: &Path, client: Option<SocketAddr>) -> anyhow::Result<String> {
-    let flows: HashMap<MapData, FlowKey, Flow> =
-        HashMap::try_from(Map::LruHashMap(open(dir, map_names::L4_FLOWS)?))?;
     let mut out = String::new();
     let mut count = 0usize;
-    for entry in flows.iter() {
-        let (key, flow) = entry?;
+    // Established (and closing) connections, then handshakes in progress.
+    let mut entries = Vec::new();
+    for name in [map_names::L4_FLOWS, map_names::L4_HALF_OPEN] {
+        let table: HashMap<MapData, FlowKey, Flow> =
+            HashMap::try_from(Map::LruHashMap(open(dir, name)?))?;
+        for entry in table.iter() {
+            entries.push(entry?);
+        }
+    }
+    for (key, flow) in entries {
         if flow.direction != TO_BACKEND {
             continue; // each connection once, from its client side
         }

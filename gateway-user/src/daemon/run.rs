@@ -182,6 +182,13 @@ pub struct RunArgs {
     /// lies below Linux's default ephemeral range (32768-60999).
     #[arg(long, default_value_t = PortRange::DEFAULT)]
     pub l4_nat_ports: PortRange,
+
+    /// Handshakes the kernel NAT may have forwarded and seen no client ACK for (a count that
+    /// halves every second) before new SYNs go to the stack instead, whose SYN cookies
+    /// answer them without keeping state and whose connections the userspace forwarder
+    /// serves: SYN flood protection (`sluice_datapath_packets_total{reason="l4_syn_to_stack"}`).
+    #[arg(long, default_value_t = gateway_common::l4::DEFAULT_SYN_BACKLOG, value_parser = clap::value_parser!(u32).range(1..))]
+    pub l4_syn_backlog: u32,
 }
 
 /// `--sni-byte-path`.
@@ -252,7 +259,10 @@ impl Daemon {
             bpffs: args.bpffs.clone(),
             instance: args.instance.clone(),
             keep_on_exit: args.keep_datapath,
-            nat_ports: args.l4_nat_ports,
+            nat: crate::datapath::NatOptions {
+                ports: args.l4_nat_ports,
+                syn_backlog: args.l4_syn_backlog,
+            },
         };
         let mut datapath = Datapath::start(&options)?;
         let status = datapath.status();
@@ -352,7 +362,9 @@ impl Daemon {
         let applied = state.subscribe();
         let timeouts = crate::datapath::l4::Timeouts {
             closing: args.l4_closing_timeout,
-            syn: Duration::from_secs(30),
+            // Half-open entries: a client retransmits its SYN after 1, 3 and 7 s, and each
+            // retransmit keeps its handshake's entries; a flood's fade in seconds.
+            syn: Duration::from_secs(10),
             idle: args.l4_idle_timeout,
         };
         let certificates = servers.http.watch_certificates().unwrap_or_else(|e| {

@@ -27,9 +27,7 @@ use gateway_common::{Counters, PacketReason, map_names, program_names};
 
 use super::ebpf_object::EBPF_OBJECT;
 use super::{
-    Attachment, DatapathStatus, InterfaceStatus, ReasonCounters,
-    bpffs::Bpffs,
-    ports::{PortRange, Reservation},
+    Attachment, DatapathStatus, InterfaceStatus, ReasonCounters, bpffs::Bpffs, ports::Reservation,
 };
 
 /// Loaded programs and pinned maps, not yet attached.
@@ -274,7 +272,7 @@ impl Loaded {
     pub fn attach(
         self,
         orders: &[(String, Vec<Attachment>)],
-        nat_ports: PortRange,
+        nat: super::NatOptions,
     ) -> anyhow::Result<KernelDatapath> {
         let mut datapath = KernelDatapath {
             loaded: self,
@@ -310,7 +308,7 @@ impl Loaded {
             .map(|i| (i.interface.clone(), i.ifindex))
             .collect();
         if !devices.is_empty() {
-            match super::l4::KernelL4::new(&mut datapath.loaded.ebpf, devices, nat_ports) {
+            match super::l4::KernelL4::new(&mut datapath.loaded.ebpf, devices, nat) {
                 Ok(l4) => datapath.l4 = Some(l4),
                 Err(e) => tracing::warn!("the kernel L4 path is unavailable: {e:#}"),
             }
@@ -321,7 +319,7 @@ impl Loaded {
         }
         if datapath.l4.is_some() {
             // Before any listener reaches the maps: no NAT flow exists yet.
-            match Reservation::reserve(nat_ports) {
+            match Reservation::reserve(nat.ports) {
                 Ok(reservation) => datapath.reservation = Some(reservation),
                 Err(e) => {
                     datapath.abandon();

@@ -19,16 +19,13 @@ use gateway_common::{
     addr::from_mapped,
     l4::{
         Backend, FLOW_CLOSING, FLOW_SYN_SENT, Flow, FlowKey, L4Counters, Listener, ListenerKey,
-        NatConfig,
+        NatConfig, SynGuard,
     },
     map_names,
     select::MAGLEV_TABLE_SIZE,
 };
 
-use super::{
-    ports::PortRange,
-    sync::{self, DesiredListener, MapState, Op},
-};
+use super::sync::{self, DesiredListener, MapState, Op};
 use crate::{
     compile::plan::{ListenerKind, Plan},
     select::{BackendRemoval, BackendSet, BackendSets},
@@ -51,6 +48,10 @@ pub struct L4KernelStats {
     inner: Mutex<StatsInner>,
     /// Flow entries after the last expiry pass.
     pub flows_live: std::sync::atomic::AtomicU64,
+    /// Half-open entries (handshakes in progress) after the last expiry pass.
+    pub half_open_live: std::sync::atomic::AtomicU64,
+    /// The SYN guard's count of unanswered handshakes at the last expiry pass.
+    pub syn_unanswered: std::sync::atomic::AtomicI64,
     /// Flow entries expired by the daemon, in total.
     pub flows_expired: std::sync::atomic::AtomicU64,
     /// Flow entries removed because their backend left the set (`--l4-backend-removal reset`).
@@ -126,6 +127,8 @@ impl L4KernelStats {
 pub struct KernelL4 {
     stats: Arc<L4KernelStats>,
     flows: HashMap<MapData, FlowKey, Flow>,
+    half_open: HashMap<MapData, FlowKey, Flow>,
+    syn_guard: Array<MapData, SynGuard>,
     listeners: HashMap<MapData, ListenerKey, Listener>,
     tables: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
@@ -144,7 +147,7 @@ impl KernelL4 {
     pub fn new(
         ebpf: &mut Ebpf,
         devices: BTreeMap<String, u32>,
-        nat_ports: PortRange,
+        nat: super::NatOptions,
     ) -> anyhow::Result<KernelL4> {
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -152,12 +155,14 @@ impl KernelL4 {
         };
         let mut config: Array<MapData, NatConfig> = Array::try_from(take(map_names::L4_CONFIG)?)?;
         config
-            .set(0, nat_ports.config(), 0)
-            .context("writing the NAT's source-port range")?;
+            .set(0, nat.config(), 0)
+            .context("writing the NAT's settings")?;
         let listeners = HashMap::try_from(take(map_names::L4_LISTENERS)?)?;
         let tables = Array::try_from(take(map_names::L4_TABLES)?)?;
         let backends = Array::try_from(take(map_names::L4_BACKENDS)?)?;
         let flows = HashMap::try_from(take(map_names::L4_FLOWS)?)?;
+        let half_open = HashMap::try_from(take(map_names::L4_HALF_OPEN)?)?;
+        let syn_guard = Array::try_from(take(map_names::L4_SYN_GUARD)?)?;
         let local: HashMap<MapData, [u8; 16], u8> =
             HashMap::try_from(take(map_names::L4_LOCAL_ADDRS)?)?;
         // What a previous run left is the starting point of the diff.
@@ -170,6 +175,8 @@ impl KernelL4 {
                 backend_labels: BTreeMap::new(),
             }),
             flows_live: std::sync::atomic::AtomicU64::new(0),
+            half_open_live: std::sync::atomic::AtomicU64::new(0),
+            syn_unanswered: std::sync::atomic::AtomicI64::new(0),
             flows_expired: std::sync::atomic::AtomicU64::new(0),
             flows_reset: std::sync::atomic::AtomicU64::new(0),
         });
@@ -202,6 +209,8 @@ impl KernelL4 {
         let mut l4 = KernelL4 {
             stats,
             flows,
+            half_open,
+            syn_guard,
             listeners,
             tables,
             backends,
@@ -385,8 +394,10 @@ impl KernelL4 {
         Ok(sources)
     }
 
-    /// Removes expired flows (both directions are separate entries with their own state and
-    /// timestamps). Returns (entries left, entries removed).
+    /// Removes expired flows: established ones entry by entry (both directions are
+    /// separate entries with their own state and timestamps), half-open ones a connection
+    /// at a time, once neither direction has moved for `timeouts.syn`. Returns (entries
+    /// left, entries removed) over both tables.
     pub fn expire(&mut self, timeouts: &Timeouts) -> anyhow::Result<(u64, u64)> {
         let now = monotonic_ns()?;
         let mut live = 0u64;
@@ -399,28 +410,20 @@ impl KernelL4 {
                 live += 1;
             }
         }
-        let mut removed = 0u64;
-        for (key, seen) in &stale {
-            // The sweep takes a while: meanwhile a client may have reused a closing tuple and
-            // the datapath replaced the entry with a new connection's. Only an entry that has
-            // not moved since it was judged is removed; gone already (LRU) is fine.
-            match self.flows.get(key, 0) {
-                Ok(flow) if flow.last_seen_ns == *seen => {
-                    if self.flows.remove(key).is_ok() {
-                        removed += 1;
-                    }
-                }
-                Ok(_) => live += 1,
-                Err(_) => {}
-            }
-        }
-        self.stats
-            .flows_live
-            .store(live, std::sync::atomic::Ordering::Relaxed);
-        self.stats
-            .flows_expired
-            .fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
-        Ok((live, removed))
+        let (kept, mut removed) = remove_unmoved(&mut self.flows, &stale);
+        live += kept;
+        let half_open: Vec<(FlowKey, Flow)> = self.half_open.iter().collect::<Result<_, _>>()?;
+        let stale = stale_handshakes(&half_open, now, timeouts.syn);
+        let (_, half_removed) = remove_unmoved(&mut self.half_open, &stale);
+        removed += half_removed;
+        let half_live = (half_open.len() as u64).saturating_sub(half_removed);
+        let unanswered = self.syn_guard.get(&0, 0).map_or(0, |g| g.unanswered);
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        self.stats.flows_live.store(live, ordering);
+        self.stats.half_open_live.store(half_live, ordering);
+        self.stats.syn_unanswered.store(unanswered, ordering);
+        self.stats.flows_expired.fetch_add(removed, ordering);
+        Ok((live + half_live, removed))
     }
 
     /// Removes the flow entries (both directions) whose (listener, backend) is not in
@@ -430,17 +433,19 @@ impl KernelL4 {
         &mut self,
         served: &std::collections::BTreeSet<(u32, u32)>,
     ) -> anyhow::Result<u64> {
-        let mut stale = Vec::new();
-        for entry in self.flows.iter() {
-            let (key, flow) = entry?;
-            if !served.contains(&(flow.listener, flow.backend)) {
-                stale.push(key);
-            }
-        }
         let mut removed = 0u64;
-        for key in &stale {
-            if self.flows.remove(key).is_ok() {
-                removed += 1;
+        for table in [&mut self.flows, &mut self.half_open] {
+            let mut stale = Vec::new();
+            for entry in table.iter() {
+                let (key, flow) = entry?;
+                if !served.contains(&(flow.listener, flow.backend)) {
+                    stale.push(key);
+                }
+            }
+            for key in &stale {
+                if table.remove(key).is_ok() {
+                    removed += 1;
+                }
             }
         }
         self.stats
@@ -613,6 +618,57 @@ pub struct Timeouts {
     pub idle: std::time::Duration,
 }
 
+/// Removes the entries of `stale` (key, `last_seen_ns` when judged) that have not moved
+/// since: the sweep takes a while, and meanwhile a client may have reused a closing tuple
+/// and the datapath replaced the entry with a new connection's. Gone already (LRU) is
+/// fine. Returns (entries kept because they moved, entries removed).
+fn remove_unmoved(
+    table: &mut HashMap<MapData, FlowKey, Flow>,
+    stale: &[(FlowKey, u64)],
+) -> (u64, u64) {
+    let (mut kept, mut removed) = (0, 0);
+    for (key, seen) in stale {
+        match table.get(key, 0) {
+            Ok(flow) if flow.last_seen_ns == *seen => {
+                if table.remove(key).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok(_) => kept += 1,
+            Err(_) => {}
+        }
+    }
+    (kept, removed)
+}
+
+/// The half-open entries to remove: each judged by the latest packet of its handshake
+/// (either direction), so both go once neither has moved for `limit` (a client
+/// retransmitting its SYN keeps its reply entry too), and an entry whose other half is gone
+/// by its own time.
+fn stale_handshakes(
+    entries: &[(FlowKey, Flow)],
+    now_ns: u64,
+    limit: std::time::Duration,
+) -> Vec<(FlowKey, u64)> {
+    let seen: std::collections::HashMap<FlowKey, u64> = entries
+        .iter()
+        .map(|(key, flow)| (*key, flow.last_seen_ns))
+        .collect();
+    let limit = limit.as_nanos() as u64;
+    let mut stale = Vec::new();
+    for (key, flow) in entries {
+        let other = flow.other_direction();
+        let latest = seen
+            .get(&other)
+            .map_or(flow.last_seen_ns, |s| (*s).max(flow.last_seen_ns));
+        if now_ns.saturating_sub(latest) <= limit {
+            continue;
+        }
+        stale.push((*key, flow.last_seen_ns));
+    }
+    stale
+}
+
 /// Whether `flow` has expired at `now_ns` (CLOCK_MONOTONIC, the clock of
 /// `bpf_ktime_get_ns`).
 pub fn expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
@@ -712,6 +768,61 @@ mod tests {
                 "state {state} seen {seen}"
             );
         }
+    }
+
+    #[test]
+    fn handshakes_expire_by_their_latest_packet() {
+        let second = 1_000_000_000u64;
+        let now = 10_000 * second;
+        let limit = std::time::Duration::from_secs(10);
+        // A handshake's two entries: the client side's rewrite points at the reply key.
+        let pair = |port: u16, client_seen: u64, reply_seen: u64| {
+            let client_key = FlowKey {
+                src_port: port,
+                dst_port: 7000,
+                protocol: gateway_common::proto::IPPROTO_TCP,
+                ..FlowKey::default()
+            };
+            let client_side = Flow {
+                new_src_port: port + 1000,
+                new_dst_port: 8080,
+                direction: gateway_common::l4::TO_BACKEND,
+                last_seen_ns: client_seen,
+                ..Flow::default()
+            };
+            let reply_key = client_side.other_direction();
+            // The reply side rewrites back to the client: its other direction is the
+            // client side's key.
+            let reply = Flow {
+                new_src_port: 7000,
+                new_dst_port: port,
+                direction: gateway_common::l4::TO_CLIENT,
+                last_seen_ns: reply_seen,
+                ..Flow::default()
+            };
+            assert_eq!(reply.other_direction(), client_key);
+            [(client_key, client_side), (reply_key, reply)]
+        };
+        let mut entries = Vec::new();
+        // Both silent: both go.
+        entries.extend(pair(1, now - 11 * second, now - 12 * second));
+        // The client retransmitted lately, the backend never answered: both stay.
+        entries.extend(pair(2, now - 2 * second, now - 30 * second));
+        // The backend answered lately: both stay.
+        entries.extend(pair(3, now - 30 * second, now - second));
+        // A reply entry whose client side is gone goes by its own time.
+        let [_, lone] = pair(4, 0, now - 11 * second);
+        entries.push(lone);
+        // Which entries: ("client", its port) or ("reply", the client port it serves).
+        let mut stale: Vec<(&str, u16)> = stale_handshakes(&entries, now, limit)
+            .iter()
+            .map(|(key, _)| match key.dst_port {
+                7000 => ("client", key.src_port),
+                nat => ("reply", nat - 1000),
+            })
+            .collect();
+        stale.sort_unstable();
+        assert_eq!(stale, vec![("client", 1), ("reply", 1), ("reply", 4)]);
     }
 
     #[test]

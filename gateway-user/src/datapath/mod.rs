@@ -112,8 +112,27 @@ pub struct DatapathOptions {
     pub instance: String,
     /// `--keep-datapath`: on exit, leave the programs forwarding for the next run.
     pub keep_on_exit: bool,
-    /// `--l4-nat-ports`: the kernel NAT's source ports.
-    pub nat_ports: ports::PortRange,
+    /// The kernel NAT's settings.
+    pub nat: NatOptions,
+}
+
+/// What the daemon tells the kernel NAT (`l4::NatConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatOptions {
+    /// `--l4-nat-ports`: the source ports towards backends.
+    pub ports: ports::PortRange,
+    /// `--l4-syn-backlog`: unanswered handshakes before SYNs go to the stack's cookies.
+    pub syn_backlog: u32,
+}
+
+impl NatOptions {
+    /// The value the kernel reads.
+    pub fn config(self) -> gateway_common::l4::NatConfig {
+        gateway_common::l4::NatConfig {
+            syn_backlog: self.syn_backlog,
+            ..self.ports.config()
+        }
+    }
 }
 
 /// One interface and how the kernel program sits on it.
@@ -216,7 +235,7 @@ impl Datapath {
             kernel::OnExit::Remove
         };
         loaded
-            .attach(&orders, options.nat_ports)
+            .attach(&orders, options.nat)
             .map(|kernel| Datapath::Kernel {
                 kernel: Box::new(kernel),
                 on_exit,
@@ -401,7 +420,10 @@ mod tests {
             bpffs: PathBuf::from("/nonexistent"),
             instance: "test".into(),
             keep_on_exit: false,
-            nat_ports: ports::PortRange::DEFAULT,
+            nat: NatOptions {
+                ports: ports::PortRange::DEFAULT,
+                syn_backlog: gateway_common::l4::DEFAULT_SYN_BACKLOG,
+            },
         }
     }
 

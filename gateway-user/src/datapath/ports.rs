@@ -41,6 +41,8 @@ impl PortRange {
         NatConfig {
             source_port_base: u32::from(self.first),
             source_port_span: self.count(),
+            syn_backlog: 0,
+            _pad: 0,
         }
     }
 }
