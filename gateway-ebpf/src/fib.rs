@@ -1,5 +1,5 @@
 //! Next hop for a NATed packet: the kernel's FIB gives the egress device and both MAC
-//! addresses. Without a neighbour entry XDP must drop (the daemon keeps backends' neighbours
+//! addresses; a SYN's MSS is clamped to the devices on its way. Without a neighbour entry XDP must drop (the daemon keeps backends' neighbours
 //! warm); TC lets the kernel resolve it.
 use aya_ebpf::{bindings::bpf_fib_lookup, helpers::bpf_fib_lookup as fib_lookup};
 use gateway_common::{
@@ -25,6 +25,7 @@ pub fn forward<H: Hook>(
     params: &mut bpf_fib_lookup,
 ) -> Result<i32, PacketReason> {
     if flow.direction == TO_CLIENT {
+        crate::mss::clamp(hook, tcp, flow.ifindex)?;
         return hook.send(flow.ifindex, flow.mac_dst, flow.mac_src);
     }
     // An all-zero request skeleton, stored word by word: zeroing the struct whole becomes a
@@ -78,8 +79,14 @@ pub fn forward<H: Hook>(
         )
     };
     match ret {
-        BPF_FIB_LKUP_RET_SUCCESS => hook.send(params.ifindex, params.dmac, params.smac),
-        BPF_FIB_LKUP_RET_NO_NEIGH => hook.send_unresolved(params.ifindex),
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            crate::mss::clamp(hook, tcp, params.ifindex)?;
+            hook.send(params.ifindex, params.dmac, params.smac)
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            crate::mss::clamp(hook, tcp, params.ifindex)?;
+            hook.send_unresolved(params.ifindex)
+        }
         _ => Err(PacketReason::L4Unroutable),
     }
 }

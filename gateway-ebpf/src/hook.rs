@@ -39,6 +39,15 @@ pub trait Hook: Packet {
         key: &FlowKey,
         flow: &Flow,
     ) -> Result<(), PacketReason>;
+    /// Replaces the 16-bit word at `offset` (in the TCP header, a frame offset) from `old`
+    /// to `new` (both as read big-endian) and brings the TCP checksum in line.
+    fn replace_tcp_word(
+        &self,
+        tcp: &Tcp,
+        offset: usize,
+        old: u16,
+        new: u16,
+    ) -> Result<(), PacketReason>;
     /// Sets the frame's MAC addresses and sends it out of `ifindex`.
     fn send(&self, ifindex: u32, dst: [u8; 6], src: [u8; 6]) -> Result<i32, PacketReason>;
     /// Sends out of `ifindex` towards a next hop without a neighbour entry: the kernel
@@ -65,6 +74,12 @@ fn set_macs<P: Packet>(packet: &P, dst: [u8; 6], src: [u8; 6]) -> Result<(), Pac
         (*eth).src = src;
     }
     Ok(())
+}
+
+/// A 16-bit field in the packet's byte order, as `bpf_l4_csum_replace` loads it.
+#[inline(always)]
+fn wire_word(value: u16) -> u64 {
+    u64::from(u16::from_ne_bytes(value.to_be_bytes()))
 }
 
 impl Hook for XdpPacket<'_> {
@@ -109,6 +124,24 @@ impl Hook for XdpPacket<'_> {
             check = csum::update16(check, tcp.src_port, flow.new_src_port);
             check = csum::update16(check, tcp.dst_port, flow.new_dst_port);
             (*th).check = check.to_be_bytes();
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn replace_tcp_word(
+        &self,
+        tcp: &Tcp,
+        offset: usize,
+        old: u16,
+        new: u16,
+    ) -> Result<(), PacketReason> {
+        let th: *mut TcpHdr = ptr_at_mut(self, tcp.l4_off).ok_or(PacketReason::TruncatedL4)?;
+        let word: *mut [u8; 2] = ptr_at_mut(self, offset).ok_or(PacketReason::TruncatedL4)?;
+        // SAFETY: bounds-checked pointers into the packet; byte fields.
+        unsafe {
+            (*th).check = csum::update16(u16::from_be_bytes((*th).check), old, new).to_be_bytes();
+            *word = new.to_be_bytes();
         }
         Ok(())
     }
@@ -183,8 +216,7 @@ impl Hook for TcPacket<'_> {
             return Err(PacketReason::TruncatedL4);
         }
         let ctx = self.ctx();
-        // Ports in the packet's byte order as the helper loads them.
-        let port = |p: u16| u64::from(u16::from_ne_bytes(p.to_be_bytes()));
+        let port = wire_word;
         ctx.l4_csum_replace(check_off, 0, diff as u64, u64::from(BPF_F_PSEUDO_HDR))
             .and_then(|()| {
                 ctx.l4_csum_replace(check_off, port(tcp.src_port), port(flow.new_src_port), 2)
@@ -193,6 +225,30 @@ impl Hook for TcPacket<'_> {
                 ctx.l4_csum_replace(check_off, port(tcp.dst_port), port(flow.new_dst_port), 2)
             })
             .map_err(|_| PacketReason::TruncatedL4)
+    }
+
+    /// The checksum through `bpf_l4_csum_replace` (as payload: left to the offload when
+    /// partial), then the word through a fresh pointer (the helper invalidates old ones).
+    #[inline(always)]
+    fn replace_tcp_word(
+        &self,
+        tcp: &Tcp,
+        offset: usize,
+        old: u16,
+        new: u16,
+    ) -> Result<(), PacketReason> {
+        self.ctx()
+            .l4_csum_replace(
+                tcp.l4_off + TCP_CHECK_OFFSET,
+                wire_word(old),
+                wire_word(new),
+                2,
+            )
+            .map_err(|_| PacketReason::TruncatedL4)?;
+        let word: *mut [u8; 2] = ptr_at_mut(self, offset).ok_or(PacketReason::TruncatedL4)?;
+        // SAFETY: a bounds-checked pointer into the packet, taken after the helper ran.
+        unsafe { *word = new.to_be_bytes() };
+        Ok(())
     }
 
     #[inline(always)]

@@ -19,6 +19,7 @@ mod headers;
 mod hook;
 mod icmp;
 mod maps;
+mod mss;
 mod nat;
 mod parse;
 mod sockets;

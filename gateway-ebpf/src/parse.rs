@@ -38,6 +38,8 @@ pub struct Tcp {
     pub family: u8,
     pub l3_off: usize,
     pub l4_off: usize,
+    /// The TCP header's length, options included.
+    pub header_len: usize,
     /// Host order.
     pub src_port: u16,
     pub dst_port: u16,
@@ -174,6 +176,7 @@ fn parse_tcp<P: Packet>(packet: &P, l3: &L3) -> Result<Tcp, PacketReason> {
         family: l3.family,
         l3_off: l3.l3_off,
         l4_off: l3.l4_off,
+        header_len,
         src_port: u16::from_be_bytes(tcp.source),
         dst_port: u16::from_be_bytes(tcp.dest),
         flags: tcp.flags,

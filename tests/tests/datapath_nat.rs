@@ -20,7 +20,7 @@ use gateway_common::{
     },
 };
 use tests::{
-    packets::{PacketBuilder, checksum_ok, pseudo_header},
+    packets::{PacketBuilder, Transport, checksum_ok, pseudo_header},
     prog_test::{Datapath, Hook},
     root,
     router::{
@@ -1553,5 +1553,122 @@ fn half_open_flows_and_syn_floods(test: &str, hook: Hook) {
             "SYN after halving to 2",
         );
         assert_eq!(dp.syn_guard().unanswered, 3);
+    });
+}
+
+#[test]
+fn xdp_clamps_the_mss_to_the_smaller_link() {
+    clamps_the_mss_to_the_smaller_link("xdp_clamps_the_mss_to_the_smaller_link", Hook::Xdp);
+}
+
+#[test]
+fn tc_clamps_the_mss_to_the_smaller_link() {
+    clamps_the_mss_to_the_smaller_link("tc_clamps_the_mss_to_the_smaller_link", Hook::Tc);
+}
+
+/// With the backend link at 1400 bytes, a SYN's MSS option (after two NOPs) and the
+/// SYN-ACK's come out as 1360, checksums intact; an MSS already below stays; segments
+/// without SYN are not touched.
+fn clamps_the_mss_to_the_smaller_link(test: &str, hook: Hook) {
+    if !root::can_run(test) {
+        return;
+    }
+    let actions = Actions::of(hook);
+    let (ns, cl0, bk0) = router();
+    ns.ip(&["link", "set", "bk0", "mtu", "1400"]);
+    ns.run(move || {
+        let (mut dp, [client, gw_client, gw_backend, backend_ip]) = one_backend(cl0, bk0);
+        // NOP, NOP, MSS `mss`, then window scale.
+        let with_mss = |src, dst, sport, dport, flags, mss: u16, macs: ([u8; 6], [u8; 6])| {
+            let [hi, lo] = mss.to_be_bytes();
+            PacketBuilder::new(
+                src,
+                dst,
+                Transport::Tcp {
+                    src: sport,
+                    dst: dport,
+                    flags,
+                    options: vec![1, 1, 2, 4, hi, lo, 3, 3, 7],
+                },
+            )
+            .macs(macs.0, macs.1)
+            .build()
+        };
+        // The MSS of an output frame (its options start after 20 + 20 bytes of headers).
+        let mss_of = |frame: &[u8]| {
+            inspect(frame);
+            u16::from_be_bytes([frame[14 + 20 + 24], frame[14 + 20 + 25]])
+        };
+        let mut send = |frame: Vec<u8>, device: u32, what: &str| {
+            step(
+                &mut dp,
+                hook,
+                &frame,
+                device,
+                actions.redirect,
+                PacketReason::L4Forwarded,
+                what,
+            )
+        };
+        let from_client = (CLIENT_MAC, GW_CLIENT_MAC);
+        let from_backend = (BACKEND_MAC, GW_BACKEND_MAC);
+        let syn = send(
+            with_mss(
+                client,
+                gw_client,
+                44000,
+                7000,
+                tcp_flags::SYN,
+                1460,
+                from_client,
+            ),
+            cl0,
+            "SYN",
+        );
+        assert_eq!(mss_of(&syn), 1360, "the SYN's MSS");
+        let snat = inspect(&syn).sport;
+        let syn_ack = send(
+            with_mss(
+                backend_ip,
+                gw_backend,
+                8080,
+                snat,
+                tcp_flags::SYN | tcp_flags::ACK,
+                1460,
+                from_backend,
+            ),
+            bk0,
+            "SYN-ACK",
+        );
+        assert_eq!(mss_of(&syn_ack), 1360, "the SYN-ACK's MSS");
+        let small = send(
+            with_mss(
+                client,
+                gw_client,
+                44001,
+                7000,
+                tcp_flags::SYN,
+                1200,
+                from_client,
+            ),
+            cl0,
+            "SYN with a small MSS",
+        );
+        assert_eq!(mss_of(&small), 1200);
+        // The same option bytes without SYN are payload as far as the NAT cares.
+        let ack = send(
+            with_mss(
+                client,
+                gw_client,
+                44000,
+                7000,
+                tcp_flags::ACK,
+                1460,
+                from_client,
+            ),
+            cl0,
+            "ACK",
+        );
+        assert_eq!(mss_of(&ack), 1460);
     });
 }

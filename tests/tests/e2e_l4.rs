@@ -1679,3 +1679,63 @@ fn syn_flood_spares_connections(test: &str, mode: Mode) {
          {half_open} half-open"
     );
 }
+
+#[test]
+fn xdp_mss_fits_a_smaller_backend_link() {
+    mss_fits_a_smaller_backend_link("xdp_mss_fits_a_smaller_backend_link", Mode::Xdp);
+}
+
+#[test]
+fn tc_mss_fits_a_smaller_backend_link() {
+    mss_fits_a_smaller_backend_link("tc_mss_fits_a_smaller_backend_link", Mode::Tc);
+}
+
+/// The segment size a connected socket sends with (`TCP_MAXSEG`).
+fn sending_mss(stream: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    let mut mss: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) on an open socket with an int-sized buffer that outlives the call.
+    let ret = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&raw mut mss).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(ret, 0, "TCP_MAXSEG: {}", std::io::Error::last_os_error());
+    mss as u32
+}
+
+/// The gateway's link to the backends carries 1400-byte packets while both ends announce
+/// 1460-byte segments from their 1500-byte links: the kernel NAT clamps the MSS of the SYN
+/// and the SYN-ACK to 1360, so 200 KB cross both ways instead of stalling on packets the
+/// link drops.
+fn mss_fits_a_smaller_backend_link(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let gw = gateway(&config(&[(backend.ip(), 100)]), mode, &[]);
+    gw.topology
+        .gateway
+        .ip(&["link", "set", topology::GATEWAY_BACKEND_IF, "mtu", "1400"]);
+    let server = echo::serve(&gw.topology.backend, backend, 2);
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let mss = gw.topology.client.run(move || {
+        let stream = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connecting: {e}"));
+        sending_mss(&stream)
+    });
+    assert!(mss <= 1360, "the client sends {mss}-byte segments");
+    echo::roundtrip(&gw.topology.client, vip, 200_000);
+    assert_eq!(
+        server
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        200_000
+    );
+    assert_path(&gw, mode, &format!("0.0.0.0:{PORT}"));
+}
