@@ -125,10 +125,14 @@ pub enum PacketReason {
     /// without keeping state, and the userspace forwarder bound on the listener serves the
     /// connection. Counted per listener too (`L4Counters::syn_to_stack`).
     L4SynToStack = 21,
+    /// A client's segment bigger than the route towards its backend carries (the path MTU
+    /// shrank after the handshake): answered with ICMP fragmentation needed (IPv4 with DF)
+    /// or ICMPv6 packet too big carrying the route's MTU, sent back to the client.
+    L4TooBig = 22,
 }
 
 /// Number of [`PacketReason`] values; the size of the per-CPU counter array.
-pub const REASON_COUNT: u32 = 22;
+pub const REASON_COUNT: u32 = 23;
 
 /// Verdict classes a [`PacketReason`] maps to, exported as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +180,7 @@ impl PacketReason {
         PacketReason::L4IcmpTranslated,
         PacketReason::L4RstOutOfWindow,
         PacketReason::L4SynToStack,
+        PacketReason::L4TooBig,
     ];
 
     /// The metric label for this reason.
@@ -203,6 +208,7 @@ impl PacketReason {
             PacketReason::L4IcmpTranslated => "l4_icmp_translated",
             PacketReason::L4RstOutOfWindow => "l4_rst_out_of_window",
             PacketReason::L4SynToStack => "l4_syn_to_stack",
+            PacketReason::L4TooBig => "l4_too_big",
         }
     }
 
@@ -212,7 +218,9 @@ impl PacketReason {
     /// already rewritten or that a refused connection would have dropped anyway.
     pub const fn verdict(self) -> Verdict {
         match self {
-            PacketReason::L4Forwarded | PacketReason::L4IcmpTranslated => Verdict::Forward,
+            PacketReason::L4Forwarded | PacketReason::L4IcmpTranslated | PacketReason::L4TooBig => {
+                Verdict::Forward
+            }
             PacketReason::L4NoBackend
             | PacketReason::L4PortExhausted
             | PacketReason::L4NoNeighbour

@@ -17,6 +17,19 @@ pub fn update16(check: u16, old: u16, new: u16) -> u16 {
     !fold(u32::from(!check) + u32::from(!old) + u32::from(new))
 }
 
+/// The one's-complement sum of a field's 16-bit words, unfolded (a pseudo-header part).
+#[inline(always)]
+pub fn sum<const N: usize>(bytes: &[u8; N]) -> u32 {
+    sum_words(bytes)
+}
+
+/// The Internet checksum of `bytes` (whose checksum field holds zero) with `initial`
+/// (e.g. a pseudo-header's [`sum`]) added in.
+#[inline(always)]
+pub fn checksum<const N: usize>(bytes: &[u8; N], initial: u32) -> u16 {
+    !fold(fold(initial) as u32 + fold(sum_words(bytes)) as u32)
+}
+
 /// The one's-complement sum of a field's 16-bit words.
 #[inline(always)]
 fn sum_words<const N: usize>(bytes: &[u8; N]) -> u32 {

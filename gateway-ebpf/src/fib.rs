@@ -15,18 +15,41 @@ const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
-/// Sends the rewritten packet and returns the hook's action. Replies go back the way the
-/// client came (remembered in the flow); packets to backends follow the FIB.
+const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
+
+/// Where a NATed packet goes. The device and MAC addresses stay where they are (the flow,
+/// or the FIB lookup's result in the scratch map): the stack has no room for a copy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// Back the way the client came: the flow's device and MAC addresses.
+    Client,
+    /// The FIB's device and MAC addresses.
+    Resolved,
+    /// The FIB's device; the neighbour is not known yet.
+    Unresolved,
+}
+
+/// Why a packet cannot go on.
+pub enum Blocked {
+    Reason(PacketReason),
+    /// Bigger than the route towards the backend carries (its MTU).
+    TooBig {
+        mtu: u32,
+    },
+}
+
+/// The next hop of a packet of `flow` (looked up before the rewrite, from the flow's
+/// addresses). Replies go back the way the client came (remembered in the flow); packets
+/// to backends follow the FIB.
 #[inline(always)]
-pub fn forward<H: Hook>(
+pub fn next_hop<H: Hook>(
     hook: &H,
     tcp: &Tcp,
     flow: &Flow,
     params: &mut bpf_fib_lookup,
-) -> Result<i32, PacketReason> {
+) -> Result<NextHop, Blocked> {
     if flow.direction == TO_CLIENT {
-        crate::mss::clamp(hook, tcp, flow.ifindex)?;
-        return hook.send(flow.ifindex, flow.mac_dst, flow.mac_src);
+        return Ok(NextHop::Client);
     }
     // An all-zero request skeleton, stored word by word: zeroing the struct whole becomes a
     // `memset` subprogram call on this target, once per packet towards a backend.
@@ -79,14 +102,35 @@ pub fn forward<H: Hook>(
         )
     };
     match ret {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            crate::mss::clamp(hook, tcp, params.ifindex)?;
-            hook.send(params.ifindex, params.dmac, params.smac)
-        }
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            crate::mss::clamp(hook, tcp, params.ifindex)?;
-            hook.send_unresolved(params.ifindex)
-        }
-        _ => Err(PacketReason::L4Unroutable),
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop::Resolved),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(NextHop::Unresolved),
+        // SAFETY: the helper wrote the route's MTU into this arm of the union.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Blocked::TooBig {
+            mtu: u32::from(unsafe { params.__bindgen_anon_1.mtu_result }),
+        }),
+        _ => Err(Blocked::Reason(PacketReason::L4Unroutable)),
+    }
+}
+
+/// Sends the rewritten packet to `hop` (a SYN's MSS clamped to the devices on its way) and
+/// returns the hook's action. `params` holds the FIB's answer from [`next_hop`].
+#[inline(always)]
+pub fn send<H: Hook>(
+    hook: &H,
+    tcp: &Tcp,
+    flow: &Flow,
+    params: &bpf_fib_lookup,
+    hop: NextHop,
+) -> Result<i32, PacketReason> {
+    let ifindex = if hop == NextHop::Client {
+        flow.ifindex
+    } else {
+        params.ifindex
+    };
+    crate::mss::clamp(hook, tcp, ifindex)?;
+    match hop {
+        NextHop::Client => hook.send(flow.ifindex, flow.mac_dst, flow.mac_src),
+        NextHop::Resolved => hook.send(params.ifindex, params.dmac, params.smac),
+        NextHop::Unresolved => hook.send_unresolved(params.ifindex),
     }
 }

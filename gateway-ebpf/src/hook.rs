@@ -6,7 +6,10 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_redirect_neigh},
+    helpers::{
+        bpf_csum_diff, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head, bpf_skb_change_tail,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    },
 };
 use gateway_common::{
     PacketReason, Verdict,
@@ -53,6 +56,11 @@ pub trait Hook: Packet {
     /// Sends out of `ifindex` towards a next hop without a neighbour entry: the kernel
     /// resolves it where the hook allows.
     fn send_unresolved(&self, ifindex: u32) -> Result<i32, PacketReason>;
+    /// Adds `grow` bytes in front of the frame and then cuts it to `len` bytes (to answer
+    /// a packet in its own buffer). Every packet pointer is stale afterwards.
+    fn reshape(&self, grow: usize, len: usize) -> Result<(), PacketReason>;
+    /// Sends the frame, MAC addresses already set, back out of the device it arrived on.
+    fn bounce(&self) -> Result<i32, PacketReason>;
 }
 
 /// `drop` or `pass` as the reason's verdict says (a forward verdict is only returned with a
@@ -164,6 +172,32 @@ impl Hook for XdpPacket<'_> {
     fn send_unresolved(&self, _ifindex: u32) -> Result<i32, PacketReason> {
         Err(PacketReason::L4NoNeighbour)
     }
+
+    #[inline(always)]
+    fn reshape(&self, grow: usize, len: usize) -> Result<(), PacketReason> {
+        let ctx = self.ctx().ctx;
+        // SAFETY: helpers on the program's own context; pointers are taken afresh after.
+        if unsafe { bpf_xdp_adjust_head(ctx, -(grow as i32)) } != 0 {
+            return Err(PacketReason::L4Unroutable);
+        }
+        let current = self.data_end() - self.data();
+        // SAFETY: as above.
+        if unsafe { bpf_xdp_adjust_tail(ctx, len as i32 - current as i32) } != 0 {
+            return Err(PacketReason::L4Unroutable);
+        }
+        Ok(())
+    }
+
+    /// Through the devmap to the arrival device rather than `XDP_TX`: veth does not wake
+    /// its peer for `XDP_TX` frames unless the peer runs an XDP program itself (the frames
+    /// wait in its ring), while a redirect flushes them.
+    #[inline(always)]
+    fn bounce(&self) -> Result<i32, PacketReason> {
+        L4_DEVICES
+            .redirect(self.ingress_ifindex(), 0)
+            .map(|action| action as i32)
+            .map_err(|_| PacketReason::L4Unroutable)
+    }
 }
 
 impl Hook for TcPacket<'_> {
@@ -269,6 +303,35 @@ impl Hook for TcPacket<'_> {
     fn send_unresolved(&self, ifindex: u32) -> Result<i32, PacketReason> {
         // SAFETY: no parameters passed (null, length 0): the helper looks the route up itself.
         let action = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+        if action == i64::from(TC_ACT_REDIRECT) {
+            Ok(TC_ACT_REDIRECT)
+        } else {
+            Err(PacketReason::L4Unroutable)
+        }
+    }
+
+    /// The kernel refuses to cut a `CHECKSUM_PARTIAL` skb (one a local or veth sender left
+    /// its checksum to offload) short of the checksum it still owes: such packets are
+    /// dropped, counted as `l4_unroutable`, unanswered.
+    #[inline(always)]
+    fn reshape(&self, grow: usize, len: usize) -> Result<(), PacketReason> {
+        let skb = self.ctx().skb.skb;
+        // SAFETY: helpers on the program's own skb; pointers are taken afresh after.
+        if unsafe { bpf_skb_change_head(skb, grow as u32, 0) } != 0 {
+            return Err(PacketReason::L4Unroutable);
+        }
+        // SAFETY: as above.
+        if unsafe { bpf_skb_change_tail(skb, len as u32, 0) } != 0 {
+            return Err(PacketReason::L4Unroutable);
+        }
+        Ok(())
+    }
+
+    /// Out of the arrival device (a redirect to its egress).
+    #[inline(always)]
+    fn bounce(&self) -> Result<i32, PacketReason> {
+        // SAFETY: a helper without memory arguments.
+        let action = unsafe { bpf_redirect(self.ingress_ifindex(), 0) };
         if action == i64::from(TC_ACT_REDIRECT) {
             Ok(TC_ACT_REDIRECT)
         } else {

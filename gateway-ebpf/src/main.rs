@@ -23,6 +23,7 @@ mod mss;
 mod nat;
 mod parse;
 mod sockets;
+mod too_big;
 
 use aya_ebpf::{
     bindings::xdp_action,

@@ -25,7 +25,9 @@ const MAX_OPTION_OFFSET: usize = 160;
 /// Lowers a SYN's MSS option to the smaller MTU of the arrival device and `egress_ifindex`,
 /// less the IP and TCP headers. Segments without SYN, or without an MSS option, are left
 /// alone; so is one whose devices cannot be asked.
-#[inline(always)]
+// Out of line, as `too_big::answer`: the NAT stage's frame and `new_flow`'s share the
+// verifier's 512 bytes; this reaches the packet through the hook only.
+#[inline(never)]
 pub fn clamp<H: Hook>(packet: &H, tcp: &Tcp, egress_ifindex: u32) -> Result<(), PacketReason> {
     if tcp.flags & tcp_flags::SYN == 0 {
         return Ok(());

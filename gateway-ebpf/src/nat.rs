@@ -118,10 +118,18 @@ pub fn process<H: Hook>(packet: &H, tcp: &Tcp) -> (PacketReason, i32) {
             }
         }
     };
+    // The route first: a packet too big for it is answered as the client sent it.
+    let hop = match fib::next_hop(packet, tcp, flow, &mut scratch.fib) {
+        Ok(hop) => hop,
+        Err(fib::Blocked::TooBig { mtu }) => {
+            return crate::too_big::answer(packet, tcp, &scratch.key, mtu);
+        }
+        Err(fib::Blocked::Reason(reason)) => return (reason, H::verdict_action(reason)),
+    };
     if let Err(reason) = rewrite(packet, tcp, &scratch.key, flow) {
         return (reason, H::verdict_action(reason));
     }
-    match fib::forward(packet, tcp, flow, &mut scratch.fib) {
+    match fib::send(packet, tcp, flow, &scratch.fib, hop) {
         Ok(action) => {
             crate::counters::count_l4(
                 flow.listener,

@@ -33,9 +33,10 @@ const BACKEND: [u8; 4] = [203, 0, 113, 2];
 const PORT: u16 = 7000;
 const BACKEND_PORT: u16 = 8080;
 
-/// Measures three paths in XDP and TC: TCP that no listener wants (parsed, looked up, passed), an
-/// established connection's packets (`repeat` runs), and new connections (`syns` SYNs, one
-/// run each: every SYN must be a new one).
+/// Measures four paths in XDP and TC: TCP that no listener wants (parsed, looked up, passed),
+/// an established connection's packets (`repeat` runs), and new connections (`syns` SYNs,
+/// one run each: every SYN must be a new one), and the client's ACK that completes each
+/// of those handshakes (after the backend's SYN-ACK).
 pub fn measure(repeat: u32, syns: u16) -> Vec<PacketCost> {
     let (ns, cl0, bk0) = router::router();
     let costs = ns.run(move || {
@@ -43,10 +44,12 @@ pub fn measure(repeat: u32, syns: u16) -> Vec<PacketCost> {
             let mut dp = Datapath::load();
             dp.put_router_addresses();
             serve(&mut dp, cl0, bk0);
+            let (syn, ack) = new_connections(&mut dp, hook, cl0, bk0, syns);
             [
                 not_a_listener(&mut dp, hook, cl0, repeat),
                 established(&mut dp, hook, cl0, repeat),
-                new_connections(&mut dp, hook, cl0, syns),
+                syn,
+                ack,
             ]
         })
     });
@@ -54,7 +57,8 @@ pub fn measure(repeat: u32, syns: u16) -> Vec<PacketCost> {
     [
         "TCP to no listener (parse, flow and listener lookups, count, pass)",
         "established connection, one packet each way (flow lookup, rewrite, checksums, next hop)",
-        "new connection, its SYN (listener, Maglev, source port, two inserts, FIB)",
+        "new connection, its SYN (listener, Maglev, source port, two half-open inserts, FIB)",
+        "new connection, the client's ACK (two copies to the flow table, two deletes)",
     ]
     .into_iter()
     .zip(xdp.into_iter().zip(tc))
@@ -80,6 +84,12 @@ fn serve(dp: &mut Datapath, cl0: u32, bk0: u32) {
     );
     dp.put_device(cl0);
     dp.put_device(bk0);
+    // Every SYN here stays unanswered until its ACK: the SYN flood guard must not take
+    // them for one.
+    dp.put_nat_config(gateway_common::l4::NatConfig {
+        syn_backlog: u32::MAX,
+        ..gateway_common::l4::NatConfig::default()
+    });
 }
 
 fn from_client(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
@@ -170,18 +180,48 @@ fn established(dp: &mut Datapath, hook: Hook, cl0: u32, repeat: u32) -> f64 {
     total / f64::from(batches)
 }
 
-fn new_connections(dp: &mut Datapath, hook: Hook, cl0: u32, syns: u16) -> f64 {
+/// (a SYN's cost, the completing ACK's cost): each SYN is a new connection, the backend's
+/// SYN-ACK (not timed) answers it, and the client's ACK moves it to the flow table.
+fn new_connections(dp: &mut Datapath, hook: Hook, cl0: u32, bk0: u32, syns: u16) -> (f64, f64) {
     let before = dp.counters();
-    let total: f64 = (0..syns)
-        .map(|i| {
-            let frame = from_client(20000 + i, PORT, tcp_flags::SYN);
-            nanos(dp.run_repeated(hook, &frame, cl0, 1).duration)
-        })
-        .sum();
+    let mut syn_ns = 0.0;
+    let mut ack_ns = 0.0;
+    for i in 0..syns {
+        let client_port = 20000 + i;
+        let syn = dp.run_repeated(
+            hook,
+            &from_client(client_port, PORT, tcp_flags::SYN),
+            cl0,
+            1,
+        );
+        syn_ns += nanos(syn.duration);
+        let snat_port = u16::from_be_bytes([syn.output[34], syn.output[35]]);
+        let syn_ack = PacketBuilder::tcp(
+            ip(BACKEND),
+            ip(SNAT),
+            BACKEND_PORT,
+            snat_port,
+            tcp_flags::SYN | tcp_flags::ACK,
+        )
+        .macs(router::BACKEND_MAC, router::GW_BACKEND_MAC)
+        .seq(1000)
+        .build();
+        dp.run_repeated(hook, &syn_ack, bk0, 1);
+        let ack = PacketBuilder::tcp(ip(CLIENT), ip(LISTENER), client_port, PORT, tcp_flags::ACK)
+            .macs(CLIENT_MAC, GW_CLIENT_MAC)
+            .ack(1001)
+            .build();
+        ack_ns += nanos(dp.run_repeated(hook, &ack, cl0, 1).duration);
+        assert!(
+            dp.established_flow(&router::key(ip(CLIENT), client_port, ip(LISTENER), PORT))
+                .is_some(),
+            "{hook:?}: the ACK did not complete handshake {i}"
+        );
+    }
     assert_eq!(
         moved(dp, PacketReason::L4Forwarded, &before),
-        u64::from(syns),
+        3 * u64::from(syns),
         "{hook:?}: not every SYN made a connection"
     );
-    total / f64::from(syns)
+    (syn_ns / f64::from(syns), ack_ns / f64::from(syns))
 }

@@ -369,6 +369,8 @@ fn every_reason_is_covered_by_a_fixture() {
         PacketReason::L4RstOutOfWindow,
         // `*_half_open_flows_and_syn_floods`.
         PacketReason::L4SynToStack,
+        // `*_answers_segments_too_big_for_the_route`.
+        PacketReason::L4TooBig,
     ]);
     for reason in PacketReason::ALL {
         assert!(covered.contains(&reason), "no fixture for {reason:?}");

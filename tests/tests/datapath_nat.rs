@@ -1078,7 +1078,7 @@ fn packet_cost_measures_each_path() {
     }
     let costs = tests::packet_cost::measure(1000, 50);
     eprintln!("{costs:#?}");
-    assert_eq!(costs.len(), 3);
+    assert_eq!(costs.len(), 4);
     for cost in &costs {
         assert!(
             cost.xdp_ns > 0.0 && cost.tc_ns > 0.0 && cost.xdp_ns.is_finite(),
@@ -1670,5 +1670,157 @@ fn clamps_the_mss_to_the_smaller_link(test: &str, hook: Hook) {
             "ACK",
         );
         assert_eq!(mss_of(&ack), 1460);
+    });
+}
+
+#[test]
+fn xdp_answers_segments_too_big_for_the_route() {
+    answers_segments_too_big_for_the_route("xdp_answers_segments_too_big_for_the_route", Hook::Xdp);
+}
+
+#[test]
+fn tc_answers_segments_too_big_for_the_route() {
+    answers_segments_too_big_for_the_route("tc_answers_segments_too_big_for_the_route", Hook::Tc);
+}
+
+/// With the backend link at 1400 bytes, an established flow's 1500-byte segment (DF set)
+/// comes back as ICMP fragmentation needed (MTU 1400) from the listener's address to the
+/// client, quoting the segment as the client sent it; IPv6 as packet too big. Without DF
+/// it is dropped.
+fn answers_segments_too_big_for_the_route(test: &str, hook: Hook) {
+    if !root::can_run(test) {
+        return;
+    }
+    let actions = Actions::of(hook);
+    let bounced = actions.redirect;
+    let (ns, cl0, bk0) = router();
+    ns.ip(&["link", "set", "bk0", "mtu", "1400"]);
+    ns.run(move || {
+        let (mut dp, [client, gw_client, gw_backend, backend_ip]) = one_backend(cl0, bk0);
+        let (client6, gw_client6, gw_backend6, backend6) = (
+            IpAddr::V6(v6("2001:db8:1::2")),
+            IpAddr::V6(v6("2001:db8:1::1")),
+            IpAddr::V6(v6("2001:db8:2::1")),
+            IpAddr::V6(v6("2001:db8:2::2")),
+        );
+        dp.put_backend(1, backend(backend6, gw_backend6, 8080));
+        dp.put_listener(
+            listener_key(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 7000),
+            Listener { id: 4, set_slot: 1 },
+            &vec![1; MAGLEV_TABLE_SIZE as usize],
+        );
+        for (client, gw_client, gw_backend, backend_ip) in [
+            (client, gw_client, gw_backend, backend_ip),
+            (client6, gw_client6, gw_backend6, backend6),
+        ] {
+            let v4 = client.is_ipv4();
+            let mut handshake = |flags: u8, from_client: bool, snat: u16| {
+                let frame = if from_client {
+                    PacketBuilder::tcp(client, gw_client, 45000, 7000, flags)
+                        .macs(CLIENT_MAC, GW_CLIENT_MAC)
+                        .build()
+                } else {
+                    PacketBuilder::tcp(backend_ip, gw_backend, 8080, snat, flags)
+                        .macs(BACKEND_MAC, GW_BACKEND_MAC)
+                        .seq(1999)
+                        .build()
+                };
+                let device = if from_client { cl0 } else { bk0 };
+                inspect(&step(
+                    &mut dp,
+                    hook,
+                    &frame,
+                    device,
+                    actions.redirect,
+                    PacketReason::L4Forwarded,
+                    "handshake",
+                ))
+            };
+            let snat = handshake(tcp_flags::SYN, true, 0).sport;
+            handshake(tcp_flags::SYN | tcp_flags::ACK, false, snat);
+            handshake(tcp_flags::ACK, true, snat);
+
+            // 1500 bytes of IP: 1460 (IPv4) or 1440 (IPv6) bytes of payload.
+            let payload = vec![0x42; if v4 { 1460 } else { 1440 }];
+            let segment = PacketBuilder::tcp(client, gw_client, 45000, 7000, tcp_flags::ACK)
+                .macs(CLIENT_MAC, GW_CLIENT_MAC)
+                .seq(7777)
+                .payload(&payload)
+                .build();
+            let out = step(
+                &mut dp,
+                hook,
+                &segment,
+                cl0,
+                bounced,
+                PacketReason::L4TooBig,
+                "oversize segment",
+            );
+            let l3 = 14;
+            assert_eq!(out[0..6], CLIENT_MAC, "back to the client's MAC");
+            assert_eq!(out[6..12], GW_CLIENT_MAC);
+            let (icmp, quote_len) = if v4 {
+                assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8);
+                assert!(checksum_ok(&[], &out[l3..l3 + 20]), "IPv4 header checksum");
+                assert_eq!(out[l3 + 9], proto::IPPROTO_ICMP);
+                assert_eq!(
+                    out[l3 + 12..l3 + 16],
+                    [198, 51, 100, 1],
+                    "from the listener"
+                );
+                assert_eq!(out[l3 + 16..l3 + 20], [198, 51, 100, 2], "to the client");
+                let icmp = &out[l3 + 20..];
+                assert!(checksum_ok(&[], icmp), "ICMP checksum");
+                assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+                assert_eq!(
+                    u16::from_be_bytes([icmp[6], icmp[7]]),
+                    1400,
+                    "the route's MTU"
+                );
+                (icmp, 20)
+            } else {
+                assert_eq!(out.len(), 14 + 40 + 8 + 40 + 8);
+                assert_eq!(out[l3 + 6], proto::IPPROTO_ICMPV6);
+                assert_eq!(out[l3 + 8..l3 + 24], v6("2001:db8:1::1").octets());
+                assert_eq!(out[l3 + 24..l3 + 40], v6("2001:db8:1::2").octets());
+                let icmp = &out[l3 + 40..];
+                let pseudo = pseudo_header(gw_client, client, proto::IPPROTO_ICMPV6, icmp.len());
+                assert!(checksum_ok(&pseudo, icmp), "ICMPv6 checksum");
+                assert_eq!((icmp[0], icmp[1]), (2, 0), "packet too big");
+                assert_eq!(
+                    u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+                    1400
+                );
+                (icmp, 40)
+            };
+            // The quote is the segment as the client sent it: IP header, ports, sequence.
+            let sent_l3 = &segment[l3..];
+            assert_eq!(
+                icmp[8..8 + quote_len],
+                sent_l3[..quote_len],
+                "quoted IP header"
+            );
+            assert_eq!(
+                icmp[8 + quote_len..],
+                sent_l3[quote_len..quote_len + 8],
+                "quoted ports and sequence"
+            );
+        }
+
+        // Without DF a router would fragment; the NAT drops it.
+        let undivided = PacketBuilder::tcp(client, gw_client, 45000, 7000, tcp_flags::ACK)
+            .macs(CLIENT_MAC, GW_CLIENT_MAC)
+            .ipv4_fragment(false, 0)
+            .payload(&[0x42; 1460])
+            .build();
+        step(
+            &mut dp,
+            hook,
+            &undivided,
+            cl0,
+            actions.drop,
+            PacketReason::L4Unroutable,
+            "oversize without DF",
+        );
     });
 }

@@ -75,19 +75,21 @@ fn gateway(config_text: &str, mode: Mode, extra: &[&str]) -> Gateway {
 
 /// [`gateway`] with `sluice` run through `wrapper` (e.g. `prlimit …`).
 fn gateway_through(config_text: &str, mode: Mode, extra: &[&str], wrapper: &[&str]) -> Gateway {
-    gateway_with(2, config_text, mode, extra, wrapper)
+    gateway_with(2, mode == Mode::Tc, config_text, mode, extra, wrapper)
 }
 
-/// [`gateway_through`] with `backends` backend addresses in the topology.
+/// [`gateway_through`] with `backends` backend addresses in the topology, whose hosts keep
+/// their default offloads (TSO, partial checksums) if `default_offloads`.
 fn gateway_with(
     backends: usize,
+    default_offloads: bool,
     config_text: &str,
     mode: Mode,
     extra: &[&str],
     wrapper: &[&str],
 ) -> Gateway {
     let mut topology = Topology::builder().backends(backends);
-    if mode == Mode::Tc {
+    if default_offloads {
         topology = topology.default_offloads();
     }
     let topology = topology.build();
@@ -1543,7 +1545,7 @@ fn syn_flood_spares_connections(test: &str, mode: Mode) {
         .map(|i| SocketAddr::new(topology::backend_v4(i).into(), PORT))
         .collect();
     let weighted: Vec<(IpAddr, u32)> = backends.iter().map(|b| (b.ip(), 1)).collect();
-    let gw = gateway_with(8, &config(&weighted), mode, &[], &[]);
+    let gw = gateway_with(8, mode == Mode::Tc, &config(&weighted), mode, &[], &[]);
     let _servers: Vec<tests::load::RrServer> = backends
         .iter()
         .map(|b| tests::load::RrServer::start(&gw.topology.backend, *b))
@@ -1737,5 +1739,61 @@ fn mss_fits_a_smaller_backend_link(test: &str, mode: Mode) {
             .unwrap_or_else(|e| std::panic::resume_unwind(e)),
         200_000
     );
+    assert_path(&gw, mode, &format!("0.0.0.0:{PORT}"));
+}
+
+#[test]
+fn xdp_too_big_is_answered() {
+    too_big_is_answered("xdp_too_big_is_answered", Mode::Xdp);
+}
+
+#[test]
+fn tc_too_big_is_answered() {
+    too_big_is_answered("tc_too_big_is_answered", Mode::Tc);
+}
+
+/// The route to the backend shrinks to 1400 bytes after the handshake agreed on 1460-byte
+/// segments: the kernel NAT answers the client's oversize segments with ICMP fragmentation
+/// needed (MTU 1400), the client's stack lowers its path MTU, and a 300 KB upload arrives
+/// whole. (TC: hosts without offloads; a `CHECKSUM_PARTIAL` skb is not answered, see
+/// `Hook::reshape`.)
+fn too_big_is_answered(test: &str, mode: Mode) {
+    if !root::can_run(test) {
+        return;
+    }
+    const UPLOAD: usize = 300_000;
+    let backend = SocketAddr::new(topology::backend_v4(0).into(), PORT);
+    let gw = gateway_with(2, false, &config(&[(backend.ip(), 100)]), mode, &[], &[]);
+    let _server = tests::load::RrServer::start(&gw.topology.backend, backend);
+    let vip = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), PORT);
+    let stream = gw.topology.client.run(move || {
+        std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connecting: {e}"))
+    });
+    assert!(sending_mss(&stream) > 1400, "the handshake already knew");
+    gw.topology
+        .gateway
+        .ip(&["link", "set", topology::GATEWAY_BACKEND_IF, "mtu", "1400"]);
+    // The request-response server's bulk mode: 'B', everything, then it answers the count.
+    let counted = gw.topology.client.run(move || {
+        use std::io::{Read, Write};
+        let mut stream = stream;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(20)))?;
+        let mut upload = vec![0x5a; tests::load::MESSAGE + UPLOAD];
+        upload[0] = b'B';
+        stream.write_all(&upload)?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut count = [0u8; 8];
+        stream.read_exact(&mut count)?;
+        std::io::Result::Ok(u64::from_be_bytes(count))
+    });
+    let counted = counted.unwrap_or_else(|e| panic!("the upload stalled: {e}"));
+    assert_eq!(counted, (tests::load::MESSAGE + UPLOAD) as u64);
+    let answered = gw
+        .sluice
+        .metric("sluice_datapath_packets_total{reason=\"l4_too_big\",verdict=\"forward\"}")
+        .unwrap_or_default();
+    assert!(answered > 0.0, "no oversize segment was answered");
     assert_path(&gw, mode, &format!("0.0.0.0:{PORT}"));
 }
