@@ -28,6 +28,26 @@ pub fn service_entry(name: &str, endpoints: &[Ipv4Addr], port: u16, protocol: &s
     )
 }
 
+/// A TCP Gateway on `port` and a VirtualService splitting it across `backends` (address,
+/// weight), each a STATIC ServiceEntry `b<i>.l4.test` in namespace `l4`.
+pub fn l4_config(port: u16, backends: &[(std::net::IpAddr, u32)]) -> String {
+    let mut text = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: l4}}\nspec:\n  servers:\n  - port: {{number: {port}, name: tcp, protocol: TCP}}\n    hosts: ['*']\n"
+    );
+    let mut routes = String::new();
+    for (i, (address, weight)) in backends.iter().enumerate() {
+        text += &format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: b{i}, namespace: l4}}\nspec:\n  hosts: [b{i}.l4.test]\n  ports: [{{number: {port}, name: tcp, protocol: TCP}}]\n  resolution: STATIC\n  endpoints: [{{address: '{address}'}}]\n"
+        );
+        routes += &format!(
+            "    - destination: {{host: b{i}.l4.test, port: {{number: {port}}}}}\n      weight: {weight}\n"
+        );
+    }
+    text + &format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: l4}}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  tcp:\n  - route:\n{routes}"
+    )
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Mode {
     Userspace,

@@ -19,21 +19,7 @@ const PORT: u16 = 7000;
 /// A Gateway on :7000 and a VirtualService splitting it across `backends` (address, weight)
 /// of a STATIC ServiceEntry per destination.
 fn config(backends: &[(IpAddr, u32)]) -> String {
-    let mut text = format!(
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: l4}}\nspec:\n  servers:\n  - port: {{number: {PORT}, name: tcp, protocol: TCP}}\n    hosts: ['*']\n"
-    );
-    let mut routes = String::new();
-    for (i, (address, weight)) in backends.iter().enumerate() {
-        text += &format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: b{i}, namespace: l4}}\nspec:\n  hosts: [b{i}.l4.test]\n  ports: [{{number: {PORT}, name: tcp, protocol: TCP}}]\n  resolution: STATIC\n  endpoints: [{{address: '{address}'}}]\n"
-        );
-        routes += &format!(
-            "    - destination: {{host: b{i}.l4.test, port: {{number: {PORT}}}}}\n      weight: {weight}\n"
-        );
-    }
-    text + &format!(
-        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: l4}}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  tcp:\n  - route:\n{routes}"
-    )
+    tests::example::l4_config(PORT, backends)
 }
 
 struct Gateway {
