@@ -212,11 +212,32 @@ fn chaos(test: &str, datapath: &[&str], default_offloads: bool) {
     std::thread::sleep(Duration::from_secs(3));
 
     load.enter(1);
-    // The third backend goes away; its health checks fail within about a second.
+    // The third backend goes away; two failed checks 500 ms apart take it out of the
+    // Maglev tables, so after 2 s it gets no new connection; back, it gets them again.
+    let sent_to_third = |sluice: &Sluice| {
+        sluice
+            .metric(&format!(
+                "sluice_l4_kernel_backend_connections_total{{backend=\"{}\"}}",
+                backends[2]
+            ))
+            .unwrap_or(-1.0)
+    };
     servers[2] = None;
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(2));
+    let out = sent_to_third(&sluice);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        sent_to_third(&sluice),
+        out,
+        "new connections still went to the dead backend"
+    );
     servers[2] = Some(RrServer::start(&topology.backend, backends[2]));
     std::thread::sleep(Duration::from_secs(3));
+    let back = sent_to_third(&sluice);
+    assert!(
+        back > out + 10.0,
+        "the restored backend got {back} - {out} connections"
+    );
 
     load.enter(2);
     sluice.signal(Signal::SIGKILL);
