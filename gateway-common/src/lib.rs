@@ -33,6 +33,10 @@ pub mod map_names {
     /// One [`crate::l4::SynGuard`]: how many SYNs the kernel NATed lately that no
     /// handshake completed, shared by every CPU.
     pub const L4_SYN_GUARD: &str = "L4_SYN_GUARD";
+    /// ifindex -> 1: devices an `XDP_TX` frame reliably leaves. Not veth, which wakes its
+    /// peer for `XDP_TX` frames only if the peer runs an XDP program itself; there, and on
+    /// devices not listed, a reply out of the arrival device goes through `L4_DEVICES`.
+    pub const L4_XDP_TX: &str = "L4_XDP_TX";
     /// SOCKHASH of TLS passthrough connections handed to the kernel:
     /// [`crate::sockets::SockKey`] of the socket bytes arrive on -> the socket they leave by.
     pub const SNI_SOCKETS: &str = "SNI_SOCKETS";
@@ -52,6 +56,7 @@ pub mod map_names {
         L4_LOCAL_ADDRS,
         L4_HALF_OPEN,
         L4_SYN_GUARD,
+        L4_XDP_TX,
         SNI_SOCKETS,
         SNI_COUNTERS,
     ];

@@ -20,7 +20,7 @@ use crate::{
     context::{Packet, TcPacket, XdpPacket, ptr_at_mut},
     csum,
     headers::{EthHdr, TCP_CHECK_OFFSET, TcpHdr},
-    maps::L4_DEVICES,
+    maps::{L4_DEVICES, L4_XDP_TX},
     parse::Tcp,
 };
 
@@ -157,7 +157,10 @@ impl Hook for XdpPacket<'_> {
     #[inline(always)]
     fn send(&self, ifindex: u32, dst: [u8; 6], src: [u8; 6]) -> Result<i32, PacketReason> {
         set_macs(self, dst, src)?;
-        if ifindex == self.ingress_ifindex() {
+        // Back out of the arrival device: `XDP_TX` where the daemon found it reliable (not
+        // veth), the devmap otherwise.
+        // SAFETY: a plain-data value, only tested for presence.
+        if ifindex == self.ingress_ifindex() && unsafe { L4_XDP_TX.get(&ifindex) }.is_some() {
             return Ok(xdp_action::XDP_TX as i32);
         }
         L4_DEVICES

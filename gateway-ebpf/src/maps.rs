@@ -44,6 +44,10 @@ pub static L4_FLOWS: LruHashMap<FlowKey, Flow, { MAX_FLOWS as usize }> = LruHash
 #[btf_map]
 pub static L4_HALF_OPEN: LruHashMap<FlowKey, Flow, { MAX_HALF_OPEN as usize }> = LruHashMap::new();
 
+/// Devices (ifindex) an `XDP_TX` frame reliably leaves; written by the daemon.
+#[btf_map]
+pub static L4_XDP_TX: HashMap<u32, u8, 64> = HashMap::new();
+
 /// Unanswered NATed handshakes, for SYN flood detection (one entry, every CPU).
 #[btf_map]
 pub static L4_SYN_GUARD: Array<SynGuard, 1> = Array::new();

@@ -184,6 +184,20 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("NAT config: {e}"));
     }
 
+    /// Marks `ifindex` as a device `XDP_TX` frames reliably leave (what the daemon does for
+    /// every attached device that is not a veth).
+    pub fn put_xdp_tx(&mut self, ifindex: u32) {
+        let mut devices: aya::maps::HashMap<_, u32, u8> = aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut(map_names::L4_XDP_TX)
+                .unwrap_or_else(|| panic!("no XDP_TX device map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        devices
+            .insert(ifindex, 1, 0)
+            .unwrap_or_else(|e| panic!("XDP_TX device: {e}"));
+    }
+
     /// Sets the SYN flood guard's state.
     pub fn put_syn_guard(&mut self, guard: gateway_common::l4::SynGuard) {
         let mut array: Array<_, gateway_common::l4::SynGuard> = Array::try_from(

@@ -1824,3 +1824,56 @@ fn answers_segments_too_big_for_the_route(test: &str, hook: Hook) {
         );
     });
 }
+
+/// A reply that leaves by the device it arrived on (a one-armed gateway) goes out with
+/// `XDP_TX` only where the daemon marked the device reliable for it; elsewhere (veth, whose
+/// peer is not woken for `XDP_TX` frames) through the devmap.
+#[test]
+fn xdp_tx_only_on_devices_marked_for_it() {
+    if !root::can_run("xdp_tx_only_on_devices_marked_for_it") {
+        return;
+    }
+    let (ns, cl0, bk0) = router();
+    ns.run(move || {
+        let (mut dp, [client, gw_client, gw_backend, backend_ip]) = one_backend(cl0, bk0);
+        // A connection whose client sits behind the backend-facing device too.
+        dp.put_flow(
+            key(backend_ip, 8080, gw_backend, 50000),
+            Flow {
+                new_src: to_mapped(gw_client),
+                new_dst: to_mapped(client),
+                new_src_port: 7000,
+                new_dst_port: 41000,
+                direction: TO_CLIENT,
+                state: FLOW_ESTABLISHED,
+                ifindex: bk0,
+                mac_dst: BACKEND_MAC,
+                mac_src: GW_BACKEND_MAC,
+                ..Flow::default()
+            },
+        );
+        let reply = PacketBuilder::tcp(backend_ip, gw_backend, 8080, 50000, tcp_flags::ACK)
+            .macs(BACKEND_MAC, GW_BACKEND_MAC)
+            .build();
+        let what = "a reply out of its arrival device";
+        step(
+            &mut dp,
+            Hook::Xdp,
+            &reply,
+            bk0,
+            XDP_REDIRECT,
+            PacketReason::L4Forwarded,
+            what,
+        );
+        dp.put_xdp_tx(bk0);
+        step(
+            &mut dp,
+            Hook::Xdp,
+            &reply,
+            bk0,
+            3, // XDP_TX
+            PacketReason::L4Forwarded,
+            what,
+        );
+    });
+}

@@ -390,6 +390,15 @@ impl KernelDatapath {
         } else {
             tracing::info!(%interface, ifindex, attachment = attachment.label(), "attached the datapath");
         }
+        if attachment == Attachment::XdpNative && link_kind(interface).as_deref() == Some("veth") {
+            tracing::warn!(
+                %interface,
+                "native XDP on a veth: frames redirected into a veth reach its peer only if the \
+                 peer has GRO on or runs an XDP program (otherwise the kernel drops them after \
+                 they were counted as forwarded); replies out of this veth go through the \
+                 devmap, not XDP_TX. TC (`--datapath tc`, or `auto`) has neither condition"
+            );
+        }
         self.interfaces.push(InterfaceStatus {
             interface: interface.to_owned(),
             ifindex,
