@@ -184,6 +184,17 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("NAT config: {e}"));
     }
 
+    /// The Maglev table array (`L4_TABLES`), for reading and for writes the test makes
+    /// itself.
+    pub fn tables(&self) -> Array<&aya::maps::MapData, u32> {
+        Array::try_from(
+            self.ebpf
+                .map(map_names::L4_TABLES)
+                .unwrap_or_else(|| panic!("no table map")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Marks `ifindex` as a device `XDP_TX` frames reliably leave (what the daemon does for
     /// every attached device that is not a veth).
     pub fn put_xdp_tx(&mut self, ifindex: u32) {

@@ -1877,3 +1877,31 @@ fn xdp_tx_only_on_devices_marked_for_it() {
         );
     });
 }
+
+/// The daemon writes a whole Maglev table with one `BPF_MAP_UPDATE_BATCH`: every entry of
+/// the slot lands where the kernel reads it, and the slots around it stay as they were.
+#[test]
+fn maglev_tables_are_written_in_one_batch() {
+    if !root::can_run("maglev_tables_are_written_in_one_batch") {
+        return;
+    }
+    let dp = Datapath::load();
+    let tables = dp.tables();
+    let table: Vec<u32> = (0..MAGLEV_TABLE_SIZE).map(|i| i * 7 % 13 + 1).collect();
+    gateway_user::datapath::batch::write_u32s(
+        aya::maps::IterableMap::map(&tables),
+        2 * MAGLEV_TABLE_SIZE,
+        &table,
+    )
+    .unwrap_or_else(|e| panic!("batch write: {e}"));
+    let read = |index: u32| {
+        tables
+            .get(&index, 0)
+            .unwrap_or_else(|e| panic!("entry {index}: {e}"))
+    };
+    for (i, want) in table.iter().enumerate() {
+        assert_eq!(read(2 * MAGLEV_TABLE_SIZE + i as u32), *want, "entry {i}");
+    }
+    assert_eq!(read(2 * MAGLEV_TABLE_SIZE - 1), 0, "the slot before");
+    assert_eq!(read(3 * MAGLEV_TABLE_SIZE), 0, "the slot after");
+}

@@ -523,9 +523,17 @@ impl sync::Writer for MapsWriter<'_> {
         match op {
             Op::PutBackend(id, backend) => self.backends.set(*id, *backend, 0)?,
             Op::WriteTable { slot, table } => {
-                for (i, id) in table.iter().enumerate() {
-                    self.tables
-                        .set(slot * MAGLEV_TABLE_SIZE + i as u32, id, 0)?;
+                let first = slot * MAGLEV_TABLE_SIZE;
+                // One syscall for the table; entry by entry where the kernel has no batches.
+                if let Err(e) = super::batch::write_u32s(
+                    aya::maps::IterableMap::map(&*self.tables),
+                    first,
+                    table,
+                ) {
+                    tracing::debug!("batch write of a Maglev table failed ({e}); entry by entry");
+                    for (i, id) in table.iter().enumerate() {
+                        self.tables.set(first + i as u32, id, 0)?;
+                    }
                 }
             }
             Op::PutListener(key, listener) => self.listeners.insert(key, listener, 0)?,

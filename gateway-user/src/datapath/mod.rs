@@ -1,5 +1,6 @@
 //! The datapath: which one runs (kernel XDP/TC or userspace), how it is chosen, and what it
 //! reports. Choosing is pure and unit-tested; the kernel side lives in [`kernel`].
+pub mod batch;
 pub mod bpffs;
 pub mod ebpf_object;
 pub mod instance_lock;
