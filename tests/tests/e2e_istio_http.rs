@@ -21,6 +21,7 @@ const PRODUCTPAGE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const HTTPBIN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
 const HELLOWORLD_V1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 22);
 const HELLOWORLD_V2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 23);
+const RATINGS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 24);
 
 fn backend(ex: &Example, address: Ipv4Addr, port: u16, id: &str) -> HttpBackend {
     HttpBackend::start(
@@ -110,6 +111,58 @@ fn bookinfo(mode: Mode) {
 }
 
 tests::in_both_datapaths!(bookinfo: userspace_bookinfo_gateway_example, kernel_mode_bookinfo_gateway_example);
+
+/// Istio's Fault Injection task on the gateway: `jason` gets the docs' HTTP 500 without
+/// reaching ratings, `bill` is delayed 2 s and then served, `half` gets a 503 for about half
+/// of 200 requests, everyone else is served at once.
+fn fault_injection(mode: Mode) {
+    let mut ex = Example::network(&[RATINGS], &[]);
+    let ratings = backend(&ex, RATINGS, 9080, "ratings");
+    ex.serve("ingress-fault-injection.yaml", mode);
+    let url = format!("http://{}:8080/ratings/0", topology::GATEWAY_CLIENT_V4);
+
+    let aborted = curl(&ex, &url, &["-H", "end-user: jason"]);
+    assert_eq!(aborted.status, 500);
+    assert_eq!(aborted.body, "fault filter abort");
+    assert_eq!(ratings.requests(), 0, "an aborted request reached ratings");
+
+    let started = Instant::now();
+    let delayed = curl(&ex, &url, &["-H", "end-user: bill"]);
+    let waited = started.elapsed();
+    assert_eq!(delayed.status, 200);
+    assert!(
+        delayed.body.starts_with("ratings\nGET /ratings/0\n"),
+        "{}",
+        delayed.body
+    );
+    assert!(
+        waited >= Duration::from_secs(2),
+        "bill waited only {waited:?}"
+    );
+
+    let started = Instant::now();
+    assert_eq!(curl(&ex, &url, &["-H", "end-user: alice"]).status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "alice was delayed"
+    );
+    assert_eq!(ratings.requests(), 2);
+
+    // Half of 200: the binomial's standard deviation is about 7.
+    let statuses: Vec<u16> = (0..200)
+        .map(|_| curl(&ex, &url, &["-H", "end-user: half"]).status)
+        .collect();
+    let unavailable = statuses.iter().filter(|s| **s == 503).count();
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(unavailable + served, 200, "{statuses:?}");
+    assert!(
+        (60..=140).contains(&unavailable),
+        "{unavailable} of 200 aborted"
+    );
+    assert_eq!(ratings.requests(), 2 + served);
+}
+
+tests::in_both_datapaths!(fault_injection: userspace_fault_injection_example, kernel_mode_fault_injection_example);
 
 fn httpbin(mode: Mode) {
     let mut ex = Example::network(&[HTTPBIN], &[]);

@@ -652,6 +652,7 @@ impl<'a> Compiler<'a> {
                 per_try_timeout_ms: r.per_try_timeout.as_deref().and_then(millis),
                 retry_on: r.retry_on.clone(),
             }),
+            fault: rule.fault.as_ref().map(fault),
             request_headers: rule
                 .headers
                 .as_ref()
@@ -1392,6 +1393,42 @@ fn termination(server: &Server) -> Option<TlsTermination> {
         max_version: version(tls.max_protocol_version.as_deref(), "1.3"),
         cipher_suites: tls.cipher_suites.clone(),
     })
+}
+
+/// A validated fault injection as the proxy applies it. A percentage left out means no
+/// request (Envoy's default, as Istio passes it on); an abort without an error type aborts
+/// nothing.
+fn fault(fault: &crate::config::model::HttpFaultInjection) -> plan::Fault {
+    let percent = |p: Option<&crate::config::model::Percent>| p.map_or(0.0, |p| p.value);
+    plan::Fault {
+        delay: fault.delay.as_ref().and_then(|d| {
+            Some(plan::FaultDelay {
+                fixed_ms: d
+                    .fixed_delay
+                    .as_deref()
+                    .and_then(names::parse_duration)?
+                    .as_millis() as u64,
+                percent: match (&d.percentage, d.percent) {
+                    (Some(p), _) => p.value,
+                    (None, Some(whole)) => whole as f64,
+                    (None, None) => 0.0,
+                },
+            })
+        }),
+        abort: fault.abort.as_ref().and_then(|a| {
+            let with = match (a.http_status, a.grpc_status.as_deref()) {
+                (Some(status), _) => plan::AbortWith::HttpStatus(u16::try_from(status).ok()?),
+                (None, Some(name)) => plan::AbortWith::GrpcStatus(
+                    names::GRPC_STATUS.iter().position(|n| *n == name)? as u8,
+                ),
+                (None, None) => return None,
+            };
+            Some(plan::FaultAbort {
+                with,
+                percent: percent(a.percentage.as_ref()),
+            })
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -144,6 +144,8 @@ pub struct HttpRoute {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderOperations>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderOperations>,
@@ -162,6 +164,38 @@ pub enum HttpAction {
         #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_text")]
         body: Vec<u8>,
     },
+}
+
+/// Faults injected into a route's requests before they are routed, as Envoy's fault filter:
+/// first the delay, then the abort, each for its share of requests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fault {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultDelay {
+    pub fixed_ms: u64,
+    /// Of requests, 0 to 100.
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultAbort {
+    pub with: AbortWith,
+    /// Of requests, 0 to 100.
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbortWith {
+    HttpStatus(u16),
+    /// A gRPC status code (`grpc-status` of a trailers-only response).
+    GrpcStatus(u8),
 }
 
 /// Bytes shown as text (invalid UTF-8 replaced) in `sluice plan` and `/config_dump`.

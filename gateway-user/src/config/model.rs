@@ -167,6 +167,8 @@ pub struct HttpRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<HttpRetry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<HttpFaultInjection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
     /// Routes taken from another VirtualService (one without hosts or gateways).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,6 +313,52 @@ pub struct RegexRewrite {
     pub regex: String,
     #[serde(default)]
     pub rewrite: String,
+}
+
+/// Faults injected before the request is routed (Envoy's fault filter).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpFaultInjection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exponential_delay: Option<String>,
+    /// Of requests delayed; none: no request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+    /// Deprecated by Istio for `percentage`: a whole percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_error: Option<String>,
+    /// Of requests aborted; none: no request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+}
+
+/// Istio's `Percent`: 0 to 100, fractions allowed.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct Percent {
+    #[serde(default)]
+    pub value: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -604,7 +652,6 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
             ("mirrors", ""),
             ("mirrorPercentage", ""),
             ("mirrorPercent", ""),
-            ("fault", ""),
             ("corsPolicy", ""),
         ],
         "HttpMatchRequest" => &[("statPrefix", "")],

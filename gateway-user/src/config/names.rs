@@ -59,6 +59,28 @@ pub const SERVICE_PROTOCOLS: &[&str] = &[
     "HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "TLS", "MONGO", "REDIS", "MYSQL", "UDP",
 ];
 /// Envoy retry policies for `retries.retryOn` (besides HTTP status codes).
+/// gRPC status codes by name, in code order (the index is the code), as `grpcStatus` names
+/// them.
+pub const GRPC_STATUS: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 pub const RETRY_ON: &[&str] = &[
     "5xx",
     "gateway-error",

@@ -7,9 +7,9 @@ use super::{
     load::{Object, Spec},
     model::{
         ConsistentHashLb, DestinationRuleSpec, GatewaySpec, Headers, HttpDirectResponse,
-        HttpMatchRequest, HttpRedirect, HttpRetry, HttpRewrite, HttpRoute, Server,
-        ServerTlsSettings, ServiceEntrySpec, StringMatch, TrafficPolicy, VirtualServiceSpec,
-        Weighted,
+        HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry, HttpRewrite, HttpRoute,
+        Server, ServerTlsSettings, ServiceEntrySpec, StringMatch, TrafficPolicy,
+        VirtualServiceSpec, Weighted,
     },
     names::{self, one_of},
 };
@@ -685,6 +685,90 @@ fn http_route(c: &mut Check<'_>, at: &str, route: &HttpRoute) {
     }
     if let Some(retries) = &route.retries {
         http_retry(c, &format!("{at}.retries"), retries);
+    }
+    if let Some(fault) = &route.fault {
+        http_fault(c, &format!("{at}.fault"), fault);
+    }
+}
+
+/// Fault injection as Istio checks it: a delay and/or an abort, percentages within 0-100,
+/// a fixed delay (exponential ones are not supported, by Istio either), one error type.
+fn http_fault(c: &mut Check<'_>, at: &str, fault: &HttpFaultInjection) {
+    if fault.delay.is_none() && fault.abort.is_none() {
+        c.error(at, "HTTP fault injection must have an abort and/or a delay");
+    }
+    if let Some(delay) = &fault.delay {
+        let path = format!("{at}.delay");
+        if let Some(p) = &delay.percentage {
+            percentage(c, &format!("{path}.percentage"), p.value);
+        }
+        if let Some(p) = delay.percent
+            && !(0..=100).contains(&p)
+        {
+            c.error(
+                &format!("{path}.percent"),
+                format!("percentage {p} is not in range 0-100"),
+            );
+        }
+        match (&delay.fixed_delay, &delay.exponential_delay) {
+            (_, Some(_)) => c.error(
+                &format!("{path}.exponentialDelay"),
+                "exponentialDelay not supported yet",
+            ),
+            (Some(fixed), None) => duration(c, &format!("{path}.fixedDelay"), fixed),
+            (None, None) => c.error(&path, "a delay needs fixedDelay"),
+        }
+    }
+    if let Some(abort) = &fault.abort {
+        let path = format!("{at}.abort");
+        if let Some(p) = &abort.percentage {
+            percentage(c, &format!("{path}.percentage"), p.value);
+        }
+        let kinds = [
+            abort.http_status.is_some(),
+            abort.grpc_status.is_some(),
+            abort.http2_error.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() > 1 {
+            c.error(
+                &path,
+                "only one of httpStatus, grpcStatus and http2Error may be set",
+            );
+        }
+        if abort.http2_error.is_some() {
+            c.error(
+                &format!("{path}.http2Error"),
+                "HTTP/2 abort fault injection not supported yet",
+            );
+        }
+        if let Some(status) = &abort.grpc_status
+            && !names::GRPC_STATUS.contains(&status.as_str())
+        {
+            c.error(
+                &format!("{path}.grpcStatus"),
+                format!(
+                    "gRPC status {status:?} is not supported; one of the names of \
+                     https://github.com/grpc/grpc/blob/master/doc/statuscodes.md, e.g. NOT_FOUND"
+                ),
+            );
+        }
+        if let Some(status) = abort.http_status
+            && !(200..=600).contains(&status)
+        {
+            c.error(
+                &format!("{path}.httpStatus"),
+                format!("HTTP status {status} is not in range 200-599"),
+            );
+        }
+        if kinds == [false; 3] {
+            c.warn(&path, "abort configured, but error type not set");
+        }
+    }
+}
+
+fn percentage(c: &mut Check<'_>, path: &str, value: f64) {
+    if !(0.0..=100.0).contains(&value) {
+        c.error(path, format!("percentage {value} is not in range 0-100"));
     }
 }
 

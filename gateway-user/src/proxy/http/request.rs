@@ -22,7 +22,7 @@ use super::{
     upstream::{Clients, HashInput},
 };
 use crate::{
-    compile::plan::HttpAction,
+    compile::plan::{AbortWith, HttpAction},
     config::model::{HeaderOperations, HttpRedirect},
 };
 
@@ -49,7 +49,7 @@ pub struct Outcome<'l> {
     pub upstream: Option<SocketAddr>,
     /// Envoy's response flag: `NR` no route, `UH` no healthy upstream, `UF` upstream
     /// connection failure, `UC` upstream connection termination, `UT` upstream request
-    /// timeout; `-` none.
+    /// timeout, `FI` fault injected (an abort), `DI` delay injected; `-` none.
     pub flags: &'static str,
 }
 
@@ -113,6 +113,25 @@ pub async fn handle<'l>(
         upstream: None,
         flags: "-",
     };
+    let mut delayed = false;
+    if let Some(fault) = &route.route.fault {
+        if let Some(delay) = &fault.delay
+            && chosen(delay.percent)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(delay.fixed_ms)).await;
+            delayed = true;
+        }
+        if let Some(abort) = &fault.abort
+            && chosen(abort.percent)
+        {
+            let mut response = aborted(abort.with);
+            if let Some(ops) = &route.route.response_headers {
+                apply(ops, response.headers_mut());
+            }
+            outcome.flags = "FI";
+            return (response, outcome);
+        }
+    }
     let mut response = match &route.route.action {
         HttpAction::Redirect(r) => redirect_to(r, &request, &authority, scheme, listener_port),
         HttpAction::DirectResponse { status, body } => {
@@ -133,10 +152,44 @@ pub async fn handle<'l>(
             response
         }
     };
+    // Envoy's flag for an injected delay; an upstream failure's flag says more.
+    if delayed && outcome.flags == "-" {
+        outcome.flags = "DI";
+    }
     if let Some(ops) = &route.route.response_headers {
         apply(ops, response.headers_mut());
     }
     (response, outcome)
+}
+
+/// Whether a request falls in `percent` (0 to 100) of them.
+fn chosen(percent: f64) -> bool {
+    percent >= 100.0 || fastrand::f64() * 100.0 < percent
+}
+
+/// The response of an injected abort: the status and Envoy's body, or for gRPC a
+/// trailers-only response carrying the status code.
+fn aborted(with: AbortWith) -> Response<Body> {
+    match with {
+        AbortWith::HttpStatus(status) => local(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "fault filter abort",
+        ),
+        AbortWith::GrpcStatus(code) => {
+            let mut response = local(StatusCode::OK, "");
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+            headers.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
+            response
+        }
+    }
 }
 
 fn redirect(status: StatusCode, location: &str) -> Response<Body> {
