@@ -82,6 +82,27 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
+metadata: {{name: cors, namespace: web}}
+spec:
+  hosts: [cors.apps.example.com]
+  gateways: [gw]
+  http:
+  - match: [{{uri: {{prefix: /strict}}}}]
+    corsPolicy:
+      allowOrigins: [{{exact: "https://app.example.com"}}]
+      unmatchedPreflights: IGNORE
+    route: [{{destination: {{host: productpage.web.test}}}}]
+  - corsPolicy:
+      allowOrigins: [{{exact: "https://app.example.com"}}, {{regex: "https://[a-z]+[.]trusted[.]example"}}]
+      allowMethods: [POST, GET]
+      allowHeaders: [x-custom, content-type]
+      exposeHeaders: [x-upstream]
+      maxAge: 24h
+      allowCredentials: true
+    route: [{{destination: {{host: productpage.web.test}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
 metadata: {{name: apps, namespace: web}}
 spec:
   hosts: ["*.apps.example.com", secure.example.com, "*.wild.example.com"]
@@ -495,6 +516,97 @@ fn routes(mode: Mode) {
 tests::in_both_datapaths!(routes: userspace_http_routes, kernel_mode_http_routes);
 
 /// Reads from `stream` until the peer closes it (or 10 s pass): how long that took.
+/// `corsPolicy` as Envoy's CORS filter applies it: a preflight from an allowed origin (exact
+/// or regex) is answered at the gateway with what the policy allows, a response to an
+/// allowed origin carries the origin, credentials and exposed headers, other origins get
+/// nothing, and an unmatched preflight goes on to the upstream, or with `IGNORE` is answered
+/// without CORS headers.
+fn cors(mode: Mode) {
+    let web = Web::start(mode);
+    let host = "cors.apps.example.com";
+    let preflight = |path: &str, origin: &str| {
+        web.curl(
+            "http",
+            host,
+            path,
+            &[
+                "-X",
+                "OPTIONS",
+                "-H",
+                &format!("Origin: {origin}"),
+                "-H",
+                "Access-Control-Request-Method: POST",
+            ],
+        )
+    };
+
+    let got = preflight("/api", "https://app.example.com");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, "", "a preflight is answered at the gateway");
+    assert_eq!(
+        got.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(got.header("access-control-allow-methods"), Some("POST,GET"));
+    assert_eq!(
+        got.header("access-control-allow-headers"),
+        Some("x-custom,content-type")
+    );
+    assert_eq!(got.header("access-control-max-age"), Some("86400"));
+    assert_eq!(got.header("access-control-allow-credentials"), Some("true"));
+    let got = preflight("/api", "https://shop.trusted.example");
+    assert_eq!(
+        got.header("access-control-allow-origin"),
+        Some("https://shop.trusted.example")
+    );
+
+    // A preflight from another origin reaches the upstream, which answers it itself.
+    let got = preflight("/api", "https://evil.example");
+    assert!(
+        got.body.starts_with("productpage\nOPTIONS /api\n"),
+        "{}",
+        got.body
+    );
+    assert_eq!(got.header("access-control-allow-origin"), None);
+    // With IGNORE it is answered here, without CORS headers.
+    let got = preflight("/strict/x", "https://evil.example");
+    assert_eq!((got.status, got.body.as_str()), (200, ""));
+    assert_eq!(got.header("access-control-allow-origin"), None);
+
+    // Actual requests: an allowed origin's response is marked, another's is not.
+    let got = web.curl(
+        "http",
+        host,
+        "/api",
+        &["-H", "Origin: https://app.example.com"],
+    );
+    assert!(
+        got.body.starts_with("productpage\nGET /api\n"),
+        "{}",
+        got.body
+    );
+    assert_eq!(
+        got.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        got.header("access-control-expose-headers"),
+        Some("x-upstream")
+    );
+    assert_eq!(got.header("access-control-allow-credentials"), Some("true"));
+    let got = web.curl(
+        "http",
+        host,
+        "/api",
+        &["-H", "Origin: https://evil.example"],
+    );
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("access-control-allow-origin"), None);
+    assert_eq!(got.header("access-control-expose-headers"), None);
+}
+
+tests::in_both_datapaths!(cors: userspace_http_cors, kernel_mode_http_cors);
+
 fn closed_after(mut stream: TcpStream) -> Duration {
     let started = Instant::now();
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));

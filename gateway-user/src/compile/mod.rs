@@ -653,6 +653,7 @@ impl<'a> Compiler<'a> {
                 retry_on: r.retry_on.clone(),
             }),
             fault: rule.fault.as_ref().map(fault),
+            cors: rule.cors_policy.as_ref().map(cors),
             request_headers: rule
                 .headers
                 .as_ref()
@@ -1393,6 +1394,30 @@ fn termination(server: &Server) -> Option<TlsTermination> {
         max_version: version(tls.max_protocol_version.as_deref(), "1.3"),
         cipher_suites: tls.cipher_suites.clone(),
     })
+}
+
+/// A validated CORS policy as the proxy applies it.
+fn cors(cors: &crate::config::model::CorsPolicy) -> plan::Cors {
+    let exact = cors
+        .allow_origin
+        .iter()
+        .map(|origin| crate::config::model::StringMatch {
+            exact: Some(origin.clone()),
+            ..Default::default()
+        });
+    plan::Cors {
+        allow_origins: cors.allow_origins.iter().cloned().chain(exact).collect(),
+        allow_methods: cors.allow_methods.join(","),
+        allow_headers: cors.allow_headers.join(","),
+        expose_headers: cors.expose_headers.join(","),
+        max_age_seconds: cors
+            .max_age
+            .as_deref()
+            .and_then(names::parse_duration)
+            .map(|d| d.as_secs()),
+        allow_credentials: cors.allow_credentials.unwrap_or(false),
+        forward_unmatched_preflights: cors.unmatched_preflights.as_deref() != Some("IGNORE"),
+    }
 }
 
 /// A validated fault injection as the proxy applies it. A percentage left out means no

@@ -146,6 +146,8 @@ pub struct HttpRoute {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderOperations>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderOperations>,
@@ -164,6 +166,27 @@ pub enum HttpAction {
         #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_text")]
         body: Vec<u8>,
     },
+}
+
+/// A route's CORS policy as Envoy's CORS filter applies it: preflights from allowed origins
+/// answered at the gateway, responses to allowed origins marked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cors {
+    /// Origins allowed (`allowOrigin`'s exact strings among them; an exact `*` allows any).
+    pub allow_origins: Vec<crate::config::model::StringMatch>,
+    /// Header values as sent: comma-separated lists, empty when not set.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub allow_methods: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub allow_headers: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub expose_headers: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<u64>,
+    pub allow_credentials: bool,
+    /// A preflight from an origin not allowed goes on to the route (`unmatchedPreflights`
+    /// unset or `FORWARD`), or is answered 200 without CORS headers (`IGNORE`).
+    pub forward_unmatched_preflights: bool,
 }
 
 /// Faults injected into a route's requests before they are routed, as Envoy's fault filter:

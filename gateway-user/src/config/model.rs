@@ -169,6 +169,8 @@ pub struct HttpRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<HttpFaultInjection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors_policy: Option<CorsPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
     /// Routes taken from another VirtualService (one without hosts or gateways).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -313,6 +315,31 @@ pub struct RegexRewrite {
     pub regex: String,
     #[serde(default)]
     pub rewrite: String,
+}
+
+/// Cross-origin resource sharing, answered at the gateway (Envoy's CORS filter).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<StringMatch>,
+    /// Deprecated by Istio for `allowOrigins`: exact origins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    /// `UNSPECIFIED` or `FORWARD` (the default): a preflight from an origin not allowed goes
+    /// on to the route; `IGNORE`: it is answered 200 without CORS headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched_preflights: Option<String>,
 }
 
 /// Faults injected before the request is routed (Envoy's fault filter).
@@ -652,7 +679,6 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
             ("mirrors", ""),
             ("mirrorPercentage", ""),
             ("mirrorPercent", ""),
-            ("corsPolicy", ""),
         ],
         "HttpMatchRequest" => &[("statPrefix", "")],
         "HttpRedirect" => &[("prefixRewrite", "")],

@@ -6,10 +6,10 @@ use super::{
     diagnostic::{Diagnostic, Severity, codes},
     load::{Object, Spec},
     model::{
-        ConsistentHashLb, DestinationRuleSpec, GatewaySpec, Headers, HttpDirectResponse,
-        HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry, HttpRewrite, HttpRoute,
-        Server, ServerTlsSettings, ServiceEntrySpec, StringMatch, TrafficPolicy,
-        VirtualServiceSpec, Weighted,
+        ConsistentHashLb, CorsPolicy, DestinationRuleSpec, GatewaySpec, Headers,
+        HttpDirectResponse, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry,
+        HttpRewrite, HttpRoute, Server, ServerTlsSettings, ServiceEntrySpec, StringMatch,
+        TrafficPolicy, VirtualServiceSpec, Weighted,
     },
     names::{self, one_of},
 };
@@ -688,6 +688,72 @@ fn http_route(c: &mut Check<'_>, at: &str, route: &HttpRoute) {
     }
     if let Some(fault) = &route.fault {
         http_fault(c, &format!("{at}.fault"), fault);
+    }
+    if let Some(cors) = &route.cors_policy {
+        cors_policy(c, &format!("{at}.corsPolicy"), cors);
+    }
+}
+
+/// Methods a CORS policy may allow (Istio's list, and `*`).
+const CORS_METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "*",
+];
+
+/// A CORS policy as Istio checks it: origin matches of one kind each and not empty, known
+/// methods, valid header names, a whole-second `maxAge`.
+fn cors_policy(c: &mut Check<'_>, at: &str, cors: &CorsPolicy) {
+    for (i, origin) in cors.allow_origins.iter().enumerate() {
+        let path = format!("{at}.allowOrigins[{i}]");
+        let empty = [&origin.exact, &origin.prefix, &origin.regex]
+            .iter()
+            .all(|m| m.as_deref().is_none_or(str::is_empty));
+        if empty {
+            c.error(&path, "not a valid match type for CORS allow origins");
+        } else {
+            string_match(c, &path, "corsPolicy.allowOrigins", origin);
+        }
+    }
+    for (i, method) in cors.allow_methods.iter().enumerate() {
+        if !CORS_METHODS.contains(&method.as_str()) {
+            c.error(
+                &format!("{at}.allowMethods[{i}]"),
+                format!("{method:?} is not a supported HTTP method"),
+            );
+        }
+    }
+    for (field, names) in [
+        ("allowHeaders", &cors.allow_headers),
+        ("exposeHeaders", &cors.expose_headers),
+    ] {
+        for (i, name) in names.iter().enumerate() {
+            if name != "*"
+                && http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err()
+            {
+                c.error(
+                    &format!("{at}.{field}[{i}]"),
+                    format!("header name {name:?} is not a valid header name"),
+                );
+            }
+        }
+    }
+    if let Some(max_age) = &cors.max_age {
+        let path = format!("{at}.maxAge");
+        match names::parse_duration(max_age) {
+            Some(d) if d.subsec_nanos() != 0 => c.error(
+                &path,
+                "max_age duration is accurate only to seconds precision",
+            ),
+            Some(_) => {}
+            None => duration(c, &path, max_age),
+        }
+    }
+    if let Some(unmatched) = &cors.unmatched_preflights
+        && !["UNSPECIFIED", "FORWARD", "IGNORE"].contains(&unmatched.as_str())
+    {
+        c.error(
+            &format!("{at}.unmatchedPreflights"),
+            format!("unknown value {unmatched:?}; expected one of UNSPECIFIED, FORWARD, IGNORE"),
+        );
     }
 }
 

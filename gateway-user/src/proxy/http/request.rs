@@ -113,6 +113,20 @@ pub async fn handle<'l>(
         upstream: None,
         flags: "-",
     };
+    // CORS before faults, as Istio orders Envoy's filters.
+    let mut cors_origin = None;
+    if let Some(cors) = &route.route.cors {
+        match cors_check(cors, route, request.method(), request.headers()) {
+            CorsCheck::Answer(mut response) => {
+                if let Some(ops) = &route.route.response_headers {
+                    apply(ops, response.headers_mut());
+                }
+                return (response, outcome);
+            }
+            CorsCheck::Mark(origin) => cors_origin = Some(origin),
+            CorsCheck::Pass => {}
+        }
+    }
     let mut delayed = false;
     if let Some(fault) = &route.route.fault {
         if let Some(delay) = &fault.delay
@@ -156,10 +170,96 @@ pub async fn handle<'l>(
     if delayed && outcome.flags == "-" {
         outcome.flags = "DI";
     }
+    if let (Some(origin), Some(cors)) = (cors_origin, &route.route.cors) {
+        mark_cors(cors, origin, response.headers_mut());
+    }
     if let Some(ops) = &route.route.response_headers {
         apply(ops, response.headers_mut());
     }
     (response, outcome)
+}
+
+/// What the CORS policy makes of a request.
+enum CorsCheck {
+    /// A preflight answered at the gateway.
+    Answer(Response<Body>),
+    /// From an allowed origin: its response gets the CORS headers.
+    Mark(HeaderValue),
+    /// No origin, or one not allowed: served as it is.
+    Pass,
+}
+
+/// Envoy's CORS filter: a preflight (`OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`) from an allowed origin is answered 200 with what the
+/// policy allows; from another origin it goes on, or with `unmatchedPreflights: IGNORE` is
+/// answered 200 without CORS headers. Other requests from allowed origins are marked.
+fn cors_check(
+    cors: &crate::compile::plan::Cors,
+    route: &CompiledRoute,
+    method: &Method,
+    headers: &HeaderMap,
+) -> CorsCheck {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return CorsCheck::Pass;
+    };
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|o| route.cors_origins.iter().any(|m| m.matches(o)));
+    let preflight = method == Method::OPTIONS
+        && headers
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .is_some_and(|m| !m.is_empty());
+    match (preflight, allowed) {
+        (true, true) => {
+            let mut response = local(StatusCode::OK, "");
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            let headers = response.headers_mut();
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            if cors.allow_credentials {
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
+            for (name, value) in [
+                (header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods),
+                (header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(value)
+                    && !value.is_empty()
+                {
+                    headers.insert(name, value);
+                }
+            }
+            if let Some(seconds) = cors.max_age_seconds {
+                headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(seconds));
+            }
+            CorsCheck::Answer(response)
+        }
+        (true, false) if !cors.forward_unmatched_preflights => {
+            let mut response = local(StatusCode::OK, "");
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            CorsCheck::Answer(response)
+        }
+        (false, true) => CorsCheck::Mark(origin.clone()),
+        _ => CorsCheck::Pass,
+    }
+}
+
+/// The CORS headers of a response to an allowed origin.
+fn mark_cors(cors: &crate::compile::plan::Cors, origin: HeaderValue, headers: &mut HeaderMap) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    if cors.allow_credentials {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    if let Ok(value) = HeaderValue::from_str(&cors.expose_headers)
+        && !value.is_empty()
+    {
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, value);
+    }
 }
 
 /// Whether a request falls in `percent` (0 to 100) of them.

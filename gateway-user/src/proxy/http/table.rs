@@ -206,6 +206,8 @@ pub struct CompiledRoute {
     pub retry: RetryPolicy,
     pub destinations: Destinations,
     pub metrics: RouteMetrics,
+    /// The CORS policy's allowed origins, compiled.
+    pub cors_origins: Vec<StrMatch>,
 }
 
 /// A virtual host's routes, in order.
@@ -263,7 +265,17 @@ impl HttpTable {
                         Some(r) => Some((Regex::new(&r.regex).ok()?, substitution(&r.rewrite))),
                         None => None,
                     };
+                    let cors_origins = route
+                        .cors
+                        .iter()
+                        .flat_map(|c| &c.allow_origins)
+                        .map(|m| match m.exact.as_deref() {
+                            Some("*") => Some(StrMatch::Present),
+                            _ => StrMatch::new(m, false),
+                        })
+                        .collect::<Option<Vec<_>>>()?;
                     Some(CompiledRoute {
+                        cors_origins,
                         matches,
                         retry: RetryPolicy::of(route.retries.as_ref()),
                         route: route.clone(),
