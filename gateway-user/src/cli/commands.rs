@@ -161,6 +161,15 @@ pub fn plan_text(plan: &Plan) -> String {
                                 let _ = writeln!(out, "      direct response {status}");
                             }
                         }
+                        // What applies before the action, as `/config_dump` shows it whole.
+                        for (what, value) in [
+                            ("cors", serde_json::to_string(&route.cors).ok()),
+                            ("fault", serde_json::to_string(&route.fault).ok()),
+                        ] {
+                            if let Some(value) = value.filter(|v| v != "null") {
+                                let _ = writeln!(out, "      {what} {value}");
+                            }
+                        }
                     }
                 }
             }
