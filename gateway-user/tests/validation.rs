@@ -170,6 +170,8 @@ fn rows() -> Vec<(&'static str, String, Expected)> {
         ("CORS bad header name", route("{route: [{destination: {host: b}}], corsPolicy: {allowOrigins: [{exact: x}], exposeHeaders: ['x b']}}"), vec![("spec.http[0].corsPolicy.exposeHeaders[0]", "is not a valid header name")]),
         ("CORS max age below seconds", route("{route: [{destination: {host: b}}], corsPolicy: {allowOrigins: [{exact: x}], maxAge: 1500ms}}"), vec![("spec.http[0].corsPolicy.maxAge", "max_age duration is accurate only to seconds precision")]),
         ("CORS unknown unmatchedPreflights", route("{route: [{destination: {host: b}}], corsPolicy: {allowOrigins: [{exact: x}], unmatchedPreflights: DROP}}"), vec![("spec.http[0].corsPolicy.unmatchedPreflights", "unknown value \"DROP\"")]),
+        ("retries with Istio's other fields", route("{route: [{destination: {host: b}}], retries: {attempts: 3, retryOn: 5xx, backoff: 100ms, retryIgnorePreviousHosts: false, retryRemoteLocalities: true}}"), vec![]),
+        ("retry backoff below ms precision", route("{route: [{destination: {host: b}}], retries: {attempts: 3, backoff: 1500us}}"), vec![("spec.http[0].retries.backoff", "only durations to ms precision are supported")]),
         ("Go-style durations", route("{route: [{destination: {host: b}}], timeout: 1m30s, retries: {attempts: 2, perTryTimeout: 1.5s}}"), vec![]),
         ("duration below ms precision", route("{route: [{destination: {host: b}}], timeout: 1500us}"), vec![("spec.http[0].timeout", "only durations to ms precision are supported")]),
         ("duration past what fits", route("{route: [{destination: {host: b}}], timeout: 100000000000000000000s}"), vec![("spec.http[0].timeout", "invalid duration")]),

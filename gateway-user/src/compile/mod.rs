@@ -651,6 +651,8 @@ impl<'a> Compiler<'a> {
                 attempts: u32::try_from(r.attempts).unwrap_or(0),
                 per_try_timeout_ms: r.per_try_timeout.as_deref().and_then(millis),
                 retry_on: r.retry_on.clone(),
+                backoff_ms: r.backoff.as_deref().and_then(millis),
+                avoid_tried: r.retry_ignore_previous_hosts.unwrap_or(true),
             }),
             fault: rule.fault.as_ref().map(fault),
             cors: rule.cors_policy.as_ref().map(cors),

@@ -233,6 +233,10 @@ pub struct Retries {
     pub per_try_timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
+    /// A retry avoids the endpoints already tried.
+    pub avoid_tried: bool,
 }
 
 /// One weighted destination of a route: a service port and the endpoints behind it.

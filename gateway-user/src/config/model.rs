@@ -397,6 +397,15 @@ pub struct HttpRetry {
     pub per_try_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<String>,
+    /// Retries to other localities: Sluice has no locality model, so this changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_remote_localities: Option<bool>,
+    /// The base of the retry backoff (Envoy's `base_interval`; the cap is ten times it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    /// Whether a retry avoids the endpoints already tried (Istio's default: yes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -682,11 +691,6 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
         ],
         "HttpMatchRequest" => &[("statPrefix", "")],
         "HttpRedirect" => &[("prefixRewrite", "")],
-        "HttpRetry" => &[
-            ("retryRemoteLocalities", ""),
-            ("backoff", ""),
-            ("retryIgnorePreviousHosts", ""),
-        ],
         "ServiceEntrySpec" => &[
             ("exportTo", "Sluice has no namespace visibility model"),
             ("workloadSelector", "needs a workload registry"),

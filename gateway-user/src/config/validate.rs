@@ -1082,7 +1082,11 @@ fn http_retry(c: &mut Check<'_>, path: &str, retries: &HttpRetry) {
     if retries.attempts < 0 {
         c.error(&format!("{path}.attempts"), "attempts cannot be negative");
     }
-    if retries.attempts == 0 && (retries.per_try_timeout.is_some() || retries.retry_on.is_some()) {
+    if retries.attempts == 0
+        && (retries.per_try_timeout.is_some()
+            || retries.retry_on.is_some()
+            || retries.retry_remote_localities.is_some())
+    {
         c.error(
             path,
             "http retry policy configured when attempts are set to 0 (disabled)",
@@ -1090,6 +1094,15 @@ fn http_retry(c: &mut Check<'_>, path: &str, retries: &HttpRetry) {
     }
     if let Some(timeout) = &retries.per_try_timeout {
         duration(c, &format!("{path}.perTryTimeout"), timeout);
+    }
+    if let Some(backoff) = &retries.backoff {
+        duration(c, &format!("{path}.backoff"), backoff);
+    }
+    if retries.retry_remote_localities.is_some() {
+        c.info(
+            &format!("{path}.retryRemoteLocalities"),
+            "has no effect: Sluice has no locality model, every endpoint is a retry candidate",
+        );
     }
     if let Some(retry_on) = &retries.retry_on {
         for policy in retry_on.split(',') {

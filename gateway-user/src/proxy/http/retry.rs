@@ -40,7 +40,15 @@ pub struct RetryPolicy {
     /// gRPC statuses (`cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
     /// `unavailable`) in a response's `grpc-status`.
     grpc: Vec<u32>,
+    /// The backoff's base (`retries.backoff`, else Envoy's 25 ms); the cap is ten times it.
+    backoff_base: Duration,
+    /// A retry goes to an endpoint not tried yet where there is one
+    /// (`retryIgnorePreviousHosts`, true unless set false).
+    avoid_tried: bool,
 }
+
+/// Envoy's retry backoff base when `retries.backoff` is not set.
+const DEFAULT_BACKOFF_MS: u64 = 25;
 
 /// Istio's `retryOn` when a route names none.
 const ISTIO_DEFAULT_RETRY_ON: &str =
@@ -53,6 +61,12 @@ impl RetryPolicy {
             None => (2, None, None),
             Some(r) => (r.attempts, r.per_try_timeout_ms, r.retry_on.as_deref()),
         };
+        let backoff_base = Duration::from_millis(
+            retries
+                .and_then(|r| r.backoff_ms)
+                .unwrap_or(DEFAULT_BACKOFF_MS),
+        );
+        let avoid_tried = retries.is_none_or(|r| r.avoid_tried);
         let mut policy = RetryPolicy {
             retries: count,
             per_try_timeout: per_try_timeout.map(Duration::from_millis),
@@ -63,6 +77,8 @@ impl RetryPolicy {
             retriable_4xx: false,
             codes: Vec::new(),
             grpc: Vec::new(),
+            backoff_base,
+            avoid_tried,
         };
         let on = retry_on.filter(|r| !r.is_empty());
         for condition in on.unwrap_or(ISTIO_DEFAULT_RETRY_ON).split(',') {
@@ -91,6 +107,16 @@ impl RetryPolicy {
             policy.codes.push(503);
         }
         policy
+    }
+
+    /// The longest wait before retry number `tries` (1 after the first try): Envoy's
+    /// exponential backoff, the base doubling per retry up to ten times the base; the wait
+    /// itself is drawn at random below it (full jitter).
+    pub fn backoff_ceiling(&self, tries: u32) -> Duration {
+        let doubled = self
+            .backoff_base
+            .saturating_mul(1u32 << tries.saturating_sub(1).min(16));
+        doubled.min(self.backoff_base.saturating_mul(10))
     }
 
     /// Whether a response is tried again.
@@ -241,7 +267,7 @@ pub async fn exchange(
             };
         let next = match &template {
             Some(template) if again => destination
-                .retry_pick(&tried)
+                .retry_pick(if policy.avoid_tried { &tried } else { &[] })
                 .map(|next| (next, template.request())),
             _ => None,
         };
@@ -253,7 +279,7 @@ pub async fn exchange(
             };
         };
         metrics.retried();
-        let ceiling = (25u64 << (tries - 1).min(4)).min(250);
+        let ceiling = policy.backoff_ceiling(tries).as_millis() as u64;
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ceiling))).await;
         picked = next;
         this = request;
@@ -269,7 +295,33 @@ mod tests {
             attempts,
             per_try_timeout_ms: None,
             retry_on: retry_on.map(str::to_owned),
+            backoff_ms: None,
+            avoid_tried: true,
         }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_ten_times_its_base() {
+        let ms = |policy: &RetryPolicy, tries: u32| policy.backoff_ceiling(tries).as_millis();
+        let default = RetryPolicy::of(None);
+        assert_eq!(
+            (1..=6).map(|t| ms(&default, t)).collect::<Vec<_>>(),
+            [25, 50, 100, 200, 250, 250]
+        );
+        let set = RetryPolicy::of(Some(&Retries {
+            backoff_ms: Some(100),
+            ..retries(5, None)
+        }));
+        assert_eq!(
+            (1..=6).map(|t| ms(&set, t)).collect::<Vec<_>>(),
+            [100, 200, 400, 800, 1000, 1000]
+        );
+        assert!(default.avoid_tried);
+        let again = RetryPolicy::of(Some(&Retries {
+            avoid_tried: false,
+            ..retries(2, None)
+        }));
+        assert!(!again.avoid_tried);
     }
 
     #[test]
