@@ -390,7 +390,9 @@ impl KernelDatapath {
         } else {
             tracing::info!(%interface, ifindex, attachment = attachment.label(), "attached the datapath");
         }
-        if attachment == Attachment::XdpNative && link_kind(interface).as_deref() == Some("veth") {
+        if attachment == Attachment::XdpNative
+            && super::link::kind(interface).as_deref() == Some("veth")
+        {
             tracing::warn!(
                 %interface,
                 "native XDP on a veth: frames redirected into a veth reach its peer only if the \
@@ -531,26 +533,6 @@ fn pin_link(link: Link, path: PathBuf) -> anyhow::Result<Link> {
         path,
         _fd: FdLink::from(pinned),
     })
-}
-
-/// The link kind of `interface` (`veth`, `bridge`, …; none for a physical NIC or when it
-/// cannot be read), from `ip -d link`.
-pub fn link_kind(interface: &str) -> Option<String> {
-    let out = std::process::Command::new("ip")
-        .args(["-j", "-d", "link", "show", "dev", interface])
-        .output()
-        .ok()?;
-    parse_link_kind(&String::from_utf8_lossy(&out.stdout))
-}
-
-fn parse_link_kind(json: &str) -> Option<String> {
-    let links: serde_json::Value = serde_json::from_str(json).ok()?;
-    links
-        .get(0)?
-        .get("linkinfo")?
-        .get("info_kind")?
-        .as_str()
-        .map(str::to_owned)
 }
 
 /// The parts of a map's definition its programs' accesses are verified against.
@@ -817,15 +799,6 @@ fn forward_logs(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn link_kinds_come_from_ip_details() {
-        let veth = r#"[{"ifindex":5,"ifname":"gw-c","linkinfo":{"info_kind":"veth"},"mtu":1500}]"#;
-        assert_eq!(parse_link_kind(veth).as_deref(), Some("veth"));
-        let nic = r#"[{"ifindex":2,"ifname":"eth0","mtu":1500}]"#;
-        assert_eq!(parse_link_kind(nic), None);
-        assert_eq!(parse_link_kind(""), None);
-    }
 
     #[test]
     fn link_pin_names_are_valid_bpffs_names_and_distinct() {

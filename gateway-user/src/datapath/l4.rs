@@ -205,7 +205,7 @@ impl KernelL4 {
                 .context("clearing the XDP_TX devices")?;
         }
         for (name, ifindex) in &devices {
-            if xdp_tx_reliable(super::kernel::link_kind(name).as_deref()) {
+            if xdp_tx_reliable(super::link::kind(name).as_deref()) {
                 xdp_tx
                     .insert(ifindex, 1, 0)
                     .context("registering an XDP_TX device")?;

@@ -6,6 +6,7 @@ pub mod ebpf_object;
 pub mod instance_lock;
 pub mod kernel;
 pub mod l4;
+pub mod link;
 pub mod ports;
 pub mod sockets;
 pub mod sync;
@@ -221,7 +222,7 @@ impl Datapath {
             .interfaces
             .iter()
             .map(|interface| {
-                let kind = kernel::link_kind(interface);
+                let kind = link::kind(interface);
                 let (order, why) =
                     interface_attach_order(options.mode, options.xdp_mode, kind.as_deref());
                 if let Some(why) = why {
