@@ -104,6 +104,14 @@ impl PacketBuilder {
         self
     }
 
+    /// Sets the TCP options (padded to a multiple of 4 bytes); nothing for other transports.
+    pub fn tcp_options(mut self, bytes: &[u8]) -> Self {
+        if let Transport::Tcp { options, .. } = &mut self.transport {
+            *options = bytes.to_vec();
+        }
+        self
+    }
+
     pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
         self.src_mac = src;
         self.dst_mac = dst;

@@ -20,7 +20,7 @@ use gateway_common::{
     },
 };
 use tests::{
-    packets::{PacketBuilder, Transport, checksum_ok, pseudo_header},
+    packets::{PacketBuilder, checksum_ok, pseudo_header},
     prog_test::{Datapath, Hook},
     root,
     router::{
@@ -1581,18 +1581,10 @@ fn clamps_the_mss_to_the_smaller_link(test: &str, hook: Hook) {
         // NOP, NOP, MSS `mss`, then window scale.
         let with_mss = |src, dst, sport, dport, flags, mss: u16, macs: ([u8; 6], [u8; 6])| {
             let [hi, lo] = mss.to_be_bytes();
-            PacketBuilder::new(
-                src,
-                dst,
-                Transport::Tcp {
-                    src: sport,
-                    dst: dport,
-                    flags,
-                    options: vec![1, 1, 2, 4, hi, lo, 3, 3, 7],
-                },
-            )
-            .macs(macs.0, macs.1)
-            .build()
+            PacketBuilder::tcp(src, dst, sport, dport, flags)
+                .tcp_options(&[1, 1, 2, 4, hi, lo, 3, 3, 7])
+                .macs(macs.0, macs.1)
+                .build()
         };
         // The MSS of an output frame (its options start after 20 + 20 bytes of headers).
         let mss_of = |frame: &[u8]| {

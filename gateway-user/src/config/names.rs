@@ -105,6 +105,11 @@ pub fn one_of(word: &str, list: &[&'static str]) -> Option<&'static str> {
     list.iter().copied().find(|c| c.eq_ignore_ascii_case(word))
 }
 
+/// Whether `name` is a valid HTTP header name (any case: HTTP/2 lowercases them).
+pub fn is_header_name(name: &str) -> bool {
+    http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_ok()
+}
+
 /// A DNS-1123 label: 1-63 of `[a-z0-9-]`, alphanumeric at both ends. Istio accepts
 /// upper case in hosts, so it is allowed here too.
 pub fn is_dns_label(label: &str) -> bool {

@@ -726,9 +726,7 @@ fn cors_policy(c: &mut Check<'_>, at: &str, cors: &CorsPolicy) {
         ("exposeHeaders", &cors.expose_headers),
     ] {
         for (i, name) in names.iter().enumerate() {
-            if name != "*"
-                && http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err()
-            {
+            if name != "*" && !names::is_header_name(name) {
                 c.error(
                     &format!("{at}.{field}[{i}]"),
                     format!("header name {name:?} is not a valid header name"),
@@ -859,7 +857,7 @@ fn http_match(c: &mut Check<'_>, at: &str, m: &HttpMatchRequest) {
                 c.error(&path, "header name cannot be empty");
             } else if name.starts_with("@request.auth.claims") {
                 c.error(&path, "JWT claim based routing is not supported yet (it needs request authentication)");
-            } else if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
+            } else if !names::is_header_name(name) {
                 c.error(
                     &path,
                     format!("header name {name} is not a valid header name"),
@@ -1154,7 +1152,7 @@ fn header_operations(c: &mut Check<'_>, at: &str, headers: &Headers) {
                     &at,
                     format!("invalid header {name:?}: header cannot have \":\" prefix"),
                 );
-            } else if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
+            } else if !names::is_header_name(name) {
                 c.error(
                     &at,
                     format!("header name {name} is not a valid header name"),
@@ -1476,7 +1474,7 @@ fn consistent_hash(c: &mut Check<'_>, at: &str, hash: &ConsistentHashLb) {
         c.error(at, "consistentHash may have only one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName");
     }
     if let Some(name) = &hash.http_header_name
-        && http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err()
+        && !names::is_header_name(name)
     {
         c.error(
             &format!("{at}.httpHeaderName"),
