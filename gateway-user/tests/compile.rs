@@ -214,6 +214,10 @@ fn reference_gateway_with_bookinfo_and_mongo() {
                 private_key: "/etc/certs/privatekey.pem".into()
             }],
             ca_certificates: None,
+            ca_crl: None,
+            subject_alt_names: vec![],
+            verify_spki: vec![],
+            verify_hash: vec![],
             min_version: "1.2".into(),
             max_version: "1.3".into(),
             cipher_suites: vec![],

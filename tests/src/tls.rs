@@ -41,6 +41,9 @@ pub struct Identity {
     /// The leaf's certificate, then the CA's.
     pub chain_pem: String,
     pub key_pem: String,
+    /// The leaf's serial number (for revocation lists) and SubjectPublicKeyInfo (DER).
+    pub serial: Vec<u8>,
+    pub spki: Vec<u8>,
 }
 
 impl Identity {
@@ -140,6 +143,12 @@ impl TestCa {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap_or_else(|e| panic!("params for {names:?}: {e}"));
+        // Serials unique per process, so a revocation list names exactly one leaf.
+        static SERIAL: AtomicUsize = AtomicUsize::new(0x1000);
+        let serial = (SERIAL.fetch_add(1, Ordering::Relaxed) as u64)
+            .to_be_bytes()
+            .to_vec();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or("-"));
@@ -151,7 +160,34 @@ impl TestCa {
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             chain_pem: cert.pem() + &self.pem,
             key_pem: key.serialize_pem(),
+            serial,
+            spki: rcgen::PublicKeyData::subject_public_key_info(&key),
         }
+    }
+
+    /// A certificate revocation list (PEM) of this CA that revokes `revoked`.
+    pub fn crl(&self, revoked: &[&Identity]) -> String {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|identity| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&identity.serial),
+                    revocation_time: rcgen::date_time_ymd(2025, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .unwrap_or_else(|e| panic!("CRL: {e}"))
+            .pem()
+            .unwrap_or_else(|e| panic!("CRL PEM: {e}"))
     }
 
     /// The CA certificate, PEM.

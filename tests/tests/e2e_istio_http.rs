@@ -448,3 +448,211 @@ fn secure_ingress_mutual(mode: Mode) {
 }
 
 tests::in_both_datapaths!(secure_ingress_mutual: userspace_secure_ingress_mutual_example, kernel_mode_secure_ingress_mutual_example);
+
+/// The mutual TLS task's gateway with the rest of Istio's client-certificate fields, one
+/// server per host on port 443 (certificates chosen by SNI): MUTUAL with a revocation list,
+/// OPTIONAL_MUTUAL, MUTUAL pinned to subject alternative names, and MUTUAL pinned to an
+/// SPKI and a certificate digest, and ISTIO_MUTUAL with a mesh identity mounted as files
+/// (the test CA standing in for the mesh's). Upstreams see the client as `x-forwarded-client-cert`
+/// (never the client's own), and a route matches on it.
+fn client_certificates(mode: Mode) {
+    use base64::Engine as _;
+    let sha256 = |bytes: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+    let mut ex = Example::network(&[HTTPBIN], &[]);
+    let _httpbin = backend(&ex, HTTPBIN, 8080, "httpbin");
+    let certs = ex.dir("certs");
+    let (cert, key) = ex
+        .ca
+        .issue(&[
+            "mutual.example.com",
+            "optional.example.com",
+            "names.example.com",
+            "digests.example.com",
+        ])
+        .write(&certs.join("server"));
+    let mesh = certs.join("mesh");
+    let (chain, mesh_key) = ex.ca.issue(&["mesh.example.com"]).write(&mesh);
+    std::fs::rename(chain, mesh.join("cert-chain.pem")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(mesh_key, mesh.join("key.pem")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(mesh.join("root-cert.pem"), ex.ca.pem()).unwrap_or_else(|e| panic!("{e}"));
+    let ca = certs.join("ca.crt");
+    std::fs::write(&ca, ex.ca.pem()).unwrap_or_else(|e| panic!("{e}"));
+    let alice = ex.ca.issue(&["alice.example.com"]);
+    let bob = ex.ca.issue(&["bob.example.com"]);
+    let mallory = ex.ca.issue(&["mallory.example.com"]);
+    let crl = certs.join("ca.crl");
+    std::fs::write(&crl, ex.ca.crl(&[&mallory])).unwrap_or_else(|e| panic!("{e}"));
+    let alice_hash = hex(sha256(alice.leaf()).as_ref()).to_uppercase();
+    let bob_spki = base64::engine::general_purpose::STANDARD.encode(sha256(&bob.spki));
+    let files = format!(
+        "serverCertificate: {}, privateKey: {}, caCertificates: {}",
+        cert.display(),
+        key.display(),
+        ca.display()
+    );
+    let server = |name: &str, tls: &str| {
+        format!(
+            "  - port: {{number: 443, name: https-{name}, protocol: HTTPS}}\n    hosts: [{name}.example.com]\n    tls: {{{files}, {tls}}}\n"
+        )
+    };
+    let service_entry = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin}}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: '{HTTPBIN}', ports: {{http: 8080}}}}]
+"
+    );
+    let config = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: mygateway}}
+spec:
+  servers:
+{}{}{}{}  - port: {{number: 443, name: https-mesh, protocol: HTTPS}}
+    hosts: [mesh.example.com]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin}}
+spec:
+  hosts: [mutual.example.com, optional.example.com, names.example.com, digests.example.com, mesh.example.com]
+  gateways: [mygateway]
+  http:
+  - match: [{{headers: {{x-forwarded-client-cert: {{regex: '.*;DNS=alice\\.example\\.com(;.*)?'}}}}}}]
+    headers: {{request: {{set: {{x-client: alice}}}}}}
+    route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]
+  - route: [{{destination: {{host: httpbin, port: {{number: 8000}}}}}}]
+---
+{}",
+        server("mutual", &format!("mode: MUTUAL, caCrl: {}", crl.display())),
+        server("optional", "mode: OPTIONAL_MUTUAL"),
+        server("names", "mode: MUTUAL, subjectAltNames: [alice.example.com]"),
+        server(
+            "digests",
+            &format!(
+                "mode: MUTUAL, verifyCertificateHash: ['{alice_hash}'], verifyCertificateSpki: ['{bob_spki}']"
+            )
+        ),
+        service_entry
+    );
+    let mesh = mesh.to_string_lossy().into_owned();
+    let (status, ready) = ex.serve_text(
+        "client-certificates.yaml",
+        &config,
+        mode,
+        &["--mesh-identity-dir", &mesh],
+    );
+    assert_eq!(status, 200, "{ready}\n{}", ex.sluice().log());
+
+    let written = |identity: &tests::tls::Identity, name: &str| {
+        let (cert, key) = identity.write(&ex.dir(name));
+        (
+            cert.to_string_lossy().into_owned(),
+            key.to_string_lossy().into_owned(),
+        )
+    };
+    let stranger = TestCa::new().issue(&["alice.example.com"]);
+    let clients = [
+        ("none", None),
+        ("alice", Some(written(&alice, "alice"))),
+        ("bob", Some(written(&bob, "bob"))),
+        ("mallory", Some(written(&mallory, "mallory"))),
+        ("stranger", Some(written(&stranger, "stranger"))),
+    ];
+    let get = |host: &str, client: &str| {
+        let (_, files) = clients
+            .iter()
+            .find(|(name, _)| *name == client)
+            .unwrap_or_else(|| panic!("no client {client}"));
+        let mut args = vec!["-H", "x-forwarded-client-cert: By=spoofed;Hash=00"];
+        if let Some((cert, key)) = files {
+            args.extend(["--cert", cert, "--key", key]);
+        }
+        curl_https(
+            &ex,
+            &ex.ca,
+            &format!("{host}.example.com"),
+            "/status/200",
+            &args,
+        )
+    };
+    // Who gets in where: MUTUAL needs a certificate of the CA that is not revoked;
+    // OPTIONAL_MUTUAL admits no certificate but not a bad one; pins narrow MUTUAL further.
+    let admitted = [
+        ("mutual", [false, true, true, false, false]),
+        ("optional", [true, true, true, true, false]),
+        ("names", [false, true, false, false, false]),
+        ("digests", [false, true, true, false, false]),
+        ("mesh", [false, true, true, true, false]),
+    ];
+    for (host, want) in admitted {
+        for ((client, _), want) in clients.iter().zip(want) {
+            let got = get(host, client);
+            assert_eq!(
+                got.as_ref().map(|g| g.status).ok(),
+                want.then_some(200),
+                "{client} at {host}: {got:?}"
+            );
+        }
+    }
+    // The upstream sees who the client is, as Envoy writes it, and never the client's own.
+    let got = get("mutual", "alice").unwrap_or_else(|e| panic!("{e}"));
+    let line = got
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("x-forwarded-client-cert: "))
+        .unwrap_or_else(|| panic!("no x-forwarded-client-cert upstream:\n{}", got.body));
+    let hash = hex(sha256(alice.leaf()).as_ref());
+    assert!(
+        line.starts_with(&format!(
+            "Hash={hash};Cert=\"-----BEGIN%20CERTIFICATE-----%0A"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("-----END%20CERTIFICATE-----%0A\";Subject=\"CN=alice.example.com\";URI=;DNS=alice.example.com"),
+        "{line}"
+    );
+    assert_eq!(
+        got.body.matches("x-forwarded-client-cert").count(),
+        1,
+        "{}",
+        got.body
+    );
+    assert!(
+        got.body.contains("\nx-client: alice\n"),
+        "routed by identity:\n{}",
+        got.body
+    );
+    let got = get("mutual", "bob").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!got.body.contains("x-client"), "{}", got.body);
+    let got = get("optional", "none").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !got.body.contains("x-forwarded-client-cert"),
+        "a client without a certificate passed its own header on:\n{}",
+        got.body
+    );
+    // Each refusal above is counted with its reason: no certificate at the four mutual
+    // servers, mallory's revocation at the one with the list, the stranger everywhere,
+    // bob and mallory outside the names, mallory outside the digests.
+    for (reason, count) in [
+        ("client_certificate_missing", 4.0),
+        ("client_certificate_revoked", 1.0),
+        ("client_certificate_invalid", 5.0),
+        ("client_certificate_not_pinned", 3.0),
+    ] {
+        let series = format!(
+            "sluice_http_tls_refused_total{{listener=\"0.0.0.0:443\",reason=\"{reason}\"}}"
+        );
+        let got = ex.sluice().metric(&series).unwrap_or_default();
+        assert_eq!(got, count, "{series}\n{}", ex.sluice().log());
+    }
+}
+
+tests::in_both_datapaths!(client_certificates: userspace_client_certificates, kernel_mode_client_certificates);

@@ -351,7 +351,9 @@ impl<'a> Compiler<'a> {
                 .to_ascii_uppercase()
         });
         let class = match (protocol, mode.as_deref()) {
-            ("HTTPS", Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")) => Class::Https,
+            ("HTTPS", Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" | "ISTIO_MUTUAL")) => {
+                Class::Https
+            }
             ("HTTPS" | "TLS", Some("AUTO_PASSTHROUGH")) => Class::Sni { auto: true },
             ("HTTPS" | "TLS", _) => Class::Sni { auto: false },
             ("TCP" | "MONGO" | "REDIS" | "MYSQL", _) => Class::L4,
@@ -1364,7 +1366,14 @@ fn termination(server: &Server) -> Option<TlsTermination> {
         }),
         _ => None,
     };
-    let certificates: Vec<CertificateSource> = if let Some(name) = &tls.credential_name {
+    let credential_source = tls.credential_name.is_some() || !tls.credential_names.is_empty();
+    let istio_mutual = tls
+        .mode
+        .as_deref()
+        .is_some_and(|m| m.eq_ignore_ascii_case("ISTIO_MUTUAL"));
+    let certificates: Vec<CertificateSource> = if istio_mutual {
+        vec![CertificateSource::MeshIdentity]
+    } else if let Some(name) = &tls.credential_name {
         vec![credential(name)]
     } else if !tls.credential_names.is_empty() {
         tls.credential_names.iter().map(credential).collect()
@@ -1392,6 +1401,11 @@ fn termination(server: &Server) -> Option<TlsTermination> {
         mode: tls.mode.clone().unwrap_or_default().to_ascii_uppercase(),
         certificates,
         ca_certificates,
+        // With a credential, the CRL is the credential's own `ca.crl`.
+        ca_crl: tls.ca_crl.clone().filter(|_| !credential_source),
+        subject_alt_names: tls.subject_alt_names.clone(),
+        verify_spki: tls.verify_certificate_spki.clone(),
+        verify_hash: tls.verify_certificate_hash.clone(),
         min_version: version(tls.min_protocol_version.as_deref(), "1.2"),
         max_version: version(tls.max_protocol_version.as_deref(), "1.3"),
         cipher_suites: tls.cipher_suites.clone(),

@@ -313,6 +313,17 @@ pub struct TlsTermination {
     pub certificates: Vec<CertificateSource>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_certificates: Option<String>,
+    /// Client certificates are also checked against: revocation lists (a PEM file), and
+    /// when any are given, one of these subject alternative names and one of the digests
+    /// (both kinds validated: base64 SPKI, hex certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verify_spki: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verify_hash: Vec<String>,
     /// Lowest and highest TLS version, `1.2` or `1.3`.
     pub min_version: String,
     pub max_version: String,
@@ -329,6 +340,8 @@ pub enum CertificateSource {
     },
     /// A named credential (`credentialName`), looked up by the daemon.
     Credential { name: String },
+    /// The mesh workload identity (ISTIO_MUTUAL), files under `--mesh-identity-dir`.
+    MeshIdentity,
 }
 
 /// A server or route the Plan does not serve.

@@ -2,6 +2,7 @@
 //! on its own, and hand the valid ones to `compile`, which checks them against each other.
 pub mod de;
 pub mod diagnostic;
+pub mod digests;
 pub mod load;
 pub mod model;
 pub mod names;

@@ -116,6 +116,19 @@ pub struct ServerTlsSettings {
     /// `serverCertificate`/`privateKey`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls_certificates: Vec<TlsCertificate>,
+    /// A PEM file of certificate revocation lists that client certificates are checked
+    /// against (MUTUAL, OPTIONAL_MUTUAL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
+    /// A client certificate must carry one of these subject alternative names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Base64 SHA-256 digests of the SubjectPublicKeyInfo a client certificate may have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_certificate_spki: Vec<String>,
+    /// Hex SHA-256 digests of the client certificates admitted (colons allowed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_certificate_hash: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -676,12 +689,6 @@ pub struct Subset {
 pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'static str)] {
     match struct_name {
         "Server" => &[("defaultEndpoint", "sidecar-only")],
-        "ServerTlsSettings" => &[
-            ("caCrl", ""),
-            ("subjectAltNames", ""),
-            ("verifyCertificateSpki", ""),
-            ("verifyCertificateHash", ""),
-        ],
         "VirtualServiceSpec" => &[("exportTo", "Sluice has no namespace visibility model")],
         "HttpRoute" => &[
             ("mirror", ""),

@@ -215,7 +215,11 @@ fn server_tls(
             && tls.server_certificate.is_none()
             && tls.private_key.is_none()
             && tls.credential_name.is_none()
-            && tls.ca_certificates.is_none();
+            && tls.ca_certificates.is_none()
+            && tls.ca_crl.is_none()
+            && tls.subject_alt_names.is_empty()
+            && tls.verify_certificate_spki.is_empty()
+            && tls.verify_certificate_hash.is_empty();
         if !only_redirect && protocol.is_some() {
             c.error(
                 at,
@@ -266,19 +270,18 @@ fn server_tls(
                 c.error(&format!("{at}.caCertificates"), format!("{mode} TLS requires caCertificates to verify clients (or a credentialName with ca.crt)"));
             }
         }
-        Some("ISTIO_MUTUAL") => {
-            if has_files || has_credential || tls.ca_certificates.is_some() {
-                c.error(at, "ISTIO_MUTUAL TLS cannot have a private key, server certificate, CA certificates or credentialName");
-            } else {
-                c.error(
-                    &format!("{at}.mode"),
-                    "mode ISTIO_MUTUAL is not supported yet (it needs Istio's workload identity)",
-                );
-            }
+        Some("ISTIO_MUTUAL") if has_files || has_credential || tls.ca_certificates.is_some() => {
+            c.error(at, "ISTIO_MUTUAL TLS cannot have a private key, server certificate, CA certificates or credentialName");
         }
         _ => {}
     }
-    if protocol == Some("TLS") && matches!(mode, Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL")) {
+    client_verification(c, at, tls, mode, has_credential);
+    if protocol == Some("TLS")
+        && matches!(
+            mode,
+            Some("SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" | "ISTIO_MUTUAL")
+        )
+    {
         c.error(&format!("{at}.mode"), "terminating TLS in front of opaque TCP (protocol TLS with a terminating mode) is not supported yet");
     }
     let min = tls
@@ -317,6 +320,57 @@ fn server_tls(
                 );
             }
         }
+    }
+}
+
+/// What client certificates are checked against beyond the CA: a revocation list, subject
+/// alternative names, SPKI and certificate digests. Istio's rules for `caCrl` (not with
+/// SIMPLE; with a credential the CRL is the credential's `ca.crl`), Envoy's for the digests.
+fn client_verification(
+    c: &mut Check<'_>,
+    at: &str,
+    tls: &ServerTlsSettings,
+    mode: Option<&str>,
+    has_credential: bool,
+) {
+    let verifies_clients = matches!(mode, Some("MUTUAL" | "OPTIONAL_MUTUAL" | "ISTIO_MUTUAL"));
+    if tls.ca_crl.is_some() {
+        let path = format!("{at}.caCrl");
+        if mode == Some("SIMPLE") && !has_credential {
+            c.error(&path, "CRL is not supported with SIMPLE TLS");
+        } else if has_credential && verifies_clients {
+            c.warn(&path, "caCrl is ignored with credentialName: the CRL comes from the credential (its ca.crl)");
+        }
+    }
+    for (i, text) in tls.verify_certificate_spki.iter().enumerate() {
+        if let Err(reason) = super::digests::spki_digest(text) {
+            c.error(&format!("{at}.verifyCertificateSpki[{i}]"), reason);
+        }
+    }
+    for (i, text) in tls.verify_certificate_hash.iter().enumerate() {
+        if let Err(reason) = super::digests::certificate_hash(text) {
+            c.error(&format!("{at}.verifyCertificateHash[{i}]"), reason);
+        }
+    }
+    for (i, name) in tls.subject_alt_names.iter().enumerate() {
+        if name.is_empty() {
+            c.error(
+                &format!("{at}.subjectAltNames[{i}]"),
+                "subject alternative names cannot be empty",
+            );
+        }
+    }
+    let pins = !tls.subject_alt_names.is_empty()
+        || !tls.verify_certificate_spki.is_empty()
+        || !tls.verify_certificate_hash.is_empty();
+    if pins && !verifies_clients {
+        c.warn(
+            at,
+            format!(
+                "subjectAltNames and verifyCertificate* apply to client certificates, which only MUTUAL and OPTIONAL_MUTUAL ask for; mode {} ignores them",
+                mode.unwrap_or("PASSTHROUGH")
+            ),
+        );
     }
 }
 

@@ -129,6 +129,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "/etc/sluice/credentials")]
     pub credentials_dir: PathBuf,
 
+    /// Where the mesh workload identity is mounted for ISTIO_MUTUAL servers:
+    /// `cert-chain.pem`, `key.pem` and `root-cert.pem`, as istio-agent writes them with
+    /// `OUTPUT_CERTS`. Without it, ISTIO_MUTUAL servers are not served (and say why).
+    #[arg(long, env = "SLUICE_MESH_IDENTITY_DIR")]
+    pub mesh_identity_dir: Option<PathBuf>,
+
     /// The longest an HTTP client may take to send a request's headers (and, over TLS, its
     /// handshake); slower ones are closed (slowloris). An HTTP/1.1 connection waiting for
     /// its next request is closed after this long too.
@@ -322,6 +328,7 @@ impl Daemon {
                 state.http.clone(),
                 HttpOptions {
                     credentials: args.credentials_dir.clone(),
+                    mesh_identity: args.mesh_identity_dir.clone(),
                     header_read_timeout: args.http_header_timeout,
                     idle_timeout: args.http_idle_timeout,
                     max_header_bytes: args.http_max_header_bytes as usize,

@@ -97,6 +97,7 @@ impl Termination {
 /// Every server's TLS that a listener uses, and the watch on their files.
 pub struct CertificateStore {
     credentials: PathBuf,
+    mesh_identity: Option<PathBuf>,
     metrics: Arc<HttpMetrics>,
     loaded: Mutex<HashMap<TlsTermination, Weak<Termination>>>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
@@ -107,11 +108,16 @@ pub struct CertificateStore {
 }
 
 impl CertificateStore {
-    /// A store reading credentials under `credentials`; files are watched once
-    /// [`CertificateStore::watch`] has run.
-    pub fn new(credentials: PathBuf, metrics: Arc<HttpMetrics>) -> Arc<CertificateStore> {
+    /// A store reading credentials under `credentials` and the mesh identity under
+    /// `mesh_identity`; files are watched once [`CertificateStore::watch`] has run.
+    pub fn new(
+        credentials: PathBuf,
+        mesh_identity: Option<PathBuf>,
+        metrics: Arc<HttpMetrics>,
+    ) -> Arc<CertificateStore> {
         Arc::new(CertificateStore {
             credentials,
+            mesh_identity,
             metrics,
             loaded: Mutex::default(),
             watcher: Mutex::default(),
@@ -155,7 +161,11 @@ impl CertificateStore {
     /// The files' directories are watched from here on, also when the load fails, so a
     /// certificate that appears later is picked up.
     pub fn get(&self, termination: &TlsTermination) -> anyhow::Result<Arc<Termination>> {
-        let files = TlsFiles::of(termination, &self.credentials);
+        let files = TlsFiles::of(
+            termination,
+            &self.credentials,
+            self.mesh_identity.as_deref(),
+        )?;
         for path in files.paths() {
             self.watch_dir(&watch_point(path));
         }

@@ -188,7 +188,10 @@ impl HttpMetrics {
         http.register(
             "tls_refused",
             "TLS connections refused before a request, by listener and reason (timeout, \
-             no_server: no server takes the SNI, handshake: the handshake failed)",
+             no_server: no server takes the SNI, client_certificate_missing, \
+             client_certificate_invalid: not signed by the CA or expired, \
+             client_certificate_revoked, client_certificate_not_pinned: outside the \
+             server's subjectAltNames or digests, handshake: any other failure)",
             self.tls_refused.clone(),
         );
         http.register(

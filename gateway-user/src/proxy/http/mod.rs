@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod activity;
 pub mod body;
 pub mod certificates;
+pub mod client_cert;
 pub mod h2_pool;
 pub mod metrics;
 pub mod pool;

@@ -64,13 +64,20 @@ impl<'l> Outcome<'l> {
 
 /// The response to `request`, and how it was served.
 pub async fn handle<'l>(
-    request: Request<Counted>,
+    mut request: Request<Counted>,
     table: &'l HttpTable,
     listener_port: u16,
     peer: &Peer,
     scheme: &'static str,
     clients: &Clients,
 ) -> (Response<Body>, Outcome<'l>) {
+    // Envoy's SANITIZE_SET (Istio's gateway default): a client's own header never passes,
+    // a verified client certificate sets it, before routes match on it.
+    let headers = request.headers_mut();
+    headers.remove(X_FORWARDED_CLIENT_CERT);
+    if let Some(identity) = &peer.client_cert {
+        headers.insert(X_FORWARDED_CLIENT_CERT, identity.clone());
+    }
     let authority = request
         .uri()
         .authority()
@@ -721,6 +728,7 @@ fn rewritten(
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -728,13 +736,19 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct Peer {
     pub address: SocketAddr,
     pub ip: HeaderValue,
+    /// `x-forwarded-client-cert` for a client that showed a verified certificate.
+    pub client_cert: Option<HeaderValue>,
 }
 
 impl Peer {
-    pub fn new(address: SocketAddr) -> Peer {
+    pub fn new(address: SocketAddr, client_cert: Option<HeaderValue>) -> Peer {
         let ip = HeaderValue::from_str(&address.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { address, ip }
+        Peer {
+            address,
+            ip,
+            client_cert,
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use super::{
     activity::{Activity, Counting, Request as ActiveRequest},
     body::{Body, Counted},
     certificates::CertificateStore,
+    client_cert,
     metrics::{Gauged, HttpMetrics, RouteMetrics},
     request::{Peer, handle, local},
     server_names::ListenerTls,
@@ -53,6 +54,8 @@ type Failures = Vec<(SocketAddr, anyhow::Error)>;
 pub struct HttpOptions {
     /// Where `credentialName` certificates live (`<dir>/<name>/tls.crt`, `tls.key`).
     pub credentials: PathBuf,
+    /// The mesh workload identity's files (ISTIO_MUTUAL servers).
+    pub mesh_identity: Option<PathBuf>,
     /// The longest a client may take to send a request's headers, and the TLS handshake
     /// before them (slowloris). An HTTP/1.1 connection waiting for its next request is
     /// closed after this long too.
@@ -115,7 +118,11 @@ impl HttpProxy {
     ) -> HttpProxy {
         HttpProxy {
             listeners: ListenerSet::new("HTTP"),
-            certificates: CertificateStore::new(options.credentials.clone(), metrics.clone()),
+            certificates: CertificateStore::new(
+                options.credentials.clone(),
+                options.mesh_identity.clone(),
+                metrics.clone(),
+            ),
             shared: Arc::new(Shared {
                 connections: Arc::new(Semaphore::new(options.max_connections)),
                 requests: Semaphore::new(options.max_requests),
@@ -273,7 +280,15 @@ async fn accept_loop(
             let listener = routes.borrow().clone();
             let _connected = Gauged::new(&listener.connections);
             let Some(tls) = &listener.tls else {
-                return serve(stream, peer, "http", routes, shared, worker).await;
+                return serve(
+                    stream,
+                    Peer::new(peer, None),
+                    "http",
+                    routes,
+                    shared,
+                    worker,
+                )
+                .await;
             };
             // The handshake has the header read timeout too: a slow ClientHello is slowloris.
             let handshake = tokio::time::timeout(shared.options.header_read_timeout, async {
@@ -283,10 +298,22 @@ async fn accept_loop(
                 let config = tls
                     .config(start.client_hello().server_name())
                     .ok_or("no_server")?;
-                start.into_stream(config).await.map_err(|_| "handshake")
+                start
+                    .into_stream(config)
+                    .await
+                    .map_err(|e| client_cert::refusal(&e))
             });
             match handshake.await {
-                Ok(Ok(stream)) => serve(stream, peer, "https", routes, shared, worker).await,
+                Ok(Ok(stream)) => {
+                    // Who the client is, once per connection (MUTUAL, OPTIONAL_MUTUAL).
+                    let identity = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(client_cert::forwarded_client_cert);
+                    let peer = Peer::new(peer, identity);
+                    serve(stream, peer, "https", routes, shared, worker).await
+                }
                 Ok(Err(reason)) => {
                     shared.metrics.tls_refused(&listener.name, reason);
                     tracing::debug!(%peer, reason, "TLS connection refused");
@@ -300,7 +327,7 @@ async fn accept_loop(
 
 async fn serve<I>(
     io: I,
-    peer: SocketAddr,
+    client: Peer,
     scheme: &'static str,
     routes: watch::Receiver<Arc<HttpListener>>,
     shared: Arc<Shared>,
@@ -311,7 +338,8 @@ async fn serve<I>(
     let options = &shared.options;
     let streams = Arc::new(Activity::default());
     let io = TokioIo::new(Counting::new(io, streams.clone()));
-    let client = Arc::new(Peer::new(peer));
+    let peer = client.address;
+    let client = Arc::new(client);
     let service = service_fn({
         let (shared, streams) = (shared.clone(), streams.clone());
         move |request: Request<Incoming>| {

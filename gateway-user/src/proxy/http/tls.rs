@@ -13,19 +13,30 @@ use anyhow::{Context as _, bail};
 use rustls::{
     CipherSuite, RootCertStore, ServerConfig, SignatureAlgorithm, SupportedCipherSuite,
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, pem::PemObject},
     server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
     sign::CertifiedKey,
 };
 
+use super::client_cert::{PinnedVerifier, Pins};
 use crate::compile::plan::{CertificateSource, TlsTermination};
 
 /// The files a server's TLS is made of: certificate chains with their private keys (one,
-/// or an RSA and an ECDSA pair), and the CA that signs client certificates (MUTUAL).
+/// or an RSA and an ECDSA pair), the CA that signs client certificates (MUTUAL), and the
+/// revocation lists they are checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub pairs: Vec<KeyPair>,
     pub ca: Option<PathBuf>,
+    pub crl: Option<Crl>,
+}
+
+/// A PEM file of certificate revocation lists: `caCrl` must exist; a credential's `ca.crl`
+/// is used when the Secret has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crl {
+    pub path: PathBuf,
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,14 +45,24 @@ pub struct KeyPair {
     pub private_key: PathBuf,
 }
 
+/// Where the mesh workload identity is found under `--mesh-identity-dir`: the files
+/// istio-agent writes with `OUTPUT_CERTS` (and the old `/etc/certs` Secret mount).
+pub const MESH_CERTIFICATE: &str = "cert-chain.pem";
+pub const MESH_KEY: &str = "key.pem";
+pub const MESH_ROOT: &str = "root-cert.pem";
+
 impl TlsFiles {
-    /// Where `termination`'s files are, credentials looked up under `credentials`.
-    pub fn of(termination: &TlsTermination, credentials: &Path) -> TlsFiles {
+    /// Where `termination`'s files are: credentials looked up under `credentials`, the mesh
+    /// identity (ISTIO_MUTUAL) under `mesh`, which is an error when not given.
+    pub fn of(
+        termination: &TlsTermination,
+        credentials: &Path,
+        mesh: Option<&Path>,
+    ) -> anyhow::Result<TlsFiles> {
         let mutual = termination.mode != "SIMPLE";
-        let pairs = termination
-            .certificates
-            .iter()
-            .map(|source| match source {
+        let mut pairs = Vec::new();
+        for source in &termination.certificates {
+            pairs.push(match source {
                 CertificateSource::Files {
                     certificate,
                     private_key,
@@ -53,22 +74,53 @@ impl TlsFiles {
                     certificate: credentials.join(name).join("tls.crt"),
                     private_key: credentials.join(name).join("tls.key"),
                 },
-            })
-            .collect();
-        let ca = match termination.certificates.first() {
-            _ if !mutual => None,
-            Some(CertificateSource::Credential { name }) => {
-                // Istio takes `ca.crt` from the Secret itself, else from `<name>-cacert`.
-                let own = credentials.join(name).join("ca.crt");
-                Some(if own.exists() {
-                    own
-                } else {
-                    credentials.join(format!("{name}-cacert")).join("ca.crt")
-                })
+                CertificateSource::MeshIdentity => {
+                    let Some(mesh) = mesh else {
+                        bail!(
+                            "mode ISTIO_MUTUAL needs the mesh workload identity as files: start \
+                             sluice with --mesh-identity-dir (holding {MESH_CERTIFICATE}, \
+                             {MESH_KEY} and {MESH_ROOT})"
+                        );
+                    };
+                    return Ok(TlsFiles {
+                        pairs: vec![KeyPair {
+                            certificate: mesh.join(MESH_CERTIFICATE),
+                            private_key: mesh.join(MESH_KEY),
+                        }],
+                        ca: Some(mesh.join(MESH_ROOT)),
+                        crl: None,
+                    });
+                }
+            });
+        }
+        // Istio takes `ca.crt` (and `ca.crl`) from the Secret itself, else from
+        // `<name>-cacert`.
+        let from_credential = |name: &str, file: &str| {
+            let own = credentials.join(name).join(file);
+            if own.exists() {
+                own
+            } else {
+                credentials.join(format!("{name}-cacert")).join(file)
             }
-            _ => termination.ca_certificates.as_ref().map(PathBuf::from),
         };
-        TlsFiles { pairs, ca }
+        let (ca, crl) = match termination.certificates.first() {
+            _ if !mutual => (None, None),
+            Some(CertificateSource::Credential { name }) => (
+                Some(from_credential(name, "ca.crt")),
+                Some(Crl {
+                    path: from_credential(name, "ca.crl"),
+                    required: false,
+                }),
+            ),
+            _ => (
+                termination.ca_certificates.as_ref().map(PathBuf::from),
+                termination.ca_crl.as_ref().map(|path| Crl {
+                    path: path.into(),
+                    required: true,
+                }),
+            ),
+        };
+        Ok(TlsFiles { pairs, ca, crl })
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
@@ -76,6 +128,7 @@ impl TlsFiles {
             .iter()
             .flat_map(|p| [&p.certificate, &p.private_key])
             .chain(&self.ca)
+            .chain(self.crl.as_ref().map(|c| &c.path))
             .map(PathBuf::as_path)
     }
 
@@ -207,17 +260,28 @@ pub fn server_config(
                     .add(certificate)
                     .with_context(|| format!("a CA certificate in {}", ca.display()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if termination.mode == "OPTIONAL_MUTUAL" {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
-            builder.with_client_cert_verifier(
-                verifier
-                    .build()
-                    .with_context(|| format!("the client CA {}", ca.display()))?,
-            )
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if termination.mode == "OPTIONAL_MUTUAL" {
+                verifier = verifier.allow_unauthenticated();
+            }
+            if let Some(crl) = &files.crl
+                && (crl.required || crl.path.exists())
+            {
+                // rustls's defaults are Envoy's: every certificate of the chain below the
+                // trust anchor needs its issuer's list, and one without is refused.
+                verifier = verifier.with_crls(revocation_lists(&crl.path)?);
+            }
+            let verifier = verifier
+                .build()
+                .with_context(|| format!("the client CA {}", ca.display()))?;
+            match Pins::of(termination)? {
+                None => builder.with_client_cert_verifier(verifier),
+                Some(pins) => builder.with_client_cert_verifier(Arc::new(PinnedVerifier {
+                    inner: verifier,
+                    pins,
+                })),
+            }
         }
     };
     let mut config = builder.with_cert_resolver(Arc::new(ByKeyType(keys)));
@@ -225,15 +289,24 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+fn revocation_lists(path: &Path) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
+    pem_objects(path, "certificate revocation list")
+}
+
 fn certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+    pem_objects(path, "certificate")
+}
+
+/// Every `T` in a PEM file, at least one.
+fn pem_objects<T: PemObject>(path: &Path, what: &str) -> anyhow::Result<Vec<T>> {
+    let objects: Vec<T> = T::pem_file_iter(path)
         .with_context(|| format!("reading {}", path.display()))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing {}", path.display()))?;
-    if chain.is_empty() {
-        bail!("{} holds no certificate", path.display());
+    if objects.is_empty() {
+        bail!("{} holds no {what}", path.display());
     }
-    Ok(chain)
+    Ok(objects)
 }
 
 #[cfg(test)]
@@ -246,6 +319,10 @@ mod tests {
             mode: mode.into(),
             certificates: vec![certificate],
             ca_certificates: ca.map(str::to_owned),
+            ca_crl: None,
+            subject_alt_names: Vec::new(),
+            verify_spki: Vec::new(),
+            verify_hash: Vec::new(),
             min_version: "1.2".into(),
             max_version: "1.3".into(),
             cipher_suites: Vec::new(),
@@ -292,10 +369,30 @@ mod tests {
             ),
         ];
         for (t, certificate, ca) in cases {
-            let got = TlsFiles::of(&t, dir);
+            let got = TlsFiles::of(&t, dir, None).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(got.pairs[0].certificate, dir.join(certificate), "{t:?}");
             assert_eq!(got.ca, ca, "{t:?}");
         }
+    }
+
+    #[test]
+    fn mesh_identity_needs_its_directory() {
+        let t = termination("ISTIO_MUTUAL", CertificateSource::MeshIdentity, None);
+        let Err(refused) = TlsFiles::of(&t, Path::new("/creds"), None) else {
+            panic!("ISTIO_MUTUAL served without --mesh-identity-dir");
+        };
+        assert!(
+            refused.to_string().contains("--mesh-identity-dir"),
+            "{refused}"
+        );
+        let files = TlsFiles::of(&t, Path::new("/creds"), Some(Path::new("/mesh")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            files.pairs[0].certificate,
+            Path::new("/mesh/cert-chain.pem")
+        );
+        assert_eq!(files.pairs[0].private_key, Path::new("/mesh/key.pem"));
+        assert_eq!(files.ca.as_deref(), Some(Path::new("/mesh/root-cert.pem")));
     }
 
     #[test]
