@@ -564,3 +564,89 @@ fn two_certificates(
 }
 
 tests::in_both_datapaths!(destinations: userspace_http_destinations, kernel_mode_http_destinations);
+
+/// DestinationRule `outlierDetection`: of three endpoints behind a round-robin destination,
+/// one refuses connections; two failures in a row eject it (its clients still get 200s, by
+/// Istio's default retry on connect failure), and while ejected it gets no request even
+/// once it serves again; when its ejection ends it gets requests again.
+fn outlier_detection(mode: Mode) {
+    const PORT: u16 = 9090;
+    let mut ex = Example::network(&[A, B, C], &[]);
+    let up = |ex: &Example, address: Ipv4Addr, id: &str| {
+        HttpBackend::start(
+            &ex.topology.backend,
+            SocketAddr::new(address.into(), PORT),
+            id,
+        )
+    };
+    let _a = up(&ex, A, "a");
+    let _b = up(&ex, B, "b");
+    let config = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: web}}
+spec:
+  servers:
+  - port: {{number: {HTTP}, name: http, protocol: HTTP}}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: pool, namespace: web}}
+spec:
+  hosts: ['*']
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: pool.web.test}}}}]}}]
+{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: pool, namespace: web}}
+spec:
+  host: pool.web.test
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100}}
+",
+        service_entry("pool", &[A, B, C], PORT, "HTTP")
+    );
+    let (status, ready) = ex.serve_text("outliers.yaml", &config, mode, &[]);
+    assert_eq!(status, 200, "{ready}\n{}", ex.sluice().log());
+    let ejections =
+        "sluice_http_upstream_ejections_total{upstream=\"outbound|9090||pool.web.test\"}";
+    let get = || {
+        let got = curl(&ex, "/", &[]);
+        assert_eq!(got.status, 200, "{}\n{}", got.body, ex.sluice().log());
+    };
+    // Round robin reaches C every third try: a dozen requests fail on it twice in a row.
+    for _ in 0..12 {
+        get();
+        if ex.sluice().metric(ejections) == Some(1.0) {
+            break;
+        }
+    }
+    assert_eq!(
+        ex.sluice().metric(ejections),
+        Some(1.0),
+        "{}",
+        ex.sluice().log()
+    );
+    let ejected_by = std::time::Instant::now();
+    // C serves from now on, but its ejection (3 s) keeps every request away for its length.
+    let c = up(&ex, C, "c");
+    while ejected_by.elapsed() < Duration::from_secs(2) {
+        get();
+    }
+    assert_eq!(c.requests(), 0, "an ejected endpoint got requests");
+    // Then it is back.
+    while c.requests() == 0 {
+        assert!(
+            ejected_by.elapsed() < Duration::from_secs(10),
+            "the endpoint did not return after its ejection\n{}",
+            ex.sluice().log()
+        );
+        get();
+    }
+    assert_eq!(ex.sluice().metric(ejections), Some(1.0));
+}
+
+tests::in_both_datapaths!(outlier_detection: userspace_outlier_detection, kernel_mode_outlier_detection);

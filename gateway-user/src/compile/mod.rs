@@ -13,8 +13,8 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use crate::{
     compile::plan::{
         Backend, CertificateSource, ConsistentHash, Endpoint, HashKey, HashTable, HttpAction,
-        HttpRoute, L4Route, LeftOut, Listener, ListenerKind, Place, Placement, Plan, Retries,
-        RouteOrigin, ServerOrigin, SniRoute, TlsTermination, VirtualHost,
+        HttpRoute, L4Route, LeftOut, Listener, ListenerKind, OutlierPolicy, Place, Placement, Plan,
+        Retries, RouteOrigin, ServerOrigin, SniRoute, TlsTermination, VirtualHost,
     },
     config::{
         Diagnostic, Object, ObjectRef, Severity, Spec,
@@ -989,6 +989,7 @@ impl<'a> Compiler<'a> {
         let load_balancer = policies.iter().find_map(|p| lb_of(*p));
         let consistent_hash = policies.iter().find_map(|p| affinity(*p));
         let upgrade = policies.iter().find_map(|p| h2_upgrade_policy(*p));
+        let outlier = policies.iter().find_map(|p| outlier_policy(*p));
         let protocol = service_port.protocol.to_ascii_uppercase();
         let http2 = matches!(protocol.as_str(), "HTTP2" | "GRPC" | "GRPC-WEB")
             || (protocol == "HTTP" && upgrade == Some("UPGRADE"));
@@ -1033,6 +1034,7 @@ impl<'a> Compiler<'a> {
             consistent_hash,
             http2,
             headers: None,
+            outlier,
             endpoints,
         })
     }
@@ -1123,6 +1125,33 @@ fn h2_upgrade_policy(policy: Option<&TrafficPolicy>) -> Option<&'static str> {
     let http = policy?.connection_pool.as_ref()?.http.as_ref()?;
     let upgrade = http.h2_upgrade_policy.as_deref()?;
     names::one_of(upgrade, names::H2_UPGRADE_POLICIES).filter(|p| *p != "DEFAULT")
+}
+
+/// `outlierDetection` with Envoy's defaults where Istio leaves a field to them: 5
+/// consecutive 5xx, gateway errors not counted, 5 local failures when split, a 10 s
+/// interval, 30 s base ejection, 10 % at most ejected; `minHealthPercent` is Envoy's panic
+/// threshold, 0 (no panic) unless set. The deprecated `consecutiveErrors` is ignored, as
+/// Istio does now.
+fn outlier_policy(policy: Option<&TrafficPolicy>) -> Option<OutlierPolicy> {
+    let outlier = policy?.outlier_detection.as_ref()?;
+    let ms = |text: &Option<String>, default: u64| {
+        text.as_deref()
+            .and_then(names::parse_duration)
+            .map_or(default, |d| d.as_millis() as u64)
+    };
+    let percent = |value: Option<i32>| value.and_then(|v| u32::try_from(v).ok());
+    Some(OutlierPolicy {
+        consecutive_5xx: outlier.consecutive_5xx_errors.unwrap_or(5),
+        consecutive_gateway: outlier.consecutive_gateway_errors.unwrap_or(0),
+        split_local: outlier.split_external_local_origin_errors,
+        consecutive_local: outlier.consecutive_local_origin_failures.unwrap_or(5),
+        interval_ms: ms(&outlier.interval, 10_000),
+        base_ejection_ms: ms(&outlier.base_ejection_time, 30_000),
+        max_ejection_percent: percent(outlier.max_ejection_percent)
+            .filter(|p| *p > 0)
+            .unwrap_or(10),
+        min_health_percent: percent(outlier.min_health_percent).unwrap_or(0),
+    })
 }
 
 /// A `consistentHash` load balancer as the proxy applies it: the hash key and the table

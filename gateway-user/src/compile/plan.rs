@@ -261,7 +261,32 @@ pub struct Backend {
     /// This destination's own header operations, applied after the route's (HTTP routes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+    /// Passive outlier detection from the DestinationRule (HTTP routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<OutlierPolicy>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// DestinationRule `outlierDetection` with Istio's and Envoy's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutlierPolicy {
+    /// Consecutive 5xx responses that eject an endpoint (connect failures, resets and
+    /// timeouts count as 503/504 unless `split_local`); 0: not by 5xx.
+    pub consecutive_5xx: u32,
+    /// Consecutive 502, 503 and 504 responses (and local failures) that eject; 0: not used.
+    pub consecutive_gateway: u32,
+    /// Local failures counted apart from responses (`splitExternalLocalOriginErrors`),
+    /// `consecutive_local` of them ejecting.
+    pub split_local: bool,
+    pub consecutive_local: u32,
+    /// An endpoint's ejection count decays by one per interval without one.
+    pub interval_ms: u64,
+    /// An ejection lasts this times the endpoint's ejection count.
+    pub base_ejection_ms: u64,
+    /// At most this share of a destination's endpoints is ejected at once (one always may).
+    pub max_ejection_percent: u32,
+    /// Below this share of endpoints not ejected, every endpoint is used (panic); 0: never.
+    pub min_health_percent: u32,
 }
 
 /// What a request is hashed on, and the structure the hash is looked up in.

@@ -8,8 +8,8 @@ use super::{
     model::{
         ConsistentHashLb, CorsPolicy, DestinationRuleSpec, GatewaySpec, Headers,
         HttpDirectResponse, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry,
-        HttpRewrite, HttpRoute, Server, ServerTlsSettings, ServiceEntrySpec, StringMatch,
-        TrafficPolicy, VirtualServiceSpec, Weighted,
+        HttpRewrite, HttpRoute, OutlierDetection, Server, ServerTlsSettings, ServiceEntrySpec,
+        StringMatch, TrafficPolicy, VirtualServiceSpec, Weighted,
     },
     names::{self, one_of},
 };
@@ -1514,6 +1514,42 @@ fn traffic_policy(c: &mut Check<'_>, at: &str, policy: &TrafficPolicy) {
             upgrade,
             names::H2_UPGRADE_POLICIES,
         );
+    }
+    if let Some(outlier) = &policy.outlier_detection {
+        outlier_detection(c, &format!("{at}.outlierDetection"), outlier);
+    }
+}
+
+/// Istio's rules for `outlierDetection` (validateOutlierDetection).
+fn outlier_detection(c: &mut Check<'_>, at: &str, outlier: &OutlierDetection) {
+    if let Some(text) = &outlier.base_ejection_time {
+        duration(c, &format!("{at}.baseEjectionTime"), text);
+    }
+    if let Some(text) = &outlier.interval {
+        duration(c, &format!("{at}.interval"), text);
+    }
+    if outlier.consecutive_errors.is_some_and(|n| n != 0) {
+        c.warn(&format!("{at}.consecutiveErrors"), "outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead (it is ignored, as by Istio)");
+    }
+    if !outlier.split_external_local_origin_errors
+        && outlier
+            .consecutive_local_origin_failures
+            .is_some_and(|n| n > 0)
+    {
+        c.error(&format!("{at}.consecutiveLocalOriginFailures"), "outlier detection consecutive local origin failures is specified, but split external local origin errors is set to false");
+    }
+    for (field, value) in [
+        ("maxEjectionPercent", outlier.max_ejection_percent),
+        ("minHealthPercent", outlier.min_health_percent),
+    ] {
+        if let Some(v) = value
+            && !(0..=100).contains(&v)
+        {
+            c.error(
+                &format!("{at}.{field}"),
+                format!("percentage {v} is not in range 0..100"),
+            );
+        }
     }
 }
 

@@ -84,6 +84,7 @@ pub struct HttpMetrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_failures: Family<UpstreamFailureLabels, Counter>,
     upstream_retries: Family<UpstreamLabelsOnly, Counter>,
+    upstream_ejections: Family<UpstreamLabelsOnly, Counter>,
 }
 
 impl Default for HttpMetrics {
@@ -99,6 +100,7 @@ impl Default for HttpMetrics {
             upstream_requests: Family::default(),
             upstream_failures: Family::default(),
             upstream_retries: Family::default(),
+            upstream_ejections: Family::default(),
         }
     }
 }
@@ -139,9 +141,15 @@ pub struct UpstreamMetrics {
     /// By [`UpstreamFailure`], in its order.
     failures: [Counter; 4],
     retries: Counter,
+    ejections: Counter,
 }
 
 impl UpstreamMetrics {
+    /// Outlier detection ejected one of its endpoints.
+    pub fn ejected(&self) {
+        self.ejections.inc();
+    }
+
     /// A response came back from the upstream.
     pub fn response(&self, status: u16) {
         self.by_class[usize::from((status / 100).clamp(1, 5)) - 1].inc();
@@ -212,6 +220,12 @@ impl HttpMetrics {
             "Requests sent again to an upstream service after a try its retry policy retries",
             self.upstream_retries.clone(),
         );
+        http.register(
+            "upstream_ejections",
+            "Endpoints of an upstream service ejected by outlier detection (DestinationRule \
+             outlierDetection)",
+            self.upstream_ejections.clone(),
+        );
         registry.register(
             "tls_certificate_reloads",
             "Server certificates reloaded after their files changed, by result (ok, error: the \
@@ -266,6 +280,12 @@ impl HttpMetrics {
             failures: ["no_healthy", "connect_failure", "reset", "timeout"].map(failure),
             retries: self
                 .upstream_retries
+                .get_or_create(&UpstreamLabelsOnly {
+                    upstream: name.to_owned(),
+                })
+                .clone(),
+            ejections: self
+                .upstream_ejections
                 .get_or_create(&UpstreamLabelsOnly {
                     upstream: name.to_owned(),
                 })

@@ -7,6 +7,7 @@ pub mod certificates;
 pub mod client_cert;
 pub mod h2_pool;
 pub mod metrics;
+pub mod outlier;
 pub mod pool;
 pub mod query;
 pub mod request;

@@ -19,6 +19,7 @@ use hyper::body::Body as _;
 use super::{
     body::{Body, Counted},
     metrics::UpstreamFailure,
+    outlier::Outcome,
     pool::SendError,
     upstream::{Clients, Picked},
 };
@@ -254,10 +255,19 @@ pub async fn exchange(
             },
             None => sent.await.map_err(Failure::Send),
         };
+        let tried_endpoint = picked.endpoint;
         drop(picked);
         match &result {
-            Ok(response) => metrics.response(response.status().as_u16()),
-            Err(failure) => metrics.failed(failure.counted_as()),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                metrics.response(status);
+                destination.report(tried_endpoint, Outcome::Status(status));
+            }
+            Err(failure) => {
+                metrics.failed(failure.counted_as());
+                let timeout = matches!(failure, Failure::PerTryTimeout);
+                destination.report(tried_endpoint, Outcome::Local { timeout });
+            }
         }
         let tries = tried.len() as u32;
         let again = tries <= policy.retries

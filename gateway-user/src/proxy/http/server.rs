@@ -32,6 +32,7 @@ use super::{
     certificates::CertificateStore,
     client_cert,
     metrics::{Gauged, HttpMetrics, RouteMetrics},
+    outlier::Outliers,
     request::{Peer, handle, local},
     server_names::ListenerTls,
     table::CompiledRoute,
@@ -105,6 +106,8 @@ pub struct HttpProxy {
     shared: Arc<Shared>,
     metrics: Arc<HttpMetrics>,
     certificates: Arc<CertificateStore>,
+    /// Outlier detection records of every destination's endpoints, kept across reloads.
+    outliers: Outliers,
     /// HTTPS servers left out of the last update because their TLS did not load.
     unserved: Failures,
 }
@@ -132,6 +135,7 @@ impl HttpProxy {
             }),
             workers,
             metrics,
+            outliers: Outliers::default(),
             unserved: Vec::new(),
         }
     }
@@ -179,7 +183,7 @@ impl HttpProxy {
             wanted.push((
                 l.address(),
                 HttpListener {
-                    table: HttpTable::new(virtual_hosts, &self.metrics, &name),
+                    table: HttpTable::new(virtual_hosts, &self.metrics, &self.outliers, &name),
                     unrouted: self.metrics.route(&name, "-"),
                     active: self.metrics.active(&name),
                     connections: self.metrics.connections(&name),

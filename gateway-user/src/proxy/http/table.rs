@@ -9,6 +9,7 @@ use regex::Regex;
 
 use super::{
     metrics::{HttpMetrics, RouteMetrics},
+    outlier::Outliers,
     query::query_values,
     retry::RetryPolicy,
     upstream::Destinations,
@@ -229,7 +230,12 @@ pub struct HttpTable {
 
 impl HttpTable {
     /// The table of the virtual hosts of `listener`, each route with its counters.
-    pub fn new(virtual_hosts: &[VirtualHost], metrics: &HttpMetrics, listener: &str) -> HttpTable {
+    pub fn new(
+        virtual_hosts: &[VirtualHost],
+        metrics: &HttpMetrics,
+        outliers: &Outliers,
+        listener: &str,
+    ) -> HttpTable {
         let mut table = HttpTable::default();
         for (index, vh) in virtual_hosts.iter().enumerate() {
             for domain in &vh.domains {
@@ -254,7 +260,9 @@ impl HttpTable {
                         .map(RequestMatch::new)
                         .collect::<Option<Vec<_>>>()?;
                     let destinations = match &route.action {
-                        HttpAction::Route { backends } => Destinations::new(backends, metrics),
+                        HttpAction::Route { backends } => {
+                            Destinations::new(backends, metrics, outliers)
+                        }
                         _ => Destinations::default(),
                     };
                     let regex_rewrite = match route
@@ -567,7 +575,12 @@ mod tests {
             host(&["*.api.example.com"]),
             host(&["*"]),
         ];
-        let table = HttpTable::new(&hosts, &HttpMetrics::default(), "test");
+        let table = HttpTable::new(
+            &hosts,
+            &HttpMetrics::default(),
+            &Outliers::default(),
+            "test",
+        );
         let index = |authority: &str| {
             table
                 .host(authority)
@@ -588,7 +601,12 @@ mod tests {
         for (authority, want) in cases {
             assert_eq!(index(authority), Some(want), "{authority}");
         }
-        let without_any = HttpTable::new(&hosts[..1], &HttpMetrics::default(), "test");
+        let without_any = HttpTable::new(
+            &hosts[..1],
+            &HttpMetrics::default(),
+            &Outliers::default(),
+            "test",
+        );
         assert!(without_any.host("other.test").is_none());
     }
 

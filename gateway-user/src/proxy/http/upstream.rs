@@ -18,10 +18,11 @@ use super::{
     body::{Body, Counted},
     h2_pool::Http2Pool,
     metrics::{HttpMetrics, UpstreamMetrics},
+    outlier::{self, DestinationHealth, EndpointHealth, Outcome, Outliers},
     pool::{Http1Pool, SendError},
 };
 use crate::{
-    compile::plan::{Backend, ConsistentHash, HashKey, HashTable},
+    compile::plan::{Backend, ConsistentHash, HashKey, HashTable, OutlierPolicy},
     config::model::Headers,
     select::maglev,
 };
@@ -78,6 +79,14 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     weight: u32,
     in_flight: AtomicU32,
+    /// Its outlier detection record, when the destination has a policy.
+    health: Option<Arc<EndpointHealth>>,
+}
+
+impl Endpoint {
+    fn ejected(&self, now: u64) -> bool {
+        self.health.as_ref().is_some_and(|h| h.ejected(now))
+    }
 }
 
 #[derive(Debug)]
@@ -96,6 +105,7 @@ pub struct Destination {
     policy: Policy,
     affinity: Option<Affinity>,
     next: AtomicUsize,
+    outlier: Option<(OutlierPolicy, Arc<DestinationHealth>)>,
 }
 
 /// A `consistentHash` load balancer, its table built.
@@ -146,10 +156,16 @@ impl Drop for Picked<'_> {
 const MAX_ROTATION: u64 = 1024;
 
 impl Destinations {
-    pub fn new(backends: &[Backend], metrics: &HttpMetrics) -> Destinations {
+    pub fn new(backends: &[Backend], metrics: &HttpMetrics, outliers: &Outliers) -> Destinations {
         let items: Vec<Destination> = backends
             .iter()
             .map(|b| {
+                let name = format!(
+                    "outbound|{}|{}|{}",
+                    b.port,
+                    b.subset.as_deref().unwrap_or(""),
+                    b.host
+                );
                 let endpoints: Vec<Endpoint> = b
                     .endpoints
                     .iter()
@@ -159,6 +175,10 @@ impl Destinations {
                             authority: e.address.to_string().parse().ok()?,
                             weight: e.weight,
                             in_flight: AtomicU32::new(0),
+                            health: b
+                                .outlier
+                                .as_ref()
+                                .map(|_| outliers.endpoint(&name, e.address)),
                         })
                     })
                     .collect();
@@ -176,13 +196,11 @@ impl Destinations {
                     .consistent_hash
                     .as_ref()
                     .map(|hash| Affinity::new(hash, &endpoints));
-                let name = format!(
-                    "outbound|{}|{}|{}",
-                    b.port,
-                    b.subset.as_deref().unwrap_or(""),
-                    b.host
-                );
                 Destination {
+                    outlier: b
+                        .outlier
+                        .clone()
+                        .map(|policy| (policy, outliers.destination(&name))),
                     metrics: metrics.upstream(&name),
                     name,
                     http2: b.http2,
@@ -225,6 +243,7 @@ impl Destinations {
             None => (None, None),
         };
         let endpoint = endpoint
+            .filter(|e| !destination.outlier_ejects(e))
             .or_else(|| destination.endpoint())
             .ok_or(no_endpoint)?;
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +297,12 @@ impl Destination {
         if self.rotation.is_empty() {
             return None;
         }
+        if let Some((policy, health)) = &self.outlier {
+            let now = outlier::now_ms();
+            if health.any_ejected(now) {
+                return self.endpoint_not_ejected(policy, now);
+            }
+        }
         let slot = |i: usize| &self.endpoints[self.rotation[i % self.rotation.len()]];
         match self.policy {
             Policy::RoundRobin => Some(slot(self.next.fetch_add(1, Ordering::Relaxed))),
@@ -289,6 +314,76 @@ impl Destination {
                 Some(if load(b) < load(a) { b } else { a })
             }
         }
+    }
+}
+
+impl Destination {
+    /// Whether `endpoint` is out of load balancing now (ejected, and not in panic).
+    fn outlier_ejects(&self, endpoint: &Endpoint) -> bool {
+        let Some((policy, health)) = &self.outlier else {
+            return false;
+        };
+        let now = outlier::now_ms();
+        health.any_ejected(now) && endpoint.ejected(now) && !self.in_panic(policy, now)
+    }
+
+    fn in_panic(&self, policy: &OutlierPolicy, now: u64) -> bool {
+        let healthy = self.endpoints.iter().filter(|e| !e.ejected(now)).count();
+        outlier::panic(policy.min_health_percent, healthy, self.endpoints.len())
+    }
+
+    /// [`Destination::endpoint`] while some endpoint is ejected: the policy's choice among
+    /// the others, or among all in panic; none when all are ejected.
+    fn endpoint_not_ejected(&self, policy: &OutlierPolicy, now: u64) -> Option<&Endpoint> {
+        let panicking = self.in_panic(policy, now);
+        let slots: Vec<usize> = self
+            .rotation
+            .iter()
+            .copied()
+            .filter(|&i| panicking || !self.endpoints[i].ejected(now))
+            .collect();
+        if slots.is_empty() {
+            return None;
+        }
+        let slot = |i: usize| &self.endpoints[slots[i % slots.len()]];
+        Some(match self.policy {
+            Policy::RoundRobin => slot(self.next.fetch_add(1, Ordering::Relaxed)),
+            Policy::Random => slot(fastrand::usize(..slots.len())),
+            Policy::LeastRequest => {
+                let a = slot(fastrand::usize(..slots.len()));
+                let b = slot(fastrand::usize(..slots.len()));
+                let load = |e: &Endpoint| e.in_flight.load(Ordering::Relaxed);
+                if load(b) < load(a) { b } else { a }
+            }
+        })
+    }
+
+    /// Counts a try's outcome on `endpoint`; ejects it when that completes a run and the
+    /// destination may lose one more endpoint.
+    pub fn report(&self, endpoint: &Endpoint, outcome: Outcome) {
+        let (Some((policy, health)), Some(record)) = (&self.outlier, &endpoint.health) else {
+            return;
+        };
+        if !record.record(policy, outcome) {
+            return;
+        }
+        let now = outlier::now_ms();
+        if record.ejected(now) {
+            return;
+        }
+        let ejected = self.endpoints.iter().filter(|e| e.ejected(now)).count();
+        if !outlier::may_eject(policy.max_ejection_percent, ejected, self.endpoints.len()) {
+            return;
+        }
+        let until = record.eject(policy, now);
+        health.ejected(until);
+        self.metrics.ejected();
+        tracing::warn!(
+            upstream = %self.name,
+            endpoint = %endpoint.address,
+            seconds = (until - now) / 1000,
+            "outlier detection ejected an endpoint"
+        );
     }
 }
 
@@ -449,6 +544,7 @@ mod tests {
                 backend(20, "RANDOM", &[("203.0.113.4:80", 1)]),
             ],
             &HttpMetrics::default(),
+            &Outliers::default(),
         );
         let mut counts = std::collections::HashMap::new();
         for _ in 0..10_000 {
@@ -472,6 +568,7 @@ mod tests {
                 &[("203.0.113.2:80", 1), ("203.0.113.3:80", 1)],
             )],
             &HttpMetrics::default(),
+            &Outliers::default(),
         );
         let held: Vec<Picked<'_>> = (0..50).filter_map(|_| d.pick(&anyone()).ok()).collect();
         let busy = |a: &str| {
@@ -501,7 +598,7 @@ mod tests {
             ],
         );
         b.consistent_hash = Some(ConsistentHash { key, table });
-        Destinations::new(&[b], &HttpMetrics::default())
+        Destinations::new(&[b], &HttpMetrics::default(), &Outliers::default())
     }
 
     #[test]
@@ -602,9 +699,93 @@ mod tests {
 
     #[test]
     fn no_endpoint_is_no_healthy_upstream() {
-        let d = Destinations::new(&[backend(100, "ROUND_ROBIN", &[])], &HttpMetrics::default());
+        let d = Destinations::new(
+            &[backend(100, "ROUND_ROBIN", &[])],
+            &HttpMetrics::default(),
+            &Outliers::default(),
+        );
         let no_endpoint = d.pick(&anyone()).err().flatten().map(|d| d.name.as_str());
         assert_eq!(no_endpoint, Some("outbound|80||h100"));
         assert!(matches!(Destinations::default().pick(&anyone()), Err(None)));
+    }
+
+    #[test]
+    fn outlier_detection_takes_ejected_endpoints_out() {
+        let policy = |max_percent: u32, min_health: u32| OutlierPolicy {
+            consecutive_5xx: 2,
+            consecutive_gateway: 0,
+            split_local: false,
+            consecutive_local: 5,
+            interval_ms: 10_000,
+            base_ejection_ms: 60_000,
+            max_ejection_percent: max_percent,
+            min_health_percent: min_health,
+        };
+        let endpoints = [
+            ("192.0.2.1:80", 1),
+            ("192.0.2.2:80", 1),
+            ("192.0.2.3:80", 1),
+        ];
+        let build = |policy: OutlierPolicy, outliers: &Outliers| {
+            Destinations::new(
+                &[Backend {
+                    outlier: Some(policy),
+                    ..backend(100, "ROUND_ROBIN", &endpoints)
+                }],
+                &HttpMetrics::default(),
+                outliers,
+            )
+        };
+        let picks = |d: &Destinations| -> Vec<SocketAddr> {
+            (0..30)
+                .filter_map(|_| d.pick(&anyone()).ok().map(|p| p.endpoint.address))
+                .collect()
+        };
+        let fail = |d: &Destinations, n: usize, status: u16| {
+            let destination = &d.items[0];
+            destination.report(&destination.endpoints[n], Outcome::Status(status));
+        };
+        let outliers = Outliers::default();
+        let d = build(policy(10, 0), &outliers);
+        assert_eq!(picks(&d).len(), 30);
+        // One 5xx, a success, one 5xx: no run of two.
+        fail(&d, 0, 503);
+        fail(&d, 0, 200);
+        fail(&d, 0, 500);
+        assert!(picks(&d).contains(&d.items[0].endpoints[0].address));
+        // The second 5xx in a row ejects it: no request goes there.
+        fail(&d, 0, 500);
+        let after = picks(&d);
+        assert_eq!(after.len(), 30);
+        assert!(
+            !after.contains(&d.items[0].endpoints[0].address),
+            "{after:?}"
+        );
+        // 10 %: a second endpoint of three is not ejected.
+        fail(&d, 1, 500);
+        fail(&d, 1, 500);
+        assert!(picks(&d).contains(&d.items[0].endpoints[1].address));
+        // The record outlives a reload: the rebuilt table still avoids it.
+        let reloaded = build(policy(10, 0), &outliers);
+        assert!(!picks(&reloaded).contains(&endpoints_address(0)));
+
+        // 100 %: all three go, and nothing is left (no panic threshold) ...
+        let d = build(policy(100, 0), &Outliers::default());
+        for n in 0..3 {
+            fail(&d, n, 502);
+            fail(&d, n, 502);
+        }
+        assert!(matches!(d.pick(&anyone()), Err(Some(_))));
+        // ... unless below minHealthPercent every endpoint is used again.
+        let d = build(policy(100, 50), &Outliers::default());
+        for n in 0..3 {
+            fail(&d, n, 502);
+            fail(&d, n, 502);
+        }
+        assert_eq!(picks(&d).len(), 30);
+    }
+
+    fn endpoints_address(n: usize) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1 + n as u8], 80))
     }
 }
