@@ -656,3 +656,61 @@ spec:
 }
 
 tests::in_both_datapaths!(client_certificates: userspace_client_certificates, kernel_mode_client_certificates);
+
+/// Istio's Circuit Breaking task: one connection, one pending request, one request per
+/// connection. Three requests at once to a slow path: one is served, one waits for the
+/// connection and is served, the third overflows (503, `x-envoy-overloaded`, counted). Then
+/// the task's load: clients in parallel, some 503s, each counted as an overflow and none
+/// reaching httpbin.
+fn circuit_breaking(mode: Mode) {
+    let mut ex = Example::network(&[HTTPBIN], &[]);
+    let httpbin = backend(&ex, HTTPBIN, 8080, "httpbin");
+    ex.serve("circuit-breaking.yaml", mode);
+    let url = |path: &str| format!("http://{}:80{path}", topology::GATEWAY_CLIENT_V4);
+    let host = ["-H", "Host: httpbin.example.com"];
+    let overflows = "sluice_http_upstream_failures_total{upstream=\"outbound|8000||httpbin.default.svc.cluster.local\",reason=\"overflow\"}";
+    let at_once = |clients: usize, each: usize, path: &str| -> Vec<(u16, bool)> {
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..clients)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..each)
+                            .map(|_| {
+                                let got = curl(&ex, &url(path), &host);
+                                (got.status, got.header("x-envoy-overloaded") == Some("true"))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .flat_map(|r| r.join().unwrap_or_else(|_| panic!("a client failed")))
+                .collect()
+        })
+    };
+    let mut got = at_once(3, 1, "/delay/600");
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [(200, false), (200, false), (503, true)],
+        "{}",
+        ex.sluice().log()
+    );
+    assert_eq!(ex.sluice().metric(overflows), Some(1.0));
+
+    // fortio load -c 3 -n 30, on a path that takes a moment.
+    let got = at_once(3, 10, "/delay/30");
+    let refused = got.iter().filter(|(status, _)| *status == 503).count();
+    assert!(
+        got.iter()
+            .all(|(status, overloaded)| (*status == 200 && !overloaded)
+                || (*status == 503 && *overloaded)),
+        "{got:?}"
+    );
+    assert!(refused > 0 && refused < 30, "{refused} of 30 refused");
+    assert_eq!(ex.sluice().metric(overflows), Some(1.0 + refused as f64));
+    // httpbin saw exactly the requests that were not refused.
+    assert_eq!(httpbin.requests(), 2 + 30 - refused);
+}
+
+tests::in_both_datapaths!(circuit_breaking: userspace_circuit_breaking_example, kernel_mode_circuit_breaking_example);

@@ -198,5 +198,37 @@ fn backends_text(out: &mut String, backends: &[Backend]) {
             "      -> {}:{}{subset} weight {} {} endpoints {endpoints:?}",
             b.host, b.port, b.weight, b.load_balancer
         );
+        if let Some(pool) = &b.pool {
+            let limit = |n: u32| {
+                if n == u32::MAX {
+                    "-".to_owned()
+                } else {
+                    n.to_string()
+                }
+            };
+            let _ = writeln!(
+                out,
+                "         circuit breakers: connections {} pending {} requests {} retries {} per connection {}",
+                limit(pool.max_connections),
+                limit(pool.max_pending),
+                limit(pool.max_requests),
+                limit(pool.max_retries),
+                if pool.max_requests_per_connection == 0 {
+                    "-".to_owned()
+                } else {
+                    pool.max_requests_per_connection.to_string()
+                }
+            );
+        }
+        if let Some(o) = &b.outlier {
+            let _ = writeln!(
+                out,
+                "         outlier detection: {} consecutive 5xx, {} gateway errors, ejected {} ms x count, at most {} %",
+                o.consecutive_5xx,
+                o.consecutive_gateway,
+                o.base_ejection_ms,
+                o.max_ejection_percent
+            );
+        }
     }
 }

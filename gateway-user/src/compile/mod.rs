@@ -14,7 +14,7 @@ use crate::{
     compile::plan::{
         Backend, CertificateSource, ConsistentHash, Endpoint, HashKey, HashTable, HttpAction,
         HttpRoute, L4Route, LeftOut, Listener, ListenerKind, OutlierPolicy, Place, Placement, Plan,
-        Retries, RouteOrigin, ServerOrigin, SniRoute, TlsTermination, VirtualHost,
+        PoolLimits, Retries, RouteOrigin, ServerOrigin, SniRoute, TlsTermination, VirtualHost,
     },
     config::{
         Diagnostic, Object, ObjectRef, Severity, Spec,
@@ -990,6 +990,7 @@ impl<'a> Compiler<'a> {
         let consistent_hash = policies.iter().find_map(|p| affinity(*p));
         let upgrade = policies.iter().find_map(|p| h2_upgrade_policy(*p));
         let outlier = policies.iter().find_map(|p| outlier_policy(*p));
+        let pool = policies.iter().find_map(|p| pool_limits(*p));
         let protocol = service_port.protocol.to_ascii_uppercase();
         let http2 = matches!(protocol.as_str(), "HTTP2" | "GRPC" | "GRPC-WEB")
             || (protocol == "HTTP" && upgrade == Some("UPGRADE"));
@@ -1035,6 +1036,7 @@ impl<'a> Compiler<'a> {
             http2,
             headers: None,
             outlier,
+            pool,
             endpoints,
         })
     }
@@ -1152,6 +1154,57 @@ fn outlier_policy(policy: Option<&TrafficPolicy>) -> Option<OutlierPolicy> {
             .unwrap_or(10),
         min_health_percent: percent(outlier.min_health_percent).unwrap_or(0),
     })
+}
+
+/// `connectionPool` as limits, when it sets any (`h2UpgradePolicy` alone sets none); 0 and
+/// unset mean no limit, as Istio leaves Envoy's thresholds at their maximum.
+fn pool_limits(policy: Option<&TrafficPolicy>) -> Option<PoolLimits> {
+    let pool = policy?.connection_pool.as_ref()?;
+    let (tcp, http) = (pool.tcp.as_ref(), pool.http.as_ref());
+    let limit = |value: Option<i32>| {
+        value
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(u32::MAX)
+    };
+    let ms = |text: Option<&String>| {
+        text.and_then(|t| names::parse_duration(t))
+            .map(|d| d.as_millis() as u64)
+    };
+    let seconds = |text: Option<&String>| {
+        text.and_then(|t| names::parse_duration(t))
+            .map(|d| d.as_secs().clamp(1, u64::from(u32::MAX)) as u32)
+    };
+    let limits = PoolLimits {
+        max_connections: limit(tcp.and_then(|t| t.max_connections)),
+        max_pending: limit(http.and_then(|h| h.http1_max_pending_requests)),
+        max_requests: limit(http.and_then(|h| h.http2_max_requests)),
+        max_retries: limit(http.and_then(|h| h.max_retries)),
+        max_requests_per_connection: http
+            .and_then(|h| h.max_requests_per_connection)
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0),
+        connect_timeout_ms: ms(tcp.and_then(|t| t.connect_timeout.as_ref())),
+        idle_timeout_ms: ms(http.and_then(|h| h.idle_timeout.as_ref())),
+        keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(|k| {
+            (
+                seconds(k.time.as_ref()),
+                seconds(k.interval.as_ref()),
+                k.probes,
+            )
+        }),
+    };
+    let unlimited = PoolLimits {
+        max_connections: u32::MAX,
+        max_pending: u32::MAX,
+        max_requests: u32::MAX,
+        max_retries: u32::MAX,
+        max_requests_per_connection: 0,
+        connect_timeout_ms: None,
+        idle_timeout_ms: None,
+        keepalive: None,
+    };
+    (limits != unlimited).then_some(limits)
 }
 
 /// A `consistentHash` load balancer as the proxy applies it: the hash key and the table

@@ -264,7 +264,32 @@ pub struct Backend {
     /// Passive outlier detection from the DestinationRule (HTTP routes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier: Option<OutlierPolicy>,
+    /// Circuit breakers and connection settings from the DestinationRule (HTTP routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolLimits>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// DestinationRule `connectionPool` as Envoy's circuit breakers (per destination, over
+/// every worker) and connection settings; Istio's defaults: no limit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct PoolLimits {
+    /// Upstream HTTP/1.1 connections open at once (`tcp.maxConnections`).
+    pub max_connections: u32,
+    /// Requests waiting for one of them (`http.http1MaxPendingRequests`).
+    pub max_pending: u32,
+    /// Requests in progress (`http.http2MaxRequests`, Envoy's `max_requests`).
+    pub max_requests: u32,
+    /// Retries in progress (`http.maxRetries`).
+    pub max_retries: u32,
+    /// Requests one connection carries before it is closed; 0: no limit.
+    pub max_requests_per_connection: u32,
+    pub connect_timeout_ms: Option<u64>,
+    /// An idle upstream connection is closed after this long (`http.idleTimeout`).
+    pub idle_timeout_ms: Option<u64>,
+    /// `tcp.tcpKeepalive`: idle time and probe interval in seconds, probes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<(Option<u32>, Option<u32>, Option<u32>)>,
 }
 
 /// DestinationRule `outlierDetection` with Istio's and Envoy's defaults filled in.

@@ -600,7 +600,7 @@ pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_pool: Option<ConnectionPoolSettings>,
+    pub connection_pool: Option<Box<ConnectionPoolSettings>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<Box<OutlierDetection>>,
 }
@@ -638,7 +638,32 @@ pub struct OutlierDetection {
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionPoolSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpPoolSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpPoolSettings>,
+}
+
+/// Envoy's circuit breakers and connection settings; 0 means unset, as in Istio.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpPoolSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpKeepalive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -647,6 +672,24 @@ pub struct HttpPoolSettings {
     /// `DEFAULT`, `DO_NOT_UPGRADE` or `UPGRADE` (HTTP/1.1 upstreams spoken to in HTTP/2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub h2_upgrade_policy: Option<String>,
+    #[serde(
+        default,
+        rename = "http1MaxPendingRequests",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http1_max_pending_requests: Option<i32>,
+    #[serde(
+        default,
+        rename = "http2MaxRequests",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http2_max_requests: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -746,16 +789,8 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
             ("proxyProtocol", ""),
             ("retryBudget", ""),
         ],
-        "ConnectionPoolSettings" => &[("tcp", "")],
-        "HttpPoolSettings" => &[
-            ("http1MaxPendingRequests", ""),
-            ("http2MaxRequests", ""),
-            ("maxRequestsPerConnection", ""),
-            ("maxRetries", ""),
-            ("idleTimeout", ""),
-            ("maxConcurrentStreams", ""),
-            ("useClientProtocol", ""),
-        ],
+        "TcpPoolSettings" => &[("maxConnectionDuration", ""), ("idleTimeout", "")],
+        "HttpPoolSettings" => &[("maxConcurrentStreams", ""), ("useClientProtocol", "")],
         "LoadBalancerSettings" => &[
             ("zoneAwareLbSetting", ""),
             ("backendUtilization", ""),

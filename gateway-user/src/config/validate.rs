@@ -6,8 +6,8 @@ use super::{
     diagnostic::{Diagnostic, Severity, codes},
     load::{Object, Spec},
     model::{
-        ConsistentHashLb, CorsPolicy, DestinationRuleSpec, GatewaySpec, Headers,
-        HttpDirectResponse, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry,
+        ConnectionPoolSettings, ConsistentHashLb, CorsPolicy, DestinationRuleSpec, GatewaySpec,
+        Headers, HttpDirectResponse, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry,
         HttpRewrite, HttpRoute, OutlierDetection, Server, ServerTlsSettings, ServiceEntrySpec,
         StringMatch, TrafficPolicy, VirtualServiceSpec, Weighted,
     },
@@ -1517,6 +1517,57 @@ fn traffic_policy(c: &mut Check<'_>, at: &str, policy: &TrafficPolicy) {
     }
     if let Some(outlier) = &policy.outlier_detection {
         outlier_detection(c, &format!("{at}.outlierDetection"), outlier);
+    }
+    if let Some(pool) = &policy.connection_pool {
+        connection_pool(c, &format!("{at}.connectionPool"), pool);
+    }
+}
+
+/// Istio's rules for `connectionPool` (validateConnectionPool).
+fn connection_pool(c: &mut Check<'_>, at: &str, pool: &ConnectionPoolSettings) {
+    let mut non_negative = |field: &str, value: Option<i32>, what: &str| {
+        if value.is_some_and(|v| v < 0) {
+            c.error(
+                &format!("{at}.{field}"),
+                format!("{what} must be non-negative"),
+            );
+        }
+    };
+    if let Some(http) = &pool.http {
+        non_negative(
+            "http.http1MaxPendingRequests",
+            http.http1_max_pending_requests,
+            "http1 max pending requests",
+        );
+        non_negative(
+            "http.http2MaxRequests",
+            http.http2_max_requests,
+            "http2 max requests",
+        );
+        non_negative(
+            "http.maxRequestsPerConnection",
+            http.max_requests_per_connection,
+            "max requests per connection",
+        );
+        non_negative("http.maxRetries", http.max_retries, "max retries");
+    }
+    if let Some(tcp) = &pool.tcp {
+        non_negative("tcp.maxConnections", tcp.max_connections, "max connections");
+    }
+    if let Some(text) = pool.http.as_ref().and_then(|h| h.idle_timeout.as_ref()) {
+        duration(c, &format!("{at}.http.idleTimeout"), text);
+    }
+    if let Some(tcp) = &pool.tcp {
+        if let Some(text) = &tcp.connect_timeout {
+            duration(c, &format!("{at}.tcp.connectTimeout"), text);
+        }
+        if let Some(keepalive) = &tcp.tcp_keepalive {
+            for (field, value) in [("time", &keepalive.time), ("interval", &keepalive.interval)] {
+                if let Some(text) = value {
+                    duration(c, &format!("{at}.tcp.tcpKeepalive.{field}"), text);
+                }
+            }
+        }
     }
 }
 

@@ -6,12 +6,40 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// A connection to a backend, within [`CONNECT_TIMEOUT`] (`TimedOut` past it), with Nagle
 /// off: what every userspace server opens towards backends.
 pub async fn dial(backend: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(backend))
+    dial_within(backend, CONNECT_TIMEOUT).await
+}
+
+/// [`dial`] within `timeout`.
+pub async fn dial_within(
+    backend: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(backend))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     keepalive(&stream)?;
     Ok(stream)
+}
+
+/// TCP keepalive as a DestinationRule's `tcpKeepalive` sets it: idle time and probe interval
+/// in seconds, and the probe count, each the kernel's default when not given.
+pub fn keepalive_with(
+    socket: &impl std::os::fd::AsFd,
+    (idle, interval, probes): (Option<u32>, Option<u32>, Option<u32>),
+) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(socket, sockopt::KeepAlive, &true)?;
+    if let Some(idle) = idle {
+        setsockopt(socket, sockopt::TcpKeepIdle, &idle)?;
+    }
+    if let Some(interval) = interval {
+        setsockopt(socket, sockopt::TcpKeepInterval, &interval)?;
+    }
+    if let Some(probes) = probes {
+        setsockopt(socket, sockopt::TcpKeepCount, &probes)?;
+    }
+    Ok(())
 }
 
 /// TCP keepalive as every userspace server sets it, on its listening sockets (accepted

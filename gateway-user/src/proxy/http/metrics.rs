@@ -132,6 +132,8 @@ pub enum UpstreamFailure {
     Reset,
     /// `UT`: the route's timeout passed.
     Timeout,
+    /// `UO`: a circuit breaker (DestinationRule `connectionPool`) refused it.
+    Overflow,
 }
 
 /// One upstream service's handles.
@@ -139,7 +141,7 @@ pub enum UpstreamFailure {
 pub struct UpstreamMetrics {
     by_class: [Counter; 5],
     /// By [`UpstreamFailure`], in its order.
-    failures: [Counter; 4],
+    failures: [Counter; 5],
     retries: Counter,
     ejections: Counter,
 }
@@ -212,7 +214,8 @@ impl HttpMetrics {
             "upstream_failures",
             "Tries an upstream service did not answer (each retry counts), by reason \
              (no_healthy: no endpoint, connect_failure, reset: closed before a response, \
-             timeout: the route's timeout or perTryTimeout)",
+             timeout: the route's timeout or perTryTimeout, overflow: over a connectionPool \
+             limit)",
             self.upstream_failures.clone(),
         );
         http.register(
@@ -277,7 +280,14 @@ impl HttpMetrics {
         };
         UpstreamMetrics {
             by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
-            failures: ["no_healthy", "connect_failure", "reset", "timeout"].map(failure),
+            failures: [
+                "no_healthy",
+                "connect_failure",
+                "reset",
+                "timeout",
+                "overflow",
+            ]
+            .map(failure),
             retries: self
                 .upstream_retries
                 .get_or_create(&UpstreamLabelsOnly {

@@ -10,10 +10,8 @@
 //! (Envoy returns it at the next interval sweep after that), and the ejection count decays
 //! by one per interval without an ejection, reckoned when the next ejection comes.
 use std::{
-    collections::HashMap,
-    net::SocketAddr,
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak,
+        OnceLock,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Instant,
@@ -154,41 +152,6 @@ impl DestinationHealth {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-type Registry<K, V> = Mutex<HashMap<K, Weak<V>>>;
-
-/// Every destination's and endpoint's record, by name and address, while a routing table
-/// holds it.
-#[derive(Debug, Default)]
-pub struct Outliers {
-    destinations: Registry<String, DestinationHealth>,
-    endpoints: Registry<(String, SocketAddr), EndpointHealth>,
-}
-
-fn get_or_make<K: std::hash::Hash + Eq, V: Default>(registry: &Registry<K, V>, key: K) -> Arc<V> {
-    let mut map = lock(registry);
-    if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
-        return live;
-    }
-    map.retain(|_, v| v.strong_count() > 0);
-    let fresh = Arc::new(V::default());
-    map.insert(key, Arc::downgrade(&fresh));
-    fresh
-}
-
-impl Outliers {
-    pub fn destination(&self, name: &str) -> Arc<DestinationHealth> {
-        get_or_make(&self.destinations, name.to_owned())
-    }
-
-    pub fn endpoint(&self, destination: &str, address: SocketAddr) -> Arc<EndpointHealth> {
-        get_or_make(&self.endpoints, (destination.to_owned(), address))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,19 +267,5 @@ mod tests {
         assert!(!panic(0, 0, 3));
         assert!(panic(50, 1, 3));
         assert!(!panic(50, 2, 3));
-    }
-
-    #[test]
-    fn records_are_shared_while_held() {
-        let outliers = Outliers::default();
-        let address: SocketAddr = "192.0.2.1:80".parse().unwrap_or_else(|e| panic!("{e}"));
-        let a = outliers.endpoint("outbound|80||a", address);
-        let b = outliers.endpoint("outbound|80||a", address);
-        assert!(Arc::ptr_eq(&a, &b));
-        let other = outliers.endpoint("outbound|80||b", address);
-        assert!(!Arc::ptr_eq(&a, &other));
-        drop((a, b));
-        let fresh = outliers.endpoint("outbound|80||a", address);
-        assert_eq!(fresh.ejections.load(Ordering::Relaxed), 0);
     }
 }

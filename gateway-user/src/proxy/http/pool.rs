@@ -29,7 +29,13 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use super::body::{Body, Counted};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+use super::{
+    body::{Body, Counted},
+    circuit::Circuit,
+};
+use crate::compile::plan::PoolLimits;
 
 /// Idle connections older than this are closed (as the pool of hyper-util's client).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,10 +51,23 @@ pub enum SendError {
     Connect(io::Error),
     /// The connection failed or closed before a response.
     Upstream(hyper::Error),
+    /// Over a circuit breaker: no connection could be opened and too many wait for one.
+    Overflow,
+}
+
+/// A connection's sender and what it has carried.
+struct Conn<B> {
+    sender: SendRequest<B>,
+    /// Requests sent on it so far.
+    used: u32,
+    /// Requests it may carry (DestinationRule `maxRequestsPerConnection`; 0: any number).
+    cap: u32,
+    /// Sweep ticks it may stay idle.
+    idle_ticks: u64,
 }
 
 struct Idle<B> {
-    sender: SendRequest<B>,
+    conn: Conn<B>,
     /// The sweep tick it went idle in (ticks rather than clock reads on the request path).
     since: u64,
 }
@@ -88,6 +107,8 @@ pub struct Http1Pool<B = Counted> {
     sweeping: AtomicBool,
     /// Advanced by the sweep every [`SWEEP_EVERY`] while connections are idle.
     tick: AtomicU64,
+    /// Woken when a connection goes idle, for requests waiting under a connection limit.
+    returned: Notify,
 }
 
 impl<B> Default for Http1Pool<B> {
@@ -96,6 +117,7 @@ impl<B> Default for Http1Pool<B> {
             idle: Mutex::default(),
             sweeping: AtomicBool::default(),
             tick: AtomicU64::default(),
+            returned: Notify::new(),
         }
     }
 }
@@ -111,48 +133,129 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     /// Sends `request` (origin-form URI, `Host` set) to `endpoint` on an idle connection, or
-    /// a new one.
+    /// a new one; under `circuit`'s connection limit, waits for either as a pending request
+    /// (refused when too many wait), its place as one given up once it has a connection.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: SocketAddr,
         mut request: Request<B>,
+        circuit: Option<&Circuit>,
     ) -> Result<Response<Body>, SendError> {
-        while let Some(mut sender) = self.take(endpoint) {
-            if sender.ready().await.is_err() {
+        loop {
+            request = match self.send_idle(endpoint, request).await {
+                Ok(sent) => return sent,
+                Err(request) => request,
+            };
+            let Some(circuit) = circuit else {
+                return self.send_new(endpoint, request, None, None).await;
+            };
+            if let Some(permit) = circuit.connection() {
+                return self
+                    .send_new(endpoint, request, Some(circuit), Some(permit))
+                    .await;
+            }
+            let Some(waiting) = circuit.pending() else {
+                return Err(SendError::Overflow);
+            };
+            let permit = loop {
+                let returned = self.returned.notified();
+                if self.has_idle(endpoint) {
+                    break None;
+                }
+                tokio::select! {
+                    permit = circuit.connection_freed() => match permit {
+                        Some(permit) => break Some(permit),
+                        None => return Err(SendError::Overflow),
+                    },
+                    () = returned => {}
+                }
+            };
+            drop(waiting);
+            if let Some(permit) = permit {
+                return self
+                    .send_new(endpoint, request, Some(circuit), Some(permit))
+                    .await;
+            }
+            // A connection came back idle: the next round sends on it (the worker's
+            // runtime runs nothing else between the look and the take).
+        }
+    }
+
+    fn has_idle(&self, endpoint: SocketAddr) -> bool {
+        let now = self.tick.load(Ordering::Relaxed);
+        lock(&self.idle).get(&endpoint).is_some_and(|list| {
+            list.iter()
+                .any(|e| !e.conn.sender.is_closed() && now - e.since < e.conn.idle_ticks)
+        })
+    }
+
+    /// `request` on an idle connection to `endpoint`, or back when none took it.
+    async fn send_idle(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        mut request: Request<B>,
+    ) -> Result<Result<Response<Body>, SendError>, Request<B>> {
+        while let Some(mut conn) = self.take(endpoint) {
+            if conn.sender.ready().await.is_err() {
                 continue;
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.returning(endpoint, sender, response)),
+            match conn.sender.try_send_request(request).await {
+                Ok(response) => return Ok(Ok(self.returning(endpoint, conn, response))),
                 Err(mut e) => match e.take_message() {
                     // Not sent: the connection closed under it. The next one takes it.
                     Some(back) => request = back,
-                    None => return Err(SendError::Upstream(e.into_error())),
+                    None => return Ok(Err(SendError::Upstream(e.into_error()))),
                 },
             }
         }
-        let mut sender = connect(endpoint).await.map_err(SendError::Connect)?;
-        let response = sender
+        Err(request)
+    }
+
+    /// `request` on a new connection, which holds `permit` while it is open.
+    async fn send_new(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        request: Request<B>,
+        circuit: Option<&Circuit>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Response<Body>, SendError> {
+        let limits = circuit.map(|c| &c.limits);
+        let sender = connect(endpoint, limits, permit)
+            .await
+            .map_err(SendError::Connect)?;
+        let mut conn = Conn {
+            sender,
+            used: 0,
+            cap: limits.map_or(0, |l| l.max_requests_per_connection),
+            idle_ticks: limits
+                .and_then(|l| l.idle_timeout_ms)
+                .map_or(IDLE_TICKS, |ms| {
+                    ms.div_ceil(SWEEP_EVERY.as_millis() as u64).max(1)
+                }),
+        };
+        let response = conn
+            .sender
             .send_request(request)
             .await
             .map_err(SendError::Upstream)?;
-        Ok(self.returning(endpoint, sender, response))
+        Ok(self.returning(endpoint, conn, response))
     }
 
     /// The most recently idled connection to `endpoint` still open and young enough.
-    fn take(&self, endpoint: SocketAddr) -> Option<SendRequest<B>> {
+    fn take(&self, endpoint: SocketAddr) -> Option<Conn<B>> {
         let now = self.tick.load(Ordering::Relaxed);
         let mut idle = lock(&self.idle);
         let list = idle.get_mut(&endpoint)?;
         while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() && now - entry.since < IDLE_TICKS {
-                return Some(entry.sender);
+            if !entry.conn.sender.is_closed() && now - entry.since < entry.conn.idle_ticks {
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    fn put(self: &Arc<Self>, endpoint: SocketAddr, sender: SendRequest<B>) {
-        if sender.is_closed() {
+    fn put(self: &Arc<Self>, endpoint: SocketAddr, conn: Conn<B>) {
+        if conn.sender.is_closed() || (conn.cap > 0 && conn.used >= conn.cap) {
             return;
         }
         {
@@ -162,10 +265,11 @@ where
                 return;
             }
             list.push(Idle {
-                sender,
+                conn,
                 since: self.tick.load(Ordering::Relaxed),
             });
         }
+        self.returned.notify_waiters();
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             tokio::spawn(sweep(Arc::downgrade(self)));
         }
@@ -175,16 +279,17 @@ where
     fn returning(
         self: &Arc<Self>,
         endpoint: SocketAddr,
-        sender: SendRequest<B>,
+        mut conn: Conn<B>,
         response: Response<Incoming>,
     ) -> Response<Body> {
+        conn.used = conn.used.saturating_add(1);
         // After a 101 the connection belongs to the upgrade.
         let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-        let mut back = reusable.then(|| (self.clone(), endpoint, sender));
+        let mut back = reusable.then(|| (self.clone(), endpoint, conn));
         if response.body().is_end_stream()
-            && let Some((pool, endpoint, sender)) = back.take()
+            && let Some((pool, endpoint, conn)) = back.take()
         {
-            pool.put(endpoint, sender);
+            pool.put(endpoint, conn);
         }
         response.map(|body| Returning { body, back }.map_err(Into::into).boxed())
     }
@@ -199,7 +304,7 @@ async fn sweep<B>(pool: Weak<Http1Pool<B>>) {
         let now = pool.tick.fetch_add(1, Ordering::Relaxed) + 1;
         let mut idle = lock(&pool.idle);
         idle.retain(|_, list| {
-            list.retain(|e| !e.sender.is_closed() && now - e.since < IDLE_TICKS);
+            list.retain(|e| !e.conn.sender.is_closed() && now - e.since < e.conn.idle_ticks);
             !list.is_empty()
         });
         if idle.is_empty() {
@@ -209,18 +314,31 @@ async fn sweep<B>(pool: Weak<Http1Pool<B>>) {
     }
 }
 
-async fn connect<B>(endpoint: SocketAddr) -> io::Result<SendRequest<B>>
+/// A connection to `endpoint` with the destination's connect timeout and keepalive; it
+/// holds `permit` (its place under the connection limit) until it closes.
+async fn connect<B>(
+    endpoint: SocketAddr,
+    limits: Option<&PoolLimits>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> io::Result<SendRequest<B>>
 where
     B: HttpBody + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = crate::proxy::dial(endpoint).await?;
+    let timeout = limits
+        .and_then(|l| l.connect_timeout_ms)
+        .map_or(crate::proxy::CONNECT_TIMEOUT, Duration::from_millis);
+    let stream = crate::proxy::dial_within(endpoint, timeout).await?;
+    if let Some(keepalive) = limits.and_then(|l| l.keepalive) {
+        crate::proxy::keepalive_with(&stream, keepalive)?;
+    }
     let (sender, connection) = Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(async move {
+        let _permit = permit;
         if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
         }
@@ -232,7 +350,7 @@ where
 /// its end, the connection is dropped too (hyper closes it).
 struct Returning<B> {
     body: Incoming,
-    back: Option<(Arc<Http1Pool<B>>, SocketAddr, SendRequest<B>)>,
+    back: Option<(Arc<Http1Pool<B>>, SocketAddr, Conn<B>)>,
 }
 
 impl<B> Returning<B>
@@ -242,8 +360,8 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn give_back(&mut self) {
-        if let Some((pool, endpoint, sender)) = self.back.take() {
-            pool.put(endpoint, sender);
+        if let Some((pool, endpoint, conn)) = self.back.take() {
+            pool.put(endpoint, conn);
         }
     }
 }
@@ -292,6 +410,11 @@ mod tests {
     /// An HTTP/1.1 server on loopback counting the connections it accepted; it asks the
     /// client to close after each response when `close` is set.
     async fn server(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        server_after(close, Duration::ZERO).await
+    }
+
+    /// [`server`], answering each request `delay` after it came.
+    async fn server_after(close: bool, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -303,6 +426,7 @@ mod tests {
                 counter.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let service = service_fn(move |_request: Request<Incoming>| async move {
+                        tokio::time::sleep(delay).await;
                         let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
                         if close {
                             response.headers_mut().insert(
@@ -331,7 +455,7 @@ mod tests {
 
     async fn get(pool: &Arc<Http1Pool<Empty<Bytes>>>, address: SocketAddr) -> Bytes {
         let response = pool
-            .send(address, request())
+            .send(address, request(), None)
             .await
             .unwrap_or_else(|e| panic!("{e:?}"));
         response
@@ -367,6 +491,61 @@ mod tests {
         assert_eq!(accepted.load(Ordering::Relaxed), 3);
     }
 
+    fn limits(connections: u32, pending: u32, per_connection: u32) -> PoolLimits {
+        PoolLimits {
+            max_connections: connections,
+            max_pending: pending,
+            max_requests: u32::MAX,
+            max_retries: u32::MAX,
+            max_requests_per_connection: per_connection,
+            connect_timeout_ms: None,
+            idle_timeout_ms: None,
+            keepalive: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_limit_queues_then_overflows() {
+        let (address, accepted) = server_after(false, Duration::from_millis(200)).await;
+        let pool: Arc<Http1Pool<Empty<Bytes>>> = Arc::new(Http1Pool::default());
+        let circuit = Circuit::new(limits(1, 1, 0));
+        let send = || async {
+            match pool.send(address, request(), Some(&circuit)).await {
+                Ok(response) => {
+                    let _ = response.into_body().collect().await;
+                    "ok"
+                }
+                Err(SendError::Overflow) => "overflow",
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        // One connection at a time: the second waits for it, the third has no place.
+        let (a, b, c) = tokio::join!(send(), send(), send());
+        let mut outcomes = vec![a, b, c];
+        outcomes.sort_unstable();
+        assert_eq!(outcomes, ["ok", "ok", "overflow"]);
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "the waiting request took the idle one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_carries_at_most_its_requests() {
+        let (address, accepted) = server(false).await;
+        let pool: Arc<Http1Pool<Empty<Bytes>>> = Arc::new(Http1Pool::default());
+        let circuit = Circuit::new(limits(u32::MAX, u32::MAX, 2));
+        for _ in 0..6 {
+            let response = pool
+                .send(address, request(), Some(&circuit))
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            let _ = response.into_body().collect().await;
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 3);
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -376,7 +555,7 @@ mod tests {
         drop(listener);
         let pool: Arc<Http1Pool<Empty<Bytes>>> = Arc::new(Http1Pool::default());
         assert!(matches!(
-            pool.send(address, request()).await,
+            pool.send(address, request(), None).await,
             Err(SendError::Connect(_))
         ));
     }

@@ -641,6 +641,17 @@ async fn forward(
         }
         Err(failure) => {
             let (status, text, flags) = match failure {
+                Failure::Send(SendError::Overflow) => {
+                    // Envoy's circuit breaker answer.
+                    let mut response = local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                    );
+                    response
+                        .headers_mut()
+                        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+                    return (response, upstream, if retried { "UO,URX" } else { "UO" });
+                }
                 Failure::Send(SendError::Connect(_)) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream connect error or disconnect/reset before headers. reset reason: connection failure",

@@ -18,6 +18,7 @@ use hyper::body::Body as _;
 
 use super::{
     body::{Body, Counted},
+    circuit::Circuit,
     metrics::UpstreamFailure,
     outlier::Outcome,
     pool::SendError,
@@ -139,6 +140,7 @@ impl RetryPolicy {
         let broad = self.five_xx || self.gateway_error;
         match failure {
             Failure::Send(SendError::Connect(_)) => self.connect_failure || broad,
+            Failure::Send(SendError::Overflow) => false,
             Failure::Send(_) => self.reset || broad,
             Failure::PerTryTimeout => self.reset || broad,
         }
@@ -156,6 +158,7 @@ impl Failure {
     pub fn counted_as(&self) -> UpstreamFailure {
         match self {
             Failure::Send(SendError::Connect(_)) => UpstreamFailure::ConnectFailure,
+            Failure::Send(SendError::Overflow) => UpstreamFailure::Overflow,
             Failure::Send(_) => UpstreamFailure::Reset,
             Failure::PerTryTimeout => UpstreamFailure::Timeout,
         }
@@ -241,6 +244,21 @@ pub async fn exchange(
 ) -> Exchanged {
     let destination = first.destination;
     let metrics = &destination.metrics;
+    // Envoy's max_requests: over it the request is not sent at all.
+    let circuit = destination.circuit.as_deref();
+    let _admitted = match circuit.map(Circuit::request) {
+        Some(None) => {
+            metrics.failed(UpstreamFailure::Overflow);
+            return Exchanged {
+                result: Err(Failure::Send(SendError::Overflow)),
+                endpoint: first.endpoint.address,
+                tries: 1,
+            };
+        }
+        admitted => admitted,
+    };
+    // The retry in progress holds its place under maxRetries until the next try ends.
+    let mut _retrying = None;
     let mut picked = first;
     let mut this = request;
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -263,6 +281,7 @@ pub async fn exchange(
                 metrics.response(status);
                 destination.report(tried_endpoint, Outcome::Status(status));
             }
+            Err(Failure::Send(SendError::Overflow)) => metrics.failed(UpstreamFailure::Overflow),
             Err(failure) => {
                 metrics.failed(failure.counted_as());
                 let timeout = matches!(failure, Failure::PerTryTimeout);
@@ -275,6 +294,12 @@ pub async fn exchange(
                 Ok(response) => policy.on_response(response.status().as_u16(), response.headers()),
                 Err(failure) => policy.on_failure(failure),
             };
+        // Envoy's max_retries: a retry over it is not made.
+        _retrying = match circuit {
+            Some(c) if again => c.retry(),
+            _ => None,
+        };
+        let again = again && (circuit.is_none() || _retrying.is_some());
         let next = match &template {
             Some(template) if again => destination
                 .retry_pick(if policy.avoid_tried { &tried } else { &[] })

@@ -32,7 +32,7 @@ use super::{
     certificates::CertificateStore,
     client_cert,
     metrics::{Gauged, HttpMetrics, RouteMetrics},
-    outlier::Outliers,
+    records::Records,
     request::{Peer, handle, local},
     server_names::ListenerTls,
     table::CompiledRoute,
@@ -107,7 +107,7 @@ pub struct HttpProxy {
     metrics: Arc<HttpMetrics>,
     certificates: Arc<CertificateStore>,
     /// Outlier detection records of every destination's endpoints, kept across reloads.
-    outliers: Outliers,
+    records: Records,
     /// HTTPS servers left out of the last update because their TLS did not load.
     unserved: Failures,
 }
@@ -135,7 +135,7 @@ impl HttpProxy {
             }),
             workers,
             metrics,
-            outliers: Outliers::default(),
+            records: Records::default(),
             unserved: Vec::new(),
         }
     }
@@ -183,7 +183,7 @@ impl HttpProxy {
             wanted.push((
                 l.address(),
                 HttpListener {
-                    table: HttpTable::new(virtual_hosts, &self.metrics, &self.outliers, &name),
+                    table: HttpTable::new(virtual_hosts, &self.metrics, &self.records, &name),
                     unrouted: self.metrics.route(&name, "-"),
                     active: self.metrics.active(&name),
                     connections: self.metrics.connections(&name),

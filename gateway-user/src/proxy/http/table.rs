@@ -9,8 +9,8 @@ use regex::Regex;
 
 use super::{
     metrics::{HttpMetrics, RouteMetrics},
-    outlier::Outliers,
     query::query_values,
+    records::Records,
     retry::RetryPolicy,
     upstream::Destinations,
 };
@@ -233,7 +233,7 @@ impl HttpTable {
     pub fn new(
         virtual_hosts: &[VirtualHost],
         metrics: &HttpMetrics,
-        outliers: &Outliers,
+        records: &Records,
         listener: &str,
     ) -> HttpTable {
         let mut table = HttpTable::default();
@@ -261,7 +261,7 @@ impl HttpTable {
                         .collect::<Option<Vec<_>>>()?;
                     let destinations = match &route.action {
                         HttpAction::Route { backends } => {
-                            Destinations::new(backends, metrics, outliers)
+                            Destinations::new(backends, metrics, records)
                         }
                         _ => Destinations::default(),
                     };
@@ -575,12 +575,7 @@ mod tests {
             host(&["*.api.example.com"]),
             host(&["*"]),
         ];
-        let table = HttpTable::new(
-            &hosts,
-            &HttpMetrics::default(),
-            &Outliers::default(),
-            "test",
-        );
+        let table = HttpTable::new(&hosts, &HttpMetrics::default(), &Records::default(), "test");
         let index = |authority: &str| {
             table
                 .host(authority)
@@ -604,7 +599,7 @@ mod tests {
         let without_any = HttpTable::new(
             &hosts[..1],
             &HttpMetrics::default(),
-            &Outliers::default(),
+            &Records::default(),
             "test",
         );
         assert!(without_any.host("other.test").is_none());

@@ -16,10 +16,12 @@ use http::{HeaderMap, HeaderValue, Request, Response, header};
 
 use super::{
     body::{Body, Counted},
+    circuit::Circuit,
     h2_pool::Http2Pool,
     metrics::{HttpMetrics, UpstreamMetrics},
-    outlier::{self, DestinationHealth, EndpointHealth, Outcome, Outliers},
+    outlier::{self, DestinationHealth, EndpointHealth, Outcome},
     pool::{Http1Pool, SendError},
+    records::Records,
 };
 use crate::{
     compile::plan::{Backend, ConsistentHash, HashKey, HashTable, OutlierPolicy},
@@ -44,7 +46,10 @@ impl Clients {
         request: Request<Counted>,
     ) -> Result<Response<Body>, SendError> {
         if !destination.http2 {
-            return self.http1.send(endpoint.address, request).await;
+            return self
+                .http1
+                .send(endpoint.address, request, destination.circuit.as_deref())
+                .await;
         }
         // HTTP/2 carries the authority as `:authority`, from the URI: the client's.
         let (mut parts, body) = request.into_parts();
@@ -106,6 +111,8 @@ pub struct Destination {
     affinity: Option<Affinity>,
     next: AtomicUsize,
     outlier: Option<(OutlierPolicy, Arc<DestinationHealth>)>,
+    /// Circuit breakers (DestinationRule `connectionPool`).
+    pub circuit: Option<Arc<Circuit>>,
 }
 
 /// A `consistentHash` load balancer, its table built.
@@ -156,7 +163,7 @@ impl Drop for Picked<'_> {
 const MAX_ROTATION: u64 = 1024;
 
 impl Destinations {
-    pub fn new(backends: &[Backend], metrics: &HttpMetrics, outliers: &Outliers) -> Destinations {
+    pub fn new(backends: &[Backend], metrics: &HttpMetrics, records: &Records) -> Destinations {
         let items: Vec<Destination> = backends
             .iter()
             .map(|b| {
@@ -178,7 +185,7 @@ impl Destinations {
                             health: b
                                 .outlier
                                 .as_ref()
-                                .map(|_| outliers.endpoint(&name, e.address)),
+                                .map(|_| records.endpoint(&name, e.address)),
                         })
                     })
                     .collect();
@@ -197,10 +204,11 @@ impl Destinations {
                     .as_ref()
                     .map(|hash| Affinity::new(hash, &endpoints));
                 Destination {
+                    circuit: b.pool.as_ref().map(|limits| records.circuit(&name, limits)),
                     outlier: b
                         .outlier
                         .clone()
-                        .map(|policy| (policy, outliers.destination(&name))),
+                        .map(|policy| (policy, records.destination(&name))),
                     metrics: metrics.upstream(&name),
                     name,
                     http2: b.http2,
@@ -544,7 +552,7 @@ mod tests {
                 backend(20, "RANDOM", &[("203.0.113.4:80", 1)]),
             ],
             &HttpMetrics::default(),
-            &Outliers::default(),
+            &Records::default(),
         );
         let mut counts = std::collections::HashMap::new();
         for _ in 0..10_000 {
@@ -568,7 +576,7 @@ mod tests {
                 &[("203.0.113.2:80", 1), ("203.0.113.3:80", 1)],
             )],
             &HttpMetrics::default(),
-            &Outliers::default(),
+            &Records::default(),
         );
         let held: Vec<Picked<'_>> = (0..50).filter_map(|_| d.pick(&anyone()).ok()).collect();
         let busy = |a: &str| {
@@ -598,7 +606,7 @@ mod tests {
             ],
         );
         b.consistent_hash = Some(ConsistentHash { key, table });
-        Destinations::new(&[b], &HttpMetrics::default(), &Outliers::default())
+        Destinations::new(&[b], &HttpMetrics::default(), &Records::default())
     }
 
     #[test]
@@ -702,7 +710,7 @@ mod tests {
         let d = Destinations::new(
             &[backend(100, "ROUND_ROBIN", &[])],
             &HttpMetrics::default(),
-            &Outliers::default(),
+            &Records::default(),
         );
         let no_endpoint = d.pick(&anyone()).err().flatten().map(|d| d.name.as_str());
         assert_eq!(no_endpoint, Some("outbound|80||h100"));
@@ -726,14 +734,14 @@ mod tests {
             ("192.0.2.2:80", 1),
             ("192.0.2.3:80", 1),
         ];
-        let build = |policy: OutlierPolicy, outliers: &Outliers| {
+        let build = |policy: OutlierPolicy, records: &Records| {
             Destinations::new(
                 &[Backend {
                     outlier: Some(policy),
                     ..backend(100, "ROUND_ROBIN", &endpoints)
                 }],
                 &HttpMetrics::default(),
-                outliers,
+                records,
             )
         };
         let picks = |d: &Destinations| -> Vec<SocketAddr> {
@@ -745,8 +753,8 @@ mod tests {
             let destination = &d.items[0];
             destination.report(&destination.endpoints[n], Outcome::Status(status));
         };
-        let outliers = Outliers::default();
-        let d = build(policy(10, 0), &outliers);
+        let records = Records::default();
+        let d = build(policy(10, 0), &records);
         assert_eq!(picks(&d).len(), 30);
         // One 5xx, a success, one 5xx: no run of two.
         fail(&d, 0, 503);
@@ -766,18 +774,18 @@ mod tests {
         fail(&d, 1, 500);
         assert!(picks(&d).contains(&d.items[0].endpoints[1].address));
         // The record outlives a reload: the rebuilt table still avoids it.
-        let reloaded = build(policy(10, 0), &outliers);
+        let reloaded = build(policy(10, 0), &records);
         assert!(!picks(&reloaded).contains(&endpoints_address(0)));
 
         // 100 %: all three go, and nothing is left (no panic threshold) ...
-        let d = build(policy(100, 0), &Outliers::default());
+        let d = build(policy(100, 0), &Records::default());
         for n in 0..3 {
             fail(&d, n, 502);
             fail(&d, n, 502);
         }
         assert!(matches!(d.pick(&anyone()), Err(Some(_))));
         // ... unless below minHealthPercent every endpoint is used again.
-        let d = build(policy(100, 50), &Outliers::default());
+        let d = build(policy(100, 50), &Records::default());
         for n in 0..3 {
             fail(&d, n, 502);
             fail(&d, n, 502);
