@@ -116,7 +116,11 @@ fn rows() -> Vec<(&'static str, String, Expected)> {
         ("destination without host", route("{route: [{destination: {subset: v1}}]}"), vec![("spec.http[0].route[0].destination.host", "host is required")]),
         ("invalid timeout", route("{route: [{destination: {host: b}}], timeout: 5}"), vec![("spec.http[0].timeout", "invalid duration")]),
         ("unknown retry policy", route("{route: [{destination: {host: b}}], retries: {attempts: 2, retryOn: '5xx,sometimes'}}"), vec![("spec.http[0].retries.retryOn", "\"sometimes\" is not a valid retryOn policy")]),
-        ("mirror is not supported yet", route("{route: [{destination: {host: b}}], mirror: {host: c}}"), vec![("spec.http[0].mirror", "is not supported yet")]),
+        ("mirror with a percentage", route("{route: [{destination: {host: b}}], mirror: {host: c, subset: v2}, mirrorPercentage: {value: 12.5}}"), vec![]),
+        ("mirrors with percentages", route("{route: [{destination: {host: b}}], mirrors: [{destination: {host: c}, percentage: {value: 50}}, {destination: {host: d}}]}"), vec![]),
+        ("mirror and mirrors", route("{route: [{destination: {host: b}}], mirror: {host: c}, mirrors: [{destination: {host: d}}]}"), vec![("spec.http[0].mirrors", "`mirror` and `mirrors` cannot be used together")]),
+        ("mirror percentages out of range", route("{route: [{destination: {host: b}}], mirror: {host: '*'}, mirrorPercentage: {value: 101}, mirrorPercent: 150}"), vec![("spec.http[0].mirror.host", "invalid destination host *"), ("spec.http[0].mirrorPercentage.value", "mirror_percentage must have a max value of 100"), ("spec.http[0].mirrorPercent", "mirror_percent must have a max value of 100 (it has 150)")]),
+        ("a mirror without a destination", route("{route: [{destination: {host: b}}], mirrors: [{percentage: {value: -1}}]}"), vec![("spec.http[0].mirrors[0].destination", "destination is required for mirrors"), ("spec.http[0].mirrors[0].percentage.value", "mirror percentage must have a min value of 0")]),
         // Istio's HTTP route rules (pkg/config/validation/virtualservice.go), accept and reject.
         ("delegate VirtualService (no hosts)", virtual_service("  http: [{match: [{uri: {prefix: /reviews/v2}}], route: [{destination: {host: b}}]}]\n"), vec![]),
         ("a delegate has no tls or tcp routes", virtual_service("  tcp: [{route: [{destination: {host: b}}]}]\n  tls: [{match: [{sniHosts: [a.example.com]}], route: [{destination: {host: b}}]}]\n"), vec![("spec.tcp", "delegate virtual service must have no tcp route specified"), ("spec.tls", "delegate virtual service must have no tls route specified"), ("spec.tls[0].match[0].sniHosts[0]", "not a subset")]),
@@ -302,7 +306,7 @@ fn errors_name_file_line_column_and_path() {
 #[test]
 fn every_error_of_an_object_is_reported_at_once() {
     let text = route(
-        "{match: [{uri: {prefix: /a, exact: /b}}], route: [{destination: {host: b}, weight: -1}], mirror: {host: c}, timeout: soon}",
+        "{match: [{uri: {prefix: /a, exact: /b}}], route: [{destination: {host: b}, weight: -1}], mirror: {host: '*'}, timeout: soon}",
     );
     let checked = check_text("vs.yaml", &text);
     let mut paths: Vec<&str> = checked
@@ -315,7 +319,7 @@ fn every_error_of_an_object_is_reported_at_once() {
         paths,
         [
             "spec.http[0].match[0].uri",
-            "spec.http[0].mirror",
+            "spec.http[0].mirror.host",
             "spec.http[0].route[0].weight",
             "spec.http[0].timeout"
         ]

@@ -9,7 +9,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
@@ -23,10 +23,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::netns::NetNs;
 
+/// Requests whose authority a backend remembers.
+pub const SEEN: usize = 1000;
+
 pub struct HttpBackend {
     pub addr: SocketAddr,
     pub id: String,
     requests: Arc<AtomicUsize>,
+    /// The authority and body length of each request answered, the first [`SEEN`] of them.
+    seen: Arc<Mutex<Vec<(String, usize)>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -36,9 +41,11 @@ impl HttpBackend {
     pub fn start(ns: &NetNs, addr: SocketAddr, id: &str) -> HttpBackend {
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicUsize::new(0));
+        let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let thread = ns.spawn({
             let (stop, requests, id) = (stop.clone(), requests.clone(), id.to_owned());
+            let seen = seen.clone();
             move || {
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
@@ -58,11 +65,38 @@ impl HttpBackend {
                             continue;
                         };
                         let (requests, id) = (requests.clone(), id.clone());
+                        let seen = seen.clone();
                         tokio::spawn(async move {
                             let service = service_fn(move |request: Request<Incoming>| {
                                 requests.fetch_add(1, Ordering::Relaxed);
-                                let id = id.clone();
-                                async move { Ok::<_, Infallible>(answer(&id, request).await) }
+                                let authority = request
+                                    .uri()
+                                    .authority()
+                                    .map(|a| a.to_string())
+                                    .or_else(|| {
+                                        request
+                                            .headers()
+                                            .get(hyper::header::HOST)
+                                            .and_then(|h| h.to_str().ok())
+                                            .map(str::to_owned)
+                                    })
+                                    .unwrap_or_default();
+                                let (id, seen) = (id.clone(), seen.clone());
+                                async move {
+                                    let response = answer(&id, request).await;
+                                    let body = response
+                                        .headers()
+                                        .get("x-backend-body-bytes")
+                                        .and_then(|v| v.to_str().ok())
+                                        .and_then(|v| v.parse().ok())
+                                        .unwrap_or(0);
+                                    let mut list = seen.lock().unwrap_or_else(|e| e.into_inner());
+                                    if list.len() < SEEN {
+                                        list.push((authority, body));
+                                    }
+                                    drop(list);
+                                    Ok::<_, Infallible>(response)
+                                }
                             });
                             let _ =
                                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -80,6 +114,7 @@ impl HttpBackend {
             addr,
             id: id.to_owned(),
             requests,
+            seen,
             stop,
             thread: Some(thread),
         }
@@ -88,6 +123,12 @@ impl HttpBackend {
     /// Requests answered so far.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The authority (`:authority` or `Host`) and body length of each request answered so
+    /// far, the first [`SEEN`].
+    pub fn seen(&self) -> Vec<(String, usize)> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

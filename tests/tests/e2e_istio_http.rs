@@ -714,3 +714,107 @@ fn circuit_breaking(mode: Mode) {
 }
 
 tests::in_both_datapaths!(circuit_breaking: userspace_circuit_breaking_example, kernel_mode_circuit_breaking_example);
+
+const HTTPBIN_V2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 25);
+const NOWHERE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 26);
+
+/// Istio's Mirroring task: every request answered by v1 and copied to v2 with the `-shadow`
+/// host; then, on the same route, a second mirror at an address where nothing listens and
+/// a POST body: the client still gets v1's answers, v2 the copies with the body, and the
+/// dead mirror's failures are only counted. Then `mirrors` at 50 % over 200 requests.
+fn mirroring(mode: Mode) {
+    let mut ex = Example::network(&[HTTPBIN, HTTPBIN_V2, NOWHERE], &[]);
+    let v1 = backend(&ex, HTTPBIN, 8080, "v1");
+    let v2 = backend(&ex, HTTPBIN_V2, 8080, "v2");
+    ex.serve("mirroring.yaml", mode);
+    let url = format!("http://{}:80/status/200", topology::GATEWAY_CLIENT_V4);
+    let host = ["-H", "Host: httpbin.example.com"];
+    // Until `backend` has answered `n` requests; what it saw.
+    let wait_for = |backend: &HttpBackend, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = backend.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} has {} of {n} requests\n{}",
+                backend.id,
+                seen.len(),
+                ex.sluice().log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    for _ in 0..10 {
+        let got = curl(&ex, &url, &host);
+        assert_eq!(got.status, 200);
+        assert!(got.body.starts_with("v1\n"), "{}", got.body);
+    }
+    let seen = wait_for(&v2, 10);
+    assert_eq!(v1.requests(), 10);
+    assert!(
+        seen.iter().all(|(a, _)| a == "httpbin.example.com-shadow"),
+        "{seen:?}"
+    );
+
+    // Two mirrors, one of them dead, and a body: the client sees nothing of either.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/mirroring.yaml");
+    let text = std::fs::read_to_string(&example).unwrap_or_else(|e| panic!("{e}"));
+    let text = text
+        .replace(
+            "    mirror:\n      host: httpbin\n      subset: v2\n    mirrorPercentage:\n      value: 100.0\n",
+            "    mirrors:\n    - destination: {host: httpbin, subset: v2}\n    - destination: {host: httpbin, subset: v3}\n",
+        )
+        .replace(
+            "  http:\n",
+            "  http:\n  - match: [{uri: {prefix: /half}}]\n    route: [{destination: {host: httpbin, subset: v1}}]\n    mirrors: [{destination: {host: httpbin, subset: v2}, percentage: {value: 50}}]\n",
+        )
+        .replace(
+            "  - name: v2\n    labels:\n      version: v2\n",
+            "  - name: v2\n    labels:\n      version: v2\n  - name: v3\n    labels:\n      version: v3\n",
+        )
+        .replace(
+            "      http: 8080\n    labels:\n      version: v2\n",
+            &format!("      http: 8080\n    labels:\n      version: v2\n  - address: {NOWHERE}\n    ports:\n      http: 8080\n    labels:\n      version: v3\n"),
+        );
+    tests::sluice::replace_config(&ex.dir("config").join("mirroring.yaml"), &text);
+    wait_metric(&ex, "sluice_config_generation", 2.0);
+    let dump = ex.sluice().config_dump().to_string();
+    assert!(
+        dump.contains("\"v3\""),
+        "the edited config did not apply:\n{text}\n{dump}"
+    );
+    let before = v2.requests();
+    let got = curl(&ex, &url, &[&host[..], &["-d", "mirrored body"]].concat());
+    assert_eq!(got.status, 200);
+    assert!(
+        got.body.starts_with("v1\nPOST /status/200\n"),
+        "{}",
+        got.body
+    );
+    let seen = wait_for(&v2, before + 1);
+    assert_eq!(
+        seen[before],
+        ("httpbin.example.com-shadow".to_owned(), 13),
+        "the copy has the body"
+    );
+    let dead = "sluice_http_upstream_failures_total{upstream=\"outbound|8000|v3|httpbin.default.svc.cluster.local\",reason=\"connect_failure\"}";
+    wait_metric(&ex, dead, 1.0);
+
+    // 50 % of 200 requests, drawn at random: within five standard deviations.
+    let before = v2.requests();
+    let half = format!("http://{}:80/half", topology::GATEWAY_CLIENT_V4);
+    for _ in 0..200 {
+        assert_eq!(curl(&ex, &half, &host).status, 200);
+    }
+    // The last copy may still be on its way; the range allows for it.
+    let copied = v2.requests() - before;
+    assert!(
+        (65..=135).contains(&copied),
+        "{copied} of 200 mirrored at 50 %"
+    );
+}
+
+tests::in_both_datapaths!(mirroring: userspace_mirroring_example, kernel_mode_mirroring_example);

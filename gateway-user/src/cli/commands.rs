@@ -161,6 +161,21 @@ pub fn plan_text(plan: &Plan) -> String {
                                 let _ = writeln!(out, "      direct response {status}");
                             }
                         }
+                        for mirror in &route.mirrors {
+                            let b = &mirror.backend;
+                            let subset = b
+                                .subset
+                                .as_deref()
+                                .map(|s| format!(" subset {s}"))
+                                .unwrap_or_default();
+                            let endpoints: Vec<String> =
+                                b.endpoints.iter().map(|e| e.address.to_string()).collect();
+                            let _ = writeln!(
+                                out,
+                                "      mirror {} % -> {}:{}{subset} endpoints {endpoints:?}",
+                                mirror.percent, b.host, b.port
+                            );
+                        }
                         // What applies before the action, as `/config_dump` shows it whole.
                         for (what, value) in [
                             ("cors", serde_json::to_string(&route.cors).ok()),

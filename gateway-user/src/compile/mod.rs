@@ -13,8 +13,9 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use crate::{
     compile::plan::{
         Backend, CertificateSource, ConsistentHash, Endpoint, HashKey, HashTable, HttpAction,
-        HttpRoute, L4Route, LeftOut, Listener, ListenerKind, OutlierPolicy, Place, Placement, Plan,
-        PoolLimits, Retries, RouteOrigin, ServerOrigin, SniRoute, TlsTermination, VirtualHost,
+        HttpRoute, L4Route, LeftOut, Listener, ListenerKind, Mirror, OutlierPolicy, Place,
+        Placement, Plan, PoolLimits, Retries, RouteOrigin, ServerOrigin, SniRoute, TlsTermination,
+        VirtualHost,
     },
     config::{
         Diagnostic, Object, ObjectRef, Severity, Spec,
@@ -637,8 +638,14 @@ impl<'a> Compiler<'a> {
                 backends: self.backends(vs, at, &rule.route)?,
             }
         };
+        // Envoy's mirror policies belong to a route action: none on redirects.
+        let mirrors = match action {
+            HttpAction::Route { .. } => self.mirrors(vs, at, rule),
+            _ => Vec::new(),
+        };
         let millis = |d: &str| names::parse_duration(d).map(|d| d.as_millis() as u64);
         Some(HttpRoute {
+            mirrors,
             origin: RouteOrigin {
                 object: vs.reference(),
                 path: at.to_owned(),
@@ -854,6 +861,50 @@ impl<'a> Compiler<'a> {
                 reason,
             );
         }
+    }
+
+    /// A rule's mirrors (`mirror` with `mirrorPercentage` or the deprecated `mirrorPercent`,
+    /// 100 % when neither is given; or `mirrors`); one that cannot be served is left out
+    /// with a warning, and the route serves without it.
+    fn mirrors(&mut self, vs: &Object, at: &str, rule: &ModelHttpRoute) -> Vec<Mirror> {
+        let mut wanted = Vec::new();
+        if let Some(destination) = &rule.mirror {
+            let percent = rule
+                .mirror_percentage
+                .as_ref()
+                .map(|p| p.value)
+                .or(rule.mirror_percent.map(f64::from))
+                .unwrap_or(100.0);
+            wanted.push((format!("{at}.mirror"), destination, percent));
+        }
+        for (i, mirror) in rule.mirrors.iter().enumerate() {
+            if let Some(destination) = &mirror.destination {
+                let percent = mirror.percentage.as_ref().map_or(100.0, |p| p.value);
+                wanted.push((
+                    format!("{at}.mirrors[{i}].destination"),
+                    destination,
+                    percent,
+                ));
+            }
+        }
+        let mut mirrors = Vec::new();
+        for (path, destination, percent) in wanted {
+            match self.backend(vs, destination, 100) {
+                Ok(backend) => mirrors.push(Mirror {
+                    backend,
+                    percent: percent.clamp(0.0, 100.0),
+                }),
+                Err((code, reason)) => {
+                    self.warn(
+                        vs,
+                        code,
+                        &path,
+                        format!("{reason}; the route serves without this mirror"),
+                    );
+                }
+            }
+        }
+        mirrors
     }
 
     /// The backends of a route's destinations; `None` (with a warning, the rule left out)

@@ -151,6 +151,16 @@ pub struct HttpRoute {
     pub request_headers: Option<HeaderOperations>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderOperations>,
+    /// Destinations that get a copy of a share of the requests (`mirror`, `mirrors`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+}
+
+/// A mirror: its destination, and the share of requests copied to it (0-100).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mirror {
+    pub backend: Backend,
+    pub percent: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -185,9 +185,29 @@ pub struct HttpRoute {
     pub cors_policy: Option<CorsPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+    /// A destination that gets a copy of the requests (`mirrorPercentage` of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Destination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percentage: Option<Percent>,
+    /// Deprecated: a whole percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percent: Option<u32>,
+    /// Several mirrors, each with its own percentage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<HttpMirrorPolicy>,
     /// Routes taken from another VirtualService (one without hosts or gateways).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegate: Option<Delegate>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMirrorPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -764,12 +784,6 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
     match struct_name {
         "Server" => &[("defaultEndpoint", "sidecar-only")],
         "VirtualServiceSpec" => &[("exportTo", "Sluice has no namespace visibility model")],
-        "HttpRoute" => &[
-            ("mirror", ""),
-            ("mirrors", ""),
-            ("mirrorPercentage", ""),
-            ("mirrorPercent", ""),
-        ],
         "HttpMatchRequest" => &[("statPrefix", "")],
         "HttpRedirect" => &[("prefixRewrite", "")],
         "ServiceEntrySpec" => &[

@@ -743,6 +743,7 @@ fn http_route(c: &mut Check<'_>, at: &str, route: &HttpRoute) {
     if let Some(fault) = &route.fault {
         http_fault(c, &format!("{at}.fault"), fault);
     }
+    mirrors(c, at, route);
     if let Some(cors) = &route.cors_policy {
         cors_policy(c, &format!("{at}.corsPolicy"), cors);
     }
@@ -1279,6 +1280,96 @@ fn duration(c: &mut Check<'_>, path: &str, text: &str) {
     }
 }
 
+/// Istio's validateDestination: a host (not `*`), a subset that is a DNS label, a port.
+fn destination(c: &mut Check<'_>, at: &str, d: &super::model::Destination) {
+    let host_path = format!("{at}.host");
+    if d.host.is_empty() {
+        c.error(&host_path, "destination host is required");
+    } else if d.host == "*" {
+        c.error(&host_path, "invalid destination host *");
+    } else if d.host.parse::<std::net::IpAddr>().is_err()
+        && let Some(problem) = names::wildcard_host_problem(&d.host)
+    {
+        c.error(&host_path, problem);
+    }
+    if let Some(subset) = &d.subset
+        && !names::is_dns_label(subset)
+    {
+        c.error(
+            &format!("{at}.subset"),
+            format!("subset name is invalid: {subset}"),
+        );
+    }
+    if let Some(port) = &d.port {
+        c.port(&format!("{at}.port.number"), port.number);
+    }
+}
+
+/// `mirror`, `mirrorPercentage`, `mirrorPercent` and `mirrors`, with Istio's messages.
+fn mirrors(c: &mut Check<'_>, at: &str, route: &HttpRoute) {
+    if route.mirror.is_some() && !route.mirrors.is_empty() {
+        c.error(
+            &format!("{at}.mirrors"),
+            "`mirror` and `mirrors` cannot be used together",
+        );
+    }
+    if let Some(d) = &route.mirror {
+        destination(c, &format!("{at}.mirror"), d);
+    }
+    if let Some(percent) = route.mirror_percent {
+        let path = format!("{at}.mirrorPercent");
+        if percent > 100 {
+            c.error(
+                &path,
+                format!("mirror_percent must have a max value of 100 (it has {percent})"),
+            );
+        }
+        c.warn(
+            &path,
+            "using deprecated setting mirrorPercent, consider using mirrorPercentage instead",
+        );
+    }
+    let percentage = |c: &mut Check<'_>, path: &str, name: &str, value: f64| {
+        if value > 100.0 {
+            c.error(
+                path,
+                format!("{name} must have a max value of 100 (it has {value})"),
+            );
+        } else if value < 0.0 {
+            c.error(
+                path,
+                format!("{name} must have a min value of 0 (it has {value})"),
+            );
+        }
+    };
+    if let Some(p) = &route.mirror_percentage {
+        percentage(
+            c,
+            &format!("{at}.mirrorPercentage.value"),
+            "mirror_percentage",
+            p.value,
+        );
+    }
+    for (i, mirror) in route.mirrors.iter().enumerate() {
+        let path = format!("{at}.mirrors[{i}]");
+        match &mirror.destination {
+            None => c.error(
+                &format!("{path}.destination"),
+                "destination is required for mirrors",
+            ),
+            Some(d) => destination(c, &format!("{path}.destination"), d),
+        }
+        if let Some(p) = &mirror.percentage {
+            percentage(
+                c,
+                &format!("{path}.percentage.value"),
+                "mirror percentage",
+                p.value,
+            );
+        }
+    }
+}
+
 fn destinations<W: Weighted>(c: &mut Check<'_>, at: &str, routes: &[W]) {
     let routes: Vec<_> = routes
         .iter()
@@ -1291,33 +1382,11 @@ fn destinations<W: Weighted>(c: &mut Check<'_>, at: &str, routes: &[W]) {
         );
     }
     let mut total = 0i64;
-    for (i, (destination, weight)) in routes.iter().enumerate() {
+    for (i, (target, weight)) in routes.iter().enumerate() {
         let path = format!("{at}.route[{i}]");
-        match destination {
+        match target {
             None => c.error(&format!("{path}.destination"), "destination is required"),
-            Some(d) => {
-                let host_path = format!("{path}.destination.host");
-                if d.host.is_empty() {
-                    c.error(&host_path, "destination host is required");
-                } else if d.host == "*" {
-                    c.error(&host_path, "invalid destination host *");
-                } else if d.host.parse::<std::net::IpAddr>().is_err()
-                    && let Some(problem) = names::wildcard_host_problem(&d.host)
-                {
-                    c.error(&host_path, problem);
-                }
-                if let Some(subset) = &d.subset
-                    && !names::is_dns_label(subset)
-                {
-                    c.error(
-                        &format!("{path}.destination.subset"),
-                        format!("subset name is invalid: {subset}"),
-                    );
-                }
-                if let Some(port) = &d.port {
-                    c.port(&format!("{path}.destination.port.number"), port.number);
-                }
-            }
+            Some(d) => destination(c, &format!("{path}.destination"), d),
         }
         match weight {
             Some(w) if *w < 0 => {

@@ -76,6 +76,7 @@ fn buckets() -> impl Iterator<Item = f64> {
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    mirror_skipped: Family<RouteLabels, Counter>,
     active: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     connections: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     overloaded: Family<ReasonLabels, Counter>,
@@ -92,6 +93,7 @@ impl Default for HttpMetrics {
         HttpMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(buckets())),
+            mirror_skipped: Family::default(),
             active: Family::default(),
             connections: Family::default(),
             overloaded: Family::default(),
@@ -224,6 +226,12 @@ impl HttpMetrics {
             self.upstream_retries.clone(),
         );
         http.register(
+            "mirror_skipped",
+            "Requests a mirror was chosen for but not copied to it: a body longer than 64 KiB \
+             or of unknown length, by listener and route",
+            self.mirror_skipped.clone(),
+        );
+        http.register(
             "upstream_ejections",
             "Endpoints of an upstream service ejected by outlier detection (DestinationRule \
              outlierDetection)",
@@ -235,6 +243,16 @@ impl HttpMetrics {
              previous certificate stays)",
             self.certificate_reloads.clone(),
         );
+    }
+
+    /// Requests of `route` on `listener` whose mirror copy was skipped.
+    pub fn mirror_skipped(&self, listener: &str, route: &str) -> Counter {
+        self.mirror_skipped
+            .get_or_create(&RouteLabels {
+                listener: listener.to_owned(),
+                route: route.to_owned(),
+            })
+            .clone()
     }
 
     /// The handles of `route` (`-` for requests no route took) on `listener`.

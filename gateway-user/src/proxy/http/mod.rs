@@ -8,6 +8,7 @@ pub mod circuit;
 pub mod client_cert;
 pub mod h2_pool;
 pub mod metrics;
+pub mod mirror;
 pub mod outlier;
 pub mod pool;
 pub mod query;

@@ -3,7 +3,7 @@
 //! and load balancer, hop-by-hop headers dropped and `x-forwarded-*`/`x-request-id` added,
 //! bodies streamed both ways; upgrades (WebSocket) and CONNECT tunnelled. No route is a 404; no endpoint 503 "no healthy upstream"; a
 //! failed connect 503; a timeout 504.
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{
@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::{
     body::{Body, Counted},
     metrics::{UpstreamFailure, UpstreamMetrics},
+    mirror,
     pool::SendError,
     retry::{Exchanged, Failure, Template, exchange},
     table::{CompiledRoute, HttpTable, RequestMatch, RequestView},
@@ -69,7 +70,7 @@ pub async fn handle<'l>(
     listener_port: u16,
     peer: &Peer,
     scheme: &'static str,
-    clients: &Clients,
+    clients: &Arc<Clients>,
 ) -> (Response<Body>, Outcome<'l>) {
     // Envoy's SANITIZE_SET (Istio's gateway default): a client's own header never passes,
     // a verified client certificate sets it, before routes match on it.
@@ -460,7 +461,7 @@ async fn forward(
     authority: &str,
     peer: &Peer,
     scheme: &str,
-    clients: &Clients,
+    clients: &Arc<Clients>,
 ) -> (Response<Body>, Option<SocketAddr>, &'static str) {
     let hash_input = HashInput {
         headers: request.headers(),
@@ -564,16 +565,39 @@ async fn forward(
     let set_cookie = picked.set_cookie.clone();
     let request = Request::from_parts(parts, body);
     let upgrading = upgrade.is_some();
+    let mirrors = if upgrading {
+        Vec::new()
+    } else {
+        mirror::chosen(&route.mirrors)
+    };
     let exchanged = async {
-        // An upgrade is not sent twice; anything else as the retry policy says.
+        // An upgrade is not sent twice; anything else as the retry policy says, and a copy
+        // to the mirrors this request falls to.
         let (request, template) = if upgrading {
             (request, None)
         } else {
-            match Template::prepare(request, &route.retry).await {
+            let wanted = route.retry.retries > 0 || !mirrors.is_empty();
+            match Template::prepare(request, wanted).await {
                 Ok(prepared) => prepared,
                 Err(_) => return None,
             }
         };
+        if !mirrors.is_empty() {
+            match &template {
+                Some(template) => {
+                    let timeout = route
+                        .route
+                        .timeout_ms
+                        .filter(|ms| *ms > 0)
+                        .map_or(mirror::MIRROR_TIMEOUT, Duration::from_millis);
+                    mirror::send_copies(template, mirrors, clients, peer.address.ip(), timeout);
+                }
+                None => {
+                    route.unmirrored.inc();
+                }
+            }
+        }
+        let template = template.filter(|_| route.retry.retries > 0);
         Some(exchange(request, template, picked, &route.retry, clients).await)
     };
     let exchanged = match route.route.timeout_ms {

@@ -178,14 +178,15 @@ pub struct Template {
 }
 
 impl Template {
-    /// `request` ready to be sent, and what to send again when the policy retries it: its
-    /// head and, when it has one of at most [`MAX_HELD_BODY`] bytes of known length, its
-    /// body, received whole first. `Err` when the client's body failed on the way.
+    /// `request` ready to be sent, and what to send again (a retry, a mirror's copy) when
+    /// `wanted`: its head and, when it has one of at most [`MAX_HELD_BODY`] bytes of known
+    /// length, its body, received whole first. `Err` when the client's body failed on the
+    /// way.
     pub async fn prepare(
         request: Request<Counted>,
-        policy: &RetryPolicy,
+        wanted: bool,
     ) -> Result<(Request<Counted>, Option<Template>), hyper::Error> {
-        if policy.retries == 0 {
+        if !wanted {
             return Ok((request, None));
         }
         let empty = request.body().is_end_stream();
@@ -216,7 +217,7 @@ impl Template {
         ))
     }
 
-    fn request(&self) -> Request<Counted> {
+    pub fn request(&self) -> Request<Counted> {
         let mut request = Request::new(Counted::held(self.body.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();

@@ -81,7 +81,7 @@ pub struct HttpOptions {
 struct Shared {
     options: HttpOptions,
     /// One per worker: a pooled upstream connection stays with the worker that made it.
-    clients: Vec<Clients>,
+    clients: Vec<Arc<Clients>>,
     metrics: Arc<HttpMetrics>,
     connections: Arc<Semaphore>,
     requests: Semaphore,
@@ -130,7 +130,9 @@ impl HttpProxy {
                 connections: Arc::new(Semaphore::new(options.max_connections)),
                 requests: Semaphore::new(options.max_requests),
                 options,
-                clients: (0..workers.count()).map(|_| Clients::default()).collect(),
+                clients: (0..workers.count())
+                    .map(|_| Arc::new(Clients::default()))
+                    .collect(),
                 metrics: metrics.clone(),
             }),
             workers,

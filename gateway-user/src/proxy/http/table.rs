@@ -3,12 +3,14 @@
 //! that Istio's gateways use; the port of the request's authority is ignored), then each
 //! virtual host's routes in order, the first whose match applies winning. Regexes are
 //! compiled here, once, with RE2's full-match semantics (Envoy's `safe_regex`).
-use std::collections::HashMap;
+use prometheus_client::metrics::counter::Counter;
+use std::{collections::HashMap, sync::Arc};
 
 use regex::Regex;
 
 use super::{
     metrics::{HttpMetrics, RouteMetrics},
+    mirror::CompiledMirror,
     query::query_values,
     records::Records,
     retry::RetryPolicy,
@@ -206,6 +208,9 @@ pub struct CompiledRoute {
     pub regex_rewrite: Option<(Regex, String)>,
     pub retry: RetryPolicy,
     pub destinations: Destinations,
+    pub mirrors: Vec<CompiledMirror>,
+    /// Requests not copied to their mirror (a body too long to hold).
+    pub unmirrored: Counter,
     pub metrics: RouteMetrics,
     /// The CORS policy's allowed origins, compiled.
     pub cors_origins: Vec<StrMatch>,
@@ -282,7 +287,22 @@ impl HttpTable {
                             _ => StrMatch::new(m, false),
                         })
                         .collect::<Option<Vec<_>>>()?;
+                    let mirrors = route
+                        .mirrors
+                        .iter()
+                        .map(|m| CompiledMirror {
+                            destinations: Arc::new(Destinations::new(
+                                std::slice::from_ref(&m.backend),
+                                metrics,
+                                records,
+                            )),
+                            percent: m.percent,
+                        })
+                        .collect();
+                    let name = route.origin.to_string();
                     Some(CompiledRoute {
+                        unmirrored: metrics.mirror_skipped(listener, &name),
+                        mirrors,
                         cors_origins,
                         matches,
                         retry: RetryPolicy::of(route.retries.as_ref()),
