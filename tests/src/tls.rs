@@ -268,16 +268,42 @@ pub struct TlsBackend {
     pub id: String,
     pub certificate: CertificateDer<'static>,
     handshakes: Arc<AtomicUsize>,
+    /// The server name of each completed handshake.
+    names: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl TlsBackend {
     pub fn start(ns: &NetNs, addr: SocketAddr, identity: Identity, id: &str) -> TlsBackend {
+        Self::start_verifying(ns, addr, identity, id, None)
+    }
+
+    /// [`TlsBackend::start`], requiring a client certificate `clients` signed when given.
+    pub fn start_verifying(
+        ns: &NetNs,
+        addr: SocketAddr,
+        identity: Identity,
+        id: &str,
+        clients: Option<&TestCa>,
+    ) -> TlsBackend {
         let certificate = identity.leaf().clone();
+        let builder = ServerConfig::builder();
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                roots
+                    .add(ca.cert.clone())
+                    .unwrap_or_else(|e| panic!("client CA: {e}"));
+                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .unwrap_or_else(|e| panic!("client verifier: {e}"));
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
         let config = Arc::new(
-            ServerConfig::builder()
-                .with_no_client_auth()
+            builder
                 .with_single_cert(identity.chain, identity.key)
                 .unwrap_or_else(|e| panic!("server config: {e}")),
         );
@@ -289,15 +315,18 @@ impl TlsBackend {
             .unwrap_or_else(|e| panic!("{e}"));
         let stop = Arc::new(AtomicBool::new(false));
         let handshakes = Arc::new(AtomicUsize::new(0));
+        let names: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let (stop2, handshakes2, name) = (stop.clone(), handshakes.clone(), id.to_owned());
+        let names2 = names.clone();
         let thread = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (config, handshakes, name) =
                             (config.clone(), handshakes2.clone(), name.clone());
+                        let names = names2.clone();
                         std::thread::spawn(move || {
-                            let _ = serve_tls(stream, config, &handshakes, &name);
+                            let _ = serve_tls(stream, config, &handshakes, &names, &name);
                         });
                     }
                     // Polled so that dropping the backend stops it.
@@ -313,6 +342,7 @@ impl TlsBackend {
             id: id.to_owned(),
             certificate,
             handshakes,
+            names,
             stop,
             thread: Some(thread),
         }
@@ -321,6 +351,11 @@ impl TlsBackend {
     /// Completed TLS handshakes so far.
     pub fn handshakes(&self) -> usize {
         self.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// The server name (SNI) of each completed handshake so far.
+    pub fn server_names(&self) -> Vec<String> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -337,6 +372,7 @@ fn serve_tls(
     stream: TcpStream,
     config: Arc<ServerConfig>,
     handshakes: &AtomicUsize,
+    names: &std::sync::Mutex<Vec<String>>,
     id: &str,
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
@@ -346,6 +382,8 @@ fn serve_tls(
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;
     }
+    let name = tls.conn.server_name().unwrap_or_default().to_owned();
+    names.lock().unwrap_or_else(|e| e.into_inner()).push(name);
     handshakes.fetch_add(1, Ordering::Relaxed);
     let mut first = [0u8; 4];
     let n = read_some(&mut tls, &mut first)?;

@@ -235,6 +235,23 @@ fn backends_text(out: &mut String, backends: &[Backend]) {
                 }
             );
         }
+        if let Some(tls) = &b.tls {
+            let mode = match (tls.mesh, tls.mutual) {
+                (true, _) => "ISTIO_MUTUAL",
+                (false, true) => "MUTUAL",
+                (false, false) => "SIMPLE",
+            };
+            let _ = writeln!(
+                out,
+                "         tls origination: {mode} sni {}{}",
+                tls.sni,
+                if tls.insecure_skip_verify {
+                    " (certificate not verified)"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(o) = &b.outlier {
             let _ = writeln!(
                 out,

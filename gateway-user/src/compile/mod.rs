@@ -15,7 +15,7 @@ use crate::{
         Backend, CertificateSource, ConsistentHash, Endpoint, HashKey, HashTable, HttpAction,
         HttpRoute, L4Route, LeftOut, Listener, ListenerKind, Mirror, OutlierPolicy, Place,
         Placement, Plan, PoolLimits, Retries, RouteOrigin, ServerOrigin, SniRoute, TlsTermination,
-        VirtualHost,
+        UpstreamTls, VirtualHost,
     },
     config::{
         Diagnostic, Object, ObjectRef, Severity, Spec,
@@ -1037,6 +1037,23 @@ impl<'a> Compiler<'a> {
                 )
             }
         };
+        // Each policy's settings for the service port first (`portLevelSettings`), then its
+        // own: the subset's, then the rule's, field by field as Istio merges them.
+        let service_number = service_port.number;
+        let at_port: Vec<Option<TrafficPolicy>> = policies
+            .iter()
+            .flat_map(|p| {
+                let port = p.and_then(|p| {
+                    p.port_level_settings
+                        .iter()
+                        .find(|s| s.port.as_ref().is_some_and(|n| n.number == service_number))
+                        .map(|s| s.as_policy())
+                });
+                [port, p.cloned()]
+            })
+            .collect();
+        let policies: Vec<Option<&TrafficPolicy>> = at_port.iter().map(Option::as_ref).collect();
+        let tls = policies.iter().find_map(|p| upstream_tls(*p, &host));
         let load_balancer = policies.iter().find_map(|p| lb_of(*p));
         let consistent_hash = policies.iter().find_map(|p| affinity(*p));
         let upgrade = policies.iter().find_map(|p| h2_upgrade_policy(*p));
@@ -1088,6 +1105,7 @@ impl<'a> Compiler<'a> {
             headers: None,
             outlier,
             pool,
+            tls: tls.flatten(),
             endpoints,
         })
     }
@@ -1205,6 +1223,34 @@ fn outlier_policy(policy: Option<&TrafficPolicy>) -> Option<OutlierPolicy> {
             .unwrap_or(10),
         min_health_percent: percent(outlier.min_health_percent).unwrap_or(0),
     })
+}
+
+/// `tls` as the proxy originates it: `Some(None)` for DISABLE (which overrides a policy
+/// further down), `Some(Some(_))` for SIMPLE, MUTUAL and ISTIO_MUTUAL. The server name is `sni`, else the
+/// destination's host (Envoy's auto SNI would take the request's authority, the same name
+/// for the egress configs this serves).
+fn upstream_tls(policy: Option<&TrafficPolicy>, host: &str) -> Option<Option<UpstreamTls>> {
+    let tls = policy?.tls.as_ref()?;
+    let mode = tls
+        .mode
+        .as_deref()
+        .unwrap_or("DISABLE")
+        .to_ascii_uppercase();
+    if !matches!(mode.as_str(), "SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL") {
+        return Some(None);
+    }
+    let given = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    Some(Some(UpstreamTls {
+        mutual: mode != "SIMPLE",
+        mesh: mode == "ISTIO_MUTUAL",
+        client_certificate: given(&tls.client_certificate),
+        private_key: given(&tls.private_key),
+        ca_certificates: given(&tls.ca_certificates),
+        credential_name: given(&tls.credential_name),
+        subject_alt_names: tls.subject_alt_names.clone(),
+        sni: given(&tls.sni).unwrap_or_else(|| host.to_owned()),
+        insecure_skip_verify: tls.insecure_skip_verify.unwrap_or(false),
+    }))
 }
 
 /// `connectionPool` as limits, when it sets any (`h2UpgradePolicy` alone sets none); 0 and

@@ -277,7 +277,33 @@ pub struct Backend {
     /// Circuit breakers and connection settings from the DestinationRule (HTTP routes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolLimits>,
+    /// TLS origination to the endpoints, from the DestinationRule (HTTP routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// DestinationRule `tls` (SIMPLE or MUTUAL): how the gateway speaks TLS to the endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct UpstreamTls {
+    pub mutual: bool,
+    /// ISTIO_MUTUAL: the mesh identity (`--mesh-identity-dir`) as client certificate and CA.
+    pub mesh: bool,
+    /// The client certificate and key files (MUTUAL), or a credential holding them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// Verifies the endpoints' certificates; the system's CAs when none (nor a credential's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// The server name sent; the destination's host when not given.
+    pub sni: String,
+    pub insecure_skip_verify: bool,
 }
 
 /// DestinationRule `connectionPool` as Envoy's circuit breakers (per destination, over

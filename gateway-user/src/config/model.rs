@@ -623,6 +623,62 @@ pub struct TrafficPolicy {
     pub connection_pool: Option<Box<ConnectionPoolSettings>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<Box<OutlierDetection>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<ClientTlsSettings>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+}
+
+/// A traffic policy for one service port, each field overriding the policy's own.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<Box<ConnectionPoolSettings>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Box<OutlierDetection>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<ClientTlsSettings>>,
+}
+
+impl PortTrafficPolicy {
+    /// These settings as a policy of their own.
+    pub fn as_policy(&self) -> TrafficPolicy {
+        TrafficPolicy {
+            load_balancer: self.load_balancer.clone(),
+            connection_pool: self.connection_pool.clone(),
+            outlier_detection: self.outlier_detection.clone(),
+            tls: self.tls.clone(),
+            port_level_settings: Vec::new(),
+        }
+    }
+}
+
+/// TLS towards a destination's endpoints (origination).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTlsSettings {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL`, `ISTIO_MUTUAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// Passive health checking: endpoints whose responses keep failing are ejected for a while.
@@ -796,13 +852,8 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
             ("exportTo", "Sluice has no namespace visibility model"),
             ("workloadSelector", "sidecar-only"),
         ],
-        "TrafficPolicy" => &[
-            ("tls", "TLS origination"),
-            ("portLevelSettings", ""),
-            ("tunnel", ""),
-            ("proxyProtocol", ""),
-            ("retryBudget", ""),
-        ],
+        "ClientTlsSettings" => &[("caCrl", "")],
+        "TrafficPolicy" => &[("tunnel", ""), ("proxyProtocol", ""), ("retryBudget", "")],
         "TcpPoolSettings" => &[("maxConnectionDuration", ""), ("idleTimeout", "")],
         "HttpPoolSettings" => &[("maxConcurrentStreams", ""), ("useClientProtocol", "")],
         "LoadBalancerSettings" => &[

@@ -6,6 +6,9 @@ pub const SERVER_PROTOCOLS: &[&str] = &[
     "HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "TLS", "MONGO", "REDIS", "MYSQL",
 ];
 
+/// DestinationRule `tls.mode` (ClientTLSSettings).
+pub const CLIENT_TLS_MODES: &[&str] = &["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"];
+
 /// TLS modes of a Gateway server.
 pub const TLS_MODES: &[&str] = &[
     "PASSTHROUGH",

@@ -6,10 +6,11 @@ use super::{
     diagnostic::{Diagnostic, Severity, codes},
     load::{Object, Spec},
     model::{
-        ConnectionPoolSettings, ConsistentHashLb, CorsPolicy, DestinationRuleSpec, GatewaySpec,
-        Headers, HttpDirectResponse, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry,
-        HttpRewrite, HttpRoute, OutlierDetection, Server, ServerTlsSettings, ServiceEntrySpec,
-        StringMatch, TrafficPolicy, VirtualServiceSpec, Weighted,
+        ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, CorsPolicy,
+        DestinationRuleSpec, GatewaySpec, Headers, HttpDirectResponse, HttpFaultInjection,
+        HttpMatchRequest, HttpRedirect, HttpRetry, HttpRewrite, HttpRoute, OutlierDetection,
+        Server, ServerTlsSettings, ServiceEntrySpec, StringMatch, TrafficPolicy,
+        VirtualServiceSpec, Weighted,
     },
     names::{self, one_of},
 };
@@ -1550,6 +1551,69 @@ fn destination_rule(c: &mut Check<'_>, spec: &DestinationRuleSpec) {
 fn traffic_policy(c: &mut Check<'_>, at: &str, policy: &TrafficPolicy) {
     if policy == &TrafficPolicy::default() {
         c.error(at, "traffic policy must have at least one field");
+    }
+    policy_fields(c, at, policy);
+    for (i, port) in policy.port_level_settings.iter().enumerate() {
+        let path = format!("{at}.portLevelSettings[{i}]");
+        match &port.port {
+            None => c.error(&path, "portLevelSettings must specify port"),
+            Some(p) => c.port(&format!("{path}.port.number"), p.number),
+        }
+        policy_fields(c, &path, &port.as_policy());
+    }
+}
+
+/// Istio's validateTLS for a DestinationRule's `tls` (origination).
+fn client_tls(c: &mut Check<'_>, at: &str, tls: &ClientTlsSettings) {
+    let mode = match &tls.mode {
+        Some(mode) => c.one_of(
+            &format!("{at}.mode"),
+            "TLS mode",
+            mode,
+            names::CLIENT_TLS_MODES,
+        ),
+        None => Some("DISABLE"),
+    };
+    let has = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    if tls.insecure_skip_verify == Some(true) {
+        if mode == Some("SIMPLE")
+            && (has(&tls.ca_certificates)
+                || has(&tls.credential_name)
+                || !tls.subject_alt_names.is_empty())
+        {
+            c.error(at, "cannot specify CaCertificates or CredentialName or SubjectAltNames when InsecureSkipVerify is set true");
+        }
+        if mode == Some("MUTUAL")
+            && (has(&tls.ca_certificates) || !tls.subject_alt_names.is_empty())
+        {
+            c.error(at, "cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true");
+        }
+    }
+    if matches!(mode, Some("SIMPLE" | "MUTUAL")) && has(&tls.credential_name) {
+        if has(&tls.client_certificate) || has(&tls.ca_certificates) || has(&tls.private_key) {
+            c.error(at, "cannot specify client certificates or CA certificate or CA CRL If credentialName is set");
+        }
+        return;
+    }
+    if mode == Some("MUTUAL") {
+        if !has(&tls.client_certificate) {
+            c.error(
+                &format!("{at}.clientCertificate"),
+                "client certificate required for mutual tls",
+            );
+        }
+        if !has(&tls.private_key) {
+            c.error(
+                &format!("{at}.privateKey"),
+                "private key required for mutual tls",
+            );
+        }
+    }
+}
+
+fn policy_fields(c: &mut Check<'_>, at: &str, policy: &TrafficPolicy) {
+    if let Some(tls) = &policy.tls {
+        client_tls(c, &format!("{at}.tls"), tls);
     }
     if let Some(lb) = &policy.load_balancer {
         let path = format!("{at}.loadBalancer");

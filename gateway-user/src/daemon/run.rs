@@ -135,6 +135,12 @@ pub struct RunArgs {
     #[arg(long, env = "SLUICE_MESH_IDENTITY_DIR")]
     pub mesh_identity_dir: Option<PathBuf>,
 
+    /// The CAs (a PEM file) that verify upstream certificates when a DestinationRule's
+    /// `tls` names none (no `caCertificates`, no credential with a `ca.crt`). Default: the
+    /// system's (`SSL_CERT_FILE`, `SSL_CERT_DIR`, or the distribution's bundle).
+    #[arg(long, env = "SLUICE_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
+
     /// The longest an HTTP client may take to send a request's headers (and, over TLS, its
     /// handshake); slower ones are closed (slowloris). An HTTP/1.1 connection waiting for
     /// its next request is closed after this long too.
@@ -329,6 +335,7 @@ impl Daemon {
                 HttpOptions {
                     credentials: args.credentials_dir.clone(),
                     mesh_identity: args.mesh_identity_dir.clone(),
+                    upstream_ca_file: args.upstream_ca_file.clone(),
                     header_read_timeout: args.http_header_timeout,
                     idle_timeout: args.http_idle_timeout,
                     max_header_bytes: args.http_max_header_bytes as usize,

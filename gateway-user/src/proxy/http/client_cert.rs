@@ -88,6 +88,13 @@ fn sha256(bytes: &[u8]) -> Sha256 {
     out
 }
 
+/// [`alt_names`] of a certificate in DER; none when it does not parse.
+pub fn alt_names_of(certificate: &[u8]) -> Vec<String> {
+    X509Certificate::from_der(certificate)
+        .map(|(_, parsed)| alt_names(&parsed))
+        .unwrap_or_default()
+}
+
 /// Every subject alternative name of a certificate as text (DNS names, URIs, e-mail
 /// addresses, IP addresses), the forms Envoy compares `subjectAltNames` with.
 fn alt_names(certificate: &X509Certificate<'_>) -> Vec<String> {

@@ -20,12 +20,14 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::{
     body::{Body, Counted},
+    origination::ClientTls,
     pool::SendError,
 };
 
 /// The pool; `B` is the request body (the proxy's is [`Counted`]).
 pub struct Http2Pool<B = Counted> {
-    connections: Mutex<HashMap<SocketAddr, SendRequest<B>>>,
+    /// By endpoint and the TLS spoken to it (0: none; else the origination's id).
+    connections: Mutex<HashMap<(SocketAddr, u64), SendRequest<B>>>,
     /// Held while connecting, so concurrent first requests share one connection.
     connecting: AsyncMutex<()>,
 }
@@ -54,12 +56,14 @@ where
         &self,
         endpoint: SocketAddr,
         request: Request<B>,
+        tls: Option<&ClientTls>,
     ) -> Result<Response<Body>, SendError> {
-        let mut sender = self.sender(endpoint).await?;
+        let key = (endpoint, tls.map_or(0, |t| t.id));
+        let mut sender = self.sender(key, tls).await?;
         if sender.ready().await.is_err() {
             // Closed since: once more on a fresh connection.
-            lock(&self.connections).remove(&endpoint);
-            sender = self.sender(endpoint).await?;
+            lock(&self.connections).remove(&key);
+            sender = self.sender(key, tls).await?;
         }
         let response = sender
             .send_request(request)
@@ -68,32 +72,37 @@ where
         Ok(response.map(|b| b.map_err(Into::into).boxed()))
     }
 
-    async fn sender(&self, endpoint: SocketAddr) -> Result<SendRequest<B>, SendError> {
-        if let Some(open) = self.open(endpoint) {
+    async fn sender(
+        &self,
+        key: (SocketAddr, u64),
+        tls: Option<&ClientTls>,
+    ) -> Result<SendRequest<B>, SendError> {
+        if let Some(open) = self.open(key) {
             return Ok(open);
         }
         let _connecting = self.connecting.lock().await;
-        if let Some(open) = self.open(endpoint) {
+        if let Some(open) = self.open(key) {
             return Ok(open);
         }
+        let endpoint = key.0;
         let stream = crate::proxy::dial(endpoint)
             .await
             .map_err(SendError::Connect)?;
-        let (sender, connection) = Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Upstream)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended with an error");
+        let sender = match tls {
+            None => start(stream, endpoint).await?,
+            Some(tls) => {
+                let stream = tls
+                    .connect(stream, crate::proxy::CONNECT_TIMEOUT)
+                    .await
+                    .map_err(SendError::Connect)?;
+                start(stream, endpoint).await?
             }
-        });
-        lock(&self.connections).insert(endpoint, sender.clone());
+        };
+        lock(&self.connections).insert(key, sender.clone());
         Ok(sender)
     }
 
-    fn open(&self, endpoint: SocketAddr) -> Option<SendRequest<B>> {
+    fn open(&self, endpoint: (SocketAddr, u64)) -> Option<SendRequest<B>> {
         let mut connections = lock(&self.connections);
         match connections.get(&endpoint) {
             Some(sender) if !sender.is_closed() => Some(sender.clone()),
@@ -104,6 +113,27 @@ where
             None => None,
         }
     }
+}
+
+/// An HTTP/2 client connection over `io`, driven by a task of its own.
+async fn start<B, T>(io: T, endpoint: SocketAddr) -> Result<SendRequest<B>, SendError>
+where
+    B: HttpBody + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(SendError::Upstream)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 #[cfg(test)]
@@ -162,7 +192,7 @@ mod tests {
             let pool = &pool;
             async move {
                 let response = pool
-                    .send(address, request)
+                    .send(address, request, None)
                     .await
                     .unwrap_or_else(|e| panic!("{e:?}"));
                 response

@@ -9,6 +9,7 @@ pub mod client_cert;
 pub mod h2_pool;
 pub mod metrics;
 pub mod mirror;
+pub mod origination;
 pub mod outlier;
 pub mod pool;
 pub mod query;

@@ -34,6 +34,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use super::{
     body::{Body, Counted},
     circuit::Circuit,
+    origination::ClientTls,
 };
 use crate::compile::plan::PoolLimits;
 
@@ -99,7 +100,10 @@ impl Hasher for Fnv {
     }
 }
 
-type ByEndpoint<B> = HashMap<SocketAddr, Vec<Idle<B>>, BuildHasherDefault<Fnv>>;
+/// An endpoint, and the TLS its connections speak (0: none; else the origination's id).
+type Key = (SocketAddr, u64);
+
+type ByEndpoint<B> = HashMap<Key, Vec<Idle<B>>, BuildHasherDefault<Fnv>>;
 
 /// The pool; `B` is the request body (the proxy's is [`Counted`]).
 pub struct Http1Pool<B = Counted> {
@@ -140,18 +144,20 @@ where
         endpoint: SocketAddr,
         mut request: Request<B>,
         circuit: Option<&Circuit>,
+        tls: Option<&ClientTls>,
     ) -> Result<Response<Body>, SendError> {
+        let endpoint = (endpoint, tls.map_or(0, |t| t.id));
         loop {
             request = match self.send_idle(endpoint, request).await {
                 Ok(sent) => return sent,
                 Err(request) => request,
             };
             let Some(circuit) = circuit else {
-                return self.send_new(endpoint, request, None, None).await;
+                return self.send_new(endpoint, request, None, None, tls).await;
             };
             if let Some(permit) = circuit.connection() {
                 return self
-                    .send_new(endpoint, request, Some(circuit), Some(permit))
+                    .send_new(endpoint, request, Some(circuit), Some(permit), tls)
                     .await;
             }
             let Some(waiting) = circuit.pending() else {
@@ -173,7 +179,7 @@ where
             drop(waiting);
             if let Some(permit) = permit {
                 return self
-                    .send_new(endpoint, request, Some(circuit), Some(permit))
+                    .send_new(endpoint, request, Some(circuit), Some(permit), tls)
                     .await;
             }
             // A connection came back idle: the next round sends on it (the worker's
@@ -181,7 +187,7 @@ where
         }
     }
 
-    fn has_idle(&self, endpoint: SocketAddr) -> bool {
+    fn has_idle(&self, endpoint: Key) -> bool {
         let now = self.tick.load(Ordering::Relaxed);
         lock(&self.idle).get(&endpoint).is_some_and(|list| {
             list.iter()
@@ -192,7 +198,7 @@ where
     /// `request` on an idle connection to `endpoint`, or back when none took it.
     async fn send_idle(
         self: &Arc<Self>,
-        endpoint: SocketAddr,
+        endpoint: Key,
         mut request: Request<B>,
     ) -> Result<Result<Response<Body>, SendError>, Request<B>> {
         while let Some(mut conn) = self.take(endpoint) {
@@ -214,13 +220,14 @@ where
     /// `request` on a new connection, which holds `permit` while it is open.
     async fn send_new(
         self: &Arc<Self>,
-        endpoint: SocketAddr,
+        endpoint: Key,
         request: Request<B>,
         circuit: Option<&Circuit>,
         permit: Option<OwnedSemaphorePermit>,
+        tls: Option<&ClientTls>,
     ) -> Result<Response<Body>, SendError> {
         let limits = circuit.map(|c| &c.limits);
-        let sender = connect(endpoint, limits, permit)
+        let sender = connect(endpoint.0, limits, permit, tls)
             .await
             .map_err(SendError::Connect)?;
         let mut conn = Conn {
@@ -242,7 +249,7 @@ where
     }
 
     /// The most recently idled connection to `endpoint` still open and young enough.
-    fn take(&self, endpoint: SocketAddr) -> Option<Conn<B>> {
+    fn take(&self, endpoint: Key) -> Option<Conn<B>> {
         let now = self.tick.load(Ordering::Relaxed);
         let mut idle = lock(&self.idle);
         let list = idle.get_mut(&endpoint)?;
@@ -254,7 +261,7 @@ where
         None
     }
 
-    fn put(self: &Arc<Self>, endpoint: SocketAddr, conn: Conn<B>) {
+    fn put(self: &Arc<Self>, endpoint: Key, conn: Conn<B>) {
         if conn.sender.is_closed() || (conn.cap > 0 && conn.used >= conn.cap) {
             return;
         }
@@ -278,7 +285,7 @@ where
     /// `response` with a body that gives the connection back once it has ended.
     fn returning(
         self: &Arc<Self>,
-        endpoint: SocketAddr,
+        endpoint: Key,
         mut conn: Conn<B>,
         response: Response<Incoming>,
     ) -> Response<Body> {
@@ -320,6 +327,7 @@ async fn connect<B>(
     endpoint: SocketAddr,
     limits: Option<&PoolLimits>,
     permit: Option<OwnedSemaphorePermit>,
+    tls: Option<&ClientTls>,
 ) -> io::Result<SendRequest<B>>
 where
     B: HttpBody + Send + 'static,
@@ -333,8 +341,29 @@ where
     if let Some(keepalive) = limits.and_then(|l| l.keepalive) {
         crate::proxy::keepalive_with(&stream, keepalive)?;
     }
+    match tls {
+        None => start(stream, endpoint, permit).await,
+        Some(tls) => {
+            let stream = tls.connect(stream, timeout).await?;
+            start(stream, endpoint, permit).await
+        }
+    }
+}
+
+/// An HTTP/1.1 client connection over `io`, its task holding `permit`.
+async fn start<B, T>(
+    io: T,
+    endpoint: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+) -> io::Result<SendRequest<B>>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) = Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(async move {
@@ -350,7 +379,7 @@ where
 /// its end, the connection is dropped too (hyper closes it).
 struct Returning<B> {
     body: Incoming,
-    back: Option<(Arc<Http1Pool<B>>, SocketAddr, Conn<B>)>,
+    back: Option<(Arc<Http1Pool<B>>, Key, Conn<B>)>,
 }
 
 impl<B> Returning<B>
@@ -455,7 +484,7 @@ mod tests {
 
     async fn get(pool: &Arc<Http1Pool<Empty<Bytes>>>, address: SocketAddr) -> Bytes {
         let response = pool
-            .send(address, request(), None)
+            .send(address, request(), None, None)
             .await
             .unwrap_or_else(|e| panic!("{e:?}"));
         response
@@ -478,7 +507,7 @@ mod tests {
         let (a, b) = tokio::join!(get(&pool, address), get(&pool, address));
         assert_eq!((a, b), (Bytes::from("ok"), Bytes::from("ok")));
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
-        assert_eq!(lock(&pool.idle).get(&address).map(Vec::len), Some(2));
+        assert_eq!(lock(&pool.idle).get(&(address, 0)).map(Vec::len), Some(2));
     }
 
     #[tokio::test]
@@ -510,7 +539,7 @@ mod tests {
         let pool: Arc<Http1Pool<Empty<Bytes>>> = Arc::new(Http1Pool::default());
         let circuit = Circuit::new(limits(1, 1, 0));
         let send = || async {
-            match pool.send(address, request(), Some(&circuit)).await {
+            match pool.send(address, request(), Some(&circuit), None).await {
                 Ok(response) => {
                     let _ = response.into_body().collect().await;
                     "ok"
@@ -538,7 +567,7 @@ mod tests {
         let circuit = Circuit::new(limits(u32::MAX, u32::MAX, 2));
         for _ in 0..6 {
             let response = pool
-                .send(address, request(), Some(&circuit))
+                .send(address, request(), Some(&circuit), None)
                 .await
                 .unwrap_or_else(|e| panic!("{e:?}"));
             let _ = response.into_body().collect().await;
@@ -555,7 +584,7 @@ mod tests {
         drop(listener);
         let pool: Arc<Http1Pool<Empty<Bytes>>> = Arc::new(Http1Pool::default());
         assert!(matches!(
-            pool.send(address, request(), None).await,
+            pool.send(address, request(), None, None).await,
             Err(SendError::Connect(_))
         ));
     }

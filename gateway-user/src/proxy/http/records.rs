@@ -10,6 +10,7 @@ use std::{
 
 use super::{
     circuit::Circuit,
+    origination::TlsSources,
     outlier::{DestinationHealth, EndpointHealth},
 };
 use crate::compile::plan::PoolLimits;
@@ -22,6 +23,8 @@ type Registry<K, V> = Mutex<HashMap<K, Weak<V>>>;
 
 #[derive(Debug, Default)]
 pub struct Records {
+    /// Where TLS origination finds certificates a rule does not name.
+    pub tls_sources: TlsSources,
     destinations: Registry<String, DestinationHealth>,
     endpoints: Registry<(String, SocketAddr), EndpointHealth>,
     circuits: Registry<(String, PoolLimits), Circuit>,
@@ -43,6 +46,13 @@ fn get_or_make<K: std::hash::Hash + Eq, V>(
 }
 
 impl Records {
+    pub fn new(tls_sources: TlsSources) -> Records {
+        Records {
+            tls_sources,
+            ..Records::default()
+        }
+    }
+
     pub fn destination(&self, name: &str) -> Arc<DestinationHealth> {
         get_or_make(&self.destinations, name.to_owned(), Default::default)
     }

@@ -32,6 +32,7 @@ use super::{
     certificates::CertificateStore,
     client_cert,
     metrics::{Gauged, HttpMetrics, RouteMetrics},
+    origination::TlsSources,
     records::Records,
     request::{Peer, handle, local},
     server_names::ListenerTls,
@@ -57,6 +58,8 @@ pub struct HttpOptions {
     pub credentials: PathBuf,
     /// The mesh workload identity's files (ISTIO_MUTUAL servers).
     pub mesh_identity: Option<PathBuf>,
+    /// The CAs that verify upstreams a DestinationRule's `tls` names none for.
+    pub upstream_ca_file: Option<PathBuf>,
     /// The longest a client may take to send a request's headers, and the TLS handshake
     /// before them (slowloris). An HTTP/1.1 connection waiting for its next request is
     /// closed after this long too.
@@ -106,7 +109,8 @@ pub struct HttpProxy {
     shared: Arc<Shared>,
     metrics: Arc<HttpMetrics>,
     certificates: Arc<CertificateStore>,
-    /// Outlier detection records of every destination's endpoints, kept across reloads.
+    /// What destinations keep across reloads (outlier records, circuit breakers), and where
+    /// TLS origination finds its certificates.
     records: Records,
     /// HTTPS servers left out of the last update because their TLS did not load.
     unserved: Failures,
@@ -119,7 +123,13 @@ impl HttpProxy {
         options: HttpOptions,
         workers: Arc<Workers>,
     ) -> HttpProxy {
+        let records = Records::new(TlsSources {
+            credentials: options.credentials.clone(),
+            ca_file: options.upstream_ca_file.clone(),
+            mesh_identity: options.mesh_identity.clone(),
+        });
         HttpProxy {
+            records,
             listeners: ListenerSet::new("HTTP"),
             certificates: CertificateStore::new(
                 options.credentials.clone(),
@@ -137,7 +147,6 @@ impl HttpProxy {
             }),
             workers,
             metrics,
-            records: Records::default(),
             unserved: Vec::new(),
         }
     }

@@ -19,6 +19,7 @@ use super::{
     circuit::Circuit,
     h2_pool::Http2Pool,
     metrics::{HttpMetrics, UpstreamMetrics},
+    origination::{ClientTls, client_tls},
     outlier::{self, DestinationHealth, EndpointHealth, Outcome},
     pool::{Http1Pool, SendError},
     records::Records,
@@ -45,10 +46,24 @@ impl Clients {
         endpoint: &Endpoint,
         request: Request<Counted>,
     ) -> Result<Response<Body>, SendError> {
+        let tls = match &destination.tls {
+            None => None,
+            Some(Ok(tls)) => Some(&**tls),
+            Some(Err(reason)) => {
+                return Err(SendError::Connect(std::io::Error::other(format!(
+                    "TLS origination: {reason}"
+                ))));
+            }
+        };
         if !destination.http2 {
             return self
                 .http1
-                .send(endpoint.address, request, destination.circuit.as_deref())
+                .send(
+                    endpoint.address,
+                    request,
+                    destination.circuit.as_deref(),
+                    tls,
+                )
                 .await;
         }
         // HTTP/2 carries the authority as `:authority`, from the URI: the client's.
@@ -59,13 +74,17 @@ impl Clients {
             .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok())
             .unwrap_or_else(|| endpoint.authority.clone());
         let mut uri = http::uri::Parts::from(parts.uri);
-        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.scheme = Some(if tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
         uri.authority = Some(authority);
         parts.uri = http::Uri::from_parts(uri).map_err(|e| {
             SendError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
         })?;
         self.http2
-            .send(endpoint.address, Request::from_parts(parts, body))
+            .send(endpoint.address, Request::from_parts(parts, body), tls)
             .await
     }
 }
@@ -113,6 +132,8 @@ pub struct Destination {
     outlier: Option<(OutlierPolicy, Arc<DestinationHealth>)>,
     /// Circuit breakers (DestinationRule `connectionPool`).
     pub circuit: Option<Arc<Circuit>>,
+    /// TLS origination (DestinationRule `tls`), or why it could not be set up.
+    pub tls: Option<Result<Arc<ClientTls>, String>>,
 }
 
 /// A `consistentHash` load balancer, its table built.
@@ -203,7 +224,16 @@ impl Destinations {
                     .consistent_hash
                     .as_ref()
                     .map(|hash| Affinity::new(hash, &endpoints));
+                let tls = b.tls.as_ref().map(|tls| {
+                    client_tls(tls, b.http2, &records.tls_sources)
+                        .map(Arc::new)
+                        .map_err(|e| {
+                            tracing::error!(upstream = %name, "TLS origination is not set up: {e:#}");
+                            format!("{e:#}")
+                        })
+                });
                 Destination {
+                    tls,
                     circuit: b.pool.as_ref().map(|limits| records.circuit(&name, limits)),
                     outlier: b
                         .outlier
