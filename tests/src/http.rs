@@ -5,6 +5,7 @@
 //! (`x-backend`), over which protocol (`x-backend-protocol`) and for which authority
 //! (`x-backend-authority`: HTTP/2's `:authority` or HTTP/1.1's Host), and how many body
 //! bytes it read (`x-backend-body-bytes`: it reads the whole body before answering).
+//! `/delay/<ms>/status/<code>` does both; either may follow a prefix of the route's.
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -150,15 +151,18 @@ async fn answer(id: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
         .unwrap_or(0);
     let path = request.uri.path().to_owned();
     let mut status = 200;
+    // `/delay/<ms>`, `/status/<code>`, or both: `/delay/<ms>/status/<code>`, after any
+    // prefix (`/ratings/delay/…`).
     if let Some(ms) = path
-        .strip_prefix("/delay/")
+        .find("/delay/")
+        .and_then(|at| path[at + "/delay/".len()..].split('/').next())
         .and_then(|ms| ms.parse::<u64>().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms.min(30_000))).await;
     }
     if let Some(code) = path
-        .strip_prefix("/status/")
-        .and_then(|c| c.parse::<u16>().ok())
+        .find("/status/")
+        .and_then(|at| path[at + "/status/".len()..].parse::<u16>().ok())
     {
         status = code;
     }

@@ -1007,3 +1007,56 @@ fn egress_mtls_origination(mode: Mode) {
 }
 
 tests::in_both_datapaths!(egress_mtls_origination: userspace_egress_mtls_origination_example, kernel_mode_egress_mtls_origination_example);
+
+const REVIEWS_V2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 28);
+
+/// Istio's Request Timeouts task and its retries with a retry budget: reviews answering in
+/// 2 s gets a 504 after the route's 0.5 s; ratings' 503 is tried four times (one try and
+/// three retries); four requests failing at once get one retry in progress between them
+/// (the budget's minimum: 20 % of four is less than one), the others' retries refused and
+/// counted.
+fn timeouts_and_retries(mode: Mode) {
+    let mut ex = Example::network(&[RATINGS, REVIEWS_V2], &[]);
+    let reviews = backend(&ex, REVIEWS_V2, 9080, "reviews");
+    let ratings = backend(&ex, RATINGS, 9080, "ratings");
+    ex.serve("ingress-timeouts-retries.yaml", mode);
+    let url = |path: &str| format!("http://{}:8080{path}", topology::GATEWAY_CLIENT_V4);
+
+    let started = Instant::now();
+    let got = curl(&ex, &url("/reviews/delay/2000"), &[]);
+    let waited = started.elapsed();
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (504, "upstream request timeout")
+    );
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
+    assert_eq!(reviews.requests(), 1);
+
+    let got = curl(&ex, &url("/ratings/status/503"), &[]);
+    assert_eq!(got.status, 503);
+    assert_eq!(ratings.requests(), 4, "one try and three retries");
+
+    let overflow = "sluice_http_upstream_retry_overflow_total{upstream=\"outbound|9080|v1|ratings.default.svc.cluster.local\"}";
+    assert_eq!(ex.sluice().metric(overflow), Some(0.0));
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| curl(&ex, &url("/ratings/delay/600/status/503"), &[]).status))
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| c.join().unwrap_or_else(|_| panic!("a client failed")))
+            .collect()
+    });
+    assert_eq!(statuses, [503; 4]);
+    assert_eq!(
+        ratings.requests(),
+        4 + 4 + 3,
+        "four tries, one request's three retries"
+    );
+    assert_eq!(ex.sluice().metric(overflow), Some(3.0));
+}
+
+tests::in_both_datapaths!(timeouts_and_retries: userspace_timeouts_and_retries_example, kernel_mode_timeouts_and_retries_example);

@@ -227,7 +227,14 @@ fn backends_text(out: &mut String, backends: &[Backend]) {
                 limit(pool.max_connections),
                 limit(pool.max_pending),
                 limit(pool.max_requests),
-                limit(pool.max_retries),
+                match pool.retry_budget {
+                    Some(b) => format!(
+                        "budget {} % (at least {})",
+                        f64::from(b.basis_points) / 100.0,
+                        b.min_retry_concurrency
+                    ),
+                    None => limit(pool.max_retries),
+                },
                 if pool.max_requests_per_connection == 0 {
                     "-".to_owned()
                 } else {

@@ -14,8 +14,8 @@ use crate::{
     compile::plan::{
         Backend, CertificateSource, ConsistentHash, Endpoint, HashKey, HashTable, HttpAction,
         HttpRoute, L4Route, LeftOut, Listener, ListenerKind, Mirror, OutlierPolicy, Place,
-        Placement, Plan, PoolLimits, Retries, RouteOrigin, ServerOrigin, SniRoute, TlsTermination,
-        UpstreamTls, VirtualHost,
+        Placement, Plan, PoolLimits, Retries, RetryBudgetLimit, RouteOrigin, ServerOrigin,
+        SniRoute, TlsTermination, UpstreamTls, VirtualHost,
     },
     config::{
         Diagnostic, Object, ObjectRef, Severity, Spec,
@@ -1058,7 +1058,13 @@ impl<'a> Compiler<'a> {
         let consistent_hash = policies.iter().find_map(|p| affinity(*p));
         let upgrade = policies.iter().find_map(|p| h2_upgrade_policy(*p));
         let outlier = policies.iter().find_map(|p| outlier_policy(*p));
-        let pool = policies.iter().find_map(|p| pool_limits(*p));
+        let mut pool = policies.iter().find_map(|p| pool_limits(*p));
+        if let Some(budget) = policies.iter().find_map(|p| (*p)?.retry_budget.as_ref()) {
+            pool.get_or_insert_with(PoolLimits::unlimited).retry_budget = Some(RetryBudgetLimit {
+                basis_points: (budget.percent.unwrap_or(20.0).clamp(0.0, 100.0) * 100.0) as u32,
+                min_retry_concurrency: budget.min_retry_concurrency.unwrap_or(3),
+            });
+        }
         let protocol = service_port.protocol.to_ascii_uppercase();
         let http2 = matches!(protocol.as_str(), "HTTP2" | "GRPC" | "GRPC-WEB")
             || (protocol == "HTTP" && upgrade == Some("UPGRADE"));
@@ -1283,6 +1289,7 @@ fn pool_limits(policy: Option<&TrafficPolicy>) -> Option<PoolLimits> {
             .unwrap_or(0),
         connect_timeout_ms: ms(tcp.and_then(|t| t.connect_timeout.as_ref())),
         idle_timeout_ms: ms(http.and_then(|h| h.idle_timeout.as_ref())),
+        retry_budget: None,
         keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(|k| {
             (
                 seconds(k.time.as_ref()),
@@ -1291,17 +1298,7 @@ fn pool_limits(policy: Option<&TrafficPolicy>) -> Option<PoolLimits> {
             )
         }),
     };
-    let unlimited = PoolLimits {
-        max_connections: u32::MAX,
-        max_pending: u32::MAX,
-        max_requests: u32::MAX,
-        max_retries: u32::MAX,
-        max_requests_per_connection: 0,
-        connect_timeout_ms: None,
-        idle_timeout_ms: None,
-        keepalive: None,
-    };
-    (limits != unlimited).then_some(limits)
+    (limits != PoolLimits::unlimited()).then_some(limits)
 }
 
 /// A `consistentHash` load balancer as the proxy applies it: the hash key and the table

@@ -326,6 +326,34 @@ pub struct PoolLimits {
     /// `tcp.tcpKeepalive`: idle time and probe interval in seconds, probes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<(Option<u32>, Option<u32>, Option<u32>)>,
+    /// `retryBudget` (in place of `max_retries`, as Envoy applies it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudgetLimit>,
+}
+
+impl PoolLimits {
+    /// Istio's defaults: no limit.
+    pub fn unlimited() -> PoolLimits {
+        PoolLimits {
+            max_connections: u32::MAX,
+            max_pending: u32::MAX,
+            max_requests: u32::MAX,
+            max_retries: u32::MAX,
+            max_requests_per_connection: 0,
+            connect_timeout_ms: None,
+            idle_timeout_ms: None,
+            keepalive: None,
+            retry_budget: None,
+        }
+    }
+}
+
+/// Retries in progress may be `basis_points` hundredths of a percent of the requests in
+/// progress, and always `min_retry_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct RetryBudgetLimit {
+    pub basis_points: u32,
+    pub min_retry_concurrency: u32,
 }
 
 /// DestinationRule `outlierDetection` with Istio's and Envoy's defaults filled in.

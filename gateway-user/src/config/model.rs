@@ -627,6 +627,20 @@ pub struct TrafficPolicy {
     pub tls: Option<Box<ClientTlsSettings>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// A limit on retries in progress relative to the requests in progress.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Retries in progress may be this share of requests in progress (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Retries in progress always allowed (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
 }
 
 /// A traffic policy for one service port, each field overriding the policy's own.
@@ -654,6 +668,7 @@ impl PortTrafficPolicy {
             outlier_detection: self.outlier_detection.clone(),
             tls: self.tls.clone(),
             port_level_settings: Vec::new(),
+            retry_budget: None,
         }
     }
 }
@@ -853,7 +868,8 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
             ("workloadSelector", "sidecar-only"),
         ],
         "ClientTlsSettings" => &[("caCrl", "")],
-        "TrafficPolicy" => &[("tunnel", ""), ("proxyProtocol", ""), ("retryBudget", "")],
+        "TrafficPolicy" => &[("tunnel", ""), ("proxyProtocol", "")],
+        "RetryBudget" => &[("budgetInterval", "")],
         "TcpPoolSettings" => &[("maxConnectionDuration", ""), ("idleTimeout", "")],
         "HttpPoolSettings" => &[("maxConcurrentStreams", ""), ("useClientProtocol", "")],
         "LoadBalancerSettings" => &[

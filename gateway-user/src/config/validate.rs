@@ -1654,6 +1654,14 @@ fn policy_fields(c: &mut Check<'_>, at: &str, policy: &TrafficPolicy) {
     if let Some(pool) = &policy.connection_pool {
         connection_pool(c, &format!("{at}.connectionPool"), pool);
     }
+    if let Some(percent) = policy.retry_budget.as_ref().and_then(|b| b.percent)
+        && !(0.0..=100.0).contains(&percent)
+    {
+        c.error(
+            &format!("{at}.retryBudget.percent"),
+            format!("retry budget percent {percent} is not in range 0..100"),
+        );
+    }
 }
 
 /// Istio's rules for `connectionPool` (validateConnectionPool).

@@ -56,9 +56,21 @@ impl Circuit {
         enter(&self.requests, self.limits.max_requests)
     }
 
-    /// A retry may be made.
+    /// A retry may be made: under `maxRetries`, or with a `retryBudget` (which replaces
+    /// it, as in Envoy) while retries in progress stay within the budget's share of the
+    /// requests in progress, or its minimum.
     pub fn retry(&self) -> Option<Held<'_>> {
-        enter(&self.retries, self.limits.max_retries)
+        let max = match self.limits.retry_budget {
+            None => self.limits.max_retries,
+            Some(budget) => {
+                let requests = u64::from(self.requests.load(Ordering::Relaxed));
+                let share = requests * u64::from(budget.basis_points) / 10_000;
+                u32::try_from(share)
+                    .unwrap_or(u32::MAX)
+                    .max(budget.min_retry_concurrency)
+            }
+        };
+        enter(&self.retries, max)
     }
 
     /// A request may wait for a connection.
@@ -88,10 +100,7 @@ mod tests {
             max_pending: pending,
             max_requests: requests,
             max_retries: retries,
-            max_requests_per_connection: 0,
-            connect_timeout_ms: None,
-            idle_timeout_ms: None,
-            keepalive: None,
+            ..PoolLimits::unlimited()
         }
     }
 
@@ -114,5 +123,26 @@ mod tests {
         let unlimited = Circuit::new(limits(u32::MAX, u32::MAX, u32::MAX, u32::MAX));
         let held: Vec<_> = (0..1000).filter_map(|_| unlimited.request()).collect();
         assert_eq!(held.len(), 1000);
+    }
+
+    #[test]
+    fn a_retry_budget_follows_the_requests_in_progress() {
+        let budget = Circuit::new(PoolLimits {
+            retry_budget: Some(crate::compile::plan::RetryBudgetLimit {
+                basis_points: 2000,
+                min_retry_concurrency: 2,
+            }),
+            ..limits(u32::MAX, u32::MAX, u32::MAX, 0)
+        });
+        // Few requests: the minimum (maxRetries 0 does not apply under a budget).
+        let requests: Vec<_> = (0..5).filter_map(|_| budget.request()).collect();
+        let retries: Vec<_> = (0..10).filter_map(|_| budget.retry()).collect();
+        assert_eq!(retries.len(), 2);
+        drop(retries);
+        // 50 in progress: 20 % of them.
+        let more: Vec<_> = (0..45).filter_map(|_| budget.request()).collect();
+        assert_eq!(requests.len() + more.len(), 50);
+        let retries: Vec<_> = (0..20).filter_map(|_| budget.retry()).collect();
+        assert_eq!(retries.len(), 10);
     }
 }

@@ -86,6 +86,7 @@ pub struct HttpMetrics {
     upstream_failures: Family<UpstreamFailureLabels, Counter>,
     upstream_retries: Family<UpstreamLabelsOnly, Counter>,
     upstream_ejections: Family<UpstreamLabelsOnly, Counter>,
+    upstream_retry_overflow: Family<UpstreamLabelsOnly, Counter>,
 }
 
 impl Default for HttpMetrics {
@@ -103,6 +104,7 @@ impl Default for HttpMetrics {
             upstream_failures: Family::default(),
             upstream_retries: Family::default(),
             upstream_ejections: Family::default(),
+            upstream_retry_overflow: Family::default(),
         }
     }
 }
@@ -146,9 +148,15 @@ pub struct UpstreamMetrics {
     failures: [Counter; 5],
     retries: Counter,
     ejections: Counter,
+    retry_overflow: Counter,
 }
 
 impl UpstreamMetrics {
+    /// A retry the policy wanted was not made: over `maxRetries` or the retry budget.
+    pub fn retry_overflowed(&self) {
+        self.retry_overflow.inc();
+    }
+
     /// Outlier detection ejected one of its endpoints.
     pub fn ejected(&self) {
         self.ejections.inc();
@@ -230,6 +238,12 @@ impl HttpMetrics {
             "Requests a mirror was chosen for but not copied to it: a body longer than 64 KiB \
              or of unknown length, by listener and route",
             self.mirror_skipped.clone(),
+        );
+        http.register(
+            "upstream_retry_overflow",
+            "Retries not made because the upstream service's maxRetries or retry budget was \
+             used up (Envoy's upstream_rq_retry_overflow)",
+            self.upstream_retry_overflow.clone(),
         );
         http.register(
             "upstream_ejections",
@@ -314,6 +328,12 @@ impl HttpMetrics {
                 .clone(),
             ejections: self
                 .upstream_ejections
+                .get_or_create(&UpstreamLabelsOnly {
+                    upstream: name.to_owned(),
+                })
+                .clone(),
+            retry_overflow: self
+                .upstream_retry_overflow
                 .get_or_create(&UpstreamLabelsOnly {
                     upstream: name.to_owned(),
                 })

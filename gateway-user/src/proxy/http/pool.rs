@@ -524,12 +524,8 @@ mod tests {
         PoolLimits {
             max_connections: connections,
             max_pending: pending,
-            max_requests: u32::MAX,
-            max_retries: u32::MAX,
             max_requests_per_connection: per_connection,
-            connect_timeout_ms: None,
-            idle_timeout_ms: None,
-            keepalive: None,
+            ..PoolLimits::unlimited()
         }
     }
 

@@ -295,11 +295,16 @@ pub async fn exchange(
                 Ok(response) => policy.on_response(response.status().as_u16(), response.headers()),
                 Err(failure) => policy.on_failure(failure),
             };
-        // Envoy's max_retries: a retry over it is not made.
+        // Envoy's max_retries or retry budget: a retry over it is not made. The retry
+        // just tried is over, so its place is given back before the next is asked for.
+        _retrying = None;
         _retrying = match circuit {
             Some(c) if again => c.retry(),
             _ => None,
         };
+        if again && circuit.is_some() && _retrying.is_none() {
+            metrics.retry_overflowed();
+        }
         let again = again && (circuit.is_none() || _retrying.is_some());
         let next = match &template {
             Some(template) if again => destination
