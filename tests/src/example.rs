@@ -169,6 +169,13 @@ impl Example {
         ready
     }
 
+    /// Stops the running daemon (and waits for it), so the next `serve` starts afresh.
+    pub fn stop(&mut self) {
+        if let Some(sluice) = self.sluice.take() {
+            sluice.stop();
+        }
+    }
+
     pub fn sluice(&self) -> &Sluice {
         self.sluice
             .as_ref()

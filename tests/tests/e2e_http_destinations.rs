@@ -650,3 +650,99 @@ spec:
 }
 
 tests::in_both_datapaths!(outlier_detection: userspace_outlier_detection, kernel_mode_outlier_detection);
+
+/// `exportTo` read against the namespace the gateway runs in: a VirtualService exported to
+/// its own namespace only (`shop`) is not used by a gateway in istio-system, one exported
+/// to istio-system is; a ServiceEntry kept to its namespace leaves its route without a
+/// destination. Run in `shop` instead, the gateway sees the first and not the second.
+fn export_to(mode: Mode) {
+    const PORT: u16 = 9090;
+    let mut ex = Example::network(&[A, B], &[]);
+    let _a = HttpBackend::start(&ex.topology.backend, SocketAddr::new(A.into(), PORT), "a");
+    let _b = HttpBackend::start(&ex.topology.backend, SocketAddr::new(B.into(), PORT), "b");
+    let route = |name: &str, export: &str, host: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{name}.example.com]
+  gateways: [istio-system/gw]
+  exportTo: {export}
+  http: [{{route: [{{destination: {{host: {host}}}}}]}}]
+"
+        )
+    };
+    let config = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  servers:
+  - port: {{number: {HTTP}, name: http, protocol: HTTP}}
+    hosts: ['*/*.example.com']
+{}{}{}{}{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: kept, namespace: web}}
+spec:
+  hosts: [kept.web.test]
+  exportTo: ['.']
+  ports: [{{number: {PORT}, name: p, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: '{B}'}}]
+",
+        route("private", "['.']", "a.web.test"),
+        route("shared", "[istio-system]", "b.web.test"),
+        route("unseen", "['*']", "kept.web.test"),
+        service_entry("a", &[A], PORT, "HTTP"),
+        service_entry("b", &[B], PORT, "HTTP"),
+    );
+    let statuses = |ex: &Example| -> Vec<(u16, String)> {
+        ["private", "shared", "unseen"]
+            .iter()
+            .map(|name| {
+                let got = curl_host(ex, &format!("{name}.example.com"), "/", &[]);
+                (got.status, got.body.lines().next().unwrap_or("").to_owned())
+            })
+            .collect()
+    };
+    let (status, ready) = ex.serve_text("export.yaml", &config, mode, &[]);
+    assert_eq!(status, 200, "{ready}\n{}", ex.sluice().log());
+    assert_eq!(
+        statuses(&ex),
+        [
+            (404, String::new()),
+            (200, "b".into()),
+            (404, String::new())
+        ],
+        "{}",
+        ex.sluice().log()
+    );
+    assert!(
+        ex.sluice().log().contains("SLU0005"),
+        "no info for the hidden objects\n{}",
+        ex.sluice().log()
+    );
+    ex.stop();
+    let (status, ready) = ex.serve_text(
+        "export.yaml",
+        &config,
+        mode,
+        &["--gateway-namespace", "shop"],
+    );
+    assert_eq!(status, 200, "{ready}\n{}", ex.sluice().log());
+    assert_eq!(
+        statuses(&ex),
+        [
+            (200, "a".into()),
+            (404, String::new()),
+            (404, String::new())
+        ],
+        "{}",
+        ex.sluice().log()
+    );
+}
+
+tests::in_both_datapaths!(export_to: userspace_export_to, kernel_mode_export_to);

@@ -54,6 +54,10 @@ pub struct ValidateArgs {
     #[arg(short = 'f', long = "config", value_name = "PATH", required = true)]
     pub config: Vec<PathBuf>,
 
+    /// The namespace the gateway runs in, which `exportTo` is read against.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pub gateway_namespace: String,
+
     /// Fail on warnings too.
     #[arg(long)]
     pub strict: bool,
@@ -68,6 +72,10 @@ pub struct PlanArgs {
     /// Config files or directories (`*.yaml`, `*.yml`, searched recursively).
     #[arg(short = 'f', long = "config", value_name = "PATH", required = true)]
     pub config: Vec<PathBuf>,
+
+    /// The namespace the gateway runs in, which `exportTo` is read against.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pub gateway_namespace: String,
 
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]

@@ -13,7 +13,8 @@ use crate::{
 /// `sluice validate`: prints every diagnostic; fails on errors (and on warnings with
 /// `--strict`). DNS names are not resolved.
 pub fn validate(args: &ValidateArgs) -> ExitCode {
-    let checked = config::check(&args.config);
+    let checked =
+        config::visibility::for_gateway(config::check(&args.config), &args.gateway_namespace);
     let mut diagnostics = checked.diagnostics.clone();
     if checked.count(Severity::Error) == 0 {
         diagnostics.extend(compile::compile(&checked.objects, &DnsAnswers::default()).diagnostics);
@@ -57,7 +58,8 @@ pub fn validate(args: &ValidateArgs) -> ExitCode {
 
 /// `sluice plan`: compiles the config (without resolving DNS) and prints the Plan.
 pub fn plan(args: &PlanArgs) -> ExitCode {
-    let checked = config::check(&args.config);
+    let checked =
+        config::visibility::for_gateway(config::check(&args.config), &args.gateway_namespace);
     if checked.count(Severity::Error) > 0 {
         print_diagnostics(&checked.diagnostics);
         eprintln!("the config has errors: no Plan");

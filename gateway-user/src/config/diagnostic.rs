@@ -46,6 +46,8 @@ pub mod codes {
     pub const LEFT_OUT: &str = "SLU0003";
     /// A DNS name that did not resolve (yet).
     pub const UNRESOLVED: &str = "SLU0004";
+    /// An object whose `exportTo` does not reach the gateway's namespace.
+    pub const NOT_EXPORTED: &str = "SLU0005";
 }
 
 /// Names an object: `Kind namespace/name`.

@@ -7,6 +7,7 @@ pub mod load;
 pub mod model;
 pub mod names;
 pub mod validate;
+pub mod visibility;
 pub mod yaml;
 
 use std::{collections::HashMap, path::PathBuf};

@@ -158,6 +158,9 @@ pub struct VirtualServiceSpec {
     pub tls: Vec<TlsRoute>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpRoute>,
+    /// Namespaces this VirtualService is visible in (`.`, `*`, names); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -560,6 +563,9 @@ impl Weighted for RouteDestination {
 pub struct ServiceEntrySpec {
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Namespaces this entry is visible in (`.`, `*`, names, `~` for none); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
     /// Virtual IPs for sidecars; a gateway routes by host and does not use them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
@@ -612,6 +618,9 @@ pub struct DestinationRuleSpec {
     pub traffic_policy: Option<TrafficPolicy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<Subset>,
+    /// Namespaces this rule is visible in (`.`, `*`, names); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -854,19 +863,14 @@ pub struct Subset {
 pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'static str)] {
     match struct_name {
         "Server" => &[("defaultEndpoint", "sidecar-only")],
-        "VirtualServiceSpec" => &[("exportTo", "Sluice has no namespace visibility model")],
         "HttpMatchRequest" => &[("statPrefix", "")],
         "HttpRedirect" => &[("prefixRewrite", "")],
         "ServiceEntrySpec" => &[
-            ("exportTo", "Sluice has no namespace visibility model"),
             ("workloadSelector", "needs a workload registry"),
             ("subjectAltNames", "needs TLS origination"),
         ],
         "WorkloadEntry" => &[("network", ""), ("locality", ""), ("serviceAccount", "")],
-        "DestinationRuleSpec" => &[
-            ("exportTo", "Sluice has no namespace visibility model"),
-            ("workloadSelector", "sidecar-only"),
-        ],
+        "DestinationRuleSpec" => &[("workloadSelector", "sidecar-only")],
         "ClientTlsSettings" => &[("caCrl", "")],
         "TrafficPolicy" => &[("tunnel", ""), ("proxyProtocol", "")],
         "RetryBudget" => &[("budgetInterval", "")],

@@ -451,7 +451,63 @@ fn tls_version(c: &mut Check<'_>, path: &str, version: &str) -> Option<u8> {
 // ---------------------------------------------------------------------------------------
 // VirtualService
 
+/// Istio's validateExportTo: `.`, `*` or namespace names, no duplicates (`.` and the
+/// object's own namespace are one), `*` alone, `~` (none) only for ServiceEntries and alone.
+fn export_to(c: &mut Check<'_>, entries: &[String], service_entry: bool) {
+    let namespace = c.object.namespace().to_owned();
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let path = format!("spec.exportTo[{i}]");
+        let key = if entry == "." {
+            namespace.as_str()
+        } else {
+            entry.as_str()
+        };
+        if seen.contains(&key) {
+            if key != entry {
+                c.error(
+                    &path,
+                    format!("duplicate entries in exportTo: . and current namespace {namespace}"),
+                );
+            } else {
+                c.error(
+                    &path,
+                    format!("duplicate entries in exportTo for entry {entry}"),
+                );
+            }
+            continue;
+        }
+        match entry.as_str() {
+            "." | "*" => {}
+            "~" if service_entry => {}
+            "~" => c.error(
+                &path,
+                "exportTo ~ (none) is not allowed for Istio configuration objects",
+            ),
+            name if !names::is_dns_label(name) => c.error(
+                &path,
+                "only .,*, or a valid DNS 1123 label is allowed as exportTo entry",
+            ),
+            _ => {}
+        }
+        seen.push(key);
+    }
+    if entries.len() > 1 && seen.contains(&"*") {
+        c.error(
+            "spec.exportTo",
+            "cannot have both public (*) and non-public exportTo values for a resource",
+        );
+    }
+    if entries.len() > 1 && seen.contains(&"~") {
+        c.error(
+            "spec.exportTo",
+            "cannot export service entry to no one (~) and someone",
+        );
+    }
+}
+
 fn virtual_service(c: &mut Check<'_>, spec: &VirtualServiceSpec) {
+    export_to(c, &spec.export_to, false);
     // Without hosts it is a delegate: its HTTP routes are taken by a root's `delegate`.
     let delegate = spec.hosts.is_empty();
     if delegate {
@@ -1410,6 +1466,7 @@ fn destinations<W: Weighted>(c: &mut Check<'_>, at: &str, routes: &[W]) {
 // ServiceEntry
 
 fn service_entry(c: &mut Check<'_>, spec: &ServiceEntrySpec) {
+    export_to(c, &spec.export_to, true);
     if spec.hosts.is_empty() {
         c.error("spec.hosts", "service entry must have at least one host");
     }
@@ -1515,6 +1572,7 @@ fn service_entry(c: &mut Check<'_>, spec: &ServiceEntrySpec) {
 // DestinationRule
 
 fn destination_rule(c: &mut Check<'_>, spec: &DestinationRuleSpec) {
+    export_to(c, &spec.export_to, false);
     if spec.host.is_empty() {
         c.error("spec.host", "host is required");
     } else if let Some(problem) = names::wildcard_host_problem(&spec.host) {

@@ -25,6 +25,8 @@ const SETTLE: Duration = Duration::from_millis(150);
 
 pub struct Reloader {
     paths: Vec<PathBuf>,
+    /// The namespace the gateway runs in, which `exportTo` is read against.
+    namespace: String,
     /// SIGHUP, taken over at the daemon's start: its default action ends the process.
     hangup: tokio::signal::unix::Signal,
     state: Arc<SharedState>,
@@ -46,6 +48,7 @@ enum Trigger {
 impl Reloader {
     pub fn new(
         paths: Vec<PathBuf>,
+        namespace: String,
         hangup: tokio::signal::unix::Signal,
         state: Arc<SharedState>,
         current: &Snapshot,
@@ -54,6 +57,7 @@ impl Reloader {
     ) -> Reloader {
         Reloader {
             paths,
+            namespace,
             hangup,
             state,
             generation: current.generation,
@@ -116,6 +120,7 @@ impl Reloader {
     async fn reload(&mut self, trigger: Trigger) {
         super::fault::point("reloader");
         let checked = snapshot::check_off_runtime(&self.paths, snapshot::LOAD_TIMEOUT).await;
+        let checked = crate::config::visibility::for_gateway(checked, &self.namespace);
         let names = compile::dns_names(&checked.objects);
         let resolved = self.resolver.resolve(&names, &self.dns).await;
         self.dns_due = resolved.expires_in.unwrap_or(Duration::MAX);

@@ -129,6 +129,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "/etc/sluice/credentials")]
     pub credentials_dir: PathBuf,
 
+    /// The namespace the gateway runs in: VirtualServices, ServiceEntries and
+    /// DestinationRules whose `exportTo` does not reach it are not used, as Istio's gateways
+    /// read `exportTo` (Kubernetes' downward API sets `POD_NAMESPACE`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pub gateway_namespace: String,
+
     /// Where the mesh workload identity is mounted for ISTIO_MUTUAL servers:
     /// `cert-chain.pem`, `key.pem` and `root-cert.pem`, as istio-agent writes them with
     /// `OUTPUT_CERTS`. Without it, ISTIO_MUTUAL servers are not served (and say why).
@@ -236,9 +242,11 @@ impl Daemon {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "sluice starting");
         let state = SharedState::new();
         let resolver = dns::Resolver::from_system(state.dns.clone());
-        let (snapshot, resolved) = load_config(&args.config, 1, &resolver).await?;
+        let (snapshot, resolved) =
+            load_config(&args.config, &args.gateway_namespace, 1, &resolver).await?;
         let reloader = Reloader::new(
             args.config.clone(),
+            args.gateway_namespace.clone(),
             hangup,
             state.clone(),
             &snapshot,
@@ -482,10 +490,12 @@ fn task_death(task: &str, ended: Result<anyhow::Result<()>, tokio::task::JoinErr
 /// what it found. Errors (the config is not applied) come back as one message listing all.
 pub async fn load_config(
     paths: &[PathBuf],
+    namespace: &str,
     generation: u64,
     resolver: &dns::Resolver,
 ) -> anyhow::Result<(Snapshot, dns::Resolved)> {
     let checked = snapshot::check_off_runtime(paths, snapshot::LOAD_TIMEOUT).await;
+    let checked = crate::config::visibility::for_gateway(checked, namespace);
     let resolved = resolver
         .resolve(
             &compile::dns_names(&checked.objects),
