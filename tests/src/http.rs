@@ -259,3 +259,91 @@ pub fn curl(ns: &NetNs, args: &[&str]) -> Result<Got, String> {
         body: body.to_owned(),
     })
 }
+
+/// `count` requests `GET <path>` with `headers`, one after another on a kept-alive
+/// HTTP/1.1 connection from `ns` to `addr` (a new one when the server closes it); the
+/// status of each. Bounded: 10 s per response.
+pub fn statuses_kept_alive(
+    ns: &NetNs,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    count: usize,
+) -> Vec<u16> {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let mut request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n");
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += "\r\n";
+    ns.run(move || {
+        let connect = || {
+            let stream = std::net::TcpStream::connect(addr)
+                .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap_or_else(|e| panic!("{e}"));
+            BufReader::new(stream)
+        };
+        let mut reader = connect();
+        let mut statuses = Vec::with_capacity(count);
+        while statuses.len() < count {
+            reader
+                .get_mut()
+                .write_all(request.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                reader = connect(); // closed between requests: again on a new one
+                continue;
+            }
+            let status: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("status line {line:?}"));
+            let (mut length, mut chunked, mut close) = (0usize, false, false);
+            loop {
+                line.clear();
+                reader
+                    .read_line(&mut line)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let header = line.trim_end().to_ascii_lowercase();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some(v) = header.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                chunked |= header == "transfer-encoding: chunked";
+                close |= header == "connection: close";
+            }
+            if chunked {
+                loop {
+                    line.clear();
+                    reader
+                        .read_line(&mut line)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let size = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+                    let mut chunk = vec![0u8; size + 2];
+                    reader
+                        .read_exact(&mut chunk)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    if size == 0 {
+                        break;
+                    }
+                }
+            } else {
+                let mut body = vec![0u8; length];
+                reader
+                    .read_exact(&mut body)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            statuses.push(status);
+            if close {
+                reader = connect();
+            }
+        }
+        statuses
+    })
+}

@@ -148,18 +148,43 @@ fn fault_injection(mode: Mode) {
     );
     assert_eq!(ratings.requests(), 2);
 
-    // Half of 200: the binomial's standard deviation is about 7.
-    let statuses: Vec<u16> = (0..200)
-        .map(|_| curl(&ex, &url, &["-H", "end-user: half"]).status)
-        .collect();
+    // Half of 1000 aborted, half delayed, each within 5 points (the binomial's standard
+    // deviation is 1.6 points), over one kept-alive connection.
+    let gateway = SocketAddr::new(topology::GATEWAY_CLIENT_V4.into(), 8080);
+    let statuses = http::statuses_kept_alive(
+        &ex.topology.client,
+        gateway,
+        "/ratings/0",
+        &[("end-user", "half")],
+        1000,
+    );
     let unavailable = statuses.iter().filter(|s| **s == 503).count();
     let served = statuses.iter().filter(|s| **s == 200).count();
-    assert_eq!(unavailable + served, 200, "{statuses:?}");
+    assert_eq!(unavailable + served, 1000, "{statuses:?}");
     assert!(
-        (60..=140).contains(&unavailable),
-        "{unavailable} of 200 aborted"
+        (450..=550).contains(&unavailable),
+        "{unavailable} of 1000 aborted"
     );
     assert_eq!(ratings.requests(), 2 + served);
+    let route = "listener=\"0.0.0.0:8080\",route=\"default/ratings:spec.http[2]\"";
+    let injected = |kind: &str| {
+        ex.sluice()
+            .metric(&format!(
+                "sluice_http_faults_injected_total{{{route},kind=\"{kind}\"}}"
+            ))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {kind} count\n{}",
+                    ex.sluice().admin_get("/stats/prometheus").1
+                )
+            })
+    };
+    assert_eq!(injected("abort"), unavailable as f64);
+    let delayed = injected("delay");
+    assert!(
+        (450.0..=550.0).contains(&delayed),
+        "{delayed} of 1000 delayed"
+    );
 }
 
 tests::in_both_datapaths!(fault_injection: userspace_fault_injection_example, kernel_mode_fault_injection_example);

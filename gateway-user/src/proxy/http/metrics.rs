@@ -27,6 +27,14 @@ pub struct RouteLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FaultLabels {
+    pub listener: String,
+    pub route: String,
+    /// `delay` or `abort`.
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -77,6 +85,7 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     mirror_skipped: Family<RouteLabels, Counter>,
+    faults: Family<FaultLabels, Counter>,
     active: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     connections: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     overloaded: Family<ReasonLabels, Counter>,
@@ -95,6 +104,7 @@ impl Default for HttpMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(buckets())),
             mirror_skipped: Family::default(),
+            faults: Family::default(),
             active: Family::default(),
             connections: Family::default(),
             overloaded: Family::default(),
@@ -115,9 +125,21 @@ pub struct RouteMetrics {
     /// By the status's first digit, 1 to 5.
     by_class: [Counter; 5],
     duration: Histogram,
+    /// Faults injected: delays, aborts.
+    faults: [Counter; 2],
 }
 
 impl RouteMetrics {
+    /// Fault injection delayed a request.
+    pub fn delayed(&self) {
+        self.faults[0].inc();
+    }
+
+    /// Fault injection aborted a request.
+    pub fn aborted(&self) {
+        self.faults[1].inc();
+    }
+
     pub fn record(&self, status: u16, seconds: f64) {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         self.by_class[class].inc();
@@ -234,6 +256,12 @@ impl HttpMetrics {
             self.upstream_retries.clone(),
         );
         http.register(
+            "faults_injected",
+            "Requests fault injection delayed or aborted, by listener, route and kind (delay, \
+             abort), as Envoy's fault filter counts delays_injected and aborts_injected",
+            self.faults.clone(),
+        );
+        http.register(
             "mirror_skipped",
             "Requests a mirror was chosen for but not copied to it: a body longer than 64 KiB \
              or of unknown length, by listener and route",
@@ -280,7 +308,17 @@ impl HttpMetrics {
                 })
                 .clone()
         };
+        let fault = |kind| {
+            self.faults
+                .get_or_create(&FaultLabels {
+                    listener: listener.to_owned(),
+                    route: route.to_owned(),
+                    kind,
+                })
+                .clone()
+        };
         RouteMetrics {
+            faults: ["delay", "abort"].map(fault),
             by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
             duration: self
                 .duration

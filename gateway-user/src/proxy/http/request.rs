@@ -141,11 +141,13 @@ pub async fn handle<'l>(
             && chosen(delay.percent)
         {
             tokio::time::sleep(std::time::Duration::from_millis(delay.fixed_ms)).await;
+            route.metrics.delayed();
             delayed = true;
         }
         if let Some(abort) = &fault.abort
             && chosen(abort.percent)
         {
+            route.metrics.aborted();
             let mut response = aborted(abort.with);
             if let Some(ops) = &route.route.response_headers {
                 apply(ops, response.headers_mut());
