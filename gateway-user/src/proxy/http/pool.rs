@@ -14,7 +14,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -113,6 +113,9 @@ pub struct Http1Pool<B = Counted> {
     tick: AtomicU64,
     /// Woken when a connection goes idle, for requests waiting under a connection limit.
     returned: Notify,
+    /// Requests waiting on `returned`: without any, a returned connection wakes no one (and
+    /// takes no lock for it).
+    waiting: AtomicUsize,
 }
 
 impl<B> Default for Http1Pool<B> {
@@ -122,6 +125,7 @@ impl<B> Default for Http1Pool<B> {
             sweeping: AtomicBool::default(),
             tick: AtomicU64::default(),
             returned: Notify::new(),
+            waiting: AtomicUsize::new(0),
         }
     }
 }
@@ -163,6 +167,7 @@ where
             let Some(waiting) = circuit.pending() else {
                 return Err(SendError::Overflow);
             };
+            let _listening = Listening::new(&self.waiting);
             let permit = loop {
                 let returned = self.returned.notified();
                 if self.has_idle(endpoint) {
@@ -276,7 +281,9 @@ where
                 since: self.tick.load(Ordering::Relaxed),
             });
         }
-        self.returned.notify_waiters();
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.returned.notify_waiters();
+        }
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             tokio::spawn(sweep(Arc::downgrade(self)));
         }
@@ -299,6 +306,22 @@ where
             pool.put(endpoint, conn);
         }
         response.map(|body| Returning { body, back }.map_err(Into::into).boxed())
+    }
+}
+
+/// Counts a request as waiting for a returned connection while it lives.
+struct Listening<'a>(&'a AtomicUsize);
+
+impl<'a> Listening<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Listening(count)
+    }
+}
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
