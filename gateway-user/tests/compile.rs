@@ -922,3 +922,100 @@ fn a_plan_beyond_the_kernels_maps_runs_in_userspace() {
         );
     }
 }
+
+/// The egress origination examples compile to backends that originate TLS with what their
+/// DestinationRules say per port, and ISTIO_MUTUAL takes a ServiceEntry's
+/// `subjectAltNames` when its rule names none.
+#[test]
+fn tls_origination_per_port_and_the_service_entry_names() {
+    let backends = |plan: &Plan, port: u16| -> Vec<Backend> {
+        let ListenerKind::Https { virtual_hosts, .. } = &listener(plan, port).kind else {
+            panic!("not HTTPS: {plan:#?}")
+        };
+        virtual_hosts[0]
+            .routes
+            .iter()
+            .flat_map(|r| match &r.action {
+                HttpAction::Route { backends } => backends.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    };
+    let (plan, _) = compiled(
+        &[example("egress-tls-origination.yaml")],
+        &DnsAnswers::default(),
+    );
+    let tls = backends(&plan, 80)[0]
+        .tls
+        .clone()
+        .unwrap_or_else(|| panic!("no origination"));
+    assert!(!tls.mutual && !tls.mesh, "{tls:?}");
+    assert_eq!(tls.sni, "edition.cnn.com");
+    let (plan, _) = compiled(
+        &[example("egress-mtls-origination.yaml")],
+        &DnsAnswers::default(),
+    );
+    let tls = backends(&plan, 443)[0]
+        .tls
+        .clone()
+        .unwrap_or_else(|| panic!("no origination"));
+    assert!(tls.mutual && !tls.mesh, "{tls:?}");
+    assert_eq!(tls.credential_name.as_deref(), Some("client-credential"));
+
+    let text = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs}
+spec:
+  hosts: ['*']
+  gateways: [gw]
+  http: [{route: [{destination: {host: api.mesh.test, port: {number: 8080}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.mesh.test]
+  subjectAltNames: ['spiffe://cluster.local/ns/api/sa/api']
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api.mesh.test
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings: [{port: {number: 9090}, tls: {mode: DISABLE}}]
+";
+    let checked = check_text("mesh.yaml", text);
+    assert!(
+        checked.count(Severity::Error) == 0,
+        "{:?}",
+        checked.diagnostics
+    );
+    let plan = compile(&checked.objects, &DnsAnswers::default()).plan;
+    let ListenerKind::Http { virtual_hosts } = &listener(&plan, 80).kind else {
+        panic!("{plan:#?}")
+    };
+    let HttpAction::Route { backends } = &virtual_hosts[0].routes[0].action else {
+        panic!("{plan:#?}")
+    };
+    let tls = backends[0]
+        .tls
+        .clone()
+        .unwrap_or_else(|| panic!("no origination"));
+    assert!(tls.mesh);
+    assert_eq!(
+        tls.subject_alt_names,
+        ["spiffe://cluster.local/ns/api/sa/api"]
+    );
+    assert_eq!(tls.sni, "api.mesh.test");
+}

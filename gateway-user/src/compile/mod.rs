@@ -1053,7 +1053,19 @@ impl<'a> Compiler<'a> {
             })
             .collect();
         let policies: Vec<Option<&TrafficPolicy>> = at_port.iter().map(Option::as_ref).collect();
-        let tls = policies.iter().find_map(|p| upstream_tls(*p, &host));
+        // ISTIO_MUTUAL checks the names the ServiceEntry gives when the rule gives none, as
+        // Istio takes the service's identities for it.
+        let tls = policies
+            .iter()
+            .find_map(|p| upstream_tls(*p, &host))
+            .map(|tls| {
+                tls.map(|mut tls| {
+                    if tls.mesh && tls.subject_alt_names.is_empty() {
+                        tls.subject_alt_names = se.subject_alt_names.clone();
+                    }
+                    tls
+                })
+            });
         let load_balancer = policies.iter().find_map(|p| lb_of(*p));
         let consistent_hash = policies.iter().find_map(|p| affinity(*p));
         let upgrade = policies.iter().find_map(|p| h2_upgrade_policy(*p));

@@ -566,6 +566,9 @@ pub struct ServiceEntrySpec {
     /// Namespaces this entry is visible in (`.`, `*`, names, `~` for none); empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
+    /// The names an ISTIO_MUTUAL upstream's certificate must carry one of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
     /// Virtual IPs for sidecars; a gateway routes by host and does not use them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
@@ -865,10 +868,7 @@ pub fn unsupported_fields(struct_name: &str) -> &'static [(&'static str, &'stati
         "Server" => &[("defaultEndpoint", "sidecar-only")],
         "HttpMatchRequest" => &[("statPrefix", "")],
         "HttpRedirect" => &[("prefixRewrite", "")],
-        "ServiceEntrySpec" => &[
-            ("workloadSelector", "needs a workload registry"),
-            ("subjectAltNames", "needs TLS origination"),
-        ],
+        "ServiceEntrySpec" => &[("workloadSelector", "needs a workload registry")],
         "WorkloadEntry" => &[("network", ""), ("locality", ""), ("serviceAccount", "")],
         "DestinationRuleSpec" => &[("workloadSelector", "sidecar-only")],
         "ClientTlsSettings" => &[("caCrl", "")],
