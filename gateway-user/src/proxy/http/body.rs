@@ -79,3 +79,42 @@ impl HttpBody for Counted {
         }
     }
 }
+
+/// A response body that holds `T` (a place under a limit) until it has ended or is dropped.
+pub struct Holding<T> {
+    inner: Body,
+    held: Option<T>,
+}
+
+impl<T> Holding<T> {
+    pub fn new(inner: Body, held: T) -> Holding<T> {
+        Holding {
+            inner,
+            held: Some(held),
+        }
+    }
+}
+
+impl<T: Unpin> HttpBody for Holding<T> {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() || self.inner.is_end_stream() {
+            self.held = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -21,6 +21,16 @@ pub struct Circuit {
     retries: AtomicU32,
 }
 
+/// A request's place under `http2MaxRequests`, held until its response body has ended.
+#[derive(Debug)]
+pub struct Admitted(Arc<Circuit>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A place under one of the limits, given back when dropped.
 #[derive(Debug)]
 pub struct Held<'a>(&'a AtomicU32);
@@ -51,9 +61,11 @@ impl Circuit {
         }
     }
 
-    /// A request may go upstream.
-    pub fn request(&self) -> Option<Held<'_>> {
-        enter(&self.requests, self.limits.max_requests)
+    /// A request may go upstream; it counts until the returned place is dropped.
+    pub fn request(self: &Arc<Self>) -> Option<Admitted> {
+        let held = enter(&self.requests, self.limits.max_requests)?;
+        std::mem::forget(held);
+        Some(Admitted(self.clone()))
     }
 
     /// A retry may be made: under `maxRetries`, or with a `retryBudget` (which replaces
@@ -106,7 +118,7 @@ mod tests {
 
     #[test]
     fn limits_hold_and_give_back() {
-        let circuit = Circuit::new(limits(1, 1, 2, 0));
+        let circuit = Arc::new(Circuit::new(limits(1, 1, 2, 0)));
         let (a, b) = (circuit.request(), circuit.request());
         assert!(a.is_some() && b.is_some());
         assert!(circuit.request().is_none(), "a third request over 2");
@@ -120,20 +132,20 @@ mod tests {
         assert!(waiting.is_some() && circuit.pending().is_none());
         drop(connection);
         assert!(circuit.connection().is_some());
-        let unlimited = Circuit::new(limits(u32::MAX, u32::MAX, u32::MAX, u32::MAX));
+        let unlimited = Arc::new(Circuit::new(limits(u32::MAX, u32::MAX, u32::MAX, u32::MAX)));
         let held: Vec<_> = (0..1000).filter_map(|_| unlimited.request()).collect();
         assert_eq!(held.len(), 1000);
     }
 
     #[test]
     fn a_retry_budget_follows_the_requests_in_progress() {
-        let budget = Circuit::new(PoolLimits {
+        let budget = Arc::new(Circuit::new(PoolLimits {
             retry_budget: Some(crate::compile::plan::RetryBudgetLimit {
                 basis_points: 2000,
                 min_retry_concurrency: 2,
             }),
             ..limits(u32::MAX, u32::MAX, u32::MAX, 0)
-        });
+        }));
         // Few requests: the minimum (maxRetries 0 does not apply under a budget).
         let requests: Vec<_> = (0..5).filter_map(|_| budget.request()).collect();
         let retries: Vec<_> = (0..10).filter_map(|_| budget.retry()).collect();

@@ -7,10 +7,7 @@
 //! `tls.crt`/`tls.key`). ALPN offers what the destination is spoken to in.
 use std::{
     path::{Path, PathBuf},
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, OnceLock},
 };
 
 use anyhow::{Context as _, bail};
@@ -27,7 +24,7 @@ use rustls::{
 use tokio_rustls::TlsConnector;
 
 use super::{
-    client_cert::alt_names_of,
+    client_cert::{alt_names_of, san_matches},
     tls::{MESH_CERTIFICATE, MESH_KEY, MESH_ROOT},
 };
 use crate::compile::plan::UpstreamTls;
@@ -92,7 +89,6 @@ pub fn client_tls(
     http2: bool,
     sources: &TlsSources,
 ) -> anyhow::Result<ClientTls> {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let credential = tls
         .credential_name
@@ -171,8 +167,15 @@ pub fn client_tls(
     }];
     let server_name = ServerName::try_from(tls.sni.clone())
         .with_context(|| format!("the server name {:?}", tls.sni))?;
+    // The same settings, the same id: routes and reloads share pooled connections.
+    let id = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (tls, http2).hash(&mut hasher);
+        hasher.finish() | 1
+    };
     Ok(ClientTls {
-        id: NEXT.fetch_add(1, Ordering::Relaxed),
+        id,
         connector: TlsConnector::from(Arc::new(config)),
         server_name,
     })
@@ -247,7 +250,7 @@ impl ServerCertVerifier for UpstreamVerifier {
             } else {
                 alt_names_of(end_entity)
                     .iter()
-                    .any(|name| self.names.contains(name))
+                    .any(|name| self.names.iter().any(|want| san_matches(name, want)))
             };
         if !named {
             return Err(Error::InvalidCertificate(

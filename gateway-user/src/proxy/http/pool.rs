@@ -116,6 +116,8 @@ pub struct Http1Pool<B = Counted> {
     /// Requests waiting on `returned`: without any, a returned connection wakes no one (and
     /// takes no lock for it).
     waiting: AtomicUsize,
+    /// Connections open per key, idle or busy (for the connection limit's progress rule).
+    open: Mutex<HashMap<Key, usize, BuildHasherDefault<Fnv>>>,
 }
 
 impl<B> Default for Http1Pool<B> {
@@ -126,6 +128,7 @@ impl<B> Default for Http1Pool<B> {
             tick: AtomicU64::default(),
             returned: Notify::new(),
             waiting: AtomicUsize::new(0),
+            open: Mutex::default(),
         }
     }
 }
@@ -164,6 +167,14 @@ where
                     .send_new(endpoint, request, Some(circuit), Some(permit), tls)
                     .await;
             }
+            // Envoy's rule for progress: a pool with no connection to the endpoint may open
+            // one past the limit (another worker's idle connections hold the places and
+            // this one could never use them).
+            if self.open_to(endpoint) == 0 {
+                return self
+                    .send_new(endpoint, request, Some(circuit), None, tls)
+                    .await;
+            }
             let Some(waiting) = circuit.pending() else {
                 return Err(SendError::Overflow);
             };
@@ -190,6 +201,10 @@ where
             // A connection came back idle: the next round sends on it (the worker's
             // runtime runs nothing else between the look and the take).
         }
+    }
+
+    fn open_to(&self, endpoint: Key) -> usize {
+        lock(&self.open).get(&endpoint).copied().unwrap_or(0)
     }
 
     fn has_idle(&self, endpoint: Key) -> bool {
@@ -232,7 +247,8 @@ where
         tls: Option<&ClientTls>,
     ) -> Result<Response<Body>, SendError> {
         let limits = circuit.map(|c| &c.limits);
-        let sender = connect(endpoint.0, limits, permit, tls)
+        let held = Opened::new(self, endpoint, permit);
+        let sender = connect(endpoint.0, limits, held, tls)
             .await
             .map_err(SendError::Connect)?;
         let mut conn = Conn {
@@ -344,12 +360,47 @@ async fn sweep<B>(pool: Weak<Http1Pool<B>>) {
     }
 }
 
+/// A connection that is open: its place under the connection limit (if it took one) and in
+/// its pool's count, both given back when it closes.
+struct Opened<B> {
+    _permit: Option<OwnedSemaphorePermit>,
+    pool: Weak<Http1Pool<B>>,
+    key: Key,
+}
+
+impl<B> Opened<B> {
+    fn new(pool: &Arc<Http1Pool<B>>, key: Key, permit: Option<OwnedSemaphorePermit>) -> Self {
+        *lock(&pool.open).entry(key).or_default() += 1;
+        Opened {
+            _permit: permit,
+            pool: Arc::downgrade(pool),
+            key,
+        }
+    }
+}
+
+impl<B> Drop for Opened<B> {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let mut open = lock(&pool.open);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// A connection to `endpoint` with the destination's connect timeout and keepalive; it
-/// holds `permit` (its place under the connection limit) until it closes.
+/// holds `held` (its place under the connection limit and in its pool's count) until it
+/// closes.
 async fn connect<B>(
     endpoint: SocketAddr,
     limits: Option<&PoolLimits>,
-    permit: Option<OwnedSemaphorePermit>,
+    held: Opened<B>,
     tls: Option<&ClientTls>,
 ) -> io::Result<SendRequest<B>>
 where
@@ -365,20 +416,16 @@ where
         crate::proxy::keepalive_with(&stream, keepalive)?;
     }
     match tls {
-        None => start(stream, endpoint, permit).await,
+        None => start(stream, endpoint, held).await,
         Some(tls) => {
             let stream = tls.connect(stream, timeout).await?;
-            start(stream, endpoint, permit).await
+            start(stream, endpoint, held).await
         }
     }
 }
 
-/// An HTTP/1.1 client connection over `io`, its task holding `permit`.
-async fn start<B, T>(
-    io: T,
-    endpoint: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
-) -> io::Result<SendRequest<B>>
+/// An HTTP/1.1 client connection over `io`, its task holding `held`.
+async fn start<B, T>(io: T, endpoint: SocketAddr, held: Opened<B>) -> io::Result<SendRequest<B>>
 where
     B: HttpBody + Send + 'static,
     B::Data: Send,
@@ -390,7 +437,7 @@ where
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(async move {
-        let _permit = permit;
+        let _held = held;
         if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
         }
@@ -577,6 +624,34 @@ mod tests {
             1,
             "the waiting request took the idle one"
         );
+    }
+
+    #[tokio::test]
+    async fn a_pool_without_a_connection_may_always_open_one() {
+        let (address, accepted) = server(false).await;
+        let circuit = Circuit::new(limits(1, 1, 0));
+        let get = |pool: Arc<Http1Pool<Empty<Bytes>>>| {
+            let circuit = &circuit;
+            async move {
+                let response = pool
+                    .send(address, request(), Some(circuit), None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e:?}"));
+                let _ = response.into_body().collect().await;
+            }
+        };
+        // One worker's pool keeps its connection idle, holding the only place ...
+        let (one, two) = (
+            Arc::new(Http1Pool::default()),
+            Arc::new(Http1Pool::default()),
+        );
+        get(one.clone()).await;
+        // ... and another worker's, with no connection, opens one rather than wait for it.
+        tokio::time::timeout(Duration::from_secs(2), get(two.clone()))
+            .await
+            .unwrap_or_else(|_| panic!("the second pool waited for the first's connection"));
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        assert_eq!(two.open_to((address, 0)), 1);
     }
 
     #[tokio::test]

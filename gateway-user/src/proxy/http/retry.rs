@@ -139,6 +139,12 @@ impl RetryPolicy {
     pub fn on_failure(&self, failure: &Failure) -> bool {
         let broad = self.five_xx || self.gateway_error;
         match failure {
+            // The gateway's own configuration failed, not the endpoint: no use trying again.
+            Failure::Send(SendError::Connect(e))
+                if e.kind() == std::io::ErrorKind::InvalidInput =>
+            {
+                false
+            }
             Failure::Send(SendError::Connect(_)) => self.connect_failure || broad,
             Failure::Send(SendError::Overflow) => false,
             Failure::Send(_) => self.reset || broad,
@@ -247,7 +253,7 @@ pub async fn exchange(
     let metrics = &destination.metrics;
     // Envoy's max_requests: over it the request is not sent at all.
     let circuit = destination.circuit.as_deref();
-    let _admitted = match circuit.map(Circuit::request) {
+    let admitted = match destination.circuit.as_ref().map(Circuit::request) {
         Some(None) => {
             metrics.failed(UpstreamFailure::Overflow);
             return Exchanged {
@@ -283,6 +289,12 @@ pub async fn exchange(
                 destination.report(tried_endpoint, Outcome::Status(status));
             }
             Err(Failure::Send(SendError::Overflow)) => metrics.failed(UpstreamFailure::Overflow),
+            // Not the endpoint's doing (a TLS origination that could not be set up).
+            Err(Failure::Send(SendError::Connect(e)))
+                if e.kind() == std::io::ErrorKind::InvalidInput =>
+            {
+                metrics.failed(UpstreamFailure::ConnectFailure);
+            }
             Err(failure) => {
                 metrics.failed(failure.counted_as());
                 let timeout = matches!(failure, Failure::PerTryTimeout);
@@ -313,6 +325,13 @@ pub async fn exchange(
             _ => None,
         };
         let Some((next, request)) = next else {
+            // The request counts as in progress until its response has ended.
+            let result = match (result, admitted) {
+                (Ok(response), Some(Some(admitted))) => Ok(response.map(|body| {
+                    http_body_util::BodyExt::boxed(super::body::Holding::new(body, admitted))
+                })),
+                (result, _) => result,
+            };
             return Exchanged {
                 result,
                 endpoint,

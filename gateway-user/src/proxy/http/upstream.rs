@@ -49,10 +49,12 @@ impl Clients {
         let tls = match &destination.tls {
             None => None,
             Some(Ok(tls)) => Some(&**tls),
+            // InvalidInput: the gateway's configuration, not the endpoint, failed.
             Some(Err(reason)) => {
-                return Err(SendError::Connect(std::io::Error::other(format!(
-                    "TLS origination: {reason}"
-                ))));
+                return Err(SendError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("TLS origination: {reason}"),
+                )));
             }
         };
         if !destination.http2 {
@@ -402,18 +404,19 @@ impl Destination {
         let (Some((policy, health)), Some(record)) = (&self.outlier, &endpoint.health) else {
             return;
         };
-        if !record.record(policy, outcome) {
-            return;
-        }
+        // An ejected endpoint's late answers (and its answers in panic) do not count: its
+        // run starts afresh when it is back, as Envoy's does.
         let now = outlier::now_ms();
-        if record.ejected(now) {
+        if record.ejected(now) || !record.record(policy, outcome) {
             return;
         }
         let ejected = self.endpoints.iter().filter(|e| e.ejected(now)).count();
         if !outlier::may_eject(policy.max_ejection_percent, ejected, self.endpoints.len()) {
             return;
         }
-        let until = record.eject(policy, now);
+        let Some(until) = record.eject(policy, now) else {
+            return;
+        };
         health.ejected(until);
         self.metrics.ejected();
         tracing::warn!(
