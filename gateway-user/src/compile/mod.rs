@@ -1052,26 +1052,35 @@ impl<'a> Compiler<'a> {
                 [port, p.cloned()]
             })
             .collect();
-        let policies: Vec<Option<&TrafficPolicy>> = at_port.iter().map(Option::as_ref).collect();
+        // Each field whole from the first policy that sets it, as Istio's MergeTrafficPolicy
+        // replaces `loadBalancer`, `connectionPool`, `outlierDetection` and `tls` whole.
+        let first = |field: fn(&TrafficPolicy) -> bool| at_port.iter().flatten().find(|p| field(p));
+        let merged = TrafficPolicy {
+            load_balancer: first(|p| p.load_balancer.is_some())
+                .and_then(|p| p.load_balancer.clone()),
+            connection_pool: first(|p| p.connection_pool.is_some())
+                .and_then(|p| p.connection_pool.clone()),
+            outlier_detection: first(|p| p.outlier_detection.is_some())
+                .and_then(|p| p.outlier_detection.clone()),
+            tls: first(|p| p.tls.is_some()).and_then(|p| p.tls.clone()),
+            retry_budget: first(|p| p.retry_budget.is_some()).and_then(|p| p.retry_budget.clone()),
+            port_level_settings: Vec::new(),
+        };
+        let policy = Some(&merged);
         // ISTIO_MUTUAL checks the names the ServiceEntry gives when the rule gives none, as
         // Istio takes the service's identities for it.
-        let tls = policies
-            .iter()
-            .find_map(|p| upstream_tls(*p, &host))
-            .map(|tls| {
-                tls.map(|mut tls| {
-                    if tls.mesh && tls.subject_alt_names.is_empty() {
-                        tls.subject_alt_names = se.subject_alt_names.clone();
-                    }
-                    tls
-                })
-            });
-        let load_balancer = policies.iter().find_map(|p| lb_of(*p));
-        let consistent_hash = policies.iter().find_map(|p| affinity(*p));
-        let upgrade = policies.iter().find_map(|p| h2_upgrade_policy(*p));
-        let outlier = policies.iter().find_map(|p| outlier_policy(*p));
-        let mut pool = policies.iter().find_map(|p| pool_limits(*p));
-        if let Some(budget) = policies.iter().find_map(|p| (*p)?.retry_budget.as_ref()) {
+        let tls = upstream_tls(policy, &host).flatten().map(|mut tls| {
+            if tls.mesh && tls.subject_alt_names.is_empty() {
+                tls.subject_alt_names = se.subject_alt_names.clone();
+            }
+            tls
+        });
+        let load_balancer = lb_of(policy);
+        let consistent_hash = affinity(policy);
+        let upgrade = h2_upgrade_policy(policy);
+        let outlier = outlier_policy(policy);
+        let mut pool = pool_limits(policy);
+        if let Some(budget) = merged.retry_budget.as_ref() {
             pool.get_or_insert_with(PoolLimits::unlimited).retry_budget = Some(RetryBudgetLimit {
                 basis_points: (budget.percent.unwrap_or(20.0).clamp(0.0, 100.0) * 100.0) as u32,
                 min_retry_concurrency: budget.min_retry_concurrency.unwrap_or(3),
@@ -1123,7 +1132,7 @@ impl<'a> Compiler<'a> {
             headers: None,
             outlier,
             pool,
-            tls: tls.flatten(),
+            tls,
             endpoints,
         })
     }

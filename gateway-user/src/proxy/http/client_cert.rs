@@ -65,7 +65,7 @@ impl Pins {
             let names = alt_names(&parsed);
             if !names
                 .iter()
-                .any(|n| self.names.iter().any(|want| want == n))
+                .any(|n| self.names.iter().any(|want| san_matches(n, want)))
             {
                 return Err("subject alternative name");
             }
@@ -78,6 +78,21 @@ impl Pins {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a certificate's name `name` is the one `wanted`, as Envoy's exact SAN matcher
+/// compares DNS names: equal (DNS case-insensitively), or a certificate's `*.` wildcard
+/// standing for the one left-most label of `wanted`.
+pub fn san_matches(name: &str, wanted: &str) -> bool {
+    if name == wanted || name.eq_ignore_ascii_case(wanted) && !name.contains(':') {
+        return true;
+    }
+    match (name.strip_prefix("*."), wanted.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => {
+            !label.is_empty() && !label.contains('*') && rest.eq_ignore_ascii_case(suffix)
+        }
+        _ => false,
     }
 }
 
@@ -281,10 +296,20 @@ fn attribute(attribute: &AttributeTypeAndValue<'_>) -> String {
     format!("{kind}={value}")
 }
 
+/// RFC 2253 escaping as OpenSSL's `XN_FLAG_RFC2253` writes it: specials with a backslash,
+/// control characters and every byte of a non-ASCII character as `\XX` (so the header
+/// value stays visible ASCII).
 fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let last = value.chars().count().saturating_sub(1);
     for (i, c) in value.chars().enumerate() {
+        if c.is_ascii_control() || !c.is_ascii() {
+            let mut bytes = [0u8; 4];
+            for b in c.encode_utf8(&mut bytes).bytes() {
+                out.push_str(&format!("\\{b:02X}"));
+            }
+            continue;
+        }
         let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
             || (i == 0 && matches!(c, '#' | ' '))
             || (i == last && c == ' ');
@@ -442,5 +467,30 @@ mod tests {
         );
         assert_eq!(escape("#lead and trail "), "\\#lead and trail\\ ");
         assert_eq!(escape(" "), "\\ ");
+        assert_eq!(escape("Müller\n"), "M\\C3\\BCller\\0A");
+    }
+
+    #[test]
+    fn names_match_as_envoy_compares_them() {
+        for (name, wanted, want) in [
+            ("a.example.com", "a.example.com", true),
+            ("A.Example.com", "a.example.com", true),
+            ("*.example.com", "a.example.com", true),
+            ("*.example.com", "a.b.example.com", false),
+            ("*.example.com", "example.com", false),
+            ("b.example.com", "a.example.com", false),
+            (
+                "spiffe://cluster.local/ns/a/sa/b",
+                "spiffe://cluster.local/ns/a/sa/b",
+                true,
+            ),
+            (
+                "spiffe://cluster.local/ns/a/sa/B",
+                "spiffe://cluster.local/ns/a/sa/b",
+                false,
+            ),
+        ] {
+            assert_eq!(san_matches(name, wanted), want, "{name} for {wanted}");
+        }
     }
 }

@@ -6,10 +6,18 @@
 //! has none or one of known length up to `MAX_HELD_BODY` (held in memory, as for retries);
 //! a longer or streamed body is not mirrored (Envoy copies it as it streams), and is
 //! counted.
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use http::{HeaderValue, Request, header};
 use http_body_util::BodyExt as _;
+use prometheus_client::metrics::counter::Counter;
 
 use super::{
     body::Counted,
@@ -21,20 +29,33 @@ use super::{
 /// The longest a copy may take when the route has no timeout of its own.
 pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A compiled mirror: its destination and the share of requests it gets.
+/// Copies in flight to one mirror at most; more are skipped (and counted), so a slow
+/// mirror cannot gather tasks without bound.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// A compiled mirror: its destination, the share of requests it gets, its copies in flight.
 #[derive(Debug)]
 pub struct CompiledMirror {
     pub destinations: Arc<Destinations>,
     pub percent: f64,
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 /// The mirrors this request goes to, each drawn by its percentage.
-pub fn chosen(mirrors: &[CompiledMirror]) -> Vec<Arc<Destinations>> {
+pub fn chosen(mirrors: &[CompiledMirror]) -> Vec<&CompiledMirror> {
     mirrors
         .iter()
         .filter(|m| m.percent >= 100.0 || fastrand::f64() * 100.0 < m.percent)
-        .map(|m| m.destinations.clone())
         .collect()
+}
+
+/// A copy's place among its mirror's copies in flight.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// `host` as Envoy shadows it: `-shadow` after the name, before the port.
@@ -54,15 +75,24 @@ pub fn shadow_host(host: &str) -> String {
     }
 }
 
-/// Sends a copy of `template` to each of `targets`, each on its own task.
+/// Sends a copy of `template` to each of `targets`, each on its own task; a mirror with
+/// [`MAX_IN_FLIGHT`] copies on their way gets none (counted in `skipped`).
 pub fn send_copies(
     template: &Template,
-    targets: Vec<Arc<Destinations>>,
+    targets: Vec<&CompiledMirror>,
     clients: &Arc<Clients>,
     source: IpAddr,
     timeout: Duration,
+    skipped: &Counter,
 ) {
-    for target in targets {
+    for mirror in targets {
+        if mirror.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            mirror.in_flight.fetch_sub(1, Ordering::Relaxed);
+            skipped.inc();
+            continue;
+        }
+        let in_flight = InFlight(mirror.in_flight.clone());
+        let target = mirror.destinations.clone();
         let mut request = template.request();
         let host = request
             .headers()
@@ -73,7 +103,10 @@ pub fn send_copies(
             request.headers_mut().insert(header::HOST, value);
         }
         let clients = clients.clone();
-        tokio::spawn(async move { copy(request, &target, &clients, source, timeout).await });
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            copy(request, &target, &clients, source, timeout).await;
+        });
     }
 }
 
@@ -109,8 +142,10 @@ async fn copy(
         match response {
             Ok(response) => {
                 destination.metrics.response(response.status().as_u16());
-                // Read to its end, so the connection goes back to the pool.
-                let _ = response.into_body().collect().await;
+                // Read to its end (a frame at a time, dropped), so the connection goes
+                // back to the pool.
+                let mut body = response.into_body();
+                while let Some(Ok(_)) = body.frame().await {}
             }
             Err(e) => destination
                 .metrics

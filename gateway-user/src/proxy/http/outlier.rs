@@ -91,11 +91,14 @@ impl EndpointHealth {
             || (policy.consecutive_gateway > 0 && gateway >= policy.consecutive_gateway)
     }
 
-    /// Ejects the endpoint from `now`; returns until when. Its runs start again, and its
-    /// ejection count (which lengthens the next) first decays by the intervals it spent
-    /// without one.
-    pub fn eject(&self, policy: &OutlierPolicy, now: u64) -> u64 {
-        let last_end = self.ejected_until.load(Ordering::Relaxed);
+    /// Ejects the endpoint from `now`; returns until when, or `None` when it is ejected
+    /// already (another worker got there first). Its runs start again, and its ejection
+    /// count (which lengthens the next) first decays by the intervals it spent without one.
+    pub fn eject(&self, policy: &OutlierPolicy, now: u64) -> Option<u64> {
+        let last_end = self.ejected_until.load(Ordering::Acquire);
+        if last_end > now {
+            return None;
+        }
         let quiet = now.saturating_sub(last_end) / policy.interval_ms.max(1);
         let previous = self.ejections.load(Ordering::Relaxed);
         let count = if last_end == 0 {
@@ -105,14 +108,20 @@ impl EndpointHealth {
                 .saturating_sub(u32::try_from(quiet).unwrap_or(u32::MAX))
                 .saturating_add(1)
         };
-        self.ejections.store(count, Ordering::Relaxed);
         let ceiling = MAX_EJECTION_MS.max(policy.base_ejection_ms);
         let until = now
             + policy
                 .base_ejection_ms
                 .saturating_mul(u64::from(count))
                 .min(ceiling);
-        self.ejected_until.store(until, Ordering::Relaxed);
+        if self
+            .ejected_until
+            .compare_exchange(last_end, until, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return None;
+        }
+        self.ejections.store(count, Ordering::Relaxed);
         for counter in [
             &self.consecutive_5xx,
             &self.consecutive_gateway,
@@ -120,7 +129,7 @@ impl EndpointHealth {
         ] {
             counter.store(0, Ordering::Relaxed);
         }
-        until
+        Some(until)
     }
 }
 
@@ -243,17 +252,20 @@ mod tests {
         let policy = policy(1, 0, false);
         let health = EndpointHealth::default();
         let until = health.eject(&policy, 1_000);
-        assert_eq!(until, 31_000);
+        assert_eq!(until, Some(31_000));
         assert!(health.ejected(30_999) && !health.ejected(31_000));
+        // While ejected, a second ejection (another worker's) does nothing.
+        assert_eq!(health.eject(&policy, 20_000), None);
         // Ejected again at once: twice the base.
-        assert_eq!(health.eject(&policy, 31_000), 91_000);
+        assert_eq!(health.eject(&policy, 31_000), Some(91_000));
         // After 60 quiet intervals the count is back to nothing: the base again.
-        assert_eq!(health.eject(&policy, 151_000), 181_000);
+        assert_eq!(health.eject(&policy, 151_000), Some(181_000));
         // Capped at Envoy's 300 s.
+        let mut now = 181_000;
         for _ in 0..20 {
-            health.eject(&policy, 181_000);
+            now = health.eject(&policy, now).unwrap_or(now);
         }
-        assert_eq!(health.eject(&policy, 181_000), 481_000);
+        assert_eq!(health.eject(&policy, now), Some(now + 300_000));
     }
 
     #[test]

@@ -98,7 +98,7 @@ mod tests {
             max_ejection_percent: 100,
             min_health_percent: 0,
         };
-        a.eject(&policy, 1);
+        assert_eq!(a.eject(&policy, 1), Some(1001));
         drop((a, b));
         let fresh = records.endpoint("outbound|80||a", address);
         assert!(!fresh.ejected(2), "a dropped record came back");

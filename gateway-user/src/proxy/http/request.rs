@@ -482,6 +482,7 @@ async fn forward(
     };
     let metrics = &picked.destination.metrics;
     let upstream = Some(picked.endpoint.address);
+    let (first_destination, first_endpoint) = (picked.destination, picked.endpoint);
     if request.method() == Method::CONNECT {
         let (response, flags) =
             connect_tunnel(request, picked.endpoint.address, metrics, peer).await;
@@ -592,7 +593,14 @@ async fn forward(
                         .timeout_ms
                         .filter(|ms| *ms > 0)
                         .map_or(mirror::MIRROR_TIMEOUT, Duration::from_millis);
-                    mirror::send_copies(template, mirrors, clients, peer.address.ip(), timeout);
+                    mirror::send_copies(
+                        template,
+                        mirrors,
+                        clients,
+                        peer.address.ip(),
+                        timeout,
+                        &route.unmirrored,
+                    );
                 }
                 None => {
                     route.unmirrored.inc();
@@ -608,6 +616,12 @@ async fn forward(
                 Ok(exchanged) => exchanged,
                 Err(_) => {
                     metrics.failed(UpstreamFailure::Timeout);
+                    // As Envoy, the route's timeout counts against the endpoint (the first
+                    // tried: a later retry's endpoint is not known here).
+                    first_destination.report(
+                        first_endpoint,
+                        super::outlier::Outcome::Local { timeout: true },
+                    );
                     let response = local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
                     return (response, upstream, "UT");
                 }

@@ -297,6 +297,7 @@ impl HttpTable {
                                 records,
                             )),
                             percent: m.percent,
+                            in_flight: Arc::default(),
                         })
                         .collect();
                     let name = route.origin.to_string();
