@@ -347,3 +347,80 @@ pub fn statuses_kept_alive(
         statuses
     })
 }
+
+/// An HTTP/2 (h2c) upstream that resets the first `refuse` streams it is sent with
+/// `REFUSED_STREAM` and answers the others 200 `ok`; counts the streams it saw.
+pub struct RefusingH2 {
+    streams: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RefusingH2 {
+    pub fn start(ns: &NetNs, addr: SocketAddr, refuse: usize) -> RefusingH2 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(AtomicUsize::new(0));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn({
+            let (stop, streams) = (stop.clone(), streams.clone());
+            move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap_or_else(|e| panic!("{e}"));
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .unwrap_or_else(|e| panic!("binding {addr}: {e}"));
+                    let _ = bound_tx.send(());
+                    while !stop.load(Ordering::Acquire) {
+                        let Ok(Ok((socket, _))) =
+                            tokio::time::timeout(Duration::from_millis(100), listener.accept())
+                                .await
+                        else {
+                            continue;
+                        };
+                        let streams = streams.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut connection) = h2::server::handshake(socket).await else {
+                                return;
+                            };
+                            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                                if streams.fetch_add(1, Ordering::Relaxed) < refuse {
+                                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                                    continue;
+                                }
+                                let response = http::Response::new(());
+                                if let Ok(mut body) = respond.send_response(response, false) {
+                                    let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                                }
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        bound_rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{addr} did not bind: {e}"));
+        RefusingH2 {
+            streams,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Streams sent to it so far (refused ones too).
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RefusingH2 {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

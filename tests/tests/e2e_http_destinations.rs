@@ -746,3 +746,55 @@ spec:
 }
 
 tests::in_both_datapaths!(export_to: userspace_export_to, kernel_mode_export_to);
+
+/// Istio's default retry policy includes `refused-stream`: an HTTP/2 upstream that resets a
+/// stream with REFUSED_STREAM (it did not process it) gets the request again, and the
+/// client sees the answer; with `retryOn: retriable-4xx` only, the refusal is the client's 503.
+fn refused_streams_are_retried(mode: Mode) {
+    const PORT: u16 = 9092;
+    let mut ex = Example::network(&[C], &[]);
+    let upstream =
+        http::RefusingH2::start(&ex.topology.backend, SocketAddr::new(C.into(), PORT), 1);
+    let config = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: web}}
+spec:
+  servers:
+  - port: {{number: {HTTP}, name: http, protocol: HTTP}}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: h2, namespace: web}}
+spec:
+  hosts: ['*']
+  gateways: [gw]
+  http:
+  - match: [{{uri: {{prefix: /no-retry}}}}]
+    route: [{{destination: {{host: h2.web.test}}}}]
+    retries: {{attempts: 2, retryOn: retriable-4xx}}
+  - route: [{{destination: {{host: h2.web.test}}}}]
+{}",
+        service_entry("h2", &[C], PORT, "HTTP2")
+    );
+    let (status, ready) = ex.serve_text("refused.yaml", &config, mode, &[]);
+    assert_eq!(status, 200, "{ready}\n{}", ex.sluice().log());
+    let got = curl(&ex, "/", &[]);
+    assert_eq!(
+        (got.status, got.body.as_str()),
+        (200, "ok"),
+        "{}",
+        ex.sluice().log()
+    );
+    assert_eq!(upstream.streams(), 2, "the refused stream and its retry");
+    // Served from now on: a refusal needs a fresh upstream. Restart it refusing again.
+    drop(upstream);
+    let upstream =
+        http::RefusingH2::start(&ex.topology.backend, SocketAddr::new(C.into(), PORT), 1);
+    let got = curl(&ex, "/no-retry", &[]);
+    assert_eq!(got.status, 503, "{}", got.body);
+    assert_eq!(upstream.streams(), 1);
+}
+
+tests::in_both_datapaths!(refused_streams_are_retried: userspace_refused_streams_are_retried, kernel_mode_refused_streams_are_retried);

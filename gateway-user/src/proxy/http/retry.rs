@@ -34,6 +34,9 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     connect_failure: bool,
     reset: bool,
+    /// An HTTP/2 upstream refused the stream (`RST_STREAM` with `REFUSED_STREAM`): the
+    /// request was not processed, so sending it again is safe.
+    refused_stream: bool,
     five_xx: bool,
     gateway_error: bool,
     retriable_4xx: bool,
@@ -74,6 +77,7 @@ impl RetryPolicy {
             per_try_timeout: per_try_timeout.map(Duration::from_millis),
             connect_failure: false,
             reset: false,
+            refused_stream: false,
             five_xx: false,
             gateway_error: false,
             retriable_4xx: false,
@@ -92,6 +96,7 @@ impl RetryPolicy {
             match condition {
                 "connect-failure" => policy.connect_failure = true,
                 "reset" | "reset-before-request" => policy.reset = true,
+                "refused-stream" => policy.refused_stream = true,
                 "5xx" => policy.five_xx = true,
                 "gateway-error" => policy.gateway_error = true,
                 "retriable-4xx" => policy.retriable_4xx = true,
@@ -100,7 +105,7 @@ impl RetryPolicy {
                 "resource-exhausted" => policy.grpc.push(8),
                 "internal" => policy.grpc.push(13),
                 "unavailable" => policy.grpc.push(14),
-                // refused-stream and the others have no counterpart on this path.
+                // The others (e.g. `http3-post-connect-failure`) have no counterpart here.
                 _ => {}
             }
         }
@@ -147,10 +152,21 @@ impl RetryPolicy {
             }
             Failure::Send(SendError::Connect(_)) => self.connect_failure || broad,
             Failure::Send(SendError::Overflow) => false,
+            Failure::Send(SendError::Upstream(e)) if refused(e) => {
+                self.refused_stream || self.reset || broad
+            }
             Failure::Send(_) => self.reset || broad,
             Failure::PerTryTimeout => self.reset || broad,
         }
     }
+}
+
+/// Whether an HTTP/2 upstream reset the stream with `REFUSED_STREAM`.
+fn refused(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|cause| cause.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason)
+        == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// Why a try got no response.
